@@ -1,0 +1,450 @@
+"""Shower files: the native HDF5 layout, the CaloGAN and CaloChallenge layouts, atomic writes.
+
+Native layout (the CaloChallenge convention plus conditions and provenance):
+
+* ``showers`` (N, n_cells) float32, deposited energy per cell in MeV
+* ``incident_energies`` (N, 1) float32, MeV
+* optional conditions: ``pdg`` (N,), ``momentum`` (N, 3) MeV, ``position`` (N, 2) mm,
+  ``theta`` (N,) rad, ``phi`` (N,) rad; optional ``overflow`` (N, n_layers) MeV
+* attributes: ``calosim_layout="native"``, ``geometry`` (JSON), provenance (engine, version,
+  seed, command line, ...)
+
+CaloGAN layout: ``energy`` (N,) or (N, 1) in GeV, ``layer_0`` (N, 3, 96), ``layer_1`` (N, 12, 12),
+``layer_2`` (N, 12, 6), ``overflow`` (N, 3), cell energies in MeV... (the original files store
+GeV-scaled layers; see :func:`read_showers` notes). CaloChallenge layout: ``incident_energies``
+(N, 1) MeV and ``showers`` (N, n_voxels) MeV, with the geometry given by the binning XML or a preset.
+
+Writes go to a temporary file beside the target and are renamed at the end, so an interrupted
+run never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .geometry import Geometry, GeometryError, get_geometry
+
+__all__ = [
+    "ShowerData", "ShowerFile", "ShowerWriter", "ShowerFileError", "open_showers", "read_showers",
+    "write_showers", "CONDITION_SHAPES", "atomic_path",
+]
+
+#: Optional per-shower condition datasets and their shape after the leading N.
+CONDITION_SHAPES: dict[str, tuple[int, ...]] = {
+    "pdg": (), "momentum": (3,), "position": (2,), "theta": (), "phi": (),
+}
+CALOGAN_LAYERS = ("layer_0", "layer_1", "layer_2")
+
+
+class ShowerFileError(ValueError):
+    """A shower file is missing, malformed or does not match what was expected."""
+
+
+@dataclass
+class ShowerData:
+    """Showers in memory.
+
+    ``showers`` (N, n_cells) MeV; ``incident_energies`` (N, 1) MeV; ``conditions`` maps the
+    names in :data:`CONDITION_SHAPES` to (N, ...) arrays; ``overflow`` (N, n_layers) or None.
+    """
+
+    showers: np.ndarray
+    incident_energies: np.ndarray
+    geometry: Geometry
+    conditions: dict[str, np.ndarray] = field(default_factory=dict)
+    overflow: np.ndarray | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.showers = np.asarray(self.showers, dtype=np.float32)
+        self.incident_energies = np.asarray(self.incident_energies, dtype=np.float32).reshape(-1, 1)
+        validate(self, "<memory>")
+
+    def __len__(self) -> int:
+        return len(self.showers)
+
+    def subset(self, idx: slice | np.ndarray) -> "ShowerData":
+        return ShowerData(
+            self.showers[idx], self.incident_energies[idx], self.geometry,
+            {k: v[idx] for k, v in self.conditions.items()},
+            None if self.overflow is None else self.overflow[idx], dict(self.attrs),
+        )
+
+    @staticmethod
+    def concatenate(parts: list["ShowerData"]) -> "ShowerData":
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        keys = set(parts[0].conditions)
+        return ShowerData(
+            np.concatenate([p.showers for p in parts]),
+            np.concatenate([p.incident_energies for p in parts]),
+            parts[0].geometry,
+            {k: np.concatenate([p.conditions[k] for p in parts]) for k in keys},
+            None if parts[0].overflow is None else np.concatenate([p.overflow for p in parts]),  # type: ignore[misc]
+            dict(parts[0].attrs),
+        )
+
+
+def validate(data: ShowerData, source: str) -> None:
+    """Raise :class:`ShowerFileError` naming ``source`` and the field for any bad content."""
+    n_cells = data.geometry.n_cells
+    s = data.showers
+    if s.ndim != 2 or s.shape[1] != n_cells:
+        raise ShowerFileError(f"{source}: field 'showers' has shape {s.shape}, expected (N, {n_cells}) for geometry {data.geometry.name!r}")
+    n = len(s)
+    if data.incident_energies.shape != (n, 1):
+        raise ShowerFileError(f"{source}: field 'incident_energies' has shape {data.incident_energies.shape}, expected ({n}, 1)")
+    _finite_nonneg(s, source, "showers")
+    _finite_nonneg(data.incident_energies, source, "incident_energies", strictly_positive=True)
+    for key, arr in data.conditions.items():
+        if key not in CONDITION_SHAPES:
+            raise ShowerFileError(f"{source}: unknown condition {key!r}; known: {', '.join(CONDITION_SHAPES)}")
+        want = (n, *CONDITION_SHAPES[key])
+        if tuple(arr.shape) != want:
+            raise ShowerFileError(f"{source}: field {key!r} has shape {tuple(arr.shape)}, expected {want}")
+        if not np.all(np.isfinite(arr)):
+            raise ShowerFileError(f"{source}: field {key!r} contains NaN or inf")
+    if data.overflow is not None:
+        want = (n, data.geometry.n_layers)
+        if tuple(data.overflow.shape) != want:
+            raise ShowerFileError(f"{source}: field 'overflow' has shape {tuple(data.overflow.shape)}, expected {want}")
+        _finite_nonneg(data.overflow, source, "overflow")
+
+
+def _finite_nonneg(a: np.ndarray, source: str, name: str, strictly_positive: bool = False) -> None:
+    if a.size == 0:
+        return
+    if not np.all(np.isfinite(a)):
+        bad = int(np.argwhere(~np.isfinite(a))[0][0])
+        raise ShowerFileError(f"{source}: field {name!r} contains NaN or inf (first at row {bad})")
+    lo = float(a.min())
+    if lo < 0 or (strictly_positive and lo <= 0):
+        bad = int(np.argwhere(a < 0 if not strictly_positive else a <= 0)[0][0])
+        req = "> 0" if strictly_positive else ">= 0"
+        raise ShowerFileError(f"{source}: field {name!r} must be {req} MeV, found {lo:g} (row {bad})")
+
+
+# ------------------------------------------------------------------------------------------
+# atomic writes
+# ------------------------------------------------------------------------------------------
+class atomic_path:
+    """Context manager yielding a temporary path that is renamed to ``path`` on success.
+
+    ``with atomic_path("out.h5", overwrite=False) as tmp: write(tmp)``. On an exception the
+    temporary file is removed and ``path`` is left untouched.
+    """
+
+    def __init__(self, path: str | Path, overwrite: bool = False, suffix: str | None = None) -> None:
+        self.path = Path(path)
+        self.overwrite = overwrite
+        self.suffix = suffix if suffix is not None else self.path.suffix
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        if self.path.exists() and not self.overwrite:
+            raise FileExistsError(f"{self.path}: exists; pass --overwrite (overwrite=True) to replace it")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=self.suffix + ".tmp", dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self.tmp is not None
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a small text file atomically (always overwrites)."""
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(text)
+
+
+# ------------------------------------------------------------------------------------------
+# writing
+# ------------------------------------------------------------------------------------------
+class ShowerWriter:
+    """Stream showers into a native HDF5 file with bounded memory.
+
+    >>> with ShowerWriter("out.h5", geometry, conditions=["pdg"], attrs={"engine": "mc"}) as w:
+    ...     w.append(showers, incident_energies, pdg=pdg)
+
+    Datasets are chunked and gzip-compressed and grow as chunks are appended. The file appears
+    under its final name only when the ``with`` block ends without an error.
+    """
+
+    def __init__(self, path: str | Path, geometry: Geometry, *, conditions: list[str] | tuple[str, ...] = (),
+                 overflow: bool = False, attrs: dict[str, Any] | None = None, overwrite: bool = False,
+                 chunk_rows: int = 1024, compression: int = 4) -> None:
+        for c in conditions:
+            if c not in CONDITION_SHAPES:
+                raise ShowerFileError(f"{path}: unknown condition {c!r}; known: {', '.join(CONDITION_SHAPES)}")
+        self.path = Path(path)
+        self.geometry = geometry
+        self.conditions = tuple(conditions)
+        self.has_overflow = overflow
+        self.attrs = dict(attrs or {})
+        self._atomic = atomic_path(path, overwrite=overwrite)
+        self.chunk_rows = chunk_rows
+        self.compression = compression
+        self.n = 0
+        self._f: h5py.File | None = None
+
+    def __enter__(self) -> "ShowerWriter":
+        tmp = self._atomic.__enter__()
+        try:
+            f = self._f = h5py.File(tmp, "w")
+            n_cells = self.geometry.n_cells
+            cr = max(1, min(self.chunk_rows, (1 << 20) // max(n_cells, 1)))  # ~4 MB float32 chunks
+            opts = {"compression": "gzip", "compression_opts": self.compression, "shuffle": True}
+            f.create_dataset("showers", (0, n_cells), maxshape=(None, n_cells), dtype="f4", chunks=(cr, n_cells), **opts)
+            f.create_dataset("incident_energies", (0, 1), maxshape=(None, 1), dtype="f4", chunks=(4096, 1), **opts)
+            for c in self.conditions:
+                shp = CONDITION_SHAPES[c]
+                dt = "i4" if c == "pdg" else "f4"
+                f.create_dataset(c, (0, *shp), maxshape=(None, *shp), dtype=dt, chunks=(4096, *shp), **opts)
+            if self.has_overflow:
+                nl = self.geometry.n_layers
+                f.create_dataset("overflow", (0, nl), maxshape=(None, nl), dtype="f4", chunks=(4096, nl), **opts)
+            f.attrs["calosim_layout"] = "native"
+            f.attrs["geometry"] = self.geometry.to_json()
+            f.attrs["geometry_name"] = self.geometry.name
+            prov = {"calosim_version": _version(), "command": " ".join(sys.argv)}
+            prov.update(self.attrs)
+            for k, v in prov.items():
+                f.attrs[k] = v if isinstance(v, (str, int, float, bool, np.number)) else json.dumps(v)
+        except BaseException:
+            self._close()
+            self._atomic.__exit__(RuntimeError, None, None)
+            raise
+        return self
+
+    def append(self, showers: np.ndarray, incident_energies: np.ndarray, *, overflow: np.ndarray | None = None,
+               **conditions: np.ndarray) -> None:
+        """Append a chunk: ``showers`` (n, n_cells), ``incident_energies`` (n,) or (n, 1), conditions (n, ...)."""
+        if self._f is None:
+            raise RuntimeError("ShowerWriter.append outside of a 'with' block")
+        data = ShowerData(showers, incident_energies, self.geometry,
+                          {k: np.asarray(v) for k, v in conditions.items()},
+                          None if overflow is None else np.asarray(overflow, dtype=np.float32))
+        if set(conditions) != set(self.conditions):
+            raise ShowerFileError(f"{self.path}: append got conditions {sorted(conditions)}, file declares {sorted(self.conditions)}")
+        if (overflow is not None) != self.has_overflow:
+            raise ShowerFileError(f"{self.path}: overflow {'missing' if self.has_overflow else 'not declared'} in append")
+        m = len(data)
+        lo, hi = self.n, self.n + m
+        f = self._f
+        for name, arr in [("showers", data.showers), ("incident_energies", data.incident_energies),
+                          *[(c, data.conditions[c]) for c in self.conditions],
+                          *([("overflow", data.overflow)] if self.has_overflow else [])]:
+            ds = f[name]
+            ds.resize(hi, axis=0)
+            ds[lo:hi] = arr
+        self.n = hi
+
+    def _close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._close()
+        self._atomic.__exit__(exc_type, exc, tb)
+
+
+def write_showers(path: str | Path, data: ShowerData, *, overwrite: bool = False, attrs: dict[str, Any] | None = None,
+                  layout: str = "native", chunk: int = 65536) -> Path:
+    """Write ``data`` to ``path`` in the ``native``, ``calogan`` or ``calochallenge`` layout."""
+    path = Path(path)
+    if layout == "native":
+        with ShowerWriter(path, data.geometry, conditions=list(data.conditions), overflow=data.overflow is not None,
+                          attrs={**data.attrs, **(attrs or {})}, overwrite=overwrite) as w:
+            for lo in range(0, max(len(data), 1), chunk):
+                sub = data.subset(slice(lo, lo + chunk))
+                if len(sub):
+                    w.append(sub.showers, sub.incident_energies, overflow=sub.overflow, **sub.conditions)
+        return path
+    with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+        if layout == "calogan":
+            g = data.geometry
+            if [l.shape for l in g.layers] != [(3, 96), (12, 12), (12, 6)]:
+                raise ShowerFileError(f"{path}: the CaloGAN layout needs the 'calogan' geometry, got {g.name!r}")
+            f.create_dataset("energy", data=data.incident_energies / 1000.0)  # GeV
+            for i, img in enumerate(g.images(data.showers)):
+                f.create_dataset(f"layer_{i}", data=img, compression="gzip")
+            ov = data.overflow if data.overflow is not None else np.zeros((len(data), 3), np.float32)
+            f.create_dataset("overflow", data=ov)
+        elif layout == "calochallenge":
+            f.create_dataset("incident_energies", data=data.incident_energies, compression="gzip")
+            f.create_dataset("showers", data=data.showers, compression="gzip")
+        else:
+            raise ShowerFileError(f"{path}: unknown layout {layout!r}; valid: native, calogan, calochallenge")
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# reading
+# ------------------------------------------------------------------------------------------
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def detect_layout(f: h5py.File) -> str:
+    keys = set(f.keys())
+    if f.attrs.get("calosim_layout") == "native":
+        return "native"
+    if {"layer_0", "layer_1", "layer_2", "energy"} <= keys:
+        return "calogan"
+    if {"showers", "incident_energies"} <= keys:
+        return "calochallenge"
+    raise ShowerFileError(
+        f"{f.filename}: unknown layout: found datasets {sorted(keys)}; expected 'showers' + 'incident_energies' "
+        "(native/CaloChallenge) or 'energy' + 'layer_0..2' (CaloGAN)"
+    )
+
+
+def _guess_calochallenge_geometry(n_cells: int, source: str) -> Geometry:
+    by_cells = {368: "calochallenge-1-photons", 533: "calochallenge-1-pions", 6480: "calochallenge-2", 40500: "calochallenge-3"}
+    if n_cells not in by_cells:
+        raise ShowerFileError(
+            f"{source}: CaloChallenge-layout file with {n_cells} voxels matches no known binning "
+            "(368, 533, 6480, 40500); pass geometry= (or --geometry / --binning FILE.xml)"
+        )
+    return get_geometry(by_cells[n_cells])
+
+
+class ShowerFile:
+    """A lazily read shower file of any supported layout.
+
+    ``len(f)``, ``f.geometry``, ``f.layout``, ``f.read(start, stop) -> ShowerData`` and
+    ``f.iter_chunks(size)`` read only what is asked for. Use as a context manager.
+    """
+
+    def __init__(self, path: str | Path, geometry: Geometry | str | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ShowerFileError(f"{self.path}: file not found")
+        try:
+            self._f = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise ShowerFileError(f"{self.path}: not a readable HDF5 file (truncated or corrupt?): {exc}") from None
+        try:
+            self._open(geometry)
+        except BaseException:
+            self._f.close()
+            raise
+
+    def _open(self, geometry: Geometry | str | None) -> None:
+        f, src = self._f, str(self.path)
+        self.layout = detect_layout(f)
+        self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        if isinstance(geometry, str):
+            geometry = get_geometry(geometry)
+        if self.layout == "native":
+            try:
+                file_geo = Geometry.from_json(self.attrs["geometry"])
+            except (KeyError, GeometryError) as exc:
+                raise ShowerFileError(f"{src}: attribute 'geometry' missing or malformed ({exc})") from None
+            if geometry is not None and geometry.n_cells != file_geo.n_cells:
+                raise ShowerFileError(f"{src}: file geometry {file_geo.name!r} ({file_geo.n_cells} cells) does not match requested {geometry.name!r} ({geometry.n_cells} cells)")
+            self.geometry = geometry or file_geo
+        elif self.layout == "calogan":
+            self.geometry = geometry or get_geometry("calogan")
+            for i, want in enumerate([(3, 96), (12, 12), (12, 6)]):
+                got = f[f"layer_{i}"].shape[1:]
+                if tuple(got) != want:
+                    raise ShowerFileError(f"{src}: field 'layer_{i}' has per-shower shape {tuple(got)}, expected {want}")
+        else:
+            n_cells = f["showers"].shape[1] if f["showers"].ndim == 2 else -1
+            self.geometry = geometry or _guess_calochallenge_geometry(n_cells, src)
+        self.n = self._length()
+
+    def _length(self) -> int:
+        f, src = self._f, str(self.path)
+        if self.layout == "calogan":
+            n = f["energy"].shape[0]
+            for k in (*CALOGAN_LAYERS, "overflow"):
+                if k in f and f[k].shape[0] != n:
+                    raise ShowerFileError(f"{src}: field {k!r} has {f[k].shape[0]} rows, 'energy' has {n}")
+            return n
+        s = f["showers"]
+        if s.ndim != 2 or s.shape[1] != self.geometry.n_cells:
+            raise ShowerFileError(f"{src}: field 'showers' has shape {s.shape}, expected (N, {self.geometry.n_cells}) for geometry {self.geometry.name!r}")
+        n = s.shape[0]
+        ie = f["incident_energies"]
+        if ie.shape[0] != n:
+            raise ShowerFileError(f"{src}: field 'incident_energies' has {ie.shape[0]} rows, 'showers' has {n}")
+        for k in (*CONDITION_SHAPES, "overflow"):
+            if k in f and f[k].shape[0] != n:
+                raise ShowerFileError(f"{src}: field {k!r} has {f[k].shape[0]} rows, 'showers' has {n}")
+        return n
+
+    @property
+    def conditions(self) -> list[str]:
+        return [k for k in CONDITION_SHAPES if k in self._f]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __enter__(self) -> "ShowerFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def read(self, start: int = 0, stop: int | None = None) -> ShowerData:
+        """Rows ``[start, stop)`` as :class:`ShowerData` (validated)."""
+        stop = self.n if stop is None else min(stop, self.n)
+        f, src, sl = self._f, str(self.path), slice(start, stop)
+        try:
+            if self.layout == "calogan":
+                e = np.asarray(f["energy"][sl], dtype=np.float64).reshape(-1, 1) * 1000.0  # GeV -> MeV
+                imgs = [np.asarray(f[k][sl], dtype=np.float32) for k in CALOGAN_LAYERS]
+                showers = self.geometry.from_images(imgs)
+                ov = np.asarray(f["overflow"][sl], dtype=np.float32) if "overflow" in f else None
+                data = ShowerData.__new__(ShowerData)
+                data.showers, data.incident_energies = showers.astype(np.float32), e.astype(np.float32)
+                data.geometry, data.conditions, data.overflow, data.attrs = self.geometry, {}, ov, dict(self.attrs)
+            else:
+                conds = {k: np.asarray(f[k][sl]) for k in self.conditions}
+                ov = np.asarray(f["overflow"][sl], dtype=np.float32) if "overflow" in f else None
+                data = ShowerData.__new__(ShowerData)
+                data.showers = np.asarray(f["showers"][sl], dtype=np.float32)
+                data.incident_energies = np.asarray(f["incident_energies"][sl], dtype=np.float32).reshape(-1, 1)
+                data.geometry, data.conditions, data.overflow, data.attrs = self.geometry, conds, ov, dict(self.attrs)
+        except OSError as exc:
+            raise ShowerFileError(f"{src}: could not read rows {start}:{stop} (truncated or corrupt file?): {exc}") from None
+        validate(data, src)
+        return data
+
+    def iter_chunks(self, size: int = 65536) -> Iterator[ShowerData]:
+        for lo in range(0, self.n, size):
+            yield self.read(lo, lo + size)
+
+
+def open_showers(path: str | Path, geometry: Geometry | str | None = None) -> ShowerFile:
+    """Open a shower file lazily (layout detected). See :class:`ShowerFile`."""
+    return ShowerFile(path, geometry)
+
+
+def read_showers(path: str | Path, geometry: Geometry | str | None = None, n: int | None = None) -> ShowerData:
+    """Read (the first ``n``) showers of a file of any supported layout into memory."""
+    with ShowerFile(path, geometry) as f:
+        return f.read(0, n)
