@@ -9,9 +9,9 @@ Native layout (the CaloChallenge convention plus conditions and provenance):
 * attributes: ``calosim_layout="native"``, ``geometry`` (JSON), provenance (engine, version,
   seed, command line, ...)
 
-CaloGAN layout: ``energy`` (N,) or (N, 1) in GeV, ``layer_0`` (N, 3, 96), ``layer_1`` (N, 12, 12),
-``layer_2`` (N, 12, 6), ``overflow`` (N, 3), cell energies in MeV... (the original files store
-GeV-scaled layers; see :func:`read_showers` notes). CaloChallenge layout: ``incident_energies``
+CaloGAN layout: ``energy`` (N,) or (N, 1) incident energy in GeV, ``layer_0`` (N, 3, 96),
+``layer_1`` (N, 12, 12), ``layer_2`` (N, 12, 6) and ``overflow`` (N, 3) cell energies in MeV.
+CaloChallenge layout: ``incident_energies``
 (N, 1) MeV and ``showers`` (N, n_voxels) MeV, with the geometry given by the binning XML or a preset.
 
 Writes go to a temporary file beside the target and are renamed at the end, so an interrupted
