@@ -1,5 +1,285 @@
+"""The ``calosim`` command line: a thin layer over the Python API.
+
+Every sub-command that draws random numbers takes ``--seed``. Errors a user can cause (bad
+file, unknown name, bad range) are printed as one line, without a traceback, exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
 import click
 
-@click.group()
+from . import __version__
+
+SEED = click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed -> same output).")
+OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+DEVICE = click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda, cuda:1, ...")
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's user-facing errors into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, KeyError, FileExistsError, FileNotFoundError, ImportError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            click.secho(f"Error: {msg}", fg="red", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="calosim")
 def main() -> None:
-    """calosim"""
+    """calosim: fast calorimeter simulation with deep generative models.
+
+    \b
+    Data flows one way:
+      geometry -> `simulate` reference showers (HDF5) -> `train` a model (run directory)
+      -> `generate` showers (HDF5) -> `evaluate` (HTML report + metrics.json) -> `bench` speed.
+    Start with `calosim demo`, which runs the whole loop on the built-in simulator.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command("geometries")
+@click.option("--json", "as_json", is_flag=True, help="Print the full JSON description of every preset.")
+@_friendly
+def geometries_cmd(as_json: bool) -> None:
+    """List the detector geometry presets."""
+    from .geometry import get_geometry, list_geometries
+
+    if as_json:
+        import json
+
+        click.echo(json.dumps({n: get_geometry(n).to_dict() for n in list_geometries()}, indent=1))
+        return
+    width = max(map(len, list_geometries()))
+    for name, desc in list_geometries().items():
+        click.echo(f"{name:<{width}}  {desc}")
+
+
+@main.command("models")
+@_friendly
+def models_cmd() -> None:
+    """List the registered generative models."""
+    from .models import list_models
+
+    for name, desc in list_models().items():
+        click.echo(f"{name:<12} {desc}")
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command("info")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--geometry", default=None, help="Geometry preset, for CaloChallenge files with a custom binning.")
+@_friendly
+def info_cmd(file: str, geometry: str | None) -> None:
+    """Physics-aware summary of a shower FILE (any supported layout)."""
+    from .summary import file_summary
+
+    click.echo(file_summary(file, geometry))
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command("simulate")
+@click.option("--geometry", "-g", default="calogan", show_default=True, help="Geometry preset (see `calosim geometries`) or a CaloChallenge binning .xml.")
+@click.option("--particle", "-p", default="e+", show_default=True, help="e-, e+, gamma, pi+, pi-.")
+@click.option("--energy", "-e", default="1:100", show_default=True, help="Incident energy in GeV: 50, 1:100 (uniform) or log:1:100.")
+@click.option("--theta", default="0", show_default=True, help="Polar angle of incidence in degrees: fixed or lo:hi.")
+@click.option("--phi", default="0", show_default=True, help="Azimuth of the incidence direction in degrees: fixed or lo:hi.")
+@click.option("--position", default="0", show_default=True, help="Impact position in mm: fixed, lo:hi (both x and y) or x,y.")
+@click.option("-n", "n", type=int, default=10000, show_default=True, help="Number of showers.")
+@click.option("--engine", default="mc", show_default=True, help="Simulation engine: mc (built-in) or geant4 (extra).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Output HDF5 file.")
+@click.option("--layout", default="native", show_default=True, type=click.Choice(["native", "calogan", "calochallenge"]))
+@SEED
+@OVERWRITE
+@_friendly
+def simulate_cmd(geometry: str, particle: str, energy: str, theta: str, phi: str, position: str, n: int,
+                 engine: str, out: str, layout: str, seed: int, overwrite: bool) -> None:
+    """Simulate reference showers with the built-in simulator (or another engine).
+
+    Example: calosim simulate --geometry calogan --particle e+ --energy 1:100 -n 10000 --seed 1 -o eplus.h5
+    """
+    import time
+
+    from .simulate import simulate, simulate_to_file
+
+    geo = _geometry(geometry)
+    if n <= 0:
+        raise ValueError(f"-n must be a positive number of showers, got {n}")
+    t0 = time.perf_counter()
+    kw = dict(energy=energy, theta=theta, phi=phi, position=position, seed=seed)
+    if engine != "mc":
+        kw["engine"] = engine
+    if layout == "native":
+        path = simulate_to_file(out, geo, particle, n, overwrite=overwrite, progress=True, **kw)
+    else:
+        from .io import write_showers
+
+        path = write_showers(out, simulate(geo, particle, n, progress=True, **kw), overwrite=overwrite, layout=layout)
+    dt = time.perf_counter() - t0
+    click.echo(f"wrote {n} {particle} showers ({geo.name}) to {path} in {dt:.1f} s ({n / dt:.0f} showers/s)")
+
+
+def _geometry(spec: str):  # noqa: ANN202
+    from .geometry import get_geometry, load_calochallenge_xml
+
+    if spec.endswith(".xml"):
+        return load_calochallenge_xml(spec)
+    if spec.endswith(".json"):
+        from .geometry import Geometry
+
+        return Geometry.from_json(Path(spec).read_text())
+    return get_geometry(spec)
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command("train")
+@click.option("--model", "-m", required=True, help="Model name (see `calosim models`).")
+@click.option("--data", "-d", required=True, type=click.Path(dir_okay=False), help="Training showers (HDF5).")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML file of hyper-parameters.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one hyper-parameter (repeatable).")
+@click.option("--epochs", type=int, default=None, help="Train for this many epochs ...")
+@click.option("--steps", type=int, default=None, help="... or this many optimiser steps (default: the model's recipe).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
+@DEVICE
+@SEED
+@OVERWRITE
+@_friendly
+def train_cmd(model: str, data: str, out: str, config_file: str | None, overrides: tuple[str, ...], epochs: int | None,
+              steps: int | None, resume: bool, device: str, seed: int, overwrite: bool) -> None:
+    """Train a generative model on reference showers; writes a run directory.
+
+    Data-parallel: `torchrun --nproc_per_node 2 -m calosim train ...`.
+    """
+    from .train import train
+
+    cfg = _parse_overrides(overrides)
+    run = train(model, data, out, config=cfg, config_file=config_file, epochs=epochs, steps=steps, device=device,
+                seed=seed, resume=resume, overwrite=overwrite, progress=True)
+    click.echo(f"run directory: {run}")
+
+
+def _parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
+    import json
+
+    cfg: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            cfg[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            cfg[k.strip()] = v
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command("generate")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Trained run directory.")
+@click.option("-n", "n", type=int, default=10000, show_default=True, help="Number of showers.")
+@click.option("--energy", "-e", default=None, help="Incident energy in GeV (50, 1:100, log:1:100); default: training range.")
+@click.option("--particle", "-p", default=None, help="Particle, for models conditioned on it.")
+@click.option("--conditions-from", default=None, type=click.Path(dir_okay=False), help="Copy incident energies/conditions from this file.")
+@click.option("--batch", type=int, default=1024, show_default=True)
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False))
+@DEVICE
+@SEED
+@OVERWRITE
+@_friendly
+def generate_cmd(run_dir: str, n: int, energy: str | None, particle: str | None, conditions_from: str | None, batch: int,
+                 out: str, device: str, seed: int, overwrite: bool) -> None:
+    """Sample showers from a trained run into an HDF5 file (native layout, streamed)."""
+    import time
+
+    from .generate import generate
+
+    t0 = time.perf_counter()
+    path = generate(run_dir, out, n, energy=energy, particle=particle, conditions_from=conditions_from, batch=batch,
+                    device=device, seed=seed, overwrite=overwrite, progress=True)
+    dt = time.perf_counter() - t0
+    click.echo(f"wrote {n} showers to {path} in {dt:.1f} s ({1000 * dt / max(n, 1):.3f} ms/shower incl. I/O)")
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command("evaluate")
+@click.option("--reference", "-r", required=True, type=click.Path(dir_okay=False), help="Reference showers.")
+@click.option("--generated", "-g", required=True, multiple=True, type=click.Path(dir_okay=False), help="Generated showers (repeatable).")
+@click.option("--name", "names", multiple=True, help="Display name per --generated (repeatable, same order).")
+@click.option("--train", "train_file", default=None, type=click.Path(dir_okay=False), help="Training showers, for the memorisation test.")
+@click.option("--no-classifier", is_flag=True, help="Skip the classifier two-sample tests (much faster).")
+@click.option("--max-showers", type=int, default=None, help="Use at most this many showers per file.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Report directory.")
+@SEED
+@_friendly
+def evaluate_cmd(reference: str, generated: tuple[str, ...], names: tuple[str, ...], train_file: str | None,
+                 no_classifier: bool, max_showers: int | None, out: str, seed: int) -> None:
+    """Compare generated showers with reference showers: HTML report, PNG plots, metrics.json."""
+    from .metrics import evaluate
+    from .metrics.report import format_terminal_table
+
+    metrics = evaluate(reference, list(generated), names=list(names) or None, train=train_file, out_dir=out,
+                       classifier=not no_classifier, seed=seed, max_showers=max_showers, progress=True)
+    click.echo(format_terminal_table(metrics))
+    click.echo(f"report: {Path(out) / 'index.html'}")
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command("bench")
+@click.option("--run", "runs", required=True, multiple=True, type=click.Path(file_okay=False), help="Run directory (repeatable).")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Also write the rows as JSON.")
+@click.option("--no-reference", is_flag=True, help="Do not time the reference simulator.")
+@DEVICE
+@SEED
+@_friendly
+def bench_cmd(runs: tuple[str, ...], json_path: str | None, no_reference: bool, device: str, seed: int) -> None:
+    """Time sampling (ms/shower at batch 1, 4, 10, 128, 512, 1024) against the reference simulator."""
+    from .bench import bench, format_table, write_json
+
+    rows = bench(list(runs), device=device, reference=not no_reference, seed=seed)
+    click.echo(format_table(rows))
+    if json_path:
+        write_json(rows, json_path)
+        click.echo(f"wrote {json_path}")
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command("export")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Trained run directory.")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Output .onnx file.")
+@OVERWRITE
+@_friendly
+def export_cmd(run_dir: str, out: str, overwrite: bool) -> None:
+    """Export a trained generator to ONNX (needs `pip install calosim[export]`)."""
+    from .export import export_onnx
+
+    path = export_onnx(run_dir, out, overwrite=overwrite)
+    click.echo(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command("demo")
+@click.option("--out", "-o", default="out/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--quick", is_flag=True, help="Tiny sizes (seconds): a smoke test of the whole loop.")
+@SEED
+@_friendly
+def demo_cmd(out: str, quick: bool, seed: int) -> None:
+    """Run the whole loop on the built-in simulator: simulate, train, generate, evaluate."""
+    from .demo import run_demo
+
+    run_demo(Path(out), quick=quick, seed=seed)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
