@@ -1,0 +1,502 @@
+"""Conditional WGAN-GP with a pre-trained condition regressor (LHCb / BESIII / CEPC seeds).
+
+Three networks:
+
+* **generator** ``G(z, c)``: noise ``z`` (B, latent_dim) and encoded conditions ``c`` (B, cond_dim)
+  → dense trunk → one transposed-convolution head per *shape group* → shower (B, n_cells).
+* **critic** ``D(x, c)``: one strided-conv encoder per shape group (LeakyReLU, optional
+  LayerNorm, never batch norm — batch statistics break the per-sample gradient penalty),
+  features concatenated with ``c`` (and optionally with physics observables, see below) → MLP
+  → score (B,). Trained ``n_critic`` times per generator step with the Wasserstein loss plus
+  ``lambda_gp`` × gradient penalty on real/fake interpolates.
+* **regressor** ``R(x)``: a critic-like CNN predicting *all* encoded condition columns from the
+  shower (energy; momentum, position, angles when present). Trained in :meth:`WGANGP.pretrain`,
+  then frozen; the generator loss adds ``lambda_reg`` × MSE(R(G(z, c)), c), which is what makes
+  the Wasserstein generator respect continuous conditions (the seeds' key idea).
+
+Geometry handling ("shape groups"): layers are grouped by image shape. Layers sharing one shape
+form one group and are stacked as *channels* of one image, so a regular stack such as
+``cepc-ecal`` (29 × 31×31) is a single (B, 29, 31, 31) image and the convolutions mix layers.
+Layers with different shapes (``calogan``: 3×96, 12×12, 12×6) get their own generator head and
+critic encoder (no padding to a common grid, which would waste most of the convolution work on
+empty cells). Every head upsamples a small base grid by factors of two per axis (only along
+axes large enough to need it) and crops to the exact layer shape. Polar layers are treated as
+plain (n_alpha, n_r) grids (no angular wrap-around); the model is designed for Cartesian layers.
+
+Output range: the model records, in :meth:`pretrain`, the per-cell minimum and the global
+mean/std of the preprocessed training showers. The generator works in standardised units and its
+output is clamped from below at the per-cell minimum, which (like a ReLU for an identity or
+``x/E`` transform) lets it produce exact "empty cell" values and never anything below what the
+transform can invert.
+
+Training-step semantics: each :meth:`train_step` consumes one batch and performs one critic
+update; every ``n_critic``-th step additionally performs one generator update. ``steps`` in the
+config therefore counts critic updates (generator updates = steps / n_critic), and every critic
+update sees a fresh real batch, as in the WGAN-GP algorithm.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import register_model
+from .base import ShowerModel, TrainContext
+
+if TYPE_CHECKING:
+    from ..geometry import Geometry
+
+__all__ = ["WGANGP", "gradient_penalty", "shape_groups"]
+
+
+# ------------------------------------------------------------------------------------------
+# geometry helpers
+# ------------------------------------------------------------------------------------------
+def shape_groups(geometry: "Geometry") -> list[tuple[tuple[int, int], list[int]]]:
+    """Layers grouped by image shape, in order of first appearance: ``[(shape, [layer ids])]``."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, lay in enumerate(geometry.layers):
+        groups.setdefault(tuple(lay.shape), []).append(i)  # type: ignore[arg-type]
+    return list(groups.items())
+
+
+def _n_up(n: int, max_up: int) -> int:
+    """How many ×2 upsamplings an axis of final size ``n`` gets (base size stays >= 3)."""
+    return max(0, min(max_up, int(math.floor(math.log2(max(n, 1) / 3.0))))) if n >= 6 else 0
+
+
+def _stage_geometry(up_y: int, up_x: int, i: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Kernel, stride, padding of resampling stage ``i``: stride 2 (kernel 4) on axes still being
+    resampled, stride 1 (kernel 3) otherwise; both keep/double sizes exactly."""
+    sy, sx = (2 if i < up_y else 1), (2 if i < up_x else 1)
+    return (4 if sy == 2 else 3, 4 if sx == 2 else 3), (sy, sx), (1, 1)
+
+
+class _GenHead(nn.Module):
+    """Features (B, hidden) → images (B, n_ch, ny, nx) by transposed convolutions from a base grid."""
+
+    def __init__(self, hidden: int, shape: tuple[int, int], n_ch: int, channels: int, max_up: int,
+                 min_channels: int) -> None:
+        super().__init__()
+        ny, nx = shape
+        self.shape = shape
+        self.up_y, self.up_x = _n_up(ny, max_up), _n_up(nx, max_up)
+        self.base = (math.ceil(ny / 2**self.up_y), math.ceil(nx / 2**self.up_x))
+        n_stages = max(self.up_y, self.up_x)
+        self.c0 = channels
+        self.fc = nn.Linear(hidden, channels * self.base[0] * self.base[1])
+        blocks: list[nn.Module] = []
+        c = channels
+        for i in range(n_stages):
+            k, s, p = _stage_geometry(self.up_y, self.up_x, i)
+            c_out = max(c // 2, min_channels)  # cheap high-resolution stages: CPU sampling speed
+            blocks += [nn.ConvTranspose2d(c, c_out, k, s, p), nn.LeakyReLU(0.2)]
+            c = c_out
+        blocks.append(nn.Conv2d(c, n_ch, 3, 1, 1))
+        # channels_last: several times faster (transposed) convolutions on CPU (oneDNN)
+        self.net = nn.Sequential(*blocks).to(memory_format=torch.channels_last)
+
+    def forward(self, h: Tensor) -> Tensor:
+        """(B, hidden) → (B, n_ch, ny, nx)."""
+        y = nn.functional.leaky_relu(self.fc(h), 0.2).view(len(h), self.c0, *self.base)
+        y = self.net(y.contiguous(memory_format=torch.channels_last))
+        ny, nx = self.shape
+        oy, ox = (y.shape[-2] - ny) // 2, (y.shape[-1] - nx) // 2  # centred crop
+        return y[..., oy:oy + ny, ox:ox + nx]
+
+
+class _Encoder(nn.Module):
+    """Images (B, n_ch, ny, nx) → features (B, out) by strided convolutions (no batch norm)."""
+
+    def __init__(self, shape: tuple[int, int], n_ch: int, channels: int, max_down: int, out: int,
+                 layer_norm: bool) -> None:
+        super().__init__()
+        ny, nx = shape
+        dy, dx = _n_up(ny, max_down), _n_up(nx, max_down)
+        blocks: list[nn.Module] = [nn.Conv2d(n_ch, channels, 3, 1, 1), nn.LeakyReLU(0.2)]
+        c, hy, hx = channels, ny, nx
+        for i in range(max(dy, dx)):
+            k, s, p = _stage_geometry(dy, dx, i)
+            c_out = min(c * 2, 4 * channels)
+            blocks.append(nn.Conv2d(c, c_out, k, s, p))
+            hy, hx = (hy + 2 * p[0] - k[0]) // s[0] + 1, (hx + 2 * p[1] - k[1]) // s[1] + 1
+            if layer_norm:  # GroupNorm(1) = LayerNorm over (C, H, W): per-sample, GP-safe
+                blocks.append(nn.GroupNorm(1, c_out))
+            blocks.append(nn.LeakyReLU(0.2))
+            c = c_out
+        blocks += [nn.Flatten(), nn.Linear(c * hy * hx, out), nn.LeakyReLU(0.2)]
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, img: Tensor) -> Tensor:
+        return self.net(img)
+
+
+class _MultiEncoder(nn.Module):
+    """Flat showers (B, n_cells) → concatenated per-group features (B, n_groups * feat)."""
+
+    def __init__(self, groups: list[tuple[tuple[int, int], list[int]]], gather: list[Tensor], channels: int,
+                 max_down: int, feat: int, layer_norm: bool) -> None:
+        super().__init__()
+        self.groups = groups
+        for gi, idx in enumerate(gather):
+            self.register_buffer(f"gather{gi}", idx, persistent=False)
+        self.encoders = nn.ModuleList(
+            _Encoder(shape, len(ids), channels, max_down, feat, layer_norm) for shape, ids in groups
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        feats = []
+        for gi, ((shape, ids), enc) in enumerate(zip(self.groups, self.encoders)):
+            img = x[:, getattr(self, f"gather{gi}")].view(len(x), len(ids), *shape)
+            feats.append(enc(img))
+        return torch.cat(feats, 1)
+
+
+class Generator(nn.Module):
+    """``G(z, c)``: (B, latent) × (B, cond_dim) → raw standardised showers (B, n_cells) (before clamp)."""
+
+    def __init__(self, groups: list[tuple[tuple[int, int], list[int]]], scatter: Tensor, latent_dim: int,
+                 cond_dim: int, hidden: int, channels: int, max_up: int, min_channels: int) -> None:
+        super().__init__()
+        self.groups = groups
+        self.register_buffer("scatter", scatter, persistent=False)
+        self.trunk = nn.Sequential(
+            nn.Linear(latent_dim + cond_dim, hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
+        )
+        self.heads = nn.ModuleList(_GenHead(hidden, shape, len(ids), channels, max_up, min_channels) for shape, ids in groups)
+
+    def forward(self, z: Tensor, cond: Tensor) -> Tensor:
+        h = self.trunk(torch.cat([z, cond], 1))
+        out = torch.cat([head(h).reshape(len(h), -1) for head in self.heads], 1)  # group order
+        return out[:, self.scatter]  # → geometry's layer-by-layer cell order
+
+
+class Critic(nn.Module):
+    """``D(x, c[, obs])``: standardised showers (B, n_cells), conditions (B, cond_dim) and optional
+    observables (B, n_obs) → Wasserstein score (B,)."""
+
+    def __init__(self, encoder: _MultiEncoder, feat_dim: int, cond_dim: int, n_obs: int, hidden: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.n_obs = n_obs
+        self.head = nn.Sequential(
+            nn.Linear(feat_dim + cond_dim + n_obs, hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1),
+        )
+
+    def forward(self, x: Tensor, cond: Tensor, obs: Tensor | None = None) -> Tensor:
+        parts = [self.encoder(x), cond]
+        if self.n_obs:
+            assert obs is not None, "critic was built with observables; pass obs"
+            parts.append(obs)
+        return self.head(torch.cat(parts, 1)).squeeze(1)
+
+
+class Regressor(nn.Module):
+    """``R(x)``: standardised showers (B, n_cells) → predicted encoded conditions (B, cond_dim)."""
+
+    def __init__(self, encoder: _MultiEncoder, feat_dim: int, cond_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Sequential(nn.Linear(feat_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, cond_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.encoder(x))
+
+
+def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, lam: float,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """``lam * E[(||∇_x̂ D(x̂)||₂ − 1)²]`` on random interpolates ``x̂ = ε·real + (1−ε)·fake``.
+
+    ``critic`` maps (B, n) → (B,) (conditions bound by the caller); ``real``/``fake`` (B, n).
+    One ε ~ U(0, 1) per sample, drawn with ``generator``.
+    """
+    eps = torch.rand((len(real), 1), generator=generator, device=generator.device if generator else real.device)
+    eps = eps.to(real.device, real.dtype)
+    x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+    score = critic(x_hat)
+    (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
+    return lam * ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+# ------------------------------------------------------------------------------------------
+# the model
+# ------------------------------------------------------------------------------------------
+@register_model
+class WGANGP(ShowerModel):
+    """Conditional WGAN-GP with a frozen pre-trained condition regressor (LHCb/BESIII/CEPC)."""
+
+    name = "wgan-gp"
+    default_config: dict[str, Any] = {
+        "transform": "boxcox",
+        "batch_size": 128,
+        "steps": 20000,           # critic updates; generator updates = steps / n_critic
+        "lr_generator": 2e-4,
+        "lr_critic": 2e-4,
+        "betas": (0.5, 0.9),
+        "n_critic": 5,
+        "lambda_gp": 10.0,
+        "lambda_reg": 1.0,
+        "drift": 1e-3,            # ε_drift·E[D(x_real)²] keeps critic scores near 0 (Karras et al.)
+        "latent_dim": 64,
+        "gen_hidden": 128,        # generator dense trunk width
+        "critic_hidden": 256,     # critic / regressor MLP width
+        "gen_channels": 32,       # at the base grid; halved per upsampling stage ...
+        "gen_min_channels": 8,    # ... down to this
+        "critic_channels": 32,
+        "critic_feat": 64,        # features per shape group after the critic encoder
+        "max_up": 3,              # ×2 resampling stages per axis at most
+        "layer_norm": True,       # LayerNorm (GroupNorm(1)) in critic and regressor encoders
+        "critic_observables": True,  # feed per-layer energies/centroids/widths (MeV space) to critic
+        "regressor_steps": 600,
+        "regressor_lr": 1e-3,
+        "regressor_batches_val": 8,
+        "regressor_channels": 16,
+    }
+    ema_modules = ("generator",)
+
+    def __init__(self, geometry: "Geometry", cond_dim: int, config: dict[str, Any]) -> None:
+        super().__init__(geometry, cond_dim, config)
+        cfg = self.config
+        data_dim = int(cfg.get("data_dim", geometry.n_cells))
+        if data_dim != geometry.n_cells:
+            raise ValueError(f"wgan-gp: the transform must keep one value per cell (data_dim {data_dim} != "
+                             f"{geometry.n_cells} cells of {geometry.name!r}); use e.g. 'boxcox', 'log' or 'scale'")
+        self.groups = shape_groups(geometry)
+        offsets = geometry.layer_offsets
+        gather: list[Tensor] = []
+        for shape, ids in self.groups:
+            gather.append(torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in ids]))
+        order = torch.cat(gather)  # group-order position → geometry cell index
+        scatter = torch.empty_like(order)
+        scatter[order] = torch.arange(len(order))  # geometry cell → group-order position
+        self.latent_dim = int(cfg["latent_dim"])
+        self.generator = Generator(self.groups, scatter, self.latent_dim, cond_dim, int(cfg["gen_hidden"]),
+                                   int(cfg["gen_channels"]), int(cfg["max_up"]), int(cfg["gen_min_channels"]))
+        feat = int(cfg["critic_feat"])
+        n_obs = self._n_observables() if cfg["critic_observables"] else 0
+        enc = _MultiEncoder(self.groups, gather, int(cfg["critic_channels"]), int(cfg["max_up"]), feat,
+                            bool(cfg["layer_norm"]))
+        self.critic = Critic(enc, feat * len(self.groups), cond_dim, n_obs, int(cfg["critic_hidden"]))
+        renc = _MultiEncoder(self.groups, gather, int(cfg["regressor_channels"]), int(cfg["max_up"]), feat,
+                             bool(cfg["layer_norm"]))
+        self.regressor = Regressor(renc, feat * len(self.groups), cond_dim, int(cfg["critic_hidden"]) // 2)
+
+        # Data statistics of the preprocessed space, set in pretrain (defaults suit an identity
+        # transform of non-negative showers: floor 0 = ReLU output).
+        n = geometry.n_cells
+        self.register_buffer("x_mean", torch.zeros(()))
+        self.register_buffer("x_std", torch.ones(()))
+        self.register_buffer("x_floor", torch.zeros(n))
+        self.register_buffer("obs_mean", torch.zeros(max(n_obs, 1)))
+        self.register_buffer("obs_std", torch.ones(max(n_obs, 1)))
+        self.register_buffer("regressor_trained", torch.zeros((), dtype=torch.bool))
+        # Cell centres (mm) for centroid/width observables.
+        cx, cy = geometry.cell_centers()
+        self.register_buffer("cell_x", torch.as_tensor(cx, dtype=torch.float32), persistent=False)
+        self.register_buffer("cell_y", torch.as_tensor(cy, dtype=torch.float32), persistent=False)
+        self.register_buffer("cell_layer", torch.as_tensor(geometry.cell_layer, dtype=torch.long), persistent=False)
+        self.register_buffer("layer_extent", torch.tensor([max(l.extent_mm, 1.0) for l in geometry.layers],
+                                                          dtype=torch.float32), persistent=False)
+        self._last_gen: dict[str, float] = {"loss_generator": float("nan"), "loss_regression": float("nan")}
+
+    # -- preprocessing helpers ---------------------------------------------------------------
+    def _standardise(self, x: Tensor) -> Tensor:
+        """Preprocessed showers (B, n_cells) → network units (B, n_cells)."""
+        return (x - self.x_mean) / self.x_std
+
+    def _generate(self, z: Tensor, cond: Tensor, generator: nn.Module | None = None) -> Tensor:
+        """(B, latent), (B, cond_dim) → preprocessed showers (B, n_cells), clamped at the data floor."""
+        g = self.generator if generator is None else generator
+        x = self.x_mean + self.x_std * g(z, cond)
+        return torch.maximum(x, self.x_floor)
+
+    def _noise(self, n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
+        dev = generator.device if generator is not None else device
+        return torch.randn((n, self.latent_dim), generator=generator, device=dev).to(device)
+
+    def _n_observables(self) -> int:
+        # per layer: log energy fraction, centroid x/y, width x/y; plus log total fraction
+        return 5 * self.geometry.n_layers + 1
+
+    def observables(self, x_mev: Tensor, e_inc: Tensor) -> Tensor:
+        """Differentiable high-level features of showers in MeV.
+
+        ``x_mev`` (B, n_cells), ``e_inc`` (B, 1) MeV → (B, 5 L + 1): per layer log(E_l/E_inc),
+        centroids and widths in x and y (in units of the layer half-size), then log(E_tot/E_inc).
+        """
+        B, L = len(x_mev), self.geometry.n_layers
+        x_mev = x_mev.clamp_min(0)
+        idx = self.cell_layer.expand(B, -1)
+        zeros = x_mev.new_zeros(B, L)
+        e_l = zeros.scatter_add(1, idx, x_mev)
+        ex = zeros.scatter_add(1, idx, x_mev * self.cell_x)
+        ey = zeros.scatter_add(1, idx, x_mev * self.cell_y)
+        exx = zeros.scatter_add(1, idx, x_mev * self.cell_x**2)
+        eyy = zeros.scatter_add(1, idx, x_mev * self.cell_y**2)
+        # A small energy floor keeps centroids of (nearly) empty layers at 0 with bounded gradients.
+        den = e_l + 1e-4 * e_inc
+        mx, my = ex / den, ey / den
+        ext = self.layer_extent
+        wx = (exx / den - mx**2).clamp_min(0).add(1.0).sqrt() / ext
+        wy = (eyy / den - my**2).clamp_min(0).add(1.0).sqrt() / ext
+        frac = torch.log(e_l / e_inc + 1e-5)
+        tot = torch.log(e_l.sum(1, keepdim=True) / e_inc + 1e-5)
+        return torch.cat([frac, mx / ext, my / ext, wx, wy, tot], 1)
+
+    def _critic_obs(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> Tensor | None:
+        """Standardised observables (B, n_obs) of preprocessed showers, or None if disabled."""
+        if not self.critic.n_obs:
+            return None
+        e_inc = ctx.conditions.incident_energy(cond)
+        obs = self.observables(ctx.transform.inverse(x, e_inc), e_inc)
+        return (obs - self.obs_mean) / self.obs_std
+
+    # -- training -----------------------------------------------------------------------------
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Adam for generator and critic (betas (0.5, 0.9) as usual for WGAN-GP); the regressor
+        has its own optimiser inside :meth:`pretrain` and is frozen afterwards."""
+        b = tuple(self.config["betas"])
+        return {
+            "generator": torch.optim.Adam(self.generator.parameters(), lr=float(self.config["lr_generator"]), betas=b),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=float(self.config["lr_critic"]), betas=b),
+        }
+
+    @torch.no_grad()
+    def _fit_statistics(self, batches: list[tuple[Tensor, Tensor]], ctx: TrainContext) -> None:
+        xs = torch.cat([b[0] for b in batches])
+        self.x_mean.copy_(xs.mean())
+        self.x_std.copy_(xs.std().clamp_min(1e-6))
+        self.x_floor.copy_(xs.amin(0))
+        if self.critic.n_obs:
+            cs = torch.cat([b[1] for b in batches])
+            e_inc = ctx.conditions.incident_energy(cs)
+            obs = self.observables(ctx.transform.inverse(xs, e_inc), e_inc)
+            self.obs_mean.copy_(obs.mean(0))
+            self.obs_std.copy_(obs.std(0).clamp_min(1e-3))
+
+    def pretrain(self, batches: Iterator[tuple[Tensor, Tensor]], ctx: TrainContext) -> dict[str, float]:
+        """Fit data statistics, train the condition regressor, report its validation MSE, freeze it.
+
+        The first ``regressor_batches_val`` batches are held out: their showers are recognised
+        and skipped if the (infinite, reshuffled) stream yields them again, so the reported
+        validation loss is on showers the regressor never trained on.
+        Returns ``regressor_val_mse`` (all columns), per-column ``regressor_val_mse_<i>`` and
+        ``regressor_val_r2`` (1 − MSE / variance of the encoded conditions).
+        """
+        cfg = self.config
+        n_val = max(int(cfg["regressor_batches_val"]), 1)
+        val = [next(batches) for _ in range(n_val)]
+        self._fit_statistics(val, ctx)
+        held = {(float(c), float(m)) for x, cnd in val for c, m in zip(cnd[:, 0].tolist(), x.amax(1).tolist())}
+
+        reg = self.regressor
+        reg.requires_grad_(True).train()
+        opt = torch.optim.Adam(reg.parameters(), lr=float(cfg["regressor_lr"]))
+        steps = int(cfg["regressor_steps"])
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(cfg["regressor_lr"]), total_steps=max(steps, 1))
+        train_loss = float("nan")
+        for _ in range(steps):
+            x, cond = next(batches)
+            keep = [(c, m) not in held for c, m in zip(cond[:, 0].tolist(), x.amax(1).tolist())]
+            if not all(keep):
+                mask = torch.tensor(keep, device=x.device)
+                x, cond = x[mask], cond[mask]
+            loss = nn.functional.mse_loss(reg(self._standardise(x)), cond)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            train_loss = 0.9 * train_loss + 0.1 * loss.item() if math.isfinite(train_loss) else loss.item()
+        reg.eval().requires_grad_(False)  # frozen: only provides gradients to the generator
+        self.regressor_trained.fill_(True)
+
+        xv = torch.cat([b[0] for b in val])
+        cv = torch.cat([b[1] for b in val])
+        with torch.no_grad():
+            err = (reg(self._standardise(xv)) - cv) ** 2
+        per_col = err.mean(0)
+        var = cv.var(0).clamp_min(1e-12)
+        out = {"regressor_train_mse": train_loss, "regressor_val_mse": float(per_col.mean()),
+               "regressor_val_r2": float((1 - per_col / var).mean())}
+        out.update({f"regressor_val_mse_{i}": float(v) for i, v in enumerate(per_col)})
+        return out
+
+    def train_step(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
+        """One critic update on ``(x, cond)`` (B, n_cells), (B, cond_dim); every ``n_critic``-th
+        step also one generator update. Returns the latest losses of both."""
+        cfg = self.config
+        B, dev = len(x), x.device
+        gen = ctx.generator
+
+        # ---- critic: E[D(fake)] - E[D(real)] + GP + drift -----------------------------------
+        self.critic.requires_grad_(True)
+        with torch.no_grad():
+            fake = self._generate(self._noise(B, dev, gen), cond)
+
+        def d(xx: Tensor) -> Tensor:
+            return self.critic(self._standardise(xx), cond, self._critic_obs(xx, cond, ctx))
+
+        d_real, d_fake = d(x), d(fake)
+        gp = gradient_penalty(d, x, fake, float(cfg["lambda_gp"]), gen)
+        w_dist = d_real.mean() - d_fake.mean()
+        loss_c = -w_dist + gp + float(cfg["drift"]) * (d_real**2).mean()
+        ctx.backward_step(loss_c, "critic")
+        out = {"loss_critic": loss_c.item(), "wasserstein": w_dist.item(), "gradient_penalty": gp.item()}
+
+        # ---- generator: -E[D(G(z, c))] + lambda_reg * MSE(R(G(z, c)), c) ----------------------
+        if (ctx.step + 1) % max(int(cfg["n_critic"]), 1) == 0:
+            self.critic.requires_grad_(False)  # no weight grads needed, only input grads
+            fake = self._generate(self._noise(B, dev, gen), cond)
+            adv = -d(fake).mean()
+            loss_g = adv
+            reg_loss = torch.zeros((), device=dev)
+            if float(cfg["lambda_reg"]) > 0:
+                reg_loss = nn.functional.mse_loss(self.regressor(self._standardise(fake)), cond)
+                loss_g = adv + float(cfg["lambda_reg"]) * reg_loss
+            ctx.backward_step(loss_g, "generator")
+            self.critic.requires_grad_(True)
+            self._last_gen = {"loss_generator": adv.item(), "loss_regression": reg_loss.item()}
+        out.update(self._last_gen)
+        return out
+
+    # -- sampling -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Preprocessed showers (B, n_cells) for encoded conditions (B, cond_dim).
+
+        Draws ``z`` ~ N(0, 1) of shape (B, latent_dim) with ``generator`` (first and only draw),
+        so ``export_module()(z, cond)`` reproduces it for the same z."""
+        z = self._noise(len(cond), cond.device, generator)
+        return self._generate(z, cond)
+
+    def export_module(self) -> nn.Module:
+        """``f(z, cond) -> x``: z (B, latent_dim), cond (B, cond_dim) → preprocessed showers (B, n_cells)."""
+        return _Exported(self)
+
+    @torch.no_grad()
+    def regressor_errors(self, x: Tensor, cond: Tensor) -> Tensor:
+        """Per-column squared error of the frozen regressor, (B, cond_dim): use it on real showers
+        and on generated ones for the same ``cond`` to check that G respects the conditions."""
+        return (self.regressor(self._standardise(x)) - cond) ** 2
+
+
+class _Exported(nn.Module):
+    """Standalone ``f(z, cond)`` holding the generator and the output statistics."""
+
+    def __init__(self, model: WGANGP) -> None:
+        super().__init__()
+        self.latent_dim = model.latent_dim
+        self.generator = model.generator
+        self.register_buffer("x_mean", model.x_mean.clone())
+        self.register_buffer("x_std", model.x_std.clone())
+        self.register_buffer("x_floor", model.x_floor.clone())
+
+    def forward(self, z: Tensor, cond: Tensor) -> Tensor:
+        return torch.maximum(self.x_mean + self.x_std * self.generator(z, cond), self.x_floor)
