@@ -1,0 +1,713 @@
+"""Physics observables of calorimeter showers, vectorised over ``(N, n_cells)`` arrays.
+
+Every function works for any :class:`~calosim.geometry.Geometry` (Cartesian and polar
+layers). Energies are in MeV, lengths in mm. Notation used in the docstrings:
+
+* ``I_{l,c}``: energy of cell ``c`` of layer ``l`` (one shower); ``E_l = sum_c I_{l,c}``;
+  ``E_tot = sum_l E_l``; ``E_inc`` the incident energy.
+* ``(x_c, y_c)``: cell centres from :meth:`Layer.cell_centers` (for polar CaloChallenge
+  voxels ``x = r cos(alpha)``, ``y = r sin(alpha)`` with ``r``/``alpha`` the bin midpoints,
+  which the challenge calls eta and phi); ``R_c``: distance of the cell centre from the axis.
+* ``l = 0 .. L-1`` the *position* of a layer in the geometry (used for depths);
+  observable names carry the layer *label* (:func:`layer_labels`, the CaloChallenge layer id
+  for ``calochallenge-*`` geometries, so ``E_layer_12`` is the challenge's layer 12).
+* ``thr``: the hit threshold, by default ``geometry.threshold_mev`` (a cell is a hit if
+  ``I > thr``).
+
+:func:`compute_observables` returns the scalar-per-shower observables with stable names;
+:func:`highlevel_matrix` turns them into the feature matrix of the classifier and FPD tests;
+:class:`ShowerSummary` accumulates the profiles, mean images and the cell spectrum chunk by
+chunk; :func:`response_vs_energy` gives the energy response and resolution per energy bin.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ..geometry import Geometry
+
+__all__ = [
+    "compute_observables", "highlevel_matrix", "highlevel_columns", "observable_groups",
+    "observable_label", "layer_labels",
+    "centre_of_energy", "shower_width", "e_ratio", "shower_depth", "occupancy", "n_hits",
+    "cluster_asymmetry", "radial_width",
+    "longitudinal_profile", "radial_profile", "lateral_profiles", "cell_energy_spectrum",
+    "mean_images", "response_vs_energy", "energy_bins", "ShowerSummary",
+    "SPECTRUM_BINS", "HIGHLEVEL_FAMILIES", "CALOCHALLENGE_NAMES",
+]
+
+_EPS = 1e-16  # the CaloChallenge's guard against empty layers in the centre/width quotients
+
+#: Log bins (MeV) of the cell-energy spectrum: 10 per decade from 0.1 keV to 10 TeV.
+SPECTRUM_BINS = np.logspace(-4, 7, 111)
+
+#: Per-layer observable families of the high-level matrix (CaloChallenge-like set).
+HIGHLEVEL_FAMILIES = ("E_layer", "x_center", "y_center", "x_width", "y_width", "sparsity")
+
+#: calosim name -> name of the same quantity in the CaloChallenge's HighLevelFeatures.py.
+CALOCHALLENGE_NAMES = {
+    "E_tot": "Etot (GetEtot)", "E_ratio_inc": "Etot / Einc", "E_layer_{i}": "E_layers[i] (GetElayers)",
+    "x_center_{i}": "EC_etas[i] (GetECEtas)", "y_center_{i}": "EC_phis[i] (GetECPhis)",
+    "x_width_{i}": "width_etas[i] (GetWidthEtas)", "y_width_{i}": "width_phis[i] (GetWidthPhis)",
+    "sparsity_{i}": "sparsity of layer i (fraction of voxels with energy)",
+}
+
+
+# ------------------------------------------------------------------------------------------
+# geometry look-up tables (cached per geometry; Geometry is a frozen, hashable dataclass)
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _LayerInfo:
+    pos: int  # position in the geometry
+    label: int  # name suffix (CaloChallenge layer id or position)
+    sl: slice
+    x: np.ndarray  # (n_l,) cell centre x, mm
+    y: np.ndarray  # (n_l,) cell centre y, mm
+    r: np.ndarray  # (n_l,) distance of the cell centre from the axis, mm
+    has_xy: bool  # cells resolve a 2-D position (Cartesian, or polar with >1 alpha bin)
+    z_mid: float  # depth of the layer centre, mm
+    moments: np.ndarray  # (n_l, 8) columns 1, x, x^2, y, y^2, R^2, sign(x), sign(y): one matmul
+
+
+def layer_labels(geometry: Geometry) -> list[int]:
+    """Integer label of each layer used in observable names, ``(n_layers,)`` list.
+
+    CaloChallenge geometries carry the challenge's layer ids in ``geometry.meta["layer_ids"]``
+    (dataset 1 skips inactive layers: photons have ids 0, 1, 2, 3, 12); otherwise the layer
+    position 0..L-1.
+    """
+    ids = geometry.meta.get("layer_ids") if isinstance(geometry.meta, dict) else None
+    if ids is not None and len(ids) == geometry.n_layers and len(set(ids)) == len(ids):
+        return [int(i) for i in ids]
+    return list(range(geometry.n_layers))
+
+
+@lru_cache(maxsize=16)
+def _layer_info(geometry: Geometry) -> tuple[_LayerInfo, ...]:
+    out = []
+    for pos, (lay, sl, lab) in enumerate(zip(geometry.layers, geometry.layer_slices, layer_labels(geometry))):
+        x, y = lay.cell_centers()
+        r = lay.cell_radius()
+        has_xy = lay.kind == "cartesian" or lay.shape[0] > 1
+        mom = np.stack([np.ones_like(x), x, x * x, y, y * y, r * r, np.sign(x), np.sign(y)], axis=1).astype(np.float64)
+        out.append(_LayerInfo(pos, lab, sl, x.astype(np.float64), y.astype(np.float64), r.astype(np.float64),
+                              has_xy, lay.z_mm + 0.5 * lay.thickness_mm, mom))
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------
+# single-observable functions (each on one layer image or on per-layer energies)
+# ------------------------------------------------------------------------------------------
+def centre_of_energy(energy: ArrayLike, coord: ArrayLike) -> np.ndarray:
+    """Centre of energy ``<x> = sum_c x_c I_c / (sum_c I_c + 1e-16)``.
+
+    ``energy`` (N, n) cell energies of one layer, ``coord`` (n,) cell centre coordinate;
+    returns (N,). 0 for an empty layer (the CaloChallenge's ``_calculate_EC``).
+    """
+    e = np.asarray(energy, dtype=np.float64)
+    return (e @ np.asarray(coord, dtype=np.float64)) / (e.sum(axis=-1) + _EPS)
+
+
+def shower_width(energy: ArrayLike, coord: ArrayLike) -> np.ndarray:
+    """Energy-weighted width ``sqrt(max(<x^2> - <x>^2, 0))`` with the 1e-16 guard of :func:`centre_of_energy`.
+
+    ``energy`` (N, n), ``coord`` (n,) -> (N,). Identical to the CaloChallenge's
+    ``GetECandWidths`` (``width_etas``/``width_phis``).
+    """
+    e = np.asarray(energy, dtype=np.float64)
+    c = np.asarray(coord, dtype=np.float64)
+    s = e.sum(axis=-1) + _EPS
+    m1, m2 = (e @ c) / s, (e @ (c * c)) / s
+    return np.sqrt(np.clip(m2 - m1 * m1, 0.0, None))
+
+
+def e_ratio(energy: ArrayLike) -> np.ndarray:
+    """CaloGAN ``E_ratio = (I_(1) - I_(2)) / (I_(1) + I_(2))`` of one layer.
+
+    ``I_(1)``, ``I_(2)``: highest and second-highest cell energy. ``energy`` (N, n) -> (N,);
+    0 for an empty layer, 1 if a single cell has energy.
+    """
+    e = np.asarray(energy)
+    if e.dtype.kind != "f":
+        e = e.astype(np.float64)
+    if e.shape[-1] < 2:
+        top = e[..., -1]
+        return np.where(top > 0, 1.0, 0.0)
+    # selection is exact in any float dtype, so work on the (usually float32) input; argmax +
+    # masked max is ~4x faster than np.partition and keeps ties (two equal maxima -> 0)
+    e2 = e.reshape(-1, e.shape[-1])
+    rows = np.arange(len(e2))
+    i = e2.argmax(axis=-1)
+    i1 = e2[rows, i].astype(np.float64)
+    rest = e2.copy()
+    rest[rows, i] = -np.inf
+    i2 = rest.max(axis=-1).astype(np.float64) if len(e2) else np.zeros(0)
+    i1, i2 = i1.reshape(e.shape[:-1]), i2.reshape(e.shape[:-1])
+    den = i1 + i2
+    return np.divide(i1 - i2, den, out=np.zeros_like(den), where=den > 0)
+
+
+def shower_depth(layer_energies: ArrayLike, depths: ArrayLike | None = None) -> dict[str, np.ndarray]:
+    """CaloGAN longitudinal observables from per-layer energies ``E_l`` (N, L).
+
+    With ``z_l`` = ``depths`` (L,) (default the layer position ``l``):
+
+    * ``l_d = sum_l z_l E_l`` (depth-weighted total energy),
+    * ``s_d = l_d / E_tot`` (shower depth; 0 for an empty shower),
+    * ``sigma_sd = sqrt(max(sum_l z_l^2 E_l / E_tot - s_d^2, 0))`` (shower depth width),
+    * ``d = max{l : E_l > 0}`` (deepest layer with energy, -1 for an empty shower; energies
+      are non-negative so ``E_l > 0`` iff ``max_c I_{l,c} > 0``).
+
+    Returns ``{"d", "l_d", "s_d", "sigma_sd"}``, each (N,).
+    """
+    e = np.asarray(layer_energies, dtype=np.float64)
+    n_l = e.shape[1]
+    z = np.arange(n_l, dtype=np.float64) if depths is None else np.asarray(depths, dtype=np.float64)
+    tot = e.sum(axis=1)
+    ok = tot > 0
+    safe = np.where(ok, tot, 1.0)
+    l_d = e @ z
+    s_d = np.where(ok, l_d / safe, 0.0)
+    m2 = np.where(ok, (e @ (z * z)) / safe, 0.0)
+    sigma = np.sqrt(np.clip(m2 - s_d * s_d, 0.0, None))
+    # clean rounding noise: a one-layer shower has exactly zero width
+    sigma[sigma < 1e-7 * np.maximum(np.abs(z).max(initial=0.0), 1.0)] = 0.0
+    d = np.where(e > 0, np.arange(n_l), -1).max(axis=1) if n_l else np.full(len(e), -1)
+    return {"d": d.astype(np.float64), "l_d": l_d, "s_d": s_d, "sigma_sd": sigma}
+
+
+def occupancy(energy: ArrayLike, threshold: float = 0.0) -> np.ndarray:
+    """Fraction of cells with ``I > threshold``: ``(1/n) sum_c [I_c > thr]``; (N, n) -> (N,).
+
+    This is what the CaloChallenge and the CaloGAN seed plot as the "sparsity" of a layer
+    (fraction of voxels with non-zero energy; 1 = all cells hit).
+    """
+    e = np.asarray(energy)
+    return (e > threshold).sum(axis=-1) / max(e.shape[-1], 1)
+
+
+def n_hits(showers: ArrayLike, threshold: float = 0.0) -> np.ndarray:
+    """Number of hits ``sum_c [I_c > thr]`` (ILD "number of hits"); (N, n) -> (N,)."""
+    return (np.asarray(showers) > threshold).sum(axis=-1).astype(np.float64)
+
+
+def _axis(info: _LayerInfo, n: int, conditions: dict[str, np.ndarray] | None
+          ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per-shower axis ``(x0, y0)`` at the layer centre and transverse direction ``(ux, uy)``.
+
+    The axis passes through ``position`` (N, 2) mm (if given) and is tilted along
+    ``momentum`` (N, 3): ``x0 = pos_x + z_mid p_x / p_z``. The direction is the unit transverse
+    momentum (``(1, 0)`` without momentum or for ``p_T = 0``). ``None`` means the nominal
+    axis ``(0, 0)`` / direction ``(1, 0)`` for all showers.
+    """
+    if not conditions:
+        return None, None
+    pos = conditions.get("position")
+    mom = conditions.get("momentum")
+    x0 = np.zeros((n, 2))
+    if pos is not None:
+        x0 += np.asarray(pos, dtype=np.float64).reshape(n, 2)
+    u = None
+    if mom is not None:
+        p = np.asarray(mom, dtype=np.float64).reshape(n, 3)
+        pz = np.where(p[:, 2] > 0, p[:, 2], np.inf)  # backward/zero pz: no tilt
+        x0 += info.z_mid * p[:, :2] / pz[:, None]
+        pt = np.hypot(p[:, 0], p[:, 1])
+        u = np.where(pt[:, None] > 0, p[:, :2] / np.where(pt > 0, pt, 1.0)[:, None], [1.0, 0.0])
+    if pos is None and mom is None:
+        return None, None
+    return x0, u
+
+
+def cluster_asymmetry(energy: ArrayLike, x: ArrayLike, y: ArrayLike, *, axis: ArrayLike | None = None,
+                      direction: ArrayLike | None = None, orthogonal: bool = False) -> np.ndarray:
+    """LHCb cluster asymmetry ``(E_+ - E_-) / (E_+ + E_- )`` of one layer.
+
+    The layer is cut by the line through the shower axis ``(x0, y0)`` perpendicular to the
+    transverse direction ``u`` (the particle's ``(p_x, p_y)``; LHCb seed, appendix):
+    ``E_+ = sum_c I_c [((x_c - x0), (y_c - y0)) . u > 0]``, ``E_-`` likewise for ``< 0``
+    (cells exactly on the line count on neither side). ``orthogonal=True`` uses
+    ``u_perp = (-u_y, u_x)`` (the line along the momentum). ``energy`` (N, n); ``x``, ``y``
+    (n,); ``axis`` (N, 2) mm, default (0, 0); ``direction`` (N, 2), default ``(1, 0)`` (the
+    x axis). Returns (N,), 0 for an empty layer.
+    """
+    e = np.asarray(energy, dtype=np.float64)
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    tot = e.sum(axis=-1)
+    if axis is None and direction is None:  # one sign per cell for all showers: a matmul
+        s = np.sign(ys if orthogonal else xs)
+        num = e @ s
+    else:
+        n = len(e)
+        a = np.zeros((n, 2)) if axis is None else np.asarray(axis, dtype=np.float64).reshape(n, 2)
+        u = np.tile([1.0, 0.0], (n, 1)) if direction is None else np.asarray(direction, dtype=np.float64).reshape(n, 2)
+        if orthogonal:
+            u = np.stack([-u[:, 1], u[:, 0]], axis=1)
+        proj = (xs[None, :] - a[:, :1]) * u[:, :1] + (ys[None, :] - a[:, 1:]) * u[:, 1:]
+        num = (e * np.sign(proj)).sum(axis=-1)
+    return np.divide(num, tot, out=np.zeros_like(tot), where=tot > 0)
+
+
+def radial_width(energy: ArrayLike, x: ArrayLike, y: ArrayLike, r: ArrayLike, axis: ArrayLike | None = None) -> np.ndarray:
+    """Energy-weighted RMS distance from the shower axis, ``sqrt(sum_c I_c d_c^2 / sum_c I_c)``.
+
+    ``d_c^2 = R_c^2 - 2 (x0 x_c + y0 y_c) + x0^2 + y0^2`` with ``R_c`` the cell's distance from
+    the nominal axis and ``(x0, y0)`` = ``axis`` (N, 2) (default 0). For polar rings without
+    angular binning (``x_c = y_c = 0``) this is the ring average of ``d^2``. ``energy`` (N, n);
+    ``x``, ``y``, ``r`` (n,). Returns (N,), 0 for an empty layer.
+    """
+    e = np.asarray(energy, dtype=np.float64)
+    tot = e.sum(axis=-1)
+    m = e @ (np.asarray(r, dtype=np.float64) ** 2)
+    if axis is not None:
+        a = np.asarray(axis, dtype=np.float64).reshape(len(e), 2)
+        m = m - 2 * (a[:, 0] * (e @ np.asarray(x, dtype=np.float64)) + a[:, 1] * (e @ np.asarray(y, dtype=np.float64)))
+        m = m + (a * a).sum(axis=1) * tot
+    return np.sqrt(np.clip(np.divide(m, tot, out=np.zeros_like(tot), where=tot > 0), 0.0, None))
+
+
+# ------------------------------------------------------------------------------------------
+# all scalar observables
+# ------------------------------------------------------------------------------------------
+def compute_observables(
+    showers: ArrayLike,
+    incident_energies: ArrayLike,
+    geometry: Geometry,
+    *,
+    conditions: dict[str, np.ndarray] | None = None,
+    threshold: float | None = None,
+) -> dict[str, np.ndarray]:
+    """Scalar observables of each shower, ``{name: (N,) float64}`` with stable names.
+
+    ``showers`` (N, n_cells) MeV, ``incident_energies`` (N,) or (N, 1) MeV. ``conditions``
+    (optional ``position`` (N, 2), ``momentum`` (N, 3)) define the shower axis for
+    ``asymmetry_*`` and ``r_width_*`` (nominal axis (0, 0) and the x direction without them).
+    ``threshold`` (MeV, default ``geometry.threshold_mev``) defines hits (``I > thr``).
+
+    Global observables:
+
+    * ``E_tot = sum_l E_l``; ``E_ratio_inc = E_tot / E_inc`` (CaloChallenge "Etot/Einc");
+    * ``n_hits = #{c : I_c > thr}``; ``E_vis = sum_{I_c > thr} I_c`` (ILD visible energy);
+    * ``r_width``: RMS distance of the energy from the shower axis over all layers
+      (:func:`radial_width`);
+    * only for geometries with more than one layer: ``d``, ``l_d``, ``s_d``, ``sigma_sd``
+      (CaloGAN, in units of layer position, :func:`shower_depth`) and ``s_d_x0`` (energy-
+      weighted depth of the layer centres in radiation lengths).
+
+    Per layer, named ``<family>_<label>`` (label from :func:`layer_labels`):
+
+    * ``E_layer`` = E_l (CaloChallenge ``E_layers``; only if L > 1), ``f_layer = E_l / E_tot``
+      (only if L > 1), ``E_ratio`` (:func:`e_ratio`), ``sparsity`` (:func:`occupancy`);
+    * if the layer resolves x and y (Cartesian, or polar with more than one alpha bin; the
+      CaloChallenge's ``layersBinnedInAlpha``): ``x_center``, ``y_center`` (centres of energy,
+      the challenge's ``EC_etas``/``EC_phis``), ``x_width``, ``y_width`` (the challenge's
+      ``width_etas``/``width_phis``), ``asymmetry`` and ``asymmetry_perp`` (LHCb cluster
+      asymmetry along / across the transverse momentum, :func:`cluster_asymmetry`);
+    * ``r_width``: RMS distance from the shower axis (:func:`radial_width`).
+
+    For ``calochallenge-*`` geometries ``E_layer_*``, ``E_ratio_inc``, ``x/y_center_*`` and
+    ``x/y_width_*`` are numerically the challenge's ``HighLevelFeatures`` (same voxel centres,
+    same 1e-16 guard and clipping).
+    """
+    a = geometry.check(showers)
+    n = len(a)
+    e_inc = np.asarray(incident_energies, dtype=np.float64).reshape(-1)
+    if e_inc.shape != (n,):
+        raise ValueError(f"incident_energies: expected {n} values, got shape {np.shape(incident_energies)}")
+    thr = float(geometry.threshold_mev if threshold is None else threshold)
+    infos = _layer_info(geometry)
+    n_layers = len(infos)
+
+    e_layers = np.empty((n, n_layers))
+    per: dict[str, list[tuple[int, np.ndarray]]] = {k: [] for k in (
+        "E_ratio", "sparsity", "x_center", "y_center", "x_width", "y_width", "asymmetry", "asymmetry_perp", "r_width")}
+    hits = np.zeros(n)
+    e_vis = np.zeros(n)
+    r2_sum = np.zeros(n)
+    for info in infos:
+        raw = a[:, info.sl]  # (N, n_l) view in the input dtype
+        img = np.asarray(raw, dtype=np.float64)  # float64 so that <x^2> - <x>^2 does not cancel
+        # (N, 8): sum I, sum I x, sum I x^2, sum I y, sum I y^2, sum I R^2, sum I sgn x, sum I sgn y
+        mom = img @ info.moments
+        e = mom[:, 0]
+        e_layers[:, info.pos] = e
+        hit = raw > thr
+        h = hit.sum(axis=1)
+        hits += h
+        e_vis += np.where(hit, img, 0.0).sum(axis=1) if thr > 0 else e
+        per["E_ratio"].append((info.label, e_ratio(raw)))
+        per["sparsity"].append((info.label, h / img.shape[1]))
+        x0u = _axis(info, n, conditions)
+        ax, u = x0u
+        r2 = mom[:, 5]
+        if ax is not None:
+            r2 = r2 - 2 * (ax[:, 0] * mom[:, 1] + ax[:, 1] * mom[:, 3]) + (ax * ax).sum(axis=1) * e
+        r2_sum += r2
+        per["r_width"].append((info.label, np.sqrt(np.clip(np.divide(r2, e, out=np.zeros(n), where=e > 0), 0, None))))
+        if info.has_xy:
+            s = e + _EPS  # exactly the challenge's denominators
+            cx, cy = mom[:, 1] / s, mom[:, 3] / s
+            per["x_center"].append((info.label, cx))
+            per["y_center"].append((info.label, cy))
+            per["x_width"].append((info.label, np.sqrt(np.clip(mom[:, 2] / s - cx * cx, 0.0, None))))
+            per["y_width"].append((info.label, np.sqrt(np.clip(mom[:, 4] / s - cy * cy, 0.0, None))))
+            if ax is None:  # nominal axis and x direction: the signed sums are in the matmul
+                asym = np.divide(mom[:, 6], e, out=np.zeros(n), where=e > 0)
+                asym_p = np.divide(mom[:, 7], e, out=np.zeros(n), where=e > 0)
+            else:
+                asym = cluster_asymmetry(img, info.x, info.y, axis=ax, direction=u)
+                asym_p = cluster_asymmetry(img, info.x, info.y, axis=ax, direction=u, orthogonal=True)
+            per["asymmetry"].append((info.label, asym))
+            per["asymmetry_perp"].append((info.label, asym_p))
+
+    e_tot = e_layers.sum(axis=1)
+    ok = e_tot > 0
+    out: dict[str, np.ndarray] = {
+        "E_tot": e_tot,
+        "E_ratio_inc": e_tot / e_inc,
+        "E_vis": e_vis,
+        "n_hits": hits,
+        "r_width": np.sqrt(np.clip(np.divide(r2_sum, e_tot, out=np.zeros(n), where=ok), 0, None)),
+    }
+    labels = [i.label for i in infos]
+    if n_layers > 1:
+        out.update(shower_depth(e_layers))
+        x0_depth = geometry.layer_depth_centers_x0()
+        out["s_d_x0"] = np.where(ok, (e_layers @ x0_depth) / np.where(ok, e_tot, 1.0), 0.0)
+        for j, lab in enumerate(labels):
+            out[f"E_layer_{lab}"] = e_layers[:, j]
+        frac = np.divide(e_layers, e_tot[:, None], out=np.zeros_like(e_layers), where=ok[:, None])
+        for j, lab in enumerate(labels):
+            out[f"f_layer_{lab}"] = frac[:, j]
+    for fam, items in per.items():
+        for lab, v in items:
+            out[f"{fam}_{lab}"] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# naming helpers and the high-level matrix
+# ------------------------------------------------------------------------------------------
+_PER_LAYER = re.compile(r"^(?P<fam>.+)_(?P<lab>\d+)$")
+
+_LABELS = {
+    "E_tot": (r"$E_\mathrm{tot}$", "MeV"), "E_ratio_inc": (r"$E_\mathrm{tot}/E_\mathrm{inc}$", ""),
+    "E_vis": (r"$E_\mathrm{vis}$", "MeV"), "n_hits": (r"$N_\mathrm{hits}$", ""),
+    "r_width": (r"$\sigma_r$", "mm"), "d": (r"deepest layer $d$", ""), "l_d": (r"$l_d$", "MeV"),
+    "s_d": (r"shower depth $s_d$", "layers"), "sigma_sd": (r"$\sigma_{s_d}$", "layers"),
+    "s_d_x0": (r"shower depth", "$X_0$"), "E_layer": (r"$E_{%s}$", "MeV"), "f_layer": (r"$f_{%s}$", ""),
+    "E_ratio": (r"$E_{\mathrm{ratio},%s}$", ""), "sparsity": (r"occupancy layer %s", ""),
+    "x_center": (r"$\langle x\rangle_{%s}$", "mm"), "y_center": (r"$\langle y\rangle_{%s}$", "mm"),
+    "x_width": (r"$\sigma_{x,%s}$", "mm"), "y_width": (r"$\sigma_{y,%s}$", "mm"),
+    "asymmetry": (r"asymmetry$_{%s}$", ""), "asymmetry_perp": (r"asymmetry$_{\perp,%s}$", ""),
+}
+
+
+def split_name(name: str) -> tuple[str, int | None]:
+    """``"E_layer_12" -> ("E_layer", 12)``; global observables give ``(name, None)``."""
+    m = _PER_LAYER.match(name)
+    if m and m.group("fam") in _LABELS and m.group("fam") not in ("E_tot",):
+        return m.group("fam"), int(m.group("lab"))
+    return name, None
+
+
+def observable_label(name: str) -> str:
+    """Axis label (matplotlib mathtext) with unit for an observable name."""
+    fam, lab = split_name(name)
+    text, unit = _LABELS.get(fam, (name.replace("_", r"\_"), ""))
+    if lab is not None and "%s" in text:
+        text = text % lab
+    return f"{text} [{unit}]" if unit else text
+
+
+def observable_groups(names: list[str]) -> dict[str, list[str]]:
+    """Group names by family, keeping order: ``{"global": [...], "E_layer": [...], ...}``."""
+    groups: dict[str, list[str]] = {"global": []}
+    for nm in names:
+        fam, lab = split_name(nm)
+        groups.setdefault("global" if lab is None else fam, []).append(nm)
+    return {k: v for k, v in groups.items() if v}
+
+
+def highlevel_columns(*obs: dict[str, np.ndarray], rel_tol: float = 1e-9) -> list[str]:
+    """Columns of the high-level matrix shared by all ``obs`` dicts and not constant in all.
+
+    The CaloChallenge-like set: ``E_layer_*`` (or ``E_tot`` for one-layer geometries),
+    ``E_ratio_inc``, ``x/y_center_*``, ``x/y_width_*``, ``sparsity_*``. A column is dropped
+    only if it is constant (within ``rel_tol``) in *every* sample and all constants agree, so a
+    column constant in the reference but varying in a generated sample (a real difference)
+    is kept.
+    """
+    if not obs:
+        return []
+    names = [k for k in obs[0] if all(k in o for o in obs[1:])]
+    cand = []
+    has_layers = any(split_name(k)[0] == "E_layer" for k in names)
+    for k in names:
+        fam, lab = split_name(k)
+        if (lab is not None and fam in HIGHLEVEL_FAMILIES) or k == "E_ratio_inc" or (k == "E_tot" and not has_layers):
+            cand.append(k)
+    keep = []
+    for k in cand:
+        vals = [np.asarray(o[k], dtype=np.float64) for o in obs if len(o[k])]
+        if not vals:
+            continue
+        lo = min(float(v.min()) for v in vals)
+        hi = max(float(v.max()) for v in vals)
+        if hi - lo > rel_tol * max(abs(lo), abs(hi), 1e-12):
+            keep.append(k)
+    return keep
+
+
+def highlevel_matrix(obs: dict[str, np.ndarray], columns: list[str] | None = None, *,
+                     log_floor_mev: float = 1e-3) -> np.ndarray:
+    """High-level feature matrix ``(N, D)`` float64 for the classifier and FPD/KPD.
+
+    ``columns`` default :func:`highlevel_columns` of ``obs`` alone (pass the columns chosen
+    from all compared samples so every matrix has the same D). Energies (``E_layer_*``,
+    ``E_tot``) enter as ``log10(E + log_floor_mev)`` (empty layers stay finite);
+    everything else as is.
+    """
+    cols = highlevel_columns(obs) if columns is None else list(columns)
+    n = len(next(iter(obs.values()))) if obs else 0
+    if not cols:
+        return np.zeros((n, 0))
+    out = np.empty((n, len(cols)))
+    for j, k in enumerate(cols):
+        v = np.asarray(obs[k], dtype=np.float64)
+        if split_name(k)[0] == "E_layer" or k == "E_tot":
+            v = np.log10(v + log_floor_mev)
+        out[:, j] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# profiles, images, spectra (linear in the showers: computed from the summed shower)
+# ------------------------------------------------------------------------------------------
+def _radial_edges(geometry: Geometry) -> np.ndarray:
+    """Radial bins (mm): the union of the polar r edges, or ~cell-sized rings for Cartesian."""
+    if all(l.kind == "polar" for l in geometry.layers):
+        edges = np.unique(np.concatenate([np.asarray(l.r_edges_mm) for l in geometry.layers]))
+        return edges
+    r_max = max(float(l.cell_radius().max()) for l in geometry.layers) if geometry.layers else 1.0
+    pitch = min(min(l.cell_mm) if l.kind == "cartesian" else float(np.diff(l.r_edges_mm).min())  # type: ignore[arg-type]
+                for l in geometry.layers)
+    n = int(np.clip(np.ceil(r_max / pitch), 10, 60))
+    return np.linspace(0.0, r_max * (1 + 1e-9) + 1e-9, n + 1)
+
+
+def _lateral_bins(lay: Any, axis: str) -> tuple[np.ndarray, np.ndarray]:
+    """Bin edges along ``axis`` and the bin index of each cell of one layer."""
+    x, y = lay.cell_centers()
+    c = x if axis == "x" else y
+    if lay.kind == "cartesian":
+        ny, nx = lay.shape
+        dy, dx = lay.cell_mm
+        k, d = (nx, dx) if axis == "x" else (ny, dy)
+        edges = (np.arange(k + 1) - k / 2) * d
+    else:
+        rmax = float(lay.r_edges_mm[-1])
+        edges = np.linspace(-rmax, rmax, 2 * (len(lay.r_edges_mm) - 1) + 1)
+    idx = np.clip(np.searchsorted(edges, c, side="right") - 1, 0, len(edges) - 2)
+    return edges, idx
+
+
+def longitudinal_profile(showers: ArrayLike, geometry: Geometry) -> np.ndarray:
+    """Mean energy per layer ``<E_l>`` (MeV), ``(n_layers,)``."""
+    a = geometry.check(showers)
+    return geometry.layer_energies(a).mean(axis=0) if len(a) else np.zeros(geometry.n_layers)
+
+
+def radial_profile(showers: ArrayLike, geometry: Geometry, bins: ArrayLike | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean energy per shower vs distance ``R_c`` of the cell centre from the nominal axis.
+
+    ``profile_k = (1/N) sum_n sum_{c : R_c in bin k} I_{n,c}`` (MeV per bin, all layers).
+    Default bins: the polar r edges, or rings of about one cell pitch. Returns
+    ``(edges (K+1,), profile (K,))``.
+    """
+    a = geometry.check(showers)
+    s = ShowerSummary(geometry, radial_bins=bins)
+    s.update(a, np.ones((len(a), 1)))
+    return s.radial_edges, s.radial_profile()
+
+
+def lateral_profiles(showers: ArrayLike, geometry: Geometry, axis: str = "x") -> list[tuple[np.ndarray, np.ndarray]]:
+    """Mean energy per shower along ``axis`` ("x" or "y") for each layer.
+
+    Cartesian layers: projection of the mean image on its columns (x) / rows (y); polar
+    layers: the voxel energies binned at ``x = r cos(alpha)`` (``y = r sin(alpha)``) in
+    ``2 n_r`` bins over ``[-r_max, r_max]``. Returns per layer ``(edges (K+1,), profile (K,))``.
+    """
+    a = geometry.check(showers)
+    s = ShowerSummary(geometry)
+    s.update(a, np.ones((len(a), 1)))
+    return s.lateral_profiles(axis)
+
+
+def cell_energy_spectrum(showers: ArrayLike, bins: ArrayLike | None = None, threshold: float = 0.0
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Histogram of all cell energies ``I > threshold`` (MeV): ``(edges (K+1,), counts (K,))``.
+
+    Default bins :data:`SPECTRUM_BINS` (log, 10 per decade, 1e-4 .. 1e7 MeV).
+    """
+    e = np.asarray(showers).ravel()
+    edges = SPECTRUM_BINS if bins is None else np.asarray(bins, dtype=np.float64)
+    counts, _ = np.histogram(e[e > threshold], bins=edges)
+    return edges, counts.astype(np.float64)
+
+
+def mean_images(showers: ArrayLike, geometry: Geometry) -> list[np.ndarray]:
+    """Mean shower image of each layer, list of ``layers[l].shape`` arrays (MeV)."""
+    a = geometry.check(showers)
+    m = a.mean(axis=0, dtype=np.float64) if len(a) else np.zeros(geometry.n_cells)
+    return [m[sl].reshape(lay.shape) for lay, sl in zip(geometry.layers, geometry.layer_slices)]
+
+
+class ShowerSummary:
+    """Streaming accumulator of the linear summaries of a sample.
+
+    ``update(showers (n, n_cells), incident_energies (n, 1))`` chunk by chunk, then read
+    :meth:`mean_images`, :meth:`longitudinal_profile`, :meth:`radial_profile`,
+    :meth:`lateral_profiles` and the cell spectrum ``spectrum_counts`` (on
+    :data:`SPECTRUM_BINS`, cells outside them in ``spectrum_under``/``spectrum_over``).
+    Memory is O(n_cells).
+    """
+
+    def __init__(self, geometry: Geometry, *, radial_bins: ArrayLike | None = None, threshold: float = 0.0) -> None:
+        self.geometry = geometry
+        self.threshold = threshold
+        self.n = 0
+        self.cell_sum = np.zeros(geometry.n_cells)
+        self.spectrum_edges = SPECTRUM_BINS
+        self.spectrum_counts = np.zeros(len(SPECTRUM_BINS) - 1)
+        self.spectrum_under = 0  # cells with threshold < I < SPECTRUM_BINS[0]
+        self.spectrum_over = 0
+        self.radial_edges = _radial_edges(geometry) if radial_bins is None else np.asarray(radial_bins, dtype=np.float64)
+        r = np.concatenate([l.cell_radius() for l in geometry.layers])
+        self._r_idx = np.searchsorted(self.radial_edges, r, side="right") - 1
+        self._r_ok = (self._r_idx >= 0) & (self._r_idx < len(self.radial_edges) - 1)
+
+    def update(self, showers: ArrayLike, incident_energies: ArrayLike | None = None) -> None:
+        a = self.geometry.check(showers)
+        if not len(a):
+            return
+        self.n += len(a)
+        self.cell_sum += a.sum(axis=0, dtype=np.float64)
+        v = a[a > self.threshold]
+        self.spectrum_counts += np.histogram(v, bins=self.spectrum_edges)[0]
+        self.spectrum_under += int((v < self.spectrum_edges[0]).sum())
+        self.spectrum_over += int((v > self.spectrum_edges[-1]).sum())
+
+    # ---- results ------------------------------------------------------------------------
+    def mean_cells(self) -> np.ndarray:
+        """Mean shower ``(n_cells,)`` MeV."""
+        return self.cell_sum / max(self.n, 1)
+
+    def mean_images(self) -> list[np.ndarray]:
+        m = self.mean_cells()
+        return [m[sl].reshape(lay.shape) for lay, sl in zip(self.geometry.layers, self.geometry.layer_slices)]
+
+    def longitudinal_profile(self) -> np.ndarray:
+        m = self.mean_cells()
+        return np.add.reduceat(m, self.geometry.layer_offsets[:-1])
+
+    def radial_profile(self) -> np.ndarray:
+        m = self.mean_cells()
+        return np.bincount(self._r_idx[self._r_ok], weights=m[self._r_ok], minlength=len(self.radial_edges) - 1)
+
+    def lateral_profiles(self, axis: str = "x") -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        m = self.mean_cells()
+        for lay, sl in zip(self.geometry.layers, self.geometry.layer_slices):
+            edges, idx = _lateral_bins(lay, axis)
+            out.append((edges, np.bincount(idx, weights=m[sl], minlength=len(edges) - 1)))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain arrays for plotting / serialisation."""
+        return {
+            "n": self.n, "mean_images": self.mean_images(), "longitudinal": self.longitudinal_profile(),
+            "radial_edges": self.radial_edges, "radial": self.radial_profile(),
+            "x_profiles": self.lateral_profiles("x"), "y_profiles": self.lateral_profiles("y"),
+            "spectrum_edges": self.spectrum_edges, "spectrum_counts": self.spectrum_counts,
+        }
+
+
+# ------------------------------------------------------------------------------------------
+# response and resolution
+# ------------------------------------------------------------------------------------------
+def energy_bins(*e_inc: ArrayLike, n_bins: int = 10, max_discrete: int = 25) -> tuple[np.ndarray, bool]:
+    """Incident-energy bin edges (MeV) covering all given samples; ``(edges, discrete)``.
+
+    If the samples together have at most ``max_discrete`` distinct energies (e.g. the
+    CaloChallenge dataset-1 powers of two) every energy gets its own bin (edges at the
+    geometric midpoints); otherwise ``n_bins`` log-spaced bins if the range spans more than a
+    factor 3, else linear bins.
+    """
+    vals = np.concatenate([np.asarray(e, dtype=np.float64).ravel() for e in e_inc])
+    if vals.size == 0:
+        return np.array([0.0, 1.0]), False
+    u = np.unique(np.round(vals, 6))
+    # merge float32 round-off duplicates
+    if u.size > 1:
+        u = u[np.concatenate([[True], np.diff(u) > 1e-6 * u[1:]])]
+    if u.size <= max_discrete:
+        if u.size == 1:
+            return np.array([u[0] * 0.99, u[0] * 1.01]), True
+        pos = u > 0
+        mids = np.sqrt(u[1:] * u[:-1]) if pos.all() else 0.5 * (u[1:] + u[:-1])
+        lo = u[0] * u[0] / mids[0] if pos.all() else u[0] - (mids[0] - u[0])
+        hi = u[-1] * u[-1] / mids[-1] if pos.all() else u[-1] + (u[-1] - mids[-1])
+        return np.concatenate([[lo], mids, [hi]]), True
+    lo, hi = float(vals.min()), float(vals.max())
+    hi = np.nextafter(hi, np.inf)
+    if lo > 0 and hi / lo > 3:
+        return np.geomspace(lo, hi, n_bins + 1), False
+    return np.linspace(lo, hi, n_bins + 1), False
+
+
+def response_vs_energy(e_dep: ArrayLike, e_inc: ArrayLike, bins: ArrayLike) -> dict[str, np.ndarray]:
+    """Energy response ``R = E_dep / E_inc`` per incident-energy bin.
+
+    ``e_dep``, ``e_inc`` (N,) MeV; ``bins`` (K+1,) edges (MeV, right edge of the last bin
+    included). Per bin: ``n``; ``e_mean`` (mean E_inc in the bin, NaN if empty);
+    ``mean = <R>`` with ``mean_err = std / sqrt(n)``; ``std`` (ddof=1) with
+    ``std_err = std / sqrt(2 (n - 1))`` (Gaussian approximation); ``resolution = std / mean``
+    with ``resolution_err = resolution * sqrt((std_err/std)^2 + (mean_err/mean)^2)``.
+    Bins with fewer than two showers give NaN. Returns arrays of shape (K,) plus ``edges``.
+    """
+    ed = np.asarray(e_dep, dtype=np.float64).ravel()
+    ei = np.asarray(e_inc, dtype=np.float64).ravel()
+    edges = np.asarray(bins, dtype=np.float64)
+    k = len(edges) - 1
+    idx = np.searchsorted(edges, ei, side="right") - 1
+    idx[ei == edges[-1]] = k - 1
+    ok = (idx >= 0) & (idx < k)
+    r = ed[ok] / ei[ok]
+    i = idx[ok]
+    n = np.bincount(i, minlength=k).astype(np.float64)
+    s1 = np.bincount(i, weights=r, minlength=k)
+    se = np.bincount(i, weights=ei[ok], minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s1 / n
+        dev = r - mean[i]  # two-pass variance: no cancellation for narrow responses
+        var = np.bincount(i, weights=dev * dev, minlength=k) / (n - 1)
+        std = np.sqrt(var)
+        mean_err = std / np.sqrt(n)
+        std_err = std / np.sqrt(2 * (n - 1))
+        res = std / mean
+        res_err = np.abs(res) * np.sqrt((std_err / std) ** 2 + (mean_err / mean) ** 2)
+        e_mean = se / n
+    few = n < 2
+    for arr in (mean, std, mean_err, std_err, res, res_err):
+        arr[few] = np.nan
+    e_mean[n < 1] = np.nan
+    return {"edges": edges, "n": n, "e_mean": e_mean, "mean": mean, "mean_err": mean_err, "std": std,
+            "std_err": std_err, "resolution": res, "resolution_err": res_err}
