@@ -157,7 +157,20 @@ class _LayerBins:
     ny: int  # cartesian: ny; polar: n_alpha
     inv_dx: float
     inv_dy: float
-    r_edges: np.ndarray | None
+    r_edges: np.ndarray | None  # polar: (n_r + 2,) float32 edges followed by +inf
+    lut: np.ndarray | None = None  # polar: radial bin of r = k * lut_step (binary search is slow)
+    lut_step: float = 0.0
+
+    @staticmethod
+    def polar(offset: int, n_alpha: int, edges: tuple[float, ...]) -> "_LayerBins":
+        e = np.asarray(edges, dtype=np.float64)
+        step = float(np.min(np.diff(e))) / 2  # <= 1 edge per LUT cell: one comparison corrects
+        n_lut = int(e[-1] / step) + 2
+        lut = None
+        if n_lut <= 1 << 20:
+            lut = (np.searchsorted(e, np.arange(n_lut) * step, side="right") - 1).astype(np.int64)
+        ext = np.r_[e, np.inf].astype(np.float32)
+        return _LayerBins("polar", offset, len(e) - 1, n_alpha, 0.0, 0.0, ext, lut, step)
 
 
 @dataclass(frozen=True)
@@ -235,8 +248,7 @@ def _tables(geometry: Geometry) -> _Tables:
             dy, dx = lay.cell_mm  # type: ignore[misc]
             bins.append(_LayerBins("cartesian", int(offsets[li]), lay.shape[1], lay.shape[0], 1.0 / dx, 1.0 / dy, None))
         else:
-            bins.append(_LayerBins("polar", int(offsets[li]), lay.shape[1], lay.shape[0], 0.0, 0.0,
-                                   np.asarray(lay.r_edges_mm, dtype=np.float32)))
+            bins.append(_LayerBins.polar(int(offsets[li]), lay.shape[0], lay.r_edges_mm))  # type: ignore[arg-type]
     cols = list(zip(*rows))
     a = [np.asarray(c, dtype=np.float64) for c in cols]
     return _Tables(
@@ -493,20 +505,26 @@ def _spots(tab: _Tables, rng: np.random.Generator, size: int, n_sp: np.ndarray, 
     ps = np.repeat(p.astype(f32), n_sp)
     core = u < ps
     # Reuse u: given the component, u/p (core) or (u-p)/(1-p) (tail) is again uniform.
-    q = np.where(core, u / ps, (u - ps) / (1 - ps))
+    q = np.where(core, u, u - ps)
+    q /= np.where(core, ps, 1 - ps)
     del ps
     R = np.where(core, np.repeat(r_c.astype(f32), n_sp), np.repeat(r_t.astype(f32), n_sp))
-    q = np.minimum(q, f32(1 - 1e-7))
-    r = R * np.sqrt(q / (1 - q))
+    np.minimum(q, f32(1 - 1e-7), out=q)
+    r = R * np.sqrt(q / (1 - q))  # inverse CDF of 2 r R^2 / (r^2 + R^2)^2
     del R, q, core
     ph *= f32(2 * np.pi)
-    x = np.repeat(xp.astype(f32), n_sp) + r * np.cos(ph)
-    y = np.repeat(yp.astype(f32), n_sp) + r * np.sin(ph)
-    del r, ph
-    if jx is not None and jy is not None:  # depth of the spot inside the slice (tilted axis)
-        j = rng.random(M, dtype=f32) - f32(0.5)
-        x += j * np.repeat(jx.astype(f32), n_sp)
-        y += j * np.repeat(jy.astype(f32), n_sp)
+    # Spots around an axis through the grid centre need no Cartesian detour for polar layers.
+    on_axis = jx is None and not np.any(xp) and not np.any(yp)
+    all_polar = all(tab.bins[li].kind == "polar" for li in np.unique(layer))
+    if on_axis and all_polar:
+        x = y = None
+    else:
+        x = np.repeat(xp.astype(f32), n_sp) + r * np.cos(ph)
+        y = np.repeat(yp.astype(f32), n_sp) + r * np.sin(ph)
+        if jx is not None and jy is not None:  # depth of the spot inside the slice (tilted axis)
+            j = rng.random(M, dtype=f32) - f32(0.5)
+            x += j * np.repeat(jx.astype(f32), n_sp)
+            y += j * np.repeat(jy.astype(f32), n_sp)
     # Weights (0.5 + U) normalised to the pair's energy: continuous cell energies, exact sum.
     w += f32(0.5)
     starts = np.r_[0, np.cumsum(n_sp)[:-1]]
@@ -517,24 +535,42 @@ def _spots(tab: _Tables, rng: np.random.Generator, size: int, n_sp: np.ndarray, 
     lay_bounds = np.r_[0, np.cumsum(np.bincount(layer, weights=n_sp, minlength=tab.n_layers))].astype(np.int64)
     for li in np.flatnonzero(np.diff(lay_bounds)):
         a, b = int(lay_bounds[li]), int(lay_bounds[li + 1])
-        idx[a:b] += _bin(tab.bins[li], x[a:b], y[a:b], tab.n_cells + li)
+        lb, code = tab.bins[li], tab.n_cells + li
+        if x is None or y is None:
+            idx[a:b] += _bin_polar(lb, r[a:b], ph[a:b], code)
+        elif lb.kind == "cartesian":
+            idx[a:b] += _bin_cartesian(lb, x[a:b], y[a:b], code)
+        else:
+            alpha = np.arctan2(y[a:b], x[a:b]) if lb.ny > 1 else None
+            idx[a:b] += _bin_polar(lb, np.hypot(x[a:b], y[a:b]), alpha, code)
     return np.bincount(idx, weights=weight, minlength=size)
 
 
-def _bin(lb: _LayerBins, x: np.ndarray, y: np.ndarray, overflow_code: int) -> np.ndarray:
-    """Cell index (flat, geometry-wide) of each spot, or ``overflow_code`` outside the grid."""
-    if lb.kind == "cartesian":
-        fx = x * np.float32(lb.inv_dx) + np.float32(0.5 * lb.nx)
-        fy = y * np.float32(lb.inv_dy) + np.float32(0.5 * lb.ny)
-        inside = (fx >= 0) & (fx < lb.nx) & (fy >= 0) & (fy < lb.ny)
-        cell = lb.offset + fy.astype(np.int64) * lb.nx + fx.astype(np.int64)
-        return np.where(inside, cell, overflow_code)
-    r = np.hypot(x, y)
-    ir = np.searchsorted(lb.r_edges, r, side="right") - 1
+def _bin_cartesian(lb: _LayerBins, x: np.ndarray, y: np.ndarray, overflow_code: int) -> np.ndarray:
+    """Flat cell index of each spot in a (ny, nx) grid centred on (0, 0), or ``overflow_code``."""
+    fx = x * np.float32(lb.inv_dx) + np.float32(0.5 * lb.nx)
+    fy = y * np.float32(lb.inv_dy) + np.float32(0.5 * lb.ny)
+    inside = (fx >= 0) & (fx < lb.nx) & (fy >= 0) & (fy < lb.ny)
+    cell = lb.offset + fy.astype(np.int64) * lb.nx + fx.astype(np.int64)
+    return np.where(inside, cell, overflow_code)
+
+
+def _bin_polar(lb: _LayerBins, r: np.ndarray, alpha: np.ndarray | None, overflow_code: int) -> np.ndarray:
+    """Flat voxel index (alpha bin, radial bin) of each spot, or ``overflow_code``.
+
+    ``alpha`` is the azimuth in rad, either in (-pi, pi] (atan2) or [0, 2 pi) (sampled angle);
+    bins follow ``Layer.alpha_edges`` (-pi..pi), so angles are taken modulo 2 pi.
+    """
+    assert lb.r_edges is not None
+    if lb.lut is not None:
+        k = np.minimum(r * np.float32(1.0 / lb.lut_step), np.float32(len(lb.lut) - 1)).astype(np.int64)
+        ir = lb.lut[k]
+        ir += r >= lb.r_edges[ir + 1]
+    else:
+        ir = np.searchsorted(lb.r_edges, r, side="right") - 1
     inside = (ir >= 0) & (ir < lb.nx)
-    if lb.ny > 1:
-        ia = ((np.arctan2(y, x) + np.float32(np.pi)) * np.float32(lb.ny / (2 * np.pi))).astype(np.int64)
-        np.minimum(ia, lb.ny - 1, out=ia)
+    if lb.ny > 1 and alpha is not None:
+        ia = ((alpha + np.float32(np.pi)) * np.float32(lb.ny / (2 * np.pi))).astype(np.int64) % lb.ny
         cell = lb.offset + ia * lb.nx + ir
     else:
         cell = lb.offset + ir
