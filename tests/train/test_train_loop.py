@@ -1,0 +1,234 @@
+"""The training loop on a tiny toy model: run directory contents, config precedence, pretrain,
+load_run + sampling, errors."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from calosim.geometry import get_geometry
+from calosim.io import ShowerData, write_showers
+from calosim.models import ShowerModel, register_model
+from calosim.train import RunError, load_run, separation_power, train
+from calosim.train.checkpoint import load_tensors
+
+
+def write_toy_data(path: Path, n: int = 240, seed: int = 0, conditions: bool = False, layout: str = "native") -> Path:
+    """Gamma-distributed cells on the calogan geometry, E_inc in 1-100 GeV."""
+    geo = get_geometry("calogan")
+    rng = np.random.default_rng(seed)
+    e = np.exp(rng.uniform(np.log(1e3), np.log(1e5), (n, 1)))
+    w = rng.gamma(0.5, 1.0, (n, geo.n_cells)) * (rng.random((n, geo.n_cells)) < 0.5)
+    showers = 0.9 * e * w / w.sum(1, keepdims=True)
+    conds = {}
+    if conditions:
+        conds = {"pdg": rng.choice([11, 22], n), "momentum": np.c_[np.zeros((n, 2)), e],
+                 "position": rng.normal(0, 5, (n, 2))}
+    data = ShowerData(showers, e, geo, conds, attrs={"particle": "photon"})
+    return write_showers(path, data, layout=layout)
+
+
+@register_model
+class ToyGAN(ShowerModel):
+    """Tiny conditional GAN used by the training-framework tests."""
+
+    name = "_test_toy_gan"
+    default_config = {"batch_size": 32, "lr": 2e-3, "hidden": 16, "latent": 4, "transform": "log",
+                      "log_every": 5, "val_every": 10, "checkpoint_every": 10, "val_size": 64}
+    ema_modules = ("gen",)
+    crash_at: int | None = None  # tests set this to simulate a kill
+
+    def __init__(self, geometry: Any, cond_dim: int, config: dict[str, Any]) -> None:
+        super().__init__(geometry, cond_dim, config)
+        d, h, z = int(self.config.get("data_dim", geometry.n_cells)), int(self.config["hidden"]), int(self.config["latent"])
+        self.latent = z
+        self.gen = nn.Sequential(nn.Linear(z + cond_dim, h), nn.ReLU(), nn.Linear(h, d))
+        self.disc = nn.Sequential(nn.Linear(d + cond_dim, h), nn.LeakyReLU(0.2), nn.Linear(h, 1))
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        lr = float(self.config["lr"])
+        return {"gen": torch.optim.Adam(self.gen.parameters(), lr=lr, betas=(0.5, 0.9)),
+                "disc": torch.optim.Adam(self.disc.parameters(), lr=lr, betas=(0.5, 0.9))}
+
+    def _g(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        z = torch.randn(len(cond), self.latent, generator=generator, device=cond.device)
+        return self.gen(torch.cat([z, cond], 1))
+
+    def train_step(self, x: Tensor, cond: Tensor, ctx: Any) -> dict[str, float]:
+        if self.crash_at is not None and ctx.step == self.crash_at:
+            raise RuntimeError("simulated crash")
+        fake = self._g(cond, ctx.generator)
+        loss_d = (F.softplus(-self.disc(torch.cat([x, cond], 1))).mean()
+                  + F.softplus(self.disc(torch.cat([fake.detach(), cond], 1))).mean())
+        ctx.backward_step(loss_d, "disc")
+        fake = self._g(cond)  # global torch RNG on purpose: its state must survive a resume
+        jitter = 1e-3 * (float(np.random.rand()) + random.random())  # numpy + python RNG too
+        e = ctx.conditions.incident_energy(cond)
+        mev = ctx.transform.inverse(fake, e)  # differentiable physics-style term
+        loss_g = (F.softplus(-self.disc(torch.cat([fake, cond], 1))).mean()
+                  + 0.1 * ((mev.sum(1, keepdim=True) - 0.9 * e) / e).pow(2).mean() * (1 + jitter))
+        ctx.backward_step(loss_g, "gen")
+        return {"d": loss_d.item(), "g": loss_g.item()}
+
+    @torch.no_grad()
+    def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self._g(cond, generator)
+
+
+@register_model
+class ToyPretrain(ToyGAN):
+    """Toy GAN with a pretraining stage."""
+
+    name = "_test_toy_pretrain"
+    pretrain_calls = 0
+
+    def pretrain(self, batches: Iterator[tuple[Tensor, Tensor]], ctx: Any) -> dict[str, float]:
+        type(self).pretrain_calls += 1
+        for _ in range(3):
+            x, c = next(batches)
+            loss = F.softplus(-self.disc(torch.cat([x, c], 1))).mean()
+            ctx.backward_step(loss, "disc")
+        return {"loss": float(loss.detach())}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_toy_data(tmp_path_factory.mktemp("data") / "toy.h5")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Path:
+    return train("_test_toy_gan", data, tmp_path_factory.mktemp("runs") / "run", steps=20, progress=False)
+
+
+def test_run_dir_contents(run: Path, data: Path) -> None:
+    for f in ("config.json", "versions.json", "metrics.jsonl", "model.safetensors", "train_summary.json",
+              "checkpoints/last.safetensors", "checkpoints/best.safetensors", "preprocessing.safetensors",
+              "conditions_pool.safetensors"):
+        assert (run / f).is_file(), f
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"] == "_test_toy_gan" and cfg["config"]["transform"] == "log" and cfg["config"]["lr"] == 2e-3
+    assert cfg["geometry"]["name"] == "calogan" and cfg["conditions"] == ["energy"]
+    assert cfg["data_path"] == str(data.resolve()) and cfg["n_train"] + cfg["n_val"] == 240 and cfg["n_val"] == 24
+    ver = json.loads((run / "versions.json").read_text())
+    for k in ("python", "torch", "numpy", "calosim", "git_commit", "command", "seed"):
+        assert k in ver, k
+    assert "host" not in json.dumps(ver).lower()
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["step"] for ln in lines] == [5, 10, 15, 20]
+    assert all({"d", "g"} <= set(ln["loss"]) and ln["showers_per_s"] > 0 for ln in lines)
+    vals = [ln["val"] for ln in lines if "val" in ln]
+    assert len(vals) == 2 and all(0 <= v["score"] <= 1 and "sp_etot_ratio" in v and "sp_frac_2" in v for v in vals)
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["steps"] == 20 and summary["best_step"] in (10, 20) and summary["ms_per_step"] > 0
+    tensors, meta = load_tensors(run / "checkpoints/last.safetensors")
+    assert meta["step"] == 20 and {"gen", "disc"} == set(meta["optim"])
+    assert any(k.startswith("ema/gen.") for k in tensors) and "rng/0/torch" in tensors
+
+
+def test_model_file_holds_ema_weights(run: Path) -> None:
+    final, meta = load_tensors(run / "model.safetensors")
+    last, _ = load_tensors(run / "checkpoints/last.safetensors")
+    for k, v in last.items():
+        if k.startswith("ema/"):
+            assert torch.equal(final["model/" + k[4:]], v)
+    assert any(k.startswith("transform/") for k in final) and meta["conditions"]["names"] == ["energy"]
+
+
+def test_load_run_and_sample(run: Path) -> None:
+    r = load_run(run)
+    assert r.geometry.name == "calogan" and r.conditions.cond_dim == 1
+    cond = {"incident_energies": np.full((300, 1), 2e4)}
+    a = r.sample(cond, generator=3, batch=128)
+    b = r.sample(cond, generator=3, batch=128)
+    assert a.shape == (300, 504) and a.dtype == np.float32 and np.all(a >= 0) and np.all(np.isfinite(a))
+    np.testing.assert_array_equal(a, b)  # seeded
+    assert not np.array_equal(a, r.sample(cond, generator=4))
+    best = load_run(run, which="best")
+    assert best.sample(cond, generator=1).shape == (300, 504)
+
+
+def test_load_run_errors(tmp_path: Path, run: Path) -> None:
+    with pytest.raises(RunError, match="not found"):
+        load_run(tmp_path / "missing")
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(run, bad)
+    (bad / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(RunError, match="corrupt"):
+        load_run(bad)
+    (bad / "config.json").write_text("{")
+    with pytest.raises(RunError, match="not valid JSON"):
+        load_run(bad)
+    (bad / "model.safetensors").unlink()
+    (bad / "config.json").write_text((run / "config.json").read_text())
+    with pytest.raises(RunError, match="training did not finish"):
+        load_run(bad)
+
+
+def test_refuses_non_empty_dir(tmp_path: Path, data: Path) -> None:
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        train("_test_toy_gan", data, out, steps=2, progress=False)
+    with pytest.raises(ValueError, match="not empty"):
+        train("_test_toy_gan", data, out, steps=2, progress=False, resume=True)
+    train("_test_toy_gan", data, out, steps=2, progress=False, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"  # overwrite clears only run files
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == 2
+
+
+def test_config_precedence_and_epochs(tmp_path: Path, data: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('hidden = 8\nlr = 1e-3\ntransform = "scale"\n[train]\nbatch_size = 16\n')
+    out = train("_test_toy_gan", data, tmp_path / "r", config_file=toml, config={"hidden": 12}, epochs=1,
+                progress=False, val_fraction=0.25)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["config"]["hidden"] == 12 and cfg["config"]["lr"] == 1e-3 and cfg["config"]["transform"] == "scale"
+    assert cfg["n_val"] == 60 and cfg["total_steps"] == 180 // 16 == cfg["steps_per_epoch"]
+
+
+def test_pretrain_runs_once_and_conditions(tmp_path: Path) -> None:
+    data = write_toy_data(tmp_path / "c.h5", n=120, conditions=True)
+    ToyPretrain.pretrain_calls = 0
+    cfg = {"conditions": ["energy", "pdg", "momentum", "position"], "transform": "layer-norm"}
+    out = train("_test_toy_pretrain", data, tmp_path / "r", steps=10, config=cfg, progress=False)
+    assert ToyPretrain.pretrain_calls == 1
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "pretrain" in lines[0]
+    train("_test_toy_pretrain", data, tmp_path / "r", steps=15, config=cfg, progress=False, resume=True)
+    assert ToyPretrain.pretrain_calls == 1  # done-flag restored from the checkpoint
+    r = load_run(out)
+    assert r.conditions.columns == ["log_energy", "pdg=11", "pdg=22", "momentum_x", "momentum_y", "momentum_z",
+                                    "position_x", "position_y"]
+    assert r.transform.out_dim == 504 + 3
+    from calosim.train import sample_conditions
+
+    raw = sample_conditions(50, "10", "photon", 0, encoder=r.conditions, pool=r.pool)
+    assert r.sample(raw).shape == (50, 504)
+
+
+def test_calogan_layout_input(tmp_path: Path) -> None:
+    data = write_toy_data(tmp_path / "cg.h5", n=80, layout="calogan")
+    out = train("_test_toy_gan", data, tmp_path / "r", steps=3, progress=False, config={"transform": "boxcox"})
+    assert load_run(out).sample({"incident_energies": np.full((5, 1), 1e4)}).shape == (5, 504)
+
+
+def test_separation_power() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, 5000), rng.normal(0, 1, 5000)
+    assert separation_power(a, b) < 0.01
+    assert separation_power(a, a + 100) == pytest.approx(1.0)
+    assert 0.05 < separation_power(a, rng.normal(1, 1, 5000)) < 0.5
+    assert separation_power(np.zeros(10), np.zeros(10)) == 0.0
