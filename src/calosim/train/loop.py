@@ -383,6 +383,8 @@ class Trainer:
         self.best_step: int | None = None
         self.last_val: dict[str, float] = {}
         self._order_epoch = -1
+        self._sums: dict[str, float] = {}  # running loss sums of the current log interval (checkpointed)
+        self._n_interval = 0
         self._order = torch.empty(0, dtype=torch.long)
 
         # ---- files -------------------------------------------------------------------------------
@@ -495,7 +497,8 @@ class Trainer:
         meta = {"step": self.step, "pretrain_done": self.pretrain_done, "pretrain_summary": self.pretrain_summary,
                 "best_score": self.best_score if math.isfinite(self.best_score) else None, "best_step": self.best_step,
                 "optim": optim, "scalers": scalers, "rng": rng_meta, "world_size": self.env.world_size,
-                "model": self.model_name, "seed": self.seed, "val": self.last_val}
+                "model": self.model_name, "seed": self.seed, "val": self.last_val,
+                "log_sums": self._sums, "log_count": self._n_interval}
         return tensors, meta
 
     def _save_checkpoint(self, which: str, all_ranks: bool = True) -> None:
@@ -530,6 +533,8 @@ class Trainer:
             self.best_score = math.inf if meta.get("best_score") is None else float(meta["best_score"])
             self.best_step = meta.get("best_step")
             self.last_val = dict(meta.get("val") or {})
+            self._sums = {k: float(v) for k, v in (meta.get("log_sums") or {}).items()}
+            self._n_interval = int(meta.get("log_count") or 0)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise ck.RunError(f"{path}: checkpoint does not match this run ({type(exc).__name__}: {exc})") from None
         if self.env.is_main:  # drop log lines written after this checkpoint (they will be redone)
@@ -605,8 +610,7 @@ class Trainer:
         if type(self.model).pretrain is not ShowerModel.pretrain and not self.pretrain_done:
             self._pretrain()
         self.model.train()
-        sums: dict[str, float] = {}
-        n_in_interval, t_interval = 0, time.perf_counter()
+        t_interval, n_timed = time.perf_counter(), 0
         train_time = 0.0
         bar = _progress(self.progress)
         with bar:
@@ -622,20 +626,21 @@ class Trainer:
                     self.ema.update(step)
                     self.step = step + 1
                     for k, v in (losses or {}).items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
-                    n_in_interval += 1
+                        self._sums[k] = self._sums.get(k, 0.0) + float(v)
+                    self._n_interval += 1
+                    n_timed += 1
                     train_time += time.perf_counter() - t_step
                     done = self.step == self.total_steps
                     record: dict[str, Any] | None = None
                     if self.step % log_every == 0 or done:
                         dt = max(time.perf_counter() - t_interval, 1e-9)
-                        rate = n_in_interval * self.batch * env.world_size / dt
+                        rate = n_timed * self.batch * env.world_size / dt
                         record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
-                                  "loss": {k: v / n_in_interval for k, v in sums.items()},
-                                  "showers_per_s": rate, "ms_per_step": 1000 * dt / n_in_interval}
+                                  "loss": {k: v / self._n_interval for k, v in self._sums.items()},
+                                  "showers_per_s": rate, "ms_per_step": 1000 * dt / n_timed}
                         bar.update(task, info=" ".join(f"{k}={v:.3g}" for k, v in record["loss"].items())
                                    + f" | {rate:,.0f} showers/s")
-                        sums, n_in_interval = {}, 0
+                        self._sums, self._n_interval = {}, 0
                     if (val_every and self.step % val_every == 0) or done:
                         val = self.validate() if env.is_main else {}
                         if val:
@@ -646,7 +651,7 @@ class Trainer:
                                 self._save_checkpoint("best", all_ranks=False)
                     if record is not None:
                         self._log(record)
-                        t_interval = time.perf_counter()  # validation/IO time is not training throughput
+                        t_interval, n_timed = time.perf_counter(), 0  # validation/IO time is not throughput
                     if self.step % ck_every == 0 or done:
                         self._save_checkpoint("last")
                     bar.update(task, completed=self.step)
