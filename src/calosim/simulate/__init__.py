@@ -18,6 +18,8 @@ sets how many showers are held in memory / written at once, so ``simulate`` and
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,7 +75,16 @@ def register_engine(name: str) -> Callable[[Callable[[], Engine]], Callable[[], 
 
 
 def get_engine(name: str) -> Engine:
-    """Instantiate a registered engine; unknown names raise ``ValueError`` listing valid ones."""
+    """Instantiate a registered engine; unknown names raise ``ValueError`` listing valid ones.
+
+    An engine living in its own module ``calosim/simulate/<name>.py`` (e.g. ``geant4``) is
+    imported on first use; the module registers itself with :func:`register_engine`.
+    """
+    if name not in ENGINES and name.isidentifier() and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        try:
+            importlib.import_module(f"{__name__}.{name}")
+        except ImportError as exc:
+            raise ValueError(f"simulation engine {name!r} is not available: {exc}") from None
     if name not in ENGINES:
         raise ValueError(f"unknown simulation engine {name!r}; valid: {', '.join(sorted(ENGINES))}")
     return ENGINES[name]()

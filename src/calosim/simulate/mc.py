@@ -32,8 +32,8 @@ with y = E / E_c and the shower maximum (PDG eq. 34.36)::
     T = ln y + C,   C = -0.5 (electrons), C = +0.5 (photons).
 
 A photon first converts after an exponential depth with mean 9/7 X0 (PDG eq. 34.29); the pair
-cascade after conversion has T = ln y + C_pair with C_pair fixed such that the *mean* photon
-profile peaks at ln y + 0.5. The mean alpha follows GFlash's slope, alpha = 1 + b T with
+cascade after conversion has T = ln y + C_pair, C_pair = -0.9 (close to two electron cascades of
+E/2, ln(y/2) - 0.5), fixed such that the *mean* photon profile peaks at ln y + 0.5. The mean alpha follows GFlash's slope, alpha = 1 + b T with
 b = 0.458 + 2.26 / Z (b ~ 0.5, PDG), where Z is the effective atomic number obtained from the
 material's critical energy, E_c = 610 MeV / (Z + 1.24) (PDG eq. 34.11). Per-shower fluctuations
 use GFlash's correlated log-normal parameters (homogeneous media)::
@@ -118,7 +118,9 @@ __all__ = ["MCEngine", "em_shower_max", "Z_from_critical_energy"]
 C_ELECTRON = -0.5  # t_max = ln(E/E_c) + C  (PDG)
 C_PHOTON = 0.5
 CONVERSION_X0 = 9.0 / 7.0  # mean photon conversion depth in X0
-C_PAIR = C_PHOTON - 1.40  # pair cascade after conversion (~ two e of E/2: ln y - 1.19); tuned so that the mean photon profile peaks at ln y + 0.5
+# Pair cascade after conversion (two electrons of ~E/2 would give ln y - 1.19): -0.9, tuned so that
+# the mean photon profile (conversion depth convolved with the cascade) peaks at ln y + 0.5.
+C_PAIR = C_PHOTON - 1.40
 FEM_E0_MEV = 1000.0  # f_em = 1 - (E/E0)^(k-1)
 FEM_K = 0.82
 FEM_CONCENTRATION = 8.0  # Beta(m nu, (1-m) nu): sigma(f_em) = sqrt(m(1-m)/(nu+1))
@@ -335,11 +337,12 @@ class MCEngine:
         # Constant term: a per-shower calibration factor common to all cells of a material.
         g = rng.standard_normal(n)
         fac = np.maximum(1.0 + tab.const[None, :] * g[:, None], 0.0)  # (n, L)
-        showers *= np.repeat(fac, np.diff(geometry.layer_offsets), axis=1)
-        overflow *= fac
+        cells = np.empty((n, tab.n_cells), dtype=np.float32)
+        for li, sl in enumerate(geometry.layer_slices):  # per layer: no (n, n_cells) float64 temporaries
+            np.multiply(showers[:, sl], fac[:, li:li + 1], out=cells[:, sl], casting="same_kind")
         if geometry.threshold_mev > 0:
-            showers[showers < geometry.threshold_mev] = 0.0
-        return showers.astype(np.float32), overflow.astype(np.float32)
+            cells[cells < geometry.threshold_mev] = 0.0
+        return cells, (overflow * fac).astype(np.float32)
 
     # ---- components -------------------------------------------------------------------------
     @staticmethod
@@ -381,14 +384,14 @@ class MCEngine:
         u = rng.random(n)
         xi, yi = x0 + z_int * sx, y0 + z_int * sy  # interaction point (only used if inside)
         parts = [mip]
+        cum_x0_int = np.interp(np.minimum(z_int, tab.k_z[-1]), tab.k_z, tab.k_x0)
         for frac in (u, 1.0 - u):  # two photon sub-showers from pi0 decays
             e_g = np.maximum(frac * e_em, 1e-3)
             theta_pt = np.minimum(PI0_PT_MEV / e_g, 0.5)
             gsx = sx + theta_pt * rng.standard_normal(n)
             gsy = sy + theta_pt * rng.standard_normal(n)
             g_ic = np.sqrt(1.0 + gsx ** 2 + gsy ** 2)
-            cum_x0 = np.interp(np.minimum(z_int, tab.k_z[-1]), tab.k_z, tab.k_x0)
-            z_conv = np.where(z_int < FAR, tab.z_from_x0(cum_x0 + rng.exponential(CONVERSION_X0, n) / g_ic), FAR)
+            z_conv = np.where(z_int < FAR, tab.z_from_x0(cum_x0_int + rng.exponential(CONVERSION_X0, n) / g_ic), FAR)
             s = tab.slice_at(z_conv)
             params = _em_params(e_g, tab.ec[s], tab.zeff[s], C_PAIR, rng)
             g_axis = (xi - z_int * gsx, yi - z_int * gsy, gsx, gsy, g_ic)
@@ -407,7 +410,7 @@ class MCEngine:
     def _deposit(self, tab: _Tables, c: _Components, n: int, rng: np.random.Generator) -> np.ndarray:
         """Energies of all components into ``(n, n_cells + n_layers)`` float64 (cells, then overflow)."""
         C, S = len(c.shower), tab.n_slices
-        is_em, is_had, is_mip = c.kind == EM, c.kind == HAD, c.kind == MIP
+        is_had, is_mip = c.kind == HAD, c.kind == MIP
         casc = ~is_mip
         # Depth of every slice edge along each component's axis, in the component's unit.
         u_lo = np.where(is_had[:, None], tab.lam_lo[None, :], tab.x0_lo[None, :])
@@ -463,15 +466,21 @@ class MCEngine:
         base = c.shower[c_idx] * W
         layer = tab.layer[s_idx]
 
-        out = np.zeros(n * W)
-        # Process in groups of whole pairs with a bounded number of spots (memory).
+        out: np.ndarray | None = None
+        # Process in groups of whole pairs with a bounded number of spots (memory); the groups
+        # depend only on the block's content, so results do not depend on any chunk setting.
         ends = np.cumsum(n_sp)
         grp = (ends - 1) // SPOT_BUDGET
         cuts = np.flatnonzero(np.diff(grp)) + 1
         for g0, g1 in zip(np.r_[0, cuts], np.r_[cuts, len(n_sp)]):
             sl = slice(int(g0), int(g1))
-            out += _spots(tab, rng, n * W, n_sp[sl], v[sl], p_core[sl], r_c[sl], r_t[sl], xp[sl], yp[sl],
+            part = _spots(tab, rng, n * W, n_sp[sl], v[sl], p_core[sl], r_c[sl], r_t[sl], xp[sl], yp[sl],
                           jx[sl] if jit else None, jy[sl] if jit else None, base[sl], layer[sl])
+            if out is None:
+                out = part
+            else:
+                out += part
+        assert out is not None
         return out.reshape(n, W)
 
 
