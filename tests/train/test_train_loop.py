@@ -21,6 +21,15 @@ from calosim.models import ShowerModel, register_model
 from calosim.train import RunError, load_run, separation_power, train
 from calosim.train.checkpoint import load_tensors
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread is faster and does not fight other processes for cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 def write_toy_data(path: Path, n: int = 240, seed: int = 0, conditions: bool = False, layout: str = "native") -> Path:
     """Gamma-distributed cells on the calogan geometry, E_inc in 1-100 GeV."""

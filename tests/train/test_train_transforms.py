@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,15 @@ from calosim.geometry import get_geometry
 from calosim.train.transforms import get_transform, list_transforms, postprocess
 
 NAMES = ["identity", "scale", "log", "boxcox", "layer-norm", "logit"]
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread is faster and does not fight other processes for cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 
 def _showers(n: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, object]:
