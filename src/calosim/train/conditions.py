@@ -251,9 +251,19 @@ def _local_parse_energy_spec(spec: str) -> Callable[[int, np.random.Generator], 
 def parse_energy_spec(spec: str | float) -> Callable[[int, np.random.Generator], np.ndarray]:
     """Parse a GeV energy spec into ``f(n, rng) -> (n,) energies in GeV``.
 
-    ``"50"`` fixed, ``"1:100"`` uniform, ``"log:1:100"`` log-uniform, ``"10,20,50"`` uniform choice.
+    ``"50"`` fixed, ``"1:100"`` uniform, ``"log:1:100"`` log-uniform (the simulator's
+    ``calosim.simulate.conditions.parse_range`` syntax, used when available), plus
+    ``"10,20,50"``: a uniform choice among listed energies.
     """
-    return _local_parse_energy_spec(str(spec))
+    text = str(spec)
+    if "," in text:
+        return _local_parse_energy_spec(text)
+    try:
+        from ..simulate.conditions import parse_range
+    except ImportError:  # the simulator is optional for training/generation
+        return _local_parse_energy_spec(text)
+    rs = parse_range(text, "energy spec (GeV)", min_value=0.0, min_inclusive=False)
+    return lambda n, rng: rs.sample(n, rng)
 
 
 def sample_conditions(n: int, energy_spec: str | float | None = None, particle: str | int | None = None,
