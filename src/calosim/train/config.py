@@ -35,10 +35,12 @@ FRAMEWORK_DEFAULTS: dict[str, Any] = {
     "amp": False,               # mixed precision (CUDA only)
     "pool_size": 5000,          # training condition rows kept in the run for generation
     "geometry": None,           # override the file's geometry (name), e.g. for CaloChallenge files
+    "threads": None,            # torch intra-op threads (None: torch's default); 1 is often fastest for small models
 }
 
 #: Keys that may change when resuming (they do not change the trajectory up to the resume point).
-RESUMABLE_KEYS = frozenset({"steps", "epochs", "log_every", "val_every", "checkpoint_every", "val_size", "val_batch"})
+RESUMABLE_KEYS = frozenset({"steps", "epochs", "log_every", "val_every", "checkpoint_every", "val_size", "val_batch",
+                            "threads"})
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -296,6 +296,8 @@ class Trainer:
             cfg = resolve_config(cls.default_config, config_file=config_file, config=config, epochs=epochs, steps=steps)
             geometry = cfg.get("geometry")
         self.cfg = cfg
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg["threads"]))
 
         # ---- data: read, split, fit preprocessing, pre-transform -----------------------------
         t0 = time.perf_counter()
