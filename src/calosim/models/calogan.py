@@ -1,0 +1,557 @@
+"""CaloGAN (Paganini, de Oliveira, Nachman 2018): a conditional GAN with one LAGAN per layer.
+
+Generator: the latent ``z`` is modulated by the encoded condition (CaloGAN multiplies ``z`` by
+the scaled incident energy; here a learned gain of the whole ``cond`` vector, so a pdg one-hot
+works too) and fed to one LAGAN sub-network per calorimeter layer: dense -> 2D conv -> BN ->
+locally-connected (LC) -> BN -> LC. Layer ``i`` is then mixed with layer ``i-1`` through the
+attentional transfer: the previous image is resampled onto this layer's grid (physical overlap
+of the cells) and a per-pixel learned sigmoid gate mixes it with the layer's own output. A ReLU
+(or softplus) keeps cells non-negative.
+
+Discriminator: per-layer conv/LC features with minibatch discrimination, and CaloGAN's energy
+block (per-layer energies / E_inc, total / E_inc, the "energy well" |E_tot - E_inc| and its
+too-big flag, per-layer sparsity) with its own minibatch discrimination, plus ``cond``.
+
+Losses: adversarial (``"ns"`` non-saturating as in the seed, ``"hinge"`` or ``"wgan-gp"``) plus
+CaloGAN's auxiliary energy term ``lambda_e * |E_inc - E_hat| / E_inc`` on generated showers,
+``E_hat`` = sum of the generated cells in MeV (through ``ctx.transform.inverse``) divided by
+the detector response (mean visible / incident energy of the real batches: a sampling
+calorimeter sees a fraction of E_inc, so E_hat estimates E_inc only after this calibration).
+
+Speed: the generator runs in a "flat, batch-last" layout ``(positions, channels, batch)`` in
+which a locally-connected layer is ``k_h * k_w`` batched matmuls over contiguous slices (no
+patch copies), and in eval mode dense+conv are folded into one matrix and the batch norms into
+the following LC layers, so sampling is one GEMM plus two LC layers per calorimeter layer.
+Works on any geometry whose layers are 2D grids (any per-layer shape); kernels and windows
+are chosen from each layer's shape.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import register_model
+from .base import ShowerModel, TrainContext
+
+__all__ = ["CaloGAN", "LocallyConnected2d", "to_flat", "from_flat"]
+
+
+# ------------------------------------------------------------------------------------------
+# flat batch-last layout and the locally-connected layer
+# ------------------------------------------------------------------------------------------
+def to_flat(img: Tensor, tail: int = 0) -> Tensor:
+    """``(B, C, H, W) -> (H * W + tail, C, B)``: row-major positions, batch last, ``tail`` zero rows."""
+    b, c, h, w = img.shape
+    x = img.permute(2, 3, 1, 0).reshape(h * w, c, b)
+    return F.pad(x, (0, 0, 0, 0, 0, tail)) if tail else x
+
+
+def from_flat(x: Tensor, shape: tuple[int, int], row: int) -> Tensor:
+    """Valid positions of a flat tensor ``(P, C, B)`` with row stride ``row`` -> ``(B, C, H, W)``."""
+    h, w = shape
+    return x[: h * row].view(h, row, x.shape[1], x.shape[2])[:, :w].permute(3, 2, 0, 1)
+
+
+class LocallyConnected2d(nn.Module):
+    """2D convolution with unshared weights (every output position has its own kernel), stride 1.
+
+    Works on flat batch-last tensors ``(n_in, C_in, B)``: positions of a 2D grid in row-major
+    order with row stride ``row``. Output position ``p`` reads input positions
+    ``p + dy * row + dx`` for the ``k_h x k_w`` window, so each window offset is one contiguous
+    slice and the layer is ``k_h k_w`` batched matmuls ``(n_out, C_out, C_in) @ (n_out, C_in, B)``.
+    Output ``(n_out, C_out, B)`` with ``n_out = n_in - (k_h - 1) row - (k_w - 1)`` keeps the row
+    stride: columns ``>= W - k_w + 1`` of each row wrap around and are don't-care values (never
+    read by valid outputs of later layers; :func:`from_flat` drops them).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, n_in: int, row: int, kernel: tuple[int, int],
+                 bias: bool = True) -> None:
+        super().__init__()
+        kh, kw = kernel
+        self.in_channels, self.out_channels, self.row, self.kernel = in_channels, out_channels, row, (kh, kw)
+        self.offsets = [dy * row + dx for dy in range(kh) for dx in range(kw)]
+        self.n_in, self.n_out = n_in, n_in - self.offsets[-1]
+        if self.n_out < 1:
+            raise ValueError(f"LocallyConnected2d: window {kernel} does not fit {n_in} positions of row {row}")
+        bound = math.sqrt(6.0 / (in_channels * kh * kw))  # He-uniform, as CaloGAN's LC layers
+        self.weight = nn.Parameter(torch.empty(kh * kw, self.n_out, out_channels, in_channels).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(self.n_out, out_channels, 1)) if bias else None
+
+    def forward(self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+        """``(n_in, C_in, B) -> (n_out, C_out, B)``; ``weight``/``bias`` override (folded BN)."""
+        w = self.weight if weight is None else weight
+        b = self.bias if bias is None else bias
+        n = self.n_out
+        out = torch.bmm(w[0], x[self.offsets[0]: self.offsets[0] + n])
+        for j in range(1, len(self.offsets)):
+            o = self.offsets[j]
+            out.baddbmm_(w[j], x[o: o + n])  # in place: bmm does not keep its output for backward
+        return out if b is None else out.add_(b)
+
+    def fold_input_affine(self, scale: Tensor, shift: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Weights/bias equivalent to applying ``x * scale + shift`` (per input channel) first."""
+        w = self.weight * scale
+        extra = torch.einsum("jnoc,c->no", self.weight, shift).unsqueeze(-1)
+        return w, extra if self.bias is None else self.bias + extra
+
+
+def _bn_affine(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Eval-mode batch norm as ``x * scale + shift`` per channel."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def _lc_window(n: int) -> int:
+    """LC window along an axis of ``n`` cells: CaloGAN's 2, or 1 for a single row/column."""
+    return 2 if n >= 2 else 1
+
+
+def _conv_kernel(n: int) -> int:
+    """Odd 'same' conv kernel along an axis: 3 where there is room, else 1."""
+    return 3 if n >= 3 else 1
+
+
+# ------------------------------------------------------------------------------------------
+# attention transfer between layers
+# ------------------------------------------------------------------------------------------
+def _overlap_matrix(src_edges: np.ndarray, dst_edges: np.ndarray) -> np.ndarray:
+    """``(n_dst, n_src)`` row-normalised overlap of 1-D bins (an averaging resampler)."""
+    lo = np.maximum(dst_edges[:-1, None], src_edges[None, :-1])
+    hi = np.minimum(dst_edges[1:, None], src_edges[None, 1:])
+    m = np.clip(hi - lo, 0.0, None)
+    empty = m.sum(1) == 0
+    if empty.any():  # bins outside the other grid: fall back to index space
+        m[empty] = _overlap_matrix(np.linspace(0, 1, len(src_edges)), np.linspace(0, 1, len(dst_edges)))[empty]
+    return m / m.sum(1, keepdims=True)
+
+
+def _axis_edges(layer: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Bin edges along the image rows and columns of a layer (mm; angle as a fraction of a turn)."""
+    ny, nx = layer.shape
+    if layer.kind == "cartesian":
+        dy, dx = layer.cell_mm
+        return (np.arange(ny + 1) - ny / 2) * dy, (np.arange(nx + 1) - nx / 2) * dx
+    return np.linspace(0.0, 1.0, ny + 1), np.asarray(layer.r_edges_mm, dtype=float)
+
+
+class _AttentionTransfer(nn.Module):
+    """CaloGAN's inter-layer attention on ``(ny, nx, B)`` images: ``out = g * carry + (1 - g) * own``.
+
+    ``carry`` is the previous layer's (non-negative) output resampled onto this grid with fixed
+    overlap matrices ``R_y @ prev @ R_x^T`` (CaloGAN up-samples/average-pools its hard-coded
+    shapes; the cell overlap in mm does the same for any pair of layers) and scaled by a learned
+    factor (layers hold different energy fractions). The gate ``g`` is a per-pixel sigmoid of a
+    1x1 locally-connected map of ``[own, carry]``, biased towards ``own`` at the start.
+    """
+
+    def __init__(self, src: Any, dst: Any, gate_bias: float) -> None:
+        super().__init__()
+        sy, sx = _axis_edges(src)
+        dy, dx = _axis_edges(dst)
+        if src.kind != dst.kind:  # nothing physical to match: index space
+            sy, sx, dy, dx = (np.linspace(0, 1, len(a)) for a in (sy, sx, dy, dx))
+        self.register_buffer("ry", torch.tensor(_overlap_matrix(sy, dy), dtype=torch.float32))  # (ny, ny_src)
+        self.register_buffer("rx", torch.tensor(_overlap_matrix(sx, dx), dtype=torch.float32))  # (nx, nx_src)
+        ny, nx = dst.shape
+        self.w = nn.Parameter(torch.zeros(2, ny, nx, 1))
+        self.b = nn.Parameter(torch.full((ny, nx, 1), float(gate_bias)))
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def forward(self, own: Tensor, prev: Tensor) -> Tensor:
+        """``own (ny, nx, B)``, ``prev (ny_src, nx_src, B)`` -> ``(ny, nx, B)``."""
+        p, q, b = prev.shape
+        carry = torch.mm(self.ry, prev.reshape(p, q * b)).view(-1, q, b)  # rows
+        carry = torch.matmul(self.rx, carry) * self.log_scale.exp()  # columns, batched over rows
+        gate = torch.sigmoid(own * self.w[0] + carry * self.w[1] + self.b)
+        return own + gate * (carry - own)
+
+
+# ------------------------------------------------------------------------------------------
+# generator
+# ------------------------------------------------------------------------------------------
+class _LaganG(nn.Module):
+    """Generator sub-network of one layer: ``h (B, h_dim) -> image (ny, nx, B)`` (pre-activation).
+
+    dense -> reshape (C0, ny + 2(kh-1), nx + 2(kw-1)) -> conv 'same' -> LeakyReLU -> BN
+    -> LC(kh, kw) -> LeakyReLU -> BN -> LC(kh, kw, no bias), each LC shrinking the grid by k-1.
+    Dense and conv are linear, so they are applied as one folded matrix ``(P * C1, h_dim)``
+    (computed from both weights at every call, so gradients reach both).
+    """
+
+    def __init__(self, h_dim: int, shape: tuple[int, int], c0: int, c1: int, c2: int) -> None:
+        super().__init__()
+        ny, nx = shape
+        self.shape = (ny, nx)
+        kh, kw = _lc_window(ny), _lc_window(nx)
+        self.grid = (ny + 2 * (kh - 1), nx + 2 * (kw - 1))
+        self.tail = 2 * (kw - 1)  # zero positions so every LC window slice stays in range
+        self.c0, self.c1 = c0, c1
+        self.dense = nn.Linear(h_dim, c0 * self.grid[0] * self.grid[1])
+        ch, cw = _conv_kernel(self.grid[0]), _conv_kernel(self.grid[1])
+        self.conv = nn.Conv2d(c0, c1, (ch, cw), padding=(ch // 2, cw // 2))
+        self.bn1 = nn.BatchNorm1d(c1)
+        n0 = self.grid[0] * self.grid[1] + self.tail
+        self.lc1 = LocallyConnected2d(c1, c2, n0, self.grid[1], (kh, kw))
+        self.bn2 = nn.BatchNorm1d(c2)
+        self.lc2 = LocallyConnected2d(c2, 1, self.lc1.n_out, self.grid[1], (kh, kw), bias=False)
+        nn.init.xavier_normal_(self.lc2.weight.view(-1, c2))  # glorot, as CaloGAN's last LC
+
+    def folded(self) -> tuple[Tensor, Tensor]:
+        """conv(dense(h)) as ``W (P * C1, h_dim)``, ``b (P * C1, 1)``, rows ordered (position, channel)."""
+        hh, ww = self.grid
+        h_dim = self.dense.in_features
+        cols = torch.cat([self.dense.weight.t(), self.dense.bias[None]], 0).view(h_dim + 1, self.c0, hh, ww)
+        y = F.conv2d(cols, self.conv.weight, padding=self.conv.padding)  # (h_dim + 1, C1, hh, ww)
+        m = y.permute(2, 3, 1, 0).reshape(hh * ww * self.c1, h_dim + 1)
+        w, b = m[:, :h_dim], m[:, h_dim:] + self.conv.bias.repeat(hh * ww)[:, None]
+        if self.tail:
+            w = F.pad(w, (0, 0, 0, self.tail * self.c1))
+            b = F.pad(b, (0, 0, 0, self.tail * self.c1))
+        return w, b
+
+    def forward(self, h: Tensor) -> Tensor:
+        w, b = self.folded()
+        x = torch.addmm(b, w, h.t()).view(-1, self.c1, h.shape[0])  # (P, C1, B)
+        if self.training:
+            x = self.lc1(self.bn1(F.leaky_relu(x, 0.2)))
+            x = self.lc2(self.bn2(F.leaky_relu(x, 0.2)))
+        else:  # eval: batch norms folded into the next LC layer, activations in place
+            x = self.lc1(F.leaky_relu_(x, 0.2), *self.lc1.fold_input_affine(*_bn_affine(self.bn1)))
+            x = self.lc2(F.leaky_relu_(x, 0.2), *self.lc2.fold_input_affine(*_bn_affine(self.bn2)))
+        ny, nx = self.shape
+        return x[: ny * self.grid[1]].view(ny, self.grid[1], -1)[:, :nx]  # (ny, nx, B)
+
+
+class _Generator(nn.Module):
+    """``f(z (B, latent), cond (B, cond_dim)) -> x (B, n_cells)`` in the transform space."""
+
+    def __init__(self, geometry: Any, cond_dim: int, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.latent_dim = int(cfg["latent_dim"])
+        # CaloGAN feeds z * E/100; a learned (identity-initialised) gain of the whole cond vector.
+        self.cond_gain = nn.Linear(cond_dim, self.latent_dim)
+        nn.init.zeros_(self.cond_gain.weight)
+        nn.init.zeros_(self.cond_gain.bias)
+        h_dim = self.latent_dim + cond_dim
+        c0, c1, c2 = (int(c) for c in cfg["g_channels"])
+        self.lagans = nn.ModuleList(_LaganG(h_dim, tuple(l.shape), c0, c1, c2) for l in geometry.layers)
+        pairs = zip(geometry.layers[:-1], geometry.layers[1:])
+        self.attention = nn.ModuleList(_AttentionTransfer(a, b, cfg["gate_bias"]) for a, b in pairs) \
+            if cfg["attention"] else None
+        self.activation = cfg["output_activation"]
+
+    def _act(self, x: Tensor) -> Tensor:
+        if self.activation == "relu":
+            return F.relu(x)
+        return F.softplus(x, beta=20.0) if self.activation == "softplus" else x
+
+    def forward(self, z: Tensor, cond: Tensor) -> Tensor:
+        h = torch.cat([z * (1.0 + self.cond_gain(cond)), cond], 1)
+        out, prev = [], None
+        for i, lagan in enumerate(self.lagans):
+            img = lagan(h)  # (ny, nx, B)
+            if self.attention is not None and prev is not None:
+                img = self.attention[i - 1](img, prev)
+            prev = img = self._act(img)
+            out.append(img.reshape(-1, img.shape[-1]))
+        return torch.cat(out, 0).t()
+
+
+# ------------------------------------------------------------------------------------------
+# discriminator
+# ------------------------------------------------------------------------------------------
+class _MinibatchDiscrimination(nn.Module):
+    """Salimans et al.: ``(B, F) -> (B, K)`` closeness of each sample to the rest of its batch."""
+
+    def __init__(self, n_in: int, n_kernels: int = 10, dim: int = 10) -> None:
+        super().__init__()
+        self.k, self.d = n_kernels, dim
+        self.t = nn.Linear(n_in, n_kernels * dim, bias=False)
+        self.double_backward = False  # cdist has no double backward (needed by the gradient penalty)
+
+    def forward(self, f: Tensor) -> Tensor:
+        m = self.t(f).view(-1, self.k, self.d).transpose(0, 1)  # (K, B, D)
+        if self.double_backward:
+            dist = (m[:, :, None] - m[:, None]).abs().sum(-1)
+        else:
+            dist = torch.cdist(m, m, p=1)  # (K, B, B), without the (K, B, B, D) temporary
+        return torch.tanh(torch.exp(-dist).sum(2).t() - 1.0)  # minus the self-term; tanh as CaloGAN
+
+
+class _LaganD(nn.Module):
+    """Discriminator features of one layer: ``(B, 1, ny, nx) -> (B, n_features)``.
+
+    conv 'same' -> LeakyReLU -> conv (stride 2 along axes of >= 8 cells) -> LeakyReLU -> BN
+    -> LC(2x2) -> LeakyReLU -> BN -> flatten.
+    """
+
+    def __init__(self, shape: tuple[int, int], c1: int, c2: int, c3: int) -> None:
+        super().__init__()
+        ny, nx = shape
+        ch, cw = _conv_kernel(ny), _conv_kernel(nx)
+        self.conv1 = nn.Conv2d(1, c1, (ch, cw), padding=(ch // 2, cw // 2))
+        stride = (2 if ny >= 8 else 1, 2 if nx >= 8 else 1)
+        self.conv2 = nn.Conv2d(c1, c2, (ch, cw), stride=stride, padding=(ch // 2, cw // 2))
+        self.bn1 = nn.BatchNorm2d(c2)
+        h, w = (ny - 1) // stride[0] + 1, (nx - 1) // stride[1] + 1
+        kh, kw = _lc_window(h), _lc_window(w)
+        self.row, self.tail = w, kw - 1
+        self.lc = LocallyConnected2d(c2, c3, h * w + self.tail, w, (kh, kw))
+        self.bn2 = nn.BatchNorm1d(c3)
+        self.out_shape = (h - kh + 1, w - kw + 1)
+        self.n_features = c3 * self.out_shape[0] * self.out_shape[1]
+
+    def forward(self, img: Tensor) -> Tensor:
+        x = F.leaky_relu(self.conv1(img), 0.2)
+        x = self.bn1(F.leaky_relu(self.conv2(x), 0.2))
+        x = self.bn2(F.leaky_relu(self.lc(to_flat(x, self.tail)), 0.2))
+        return from_flat(x, self.out_shape, self.row).flatten(1)
+
+
+class _Discriminator(nn.Module):
+    """``D(x_mev (B, n_cells), cond (B, cond_dim), e_inc (B, 1)) -> logits (B,)``.
+
+    Buffers ``response`` (mean E_vis / E_inc) and ``hit_scale`` (typical small real cell, MeV)
+    are set from real data by the model before the first step.
+    """
+
+    def __init__(self, geometry: Any, cond_dim: int, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.shapes = [tuple(l.shape) for l in geometry.layers]
+        self.offsets = [int(o) for o in geometry.layer_offsets]
+        self.image_gain = float(cfg["d_image_gain"])
+        c1, c2, c3 = (int(c) for c in cfg["d_channels"])
+        self.lagans = nn.ModuleList(_LaganD(s, c1, c2, c3) for s in self.shapes)
+        n_img = sum(m.n_features for m in self.lagans)
+        n_layers = len(self.shapes)
+        self.n_occ = 3  # soft occupancy thresholds per layer (multiples of hit_scale)
+        n_energy = 2 * n_layers + 3 + n_layers * (self.n_occ + 1)
+        k = int(cfg["mbd_kernels"])
+        self.mbd_images = _MinibatchDiscrimination(n_img, k) if k else None
+        self.mbd_energy = _MinibatchDiscrimination(n_energy, k) if k else None
+        hidden = int(cfg["d_hidden"])
+        self.head = nn.Sequential(
+            nn.Linear(n_img + n_energy + cond_dim + (2 * k if k else 0), hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, 1),
+        )
+        self.register_buffer("response", torch.tensor(1.0))
+        self.register_buffer("hit_scale", torch.tensor(1.0))
+
+    def energy_features(self, x_mev: Tensor, e_inc: Tensor) -> Tensor:
+        """CaloGAN's energy block ``(B, n_energy)`` from cells ``(B, n_cells)`` MeV.
+
+        Per-layer fractions E_l / E_inc (linear and log), E_tot / E_inc, the energy well
+        ``|E_tot / (response E_inc) - 1|`` with the original's too-big flag, and per-layer
+        sparsity: the hard fraction of non-zero cells (no gradient, as the original) plus soft
+        occupancies ``mean tanh(E_cell / t)`` at thresholds ``t`` = (0.1, 1, 10) x hit_scale.
+        """
+        frac = x_mev / e_inc
+        layers = [slice(a, b) for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+        e_layer = torch.stack([frac[:, s].sum(1) for s in layers], 1)  # (B, L)
+        e_tot = e_layer.sum(1, keepdim=True)
+        well = (e_tot / self.response - 1.0).abs()
+        too_big = (well > 0.2).float()
+        occ = []
+        for s in layers:
+            cells = x_mev[:, s]
+            occ.append((cells > 0).float().mean(1))
+            occ += [torch.tanh(cells / (self.hit_scale * t)).mean(1) for t in (0.1, 1.0, 10.0)]
+        return torch.cat([e_layer, torch.log(e_layer + 1e-4), e_tot, well, too_big, torch.stack(occ, 1)], 1)
+
+    def forward(self, x_mev: Tensor, cond: Tensor, e_inc: Tensor) -> Tensor:
+        # log-compressed fractions, so D sees the low-energy halo as well as the core
+        img = torch.log1p(x_mev.clamp_min(0.0) / e_inc * self.image_gain)
+        feats = [lagan(img[:, a:b].reshape(-1, 1, *s))
+                 for lagan, a, b, s in zip(self.lagans, self.offsets[:-1], self.offsets[1:], self.shapes)]
+        f_img = torch.cat(feats, 1)
+        f_e = self.energy_features(x_mev, e_inc)
+        parts = [f_img, f_e, cond]
+        if self.mbd_images is not None and self.mbd_energy is not None:
+            parts += [self.mbd_images(f_img), self.mbd_energy(f_e)]
+        return self.head(torch.cat(parts, 1)).squeeze(1)
+
+
+class _Exported(nn.Module):
+    """Frozen eval-mode generator for ONNX: ``forward(z (B, latent), cond (B, cond_dim)) -> x (B, n_cells)``."""
+
+    def __init__(self, generator: _Generator) -> None:
+        super().__init__()
+        self.generator = generator.eval()
+        self.latent_dim = generator.latent_dim
+
+    def forward(self, z: Tensor, cond: Tensor) -> Tensor:
+        return self.generator(z, cond)
+
+
+# ------------------------------------------------------------------------------------------
+# the model
+# ------------------------------------------------------------------------------------------
+@register_model
+class CaloGAN(ShowerModel):
+    """CaloGAN: conditional GAN with per-layer LAGANs and attentional inter-layer transfer."""
+
+    name = "calogan"
+    ema_modules = ("generator",)
+    default_config: dict[str, Any] = {
+        "transform": "scale",
+        "batch_size": 256,
+        "steps": 10_000,
+        "val_every": 2500,
+        "lr_g": 2e-4,
+        "lr_d": 2e-4,
+        "betas": (0.5, 0.9),
+        "loss": "ns",  # "ns" (the seed's) | "hinge" | "wgan-gp"
+        "n_critic": 1,
+        "gp_lambda": 10.0,
+        "lambda_e": 0.05,
+        "energy_response": "data",  # E_vis / E_inc: "data" (measured on real batches) or a number
+        "latent_dim": 32,
+        "g_channels": (4, 4, 4),  # dense, conv, first LC
+        "d_channels": (16, 16, 8),
+        "d_hidden": 64,
+        "mbd_kernels": 10,
+        "d_image_gain": 1e3,
+        "attention": True,
+        "gate_bias": -2.0,
+        "output_activation": "relu",  # "relu" | "softplus" | "none" (for standardised transforms)
+    }
+
+    def __init__(self, geometry: Any, cond_dim: int, config: dict[str, Any]) -> None:
+        super().__init__(geometry, cond_dim, config)
+        cfg = self.config
+        if cfg["loss"] not in ("ns", "hinge", "wgan-gp"):
+            raise ValueError(f"calogan: loss must be 'ns', 'hinge' or 'wgan-gp', got {cfg['loss']!r}")
+        if cfg["output_activation"] not in ("relu", "softplus", "none"):
+            raise ValueError(f"calogan: output_activation must be 'relu', 'softplus' or 'none', got {cfg['output_activation']!r}")
+        data_dim = int(cfg.get("data_dim", geometry.n_cells))
+        if data_dim != geometry.n_cells:
+            raise ValueError(f"calogan generates cell images: it needs a transform with one value per cell "
+                             f"(scale, identity, log, boxcox, logit), got data_dim={data_dim} for {geometry.n_cells} cells")
+        self.generator = _Generator(geometry, cond_dim, cfg)
+        self.discriminator = _Discriminator(geometry, cond_dim, cfg)
+        self.register_buffer("calibrated", torch.tensor(False))
+
+    @property
+    def latent_dim(self) -> int:
+        return self.generator.latent_dim
+
+    # -- training -------------------------------------------------------------------------
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        betas = tuple(self.config["betas"])
+        return {
+            "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=self.config["lr_d"], betas=betas),
+            "generator": torch.optim.Adam(self.generator.parameters(), lr=self.config["lr_g"], betas=betas),
+        }
+
+    @staticmethod
+    def energy_loss(x_mev: Tensor, e_inc: Tensor, response: Tensor | float = 1.0) -> Tensor:
+        """CaloGAN's auxiliary term ``mean |E_inc - E_hat| / E_inc``, ``E_hat = sum(x_mev) / response``.
+
+        ``x_mev (B, n_cells)``, ``e_inc (B, 1)`` MeV. Relative, so all energies weigh alike.
+        """
+        e_hat = x_mev.sum(1, keepdim=True) / response
+        return ((e_inc - e_hat).abs() / e_inc).mean()
+
+    @torch.no_grad()
+    def _calibrate(self, x_mev: Tensor, e_inc: Tensor) -> None:
+        """First real batch: detector response and the typical small cell energy (D's hit scale)."""
+        d = self.discriminator
+        fixed = self.config["energy_response"]
+        d.response.fill_(float((x_mev.sum(1, keepdim=True) / e_inc).mean()) if fixed == "data" else float(fixed))
+        nz = x_mev[x_mev > 0]
+        if nz.numel():
+            d.hit_scale.fill_(max(float(torch.quantile(nz[:100_000].float(), 0.05)), 1e-6))
+        self.calibrated.fill_(True)
+
+    def _d_loss(self, d_real: Tensor, d_fake: Tensor) -> Tensor:
+        loss = self.config["loss"]
+        if loss == "ns":
+            return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        if loss == "hinge":
+            return F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
+        return d_fake.mean() - d_real.mean()
+
+    def _g_adv(self, d_fake: Tensor) -> Tensor:
+        return F.softplus(-d_fake).mean() if self.config["loss"] == "ns" else -d_fake.mean()
+
+    def _noise(self, n: int, ctx: TrainContext, device: torch.device) -> Tensor:
+        gen = ctx.generator
+        z = torch.randn(n, self.latent_dim, generator=gen, device=gen.device if gen is not None else device)
+        return z.to(device)
+
+    def train_step(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
+        """``n_critic`` discriminator updates then one generator update.
+
+        ``x (B, n_cells)`` preprocessed showers, ``cond (B, cond_dim)`` encoded conditions.
+        """
+        cfg, D, G = self.config, self.discriminator, self.generator
+        e_inc = ctx.conditions.incident_energy(cond)
+        x_mev = ctx.transform.inverse(x, e_inc)
+        if not bool(self.calibrated):
+            self._calibrate(x_mev, e_inc)
+        b = x.shape[0]
+
+        D.requires_grad_(True)
+        for _ in range(int(cfg["n_critic"])):
+            with torch.no_grad():
+                fake = G(self._noise(b, ctx, x.device), cond)
+            d_real = D(x_mev, cond, e_inc)
+            d_fake = D(ctx.transform.inverse(fake, e_inc), cond, e_inc)
+            loss_d = self._d_loss(d_real, d_fake)
+            if cfg["loss"] == "wgan-gp":
+                loss_d = loss_d + cfg["gp_lambda"] * self._gradient_penalty(x, fake, cond, e_inc, ctx)
+            ctx.backward_step(loss_d, "discriminator")
+
+        D.requires_grad_(False)  # the G step needs no weight gradients of D
+        try:
+            fake_mev = ctx.transform.inverse(G(self._noise(b, ctx, x.device), cond), e_inc)
+            adv = self._g_adv(D(fake_mev, cond, e_inc))
+            loss_e = self.energy_loss(fake_mev, e_inc, D.response)
+            ctx.backward_step(adv + cfg["lambda_e"] * loss_e, "generator")
+        finally:
+            D.requires_grad_(True)
+        return {"loss_d": loss_d.item(), "loss_g": adv.item(), "loss_e": loss_e.item(),
+                "d_real": d_real.detach().mean().item(), "d_fake": d_fake.detach().mean().item()}
+
+    def _gradient_penalty(self, x: Tensor, fake: Tensor, cond: Tensor, e_inc: Tensor, ctx: TrainContext) -> Tensor:
+        a = torch.rand(x.shape[0], 1, device=x.device)
+        mix = (a * x + (1 - a) * fake).requires_grad_(True)
+        mbd = [m for m in self.discriminator.modules() if isinstance(m, _MinibatchDiscrimination)]
+        for m in mbd:
+            m.double_backward = True
+        try:
+            d = self.discriminator(ctx.transform.inverse(mix, e_inc), cond, e_inc)
+        finally:
+            for m in mbd:
+                m.double_backward = False
+        (g,) = torch.autograd.grad(d.sum(), mix, create_graph=True)
+        return ((g.norm(dim=1) - 1.0) ** 2).mean()
+
+    # -- sampling -------------------------------------------------------------------------
+    def latent(self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None) -> Tensor:
+        """Standard-normal latent vectors ``(n, latent_dim)`` (drawn on ``generator``'s device)."""
+        device = device or next(self.generator.parameters()).device
+        z = torch.randn(n, self.latent_dim, generator=generator, device=generator.device if generator is not None else device)
+        return z.to(device)
+
+    @torch.no_grad()
+    def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Showers ``(B, n_cells)`` in the transform space for encoded conditions ``cond (B, cond_dim)``."""
+        z = self.latent(cond.shape[0], generator, cond.device)
+        was_training = self.generator.training
+        self.generator.eval()  # running BN statistics, folded into the LC layers
+        try:
+            return self.generator(z, cond)
+        finally:
+            self.generator.train(was_training)
+
+    def export_module(self) -> nn.Module:
+        """Eval-mode copy of the current (e.g. EMA-swapped) generator: ``f(z, cond) -> x``."""
+        return _Exported(copy.deepcopy(self.generator)).eval()

@@ -1,0 +1,235 @@
+"""The calogan model: locally-connected layer, shapes, non-negativity, folding, train step,
+energy loss, export, and a tiny end-to-end run through the training framework."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from calosim.geometry import Geometry, Layer, Material, get_geometry
+from calosim.models import get_model_class
+from calosim.models.calogan import CaloGAN, LocallyConnected2d, from_flat, to_flat
+
+SMALL = {"latent_dim": 8, "g_channels": (3, 3, 3), "d_channels": (4, 4, 2), "d_hidden": 8, "mbd_kernels": 3}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread is faster and does not fight other processes for cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def two_layer_geometry() -> Geometry:
+    """A custom Cartesian geometry with unlike layers, one of them a single row."""
+    mat = Material("Pb", "LAr", x0_mm=20.0, lambda_mm=400.0, moliere_mm=40.0, critical_mev=10.0)
+    return Geometry("two", (
+        Layer("a", "cartesian", (5, 7), z_mm=0.0, thickness_mm=50.0, material=mat, cell_mm=(10.0, 10.0)),
+        Layer("b", "cartesian", (1, 9), z_mm=50.0, thickness_mm=80.0, material=mat, cell_mm=(50.0, 8.0)),
+    ))
+
+
+class FakeConditions:
+    """Column 0 = log10(E / 10 GeV); optional extra columns are passed through."""
+
+    @staticmethod
+    def encode(e_mev: Tensor) -> Tensor:
+        return torch.log10(e_mev / 1e4)
+
+    def incident_energy(self, cond: Tensor) -> Tensor:
+        return 1e4 * 10.0 ** cond[:, :1]
+
+
+class IdentityTransform:
+    def forward(self, x_mev: Tensor, e_inc: Tensor) -> Tensor:
+        return x_mev
+
+    def inverse(self, x: Tensor, e_inc: Tensor) -> Tensor:
+        return x
+
+
+class FakeCtx:
+    """Minimal stand-in for calosim.train's context (the TrainContext protocol)."""
+
+    def __init__(self, model: CaloGAN, seed: int = 0) -> None:
+        self.device = torch.device("cpu")
+        self.step = 0
+        self.transform = IdentityTransform()
+        self.conditions = FakeConditions()
+        self.generator = torch.Generator().manual_seed(seed)
+        self.optimizers = model.make_optimizers()
+
+    def backward_step(self, loss: Tensor, optimizer: str, *, retain_graph: bool = False) -> None:
+        opt = self.optimizers[optimizer]
+        opt.zero_grad(set_to_none=True)
+        loss.backward(retain_graph=retain_graph)
+        opt.step()
+
+
+def fake_batch(geo: Geometry, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Sparse non-negative showers summing to 0.9 E_inc, E_inc log-uniform in 1-100 GeV (MeV)."""
+    g = torch.Generator().manual_seed(seed)
+    e = torch.exp(torch.empty(n, 1).uniform_(math.log(1e3), math.log(1e5), generator=g))
+    w = torch.rand(n, geo.n_cells, generator=g) ** 4 * (torch.rand(n, geo.n_cells, generator=g) < 0.4)
+    x = 0.9 * e * w / w.sum(1, keepdim=True)
+    return x, FakeConditions.encode(e)
+
+
+def make(geo: Geometry, cond_dim: int = 1, **cfg: Any) -> CaloGAN:
+    torch.manual_seed(0)
+    return CaloGAN(geo, cond_dim, {**SMALL, **cfg})
+
+
+# ------------------------------------------------------------------------------------------
+def test_registered() -> None:
+    assert get_model_class("calogan") is CaloGAN
+    assert CaloGAN.ema_modules == ("generator",)
+    assert CaloGAN.default_config["transform"] == "scale"
+
+
+@pytest.mark.parametrize("kernel,shape", [((2, 2), (4, 6)), ((1, 2), (1, 5)), ((3, 2), (5, 4)), ((2, 1), (3, 1))])
+def test_locally_connected_matches_naive(kernel: tuple[int, int], shape: tuple[int, int]) -> None:
+    torch.manual_seed(1)
+    h, w = shape
+    kh, kw = kernel
+    lc = LocallyConnected2d(3, 2, h * w + kw - 1, w, kernel)
+    nn.init.normal_(lc.bias)
+    img = torch.randn(5, 3, h, w)
+    got = from_flat(lc(to_flat(img, kw - 1)), (h - kh + 1, w - kw + 1), w)
+    want = torch.zeros(5, 2, h - kh + 1, w - kw + 1)
+    for i in range(h - kh + 1):
+        for j in range(w - kw + 1):
+            wt = lc.weight[:, i * w + j].view(kh, kw, 2, 3)  # (dy, dx, out, in)
+            patch = img[:, :, i:i + kh, j:j + kw]  # (B, in, dy, dx)
+            want[:, :, i, j] = torch.einsum("bcyx,yxoc->bo", patch, wt) + lc.bias[i * w + j, :, 0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("geo", [get_geometry("calogan"), two_layer_geometry()], ids=["calogan", "two-layer"])
+def test_sample_shape_and_nonnegative(geo: Geometry) -> None:
+    model = make(geo)
+    cond = FakeConditions.encode(torch.full((17, 1), 5e3))
+    x = model.sample(cond, torch.Generator().manual_seed(0))
+    assert x.shape == (17, geo.n_cells)
+    assert torch.isfinite(x).all() and (x >= 0).all()
+    assert model.training  # sample() restores the mode it found
+    again = model.sample(cond, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x, again)
+
+
+def test_softplus_output_and_particle_condition() -> None:
+    geo = two_layer_geometry()
+    model = make(geo, cond_dim=3, output_activation="softplus")
+    cond = torch.cat([FakeConditions.encode(torch.full((6, 1), 2e4)), F.one_hot(torch.arange(6) % 2, 2).float()], 1)
+    x = model.sample(cond)
+    assert x.shape == (6, geo.n_cells) and (x > 0).all()
+
+
+def test_eval_folding_matches_unfolded_layers() -> None:
+    """Eval mode folds dense+conv and the batch norms: must equal the plain layer sequence."""
+    model = make(get_geometry("calogan"))
+    lagan = model.generator.lagans[0]
+    for bn in (lagan.bn1, lagan.bn2):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.uniform_(bn.bias, -0.5, 0.5)
+    lagan.eval()
+    h = torch.randn(9, lagan.dense.in_features)
+    img = lagan.conv(lagan.dense(h).view(9, lagan.c0, *lagan.grid))
+    x = lagan.bn1(F.leaky_relu(to_flat(img, lagan.tail), 0.2))
+    x = lagan.lc2(lagan.bn2(F.leaky_relu(lagan.lc1(x), 0.2)))
+    want = from_flat(x, lagan.shape, lagan.grid[1])[:, 0].permute(1, 2, 0)
+    with torch.no_grad():
+        torch.testing.assert_close(lagan(h), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["ns", "hinge", "wgan-gp"])
+def test_train_step_changes_weights(loss: str) -> None:
+    geo = get_geometry("calogan")
+    model = make(geo, loss=loss)
+    ctx = FakeCtx(model)
+    g0 = [p.detach().clone() for p in model.generator.parameters()]
+    d0 = [p.detach().clone() for p in model.discriminator.parameters()]
+    x, cond = fake_batch(geo, 16)
+    out = model.train_step(x, cond, ctx)
+    assert set(out) >= {"loss_d", "loss_g", "loss_e"} and all(math.isfinite(v) for v in out.values())
+    assert any(not torch.equal(a, b) for a, b in zip(g0, model.generator.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(d0, model.discriminator.parameters()))
+    assert abs(float(model.discriminator.response) - 0.9) < 1e-4  # calibrated on the real batch
+
+
+class _FixedSumGenerator(nn.Module):
+    """Stand-in generator whose showers sum to ``fraction * E_inc`` by construction."""
+
+    def __init__(self, n_cells: int, fraction: float) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(n_cells))
+        self.fraction, self.latent_dim = fraction, 4
+
+    def forward(self, z: Tensor, cond: Tensor) -> Tensor:
+        e = FakeConditions().incident_energy(cond)
+        return self.fraction * e * torch.softmax(self.logits + 0 * z[:, :1], 1)
+
+
+def test_energy_loss_prefers_energy_conserving_generator() -> None:
+    geo = two_layer_geometry()
+    x, cond = fake_batch(geo, 32)
+    e = FakeConditions().incident_energy(cond)
+    losses = {}
+    for frac in (1.0, 0.6):
+        model = make(geo, energy_response=1.0)
+        model.generator = _FixedSumGenerator(geo.n_cells, frac)
+        losses[frac] = model.train_step(x, cond, FakeCtx(model))["loss_e"]
+    assert losses[1.0] < 1e-5 < losses[0.6]
+    assert abs(losses[0.6] - 0.4) < 1e-4
+    # the static form, with a detector response: sum = 0.9 E_inc is exact when response = 0.9
+    assert float(CaloGAN.energy_loss(x, e, 0.9)) < 1e-5 < float(CaloGAN.energy_loss(x, e, 1.0))
+
+
+def test_export_module_equals_sample() -> None:
+    geo = get_geometry("calogan")
+    model = make(geo)
+    ctx = FakeCtx(model)
+    x, cond = fake_batch(geo, 16)
+    model.train_step(x, cond, ctx)  # non-trivial BN running statistics
+    model.train()
+    want = model.sample(cond, torch.Generator().manual_seed(3))
+    exported = model.export_module()
+    assert exported.latent_dim == model.latent_dim and not exported.training
+    z = model.latent(len(cond), torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(exported(z, cond), want)
+
+
+def test_rejects_bad_config() -> None:
+    geo = two_layer_geometry()
+    with pytest.raises(ValueError, match="loss"):
+        make(geo, loss="lsgan")
+    with pytest.raises(ValueError, match="data_dim"):
+        make(geo, data_dim=geo.n_cells + geo.n_layers)  # the layer-norm transform
+
+
+def test_end_to_end_tiny_training(tmp_path: Path) -> None:
+    """A few steps through calosim.train on tiny simulated data, then sampling from the run."""
+    train_mod = pytest.importorskip("calosim.train")
+    from calosim.simulate import simulate_to_file
+
+    path = simulate_to_file(tmp_path / "e.h5", "calogan", "e+", 96, energy="1:100", seed=1)
+    run_dir = train_mod.train("calogan", path, tmp_path / "run", steps=3, progress=False,
+                              config={**SMALL, "batch_size": 16, "val_size": 16, "val_every": 0,
+                                      "log_every": 1, "checkpoint_every": 10})
+    run = train_mod.load_run(run_dir)
+    ref = {"incident_energies": np.array([[2e3], [5e4]])}
+    showers = run.sample(ref, generator=0)
+    assert showers.shape == (2, 504) and np.isfinite(showers).all() and (showers >= 0).all()
