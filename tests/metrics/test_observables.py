@@ -202,9 +202,12 @@ def test_radial_profile_and_summaries():
     assert mean_images(s, g)[5][7, 6] == pytest.approx(15.0)
     # Cartesian: energy at cell centre distance sqrt(20^2 + 20^2) from the axis
     gc = get_geometry("calogan")
-    e, p = radial_profile(_one(gc, 1, 6, 6, e=8.0), gc)
-    k = np.searchsorted(e, math.hypot(20, 20)) - 1
-    assert p[k] == pytest.approx(8.0) and p.sum() == pytest.approx(8.0)
+    e, p = radial_profile(_one(gc, 1, 6, 6, e=8.0), gc)  # the 40 x 40 mm cell [0, 40] x [0, 40]
+    assert p.sum() == pytest.approx(8.0)
+    mid = 0.5 * (e[1:] + e[:-1])
+    assert p[mid > 40 * math.sqrt(2) + 5].sum() == 0 and p[mid < 40].sum() > 0.5 * 8.0
+    # mean distance of a uniform square [0, a]^2 from its corner is 0.7652 a
+    assert (p * mid).sum() / p.sum() == pytest.approx(0.7652 * 40, rel=0.03)
     prof_x = lateral_profiles(_one(gc, 1, 6, 9, e=8.0), gc, "x")[1]
     assert prof_x[1][9] == 8.0 and prof_x[0][9] == pytest.approx(120.0)
     # chunked accumulation equals one pass

@@ -502,6 +502,38 @@ def _radial_edges(geometry: Geometry) -> np.ndarray:
     return np.linspace(0.0, r_max * (1 + 1e-9) + 1e-9, n + 1)
 
 
+def _radial_weights(geometry: Geometry, edges: np.ndarray, sub: int = 8) -> np.ndarray:
+    """Fraction of each cell's area in each radial bin, ``(n_cells, n_bins)``.
+
+    Polar voxels: exact ring-overlap fractions (rings without angular binning included).
+    Cartesian cells: ``sub x sub`` sub-cell points, so a large cell spreads its energy over
+    all the rings it covers instead of one spike at its centre radius.
+    """
+    parts = []
+    nb = len(edges) - 1
+    for lay in geometry.layers:
+        if lay.kind == "polar":
+            r = np.asarray(lay.r_edges_mm)
+            r0, r1 = r[:-1, None], r[1:, None]
+            lo, hi = np.maximum(r0, edges[None, :-1]), np.minimum(r1, edges[None, 1:])
+            w = np.clip(hi * hi - lo * lo, 0.0, None) * (hi > lo) / (r1 * r1 - r0 * r0)  # (n_r, nb)
+            parts.append(np.tile(w, (lay.shape[0], 1)))
+        else:
+            x, y = lay.cell_centers()
+            dy, dx = lay.cell_mm  # type: ignore[misc]
+            off = (np.arange(sub) + 0.5) / sub - 0.5
+            px = x[:, None, None] + off[None, None, :] * dx
+            py = y[:, None, None] + off[None, :, None] * dy
+            rr = np.hypot(px, py).reshape(len(x), -1)  # (n_l, sub^2)
+            idx = np.searchsorted(edges, rr, side="right") - 1
+            ok = (idx >= 0) & (idx < nb)
+            w = np.zeros((len(x), nb))
+            rows = np.broadcast_to(np.arange(len(x))[:, None], idx.shape)
+            np.add.at(w, (rows[ok], idx[ok]), 1.0 / (sub * sub))
+            parts.append(w)
+    return np.concatenate(parts, axis=0)
+
+
 def _lateral_bins(lay: Any, axis: str) -> tuple[np.ndarray, np.ndarray]:
     """Bin edges along ``axis`` and the bin index of each cell of one layer."""
     x, y = lay.cell_centers()
@@ -526,10 +558,12 @@ def longitudinal_profile(showers: ArrayLike, geometry: Geometry) -> np.ndarray:
 
 def radial_profile(showers: ArrayLike, geometry: Geometry, bins: ArrayLike | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean energy per shower vs distance ``R_c`` of the cell centre from the nominal axis.
+    """Mean energy per shower vs distance from the nominal shower axis (all layers).
 
-    ``profile_k = (1/N) sum_n sum_{c : R_c in bin k} I_{n,c}`` (MeV per bin, all layers).
-    Default bins: the polar r edges, or rings of about one cell pitch. Returns
+    ``profile_k = (1/N) sum_n sum_c w_{c,k} I_{n,c}`` (MeV per bin) with ``w_{c,k}`` the
+    fraction of cell ``c``'s area inside ring ``k`` (cell energy spread uniformly over the cell,
+    so large cells do not produce spikes). Default bins: the union of the polar r edges, or
+    rings of about one (smallest) cell pitch. Returns
     ``(edges (K+1,), profile (K,))``.
     """
     a = geometry.check(showers)
@@ -590,9 +624,7 @@ class ShowerSummary:
         self.spectrum_under = 0  # cells with threshold < I < SPECTRUM_BINS[0]
         self.spectrum_over = 0
         self.radial_edges = _radial_edges(geometry) if radial_bins is None else np.asarray(radial_bins, dtype=np.float64)
-        r = np.concatenate([l.cell_radius() for l in geometry.layers])
-        self._r_idx = np.searchsorted(self.radial_edges, r, side="right") - 1
-        self._r_ok = (self._r_idx >= 0) & (self._r_idx < len(self.radial_edges) - 1)
+        self._r_weights = _radial_weights(geometry, self.radial_edges)
 
     def update(self, showers: ArrayLike, incident_energies: ArrayLike | None = None) -> None:
         a = self.geometry.check(showers)
@@ -619,8 +651,7 @@ class ShowerSummary:
         return np.add.reduceat(m, self.geometry.layer_offsets[:-1])
 
     def radial_profile(self) -> np.ndarray:
-        m = self.mean_cells()
-        return np.bincount(self._r_idx[self._r_ok], weights=m[self._r_ok], minlength=len(self.radial_edges) - 1)
+        return self.mean_cells() @ self._r_weights
 
     def lateral_profiles(self, axis: str = "x") -> list[tuple[np.ndarray, np.ndarray]]:
         out = []

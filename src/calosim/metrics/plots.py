@@ -1,0 +1,600 @@
+"""Plots of an evaluation: PNG files for the HTML report (matplotlib Agg, mplhep HEP style).
+
+:func:`make_plots` writes every figure of an :class:`~calosim.metrics.evaluate.EvaluationContext`
+and returns the paths; :func:`caption_for` gives the report caption of a plot file from its
+name. Each figure is closed right after saving (long evaluations must not accumulate figures).
+
+Files: ``sp_overview.png``, ``obs_<group>.png`` (one page per observable family, reference vs
+generated histograms with ratio panels), ``images_<sample>.png`` (mean shower images),
+``profiles.png`` (longitudinal / radial profiles and cell-energy spectrum), ``profiles_x.png``,
+``profiles_y.png``, ``response.png``, ``nn_distances.png``, ``classifier_scores.png``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display needed, and safe in worker processes
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm, TwoSlopeNorm  # noqa: E402
+
+from .distances import reference_bins  # noqa: E402
+from .observables import layer_labels, observable_groups, observable_label, split_name  # noqa: E402
+
+if TYPE_CHECKING:
+    from .evaluate import EvaluationContext, SampleScan
+
+__all__ = ["make_plots", "caption_for", "hep_style", "plot_observable_page", "plot_mean_images",
+           "plot_profiles", "plot_lateral_profiles", "plot_response", "plot_nn_distances",
+           "plot_classifier_scores", "plot_sp_overview", "slug"]
+
+REF_COLOR = "#555555"
+COLORS = ["#e42536", "#5790fc", "#f89c20", "#964a8b", "#7a21dd", "#2ca02c", "#9c9ca1"]
+MAX_PANELS = 12  # per observable page; families with more layers show an even subset
+MAX_IMAGE_LAYERS = 8
+
+
+def hep_style() -> dict[str, Any]:
+    """mplhep's CMS style scaled down for multi-panel pages."""
+    import mplhep
+
+    st = dict(mplhep.style.CMS)
+    st.update({
+        "font.size": 11, "axes.labelsize": 11, "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 9,
+        "axes.linewidth": 1.0, "xtick.major.size": 5, "xtick.minor.size": 2.5, "ytick.major.size": 5,
+        "ytick.minor.size": 2.5, "figure.dpi": 100, "savefig.dpi": 100, "axes.titlesize": 11,
+        # minor ticks cost most of the rendering time of many-panel pages (tick objects)
+        "xtick.minor.visible": False, "ytick.minor.visible": False,
+    })
+    return st
+
+
+def slug(name: str) -> str:
+    """File-name-safe version of a sample or group name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "sample"
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.savefig(path)
+    plt.close(fig)  # always: a long evaluation must not accumulate open figures
+    return path
+
+
+_GROUP_TEXT = {
+    "global": "global observables (total, visible and deposited/incident energy, hits, depth, radial width)",
+    "E_layer": "energy per layer", "f_layer": "fraction of the deposited energy per layer",
+    "E_ratio": "CaloGAN E_ratio per layer (highest minus second-highest cell over their sum)",
+    "sparsity": "occupancy (fraction of cells above threshold, the 'sparsity' of the CaloChallenge) per layer",
+    "x_center": "centre of energy in x (CaloChallenge eta) per layer",
+    "y_center": "centre of energy in y (CaloChallenge phi) per layer",
+    "x_width": "shower width in x (CaloChallenge eta) per layer", "y_width": "shower width in y (phi) per layer",
+    "asymmetry": "LHCb cluster asymmetry along the transverse momentum (x without momentum) per layer",
+    "asymmetry_perp": "cluster asymmetry across the transverse momentum (y without momentum) per layer",
+    "r_width": "RMS distance of the energy from the shower axis per layer",
+}
+
+
+def caption_for(path: str | Path) -> str:
+    """Caption of a plot file written by :func:`make_plots` (from its file name)."""
+    stem = Path(path).stem
+    if stem.startswith("obs_"):
+        g = stem[4:]
+        what = _GROUP_TEXT.get(g, g)
+        return (f"Distributions of the {what}: reference (grey, filled) vs generated (lines), normalised to unit "
+                "area; lower panels: generated / reference with statistical errors. Each panel lists the separation "
+                "power SP of every sample. Families with many layers show an evenly spaced subset of layers "
+                "(all layers are in the metrics table and the separation-power overview).")
+    if stem.startswith("images_"):
+        return (f"Mean shower image per layer (log colour scale, MeV): reference (top), {stem[7:]} (middle) and the "
+                "relative difference (generated - reference) / reference (bottom, clipped to +-100 %; cells without "
+                "reference energy blank). Polar (CaloChallenge) layers are drawn in polar coordinates.")
+    return {
+        "sp_overview": ("Separation power of every observable per sample: global observables (bars, with bootstrap "
+                        "errors and the same-distribution noise floor as a dashed tick) and per-layer families (heat "
+                        "map, rows = family, columns = layer). 0 = identical histograms, 1 = disjoint."),
+        "profiles": ("Mean longitudinal profile (energy per layer), radial profile (mean energy per shower vs distance "
+                     "of the cell centre from the nominal axis) and the spectrum of cell energies (all cells above "
+                     "threshold); lower panels: generated / reference."),
+        "profiles_x": "Mean energy profile along x (CaloChallenge eta) per layer, reference vs generated.",
+        "profiles_y": "Mean energy profile along y (CaloChallenge phi) per layer, reference vs generated.",
+        "response": ("Energy response <E_dep / E_inc> and resolution sigma/mu per incident-energy bin, with "
+                     "statistical errors. Open markers / shaded bins: no reference showers in that bin "
+                     "(extrapolation outside the reference energy range)."),
+        "nn_distances": ("Memorisation test: distance of each generated shower to its nearest neighbour in the "
+                         "training sample, compared with the same distance for held-out reference showers. A "
+                         "generated distribution shifted to smaller distances indicates copied training showers."),
+        "classifier_scores": ("Classifier output (calibrated probability of being a reference shower) on the test "
+                              "folds, for reference and generated showers; overlapping histograms mean the classifier "
+                              "cannot tell the samples apart (AUC 0.5)."),
+    }.get(stem, stem.replace("_", " "))
+
+
+# ------------------------------------------------------------------------------------------
+# observable histograms
+# ------------------------------------------------------------------------------------------
+def _is_log_binned(edges: np.ndarray) -> bool:
+    pos = edges[edges > 0]
+    if pos.size < 4 or (edges[0] < 0):
+        return False
+    r = np.diff(np.log(pos))
+    return bool(np.allclose(r, r[-1], rtol=1e-6) and pos[-1] / pos[0] > 50)
+
+
+def _hist(v: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Fractions per bin (of all N, so out-of-range entries lower the area), errors, out-of-range fraction."""
+    c = np.histogram(v, bins=edges)[0].astype(np.float64)
+    n = max(len(v), 1)
+    return c / n, np.sqrt(c) / n, 1.0 - c.sum() / n
+
+
+def _degenerate(nm: str, ref: dict[str, np.ndarray], gens: Sequence[dict[str, np.ndarray]]) -> bool:
+    """Constant and equal in all samples: nothing to show."""
+    vals = [np.asarray(ref[nm])] + [np.asarray(g[nm]) for g in gens if nm in g]
+    lo = min(float(v.min()) for v in vals if v.size)
+    hi = max(float(v.max()) for v in vals if v.size)
+    return hi <= lo
+
+
+def _pick_layers(names: list[str], k: int) -> list[str]:
+    if len(names) <= k:
+        return names
+    idx = np.unique(np.round(np.linspace(0, len(names) - 1, k)).astype(int))
+    return [names[i] for i in idx]
+
+
+def plot_observable_page(names: Sequence[str], ref: dict[str, np.ndarray], gens: Sequence[dict[str, np.ndarray]],
+                         labels: Sequence[str], path: Path, metrics: Sequence[dict[str, Any]] | None = None,
+                         title: str = "") -> Path | None:
+    """Grid of reference-vs-generated histograms with ratio panels, one cell per observable.
+
+    ``ref`` / ``gens[j]``: ``{name: (N,)}``; ``metrics[j]``: the sample's per-observable
+    metrics (for the SP annotation). Bins: the reference binning of the distance metrics;
+    values outside them are not drawn but their fraction is printed. Observables constant (and
+    equal) in all samples are skipped; returns None if nothing is left.
+    """
+    names = [nm for nm in names if not _degenerate(nm, ref, gens)]
+    if not names:
+        return None
+    ncol = min(4, len(names))
+    nrow = math.ceil(len(names) / ncol)
+    with plt.style.context(hep_style()):
+        fig = plt.figure(figsize=(4.1 * ncol, 3.7 * nrow + 0.6))
+        outer = fig.add_gridspec(nrow, ncol, hspace=0.42, wspace=0.33, left=0.06, right=0.98,
+                                 top=1 - 0.55 / (3.7 * nrow + 0.6), bottom=0.45 / (3.7 * nrow + 0.6))
+        for i, nm in enumerate(names):
+            sub = outer[i // ncol, i % ncol].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
+            ax, axr = fig.add_subplot(sub[0]), fig.add_subplot(sub[1])
+            r = np.asarray(ref[nm], dtype=np.float64)
+            edges = reference_bins(r, name=nm)
+            logx = _is_log_binned(edges)
+            e_plot = edges[1:] if logx and edges[0] == 0 else edges
+            hr, er, _ = _hist(r, e_plot)
+            ax.stairs(hr, e_plot, fill=True, color=REF_COLOR, alpha=0.35, label="reference")
+            notes = []
+            for j, (g, lab) in enumerate(zip(gens, labels)):
+                if nm not in g:
+                    continue
+                gv = np.asarray(g[nm], dtype=np.float64)
+                hg, eg, out_frac = _hist(gv, e_plot)
+                col = COLORS[j % len(COLORS)]
+                ax.stairs(hg, e_plot, color=col, lw=1.4, label=lab)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = hg / hr
+                    rerr = ratio * np.sqrt((eg / np.where(hg > 0, hg, np.nan)) ** 2 + (er / hr) ** 2)
+                mids = np.sqrt(e_plot[1:] * e_plot[:-1]) if logx else 0.5 * (e_plot[1:] + e_plot[:-1])
+                axr.errorbar(mids, ratio, yerr=rerr, fmt="o", ms=2, color=col, elinewidth=0.8)
+                if metrics is not None and nm in metrics[j]:
+                    m = metrics[j][nm]
+                    sp, spe = m.get("separation_power"), m.get("separation_power_err")
+                    if sp is not None:
+                        notes.append((f"SP {sp:.3f}" + (f"±{spe:.3f}" if spe is not None else ""), col))
+                if out_frac > 0.0005:
+                    notes.append((f"{100 * out_frac:.1f}% outside", col))
+            if logx and edges[0] == 0:
+                zr = float(np.mean(r < edges[1]))
+                notes.append((f"zeros (ref): {100 * zr:.0f}%", REF_COLOR))
+            for k, (txt, col) in enumerate(notes[:6]):
+                ax.text(0.97, 0.95 - 0.1 * k, txt, transform=ax.transAxes, ha="right", va="top", fontsize=8, color=col)
+            if logx:
+                ax.set_xscale("log")
+                axr.set_xscale("log")
+            lo, hi = e_plot[0], e_plot[-1]
+            ax.set_xlim(lo, hi)
+            axr.set_xlim(lo, hi)
+            ax.set_ylim(0, None if not np.any(hr > 0) else 1.35 * max(hr.max(), 1e-12))
+            ax.tick_params(labelbottom=False)
+            ax.set_ylabel("fraction", fontsize=9)
+            axr.set_ylim(0.5, 1.5)
+            axr.axhline(1.0, color=REF_COLOR, lw=0.8, ls="--")
+            axr.set_ylabel("gen/ref", fontsize=8)
+            axr.set_xlabel(observable_label(nm), fontsize=10)
+            if i == 0:
+                handles, leg_labels = ax.get_legend_handles_labels()
+        fig.legend(handles, leg_labels, loc="upper right", ncol=len(leg_labels), fontsize=9,
+                   bbox_to_anchor=(0.98, 1 - 0.05 / (3.7 * nrow + 0.6)))
+        if title:
+            fig.suptitle(title, fontsize=12, x=0.06, ha="left", y=1 - 0.12 / (3.7 * nrow + 0.6))
+        return _save(fig, path)
+
+
+def plot_sp_overview(ctx: "EvaluationContext", path: Path) -> Path:
+    """Separation power of all observables: bars for global ones, heat map for per-layer families."""
+    samples = ctx.metrics["samples"]
+    names = list(samples[0]["observables"]) if samples else []
+    groups = observable_groups(names)
+    glob = groups.pop("global", [])
+    fams = list(groups)
+    labs = layer_labels(ctx.geometry)
+    ns = len(samples)
+    with plt.style.context(hep_style()):
+        ncols = 1 + (1 if fams else 0)
+        fig, axes = plt.subplots(ns, ncols, figsize=(6.5 + (8.5 if fams else 0), 0.6 + 3.6 * ns), squeeze=False,
+                                 gridspec_kw={"width_ratios": [1, 1.4] if fams else [1]})
+        for j, s in enumerate(samples):
+            obs = s["observables"]
+            ax = axes[j, 0]
+            y = np.arange(len(glob))
+            sp = np.array([obs[k]["separation_power"] or 0.0 for k in glob])
+            err = np.array([obs[k].get("separation_power_err") or 0.0 for k in glob])
+            null = np.array([obs[k].get("separation_power_null") or 0.0 for k in glob])
+            ax.barh(y, sp, xerr=err, color=COLORS[j % len(COLORS)], alpha=0.8, error_kw={"ecolor": "#333333", "lw": 1})
+            ax.scatter(null, y, marker="D", s=14, color="white", edgecolors="k", zorder=3,
+                       label="noise floor (same-distribution mean)")
+            ax.set_yticks(y, [observable_label(k) for k in glob], fontsize=8)
+            ax.invert_yaxis()
+            ax.set_xscale("symlog", linthresh=1e-3)
+            ax.set_xlim(0, 1)
+            ax.set_xlabel("separation power")
+            ax.set_title(f"{s['name']}: global observables", loc="left")
+            ax.tick_params(axis="y", which="minor", left=False, right=False)
+            if j == 0:
+                ax.legend(loc="lower right", fontsize=8)
+            if fams:
+                ax2 = axes[j, 1]
+                mat = np.full((len(fams), len(labs)), np.nan)
+                for a, f in enumerate(fams):
+                    for b, lab in enumerate(labs):
+                        m = obs.get(f"{f}_{lab}")
+                        if m is not None and m.get("separation_power") is not None:
+                            mat[a, b] = max(m["separation_power"], 1e-4)
+                im = ax2.imshow(mat, aspect="auto", cmap="viridis", norm=LogNorm(1e-4, 1), interpolation="nearest")
+                if len(labs) <= 10:  # few layers: print the values
+                    for (a, b), v in np.ndenumerate(mat):
+                        if np.isfinite(v):
+                            ax2.text(b, a, f"{v:.3f}", ha="center", va="center", fontsize=7,
+                                     color="white" if v < 0.05 else "black")
+                ax2.set_yticks(np.arange(len(fams)), fams, fontsize=8)
+                step = max(1, len(labs) // 15)
+                ax2.set_xticks(np.arange(0, len(labs), step), [str(l) for l in labs[::step]], fontsize=8)
+                ax2.tick_params(which="minor", bottom=False, top=False, left=False, right=False)
+                ax2.set_xlabel("layer")
+                ax2.set_title(f"{s['name']}: per-layer observables", loc="left")
+                fig.colorbar(im, ax=ax2, label="separation power", pad=0.01)
+        fig.tight_layout()
+        return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------
+# images and profiles
+# ------------------------------------------------------------------------------------------
+def _image_layers(ctx: "EvaluationContext") -> list[int]:
+    n = ctx.geometry.n_layers
+    if n <= MAX_IMAGE_LAYERS:
+        return list(range(n))
+    # the layers that carry most energy, evenly spread around the shower maximum
+    prof = ctx.reference.summary.longitudinal_profile()
+    hot = np.nonzero(prof >= 0.01 * prof.max())[0] if prof.max() > 0 else np.arange(n)
+    lo, hi = (int(hot[0]), int(hot[-1])) if hot.size else (0, n - 1)
+    return sorted(set(np.round(np.linspace(lo, hi, MAX_IMAGE_LAYERS)).astype(int).tolist()))
+
+
+def _draw_layer(fig: Any, spec: Any, lay: Any, img: np.ndarray, norm: Any, cmap: str) -> Any:
+    if lay.kind == "polar":
+        ax = fig.add_subplot(spec, projection="polar")
+        a_edges = lay.alpha_edges
+        r_edges = np.asarray(lay.r_edges_mm)
+        m = ax.pcolormesh(a_edges, r_edges, img.T, norm=norm, cmap=cmap, shading="flat")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        return ax, m
+    ax = fig.add_subplot(spec)
+    ny, nx = lay.shape
+    dy, dx = lay.cell_mm
+    ext = [-nx * dx / 2, nx * dx / 2, -ny * dy / 2, ny * dy / 2]
+    m = ax.imshow(img, origin="lower", extent=ext, norm=norm, cmap=cmap, aspect="equal", interpolation="nearest")
+    ax.tick_params(labelsize=7, which="both", top=False, right=False)
+    ax.minorticks_off()
+    return ax, m
+
+
+def plot_mean_images(ctx: "EvaluationContext", scan: "SampleScan", path: Path) -> Path:
+    """Mean image per layer: reference, generated and their relative difference."""
+    geo = ctx.geometry
+    layers = _image_layers(ctx)
+    ref_imgs = ctx.reference.summary.mean_images()
+    gen_imgs = scan.summary.mean_images()
+    labs = layer_labels(geo)
+    nc = len(layers)
+    with plt.style.context(hep_style()):
+        fig = plt.figure(figsize=(2.4 * nc + 1.4, 7.6))
+        gs = fig.add_gridspec(3, nc + 1, width_ratios=[1] * nc + [0.06], hspace=0.3, wspace=0.25,
+                              left=0.07, right=0.93, top=0.9, bottom=0.04)
+        pos = np.concatenate([im[im > 0].ravel() for im in ref_imgs + gen_imgs])
+        vmax = float(pos.max()) if pos.size else 1.0
+        vmin = max(float(np.quantile(pos, 0.02)) if pos.size else 1e-3, vmax * 1e-6)
+        norm = LogNorm(vmin, vmax)
+        dnorm = TwoSlopeNorm(0.0, -1.0, 1.0)
+        m1 = m3 = None
+        for c, l in enumerate(layers):
+            lay = geo.layers[l]
+            r, g = ref_imgs[l], gen_imgs[l]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                diff = np.where(r > 0, (g - r) / r, np.nan)
+            a1, m1 = _draw_layer(fig, gs[0, c], lay, np.where(r > 0, r, np.nan), norm, "viridis")
+            a1.set_title(f"layer {labs[l]}", fontsize=10)
+            _draw_layer(fig, gs[1, c], lay, np.where(g > 0, g, np.nan), norm, "viridis")
+            a3, m3 = _draw_layer(fig, gs[2, c], lay, np.clip(diff, -1, 1), dnorm, "RdBu_r")
+            if lay.kind == "cartesian":
+                a3.set_xlabel("x [mm]", fontsize=8)
+        for row, txt in enumerate(["reference", scan.name, "(gen - ref) / ref"]):
+            fig.text(0.01, 0.9 - row * 0.3 - 0.12, txt, rotation=90, va="center", ha="left", fontsize=10)
+        fig.colorbar(m1, cax=fig.add_subplot(gs[0:2, nc]), label="mean energy [MeV]")
+        fig.colorbar(m3, cax=fig.add_subplot(gs[2, nc]), label="rel. difference")
+        fig.suptitle(f"Mean shower images: reference vs {scan.name}", x=0.07, ha="left", fontsize=12)
+        return _save(fig, path)
+
+
+def _ratio_axes(fig: Any, spec: Any) -> tuple[Any, Any]:
+    sub = spec.subgridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
+    ax, axr = fig.add_subplot(sub[0]), fig.add_subplot(sub[1], sharex=None)
+    ax.tick_params(labelbottom=False)
+    axr.axhline(1.0, color=REF_COLOR, lw=0.8, ls="--")
+    axr.set_ylabel("gen/ref", fontsize=8)
+    return ax, axr
+
+
+def _profile_panel(ax: Any, axr: Any, x: np.ndarray, ref: np.ndarray, gens: list[np.ndarray], labels: list[str],
+                   *, steps_edges: np.ndarray | None = None, logy: bool = True) -> None:
+    if steps_edges is not None:
+        ax.stairs(ref, steps_edges, fill=True, color=REF_COLOR, alpha=0.35, label="reference")
+    else:
+        ax.plot(x, ref, "o-", color=REF_COLOR, ms=3, label="reference")
+    for j, (g, lab) in enumerate(zip(gens, labels)):
+        col = COLORS[j % len(COLORS)]
+        if steps_edges is not None:
+            ax.stairs(g, steps_edges, color=col, lw=1.4, label=lab)
+        else:
+            ax.plot(x, g, "s--", color=col, ms=3, lw=1.2, label=lab)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            axr.plot(x, np.where(ref > 0, g / ref, np.nan), "o", color=col, ms=2.5)
+    if logy and np.any(ref > 0):
+        ax.set_yscale("log")
+        top = max(float(ref.max()), *(float(g.max()) for g in gens)) if gens else float(ref.max())
+        ax.set_ylim(max(top * 1e-6, float(ref[ref > 0].min()) * 0.5), top * 3)
+    axr.set_ylim(0.5, 1.5)
+
+
+def plot_profiles(ctx: "EvaluationContext", path: Path) -> Path:
+    """Longitudinal profile, radial profile and cell-energy spectrum (with ratio panels)."""
+    geo = ctx.geometry
+    ref = ctx.reference.summary
+    gens = [s.summary for s in ctx.samples]
+    labels = [s.name for s in ctx.samples]
+    with plt.style.context(hep_style()):
+        fig = plt.figure(figsize=(15, 4.8))
+        gs = fig.add_gridspec(1, 3, wspace=0.3, left=0.06, right=0.98, top=0.92, bottom=0.14)
+        ax, axr = _ratio_axes(fig, gs[0])
+        x = np.arange(geo.n_layers)
+        _profile_panel(ax, axr, x, ref.longitudinal_profile(), [g.longitudinal_profile() for g in gens], labels,
+                       logy=geo.n_layers > 1)
+        labs = layer_labels(geo)
+        step = max(1, len(labs) // 12)
+        axr.set_xticks(x[::step], [str(v) for v in labs[::step]])
+        ax.set_xticks(x[::step])
+        axr.set_xlabel("layer")
+        ax.set_ylabel("mean energy [MeV]")
+        ax.legend(fontsize=8)
+        ax.set_title("longitudinal profile", loc="left")
+
+        ax, axr = _ratio_axes(fig, gs[1])
+        e = ref.radial_edges
+        mid = 0.5 * (e[1:] + e[:-1])
+        _profile_panel(ax, axr, mid, ref.radial_profile(), [g.radial_profile() for g in gens], labels, steps_edges=e)
+        axr.set_xlim(e[0], e[-1])
+        ax.set_xlim(e[0], e[-1])
+        axr.set_xlabel("distance from axis [mm]")
+        ax.set_ylabel("mean energy per shower [MeV]")
+        ax.set_title("radial profile", loc="left")
+
+        ax, axr = _ratio_axes(fig, gs[2])
+        se = ref.spectrum_edges
+        cr = ref.spectrum_counts / max(ref.n, 1)
+        cg = [g.spectrum_counts / max(g.n, 1) for g in gens]
+        nz = np.nonzero(cr + sum(cg))[0] if len(cr) else np.array([], int)
+        lo, hi = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, len(cr))
+        sl = slice(lo, hi)
+        ee = se[lo:hi + 1]
+        _profile_panel(ax, axr, np.sqrt(ee[1:] * ee[:-1]), cr[sl], [c[sl] for c in cg], labels, steps_edges=ee)
+        for a in (ax, axr):
+            a.set_xscale("log")
+            a.set_xlim(ee[0], ee[-1])
+        axr.set_xlabel("cell energy [MeV]")
+        ax.set_ylabel("cells per shower")
+        ax.set_title("cell-energy spectrum", loc="left")
+        return _save(fig, path)
+
+
+def plot_lateral_profiles(ctx: "EvaluationContext", axis: str, path: Path) -> Path:
+    """Mean energy profile along ``axis`` ("x" or "y") for (a subset of) the layers."""
+    geo = ctx.geometry
+    layers = _image_layers(ctx)
+    ref = ctx.reference.summary.lateral_profiles(axis)
+    gens = [s.summary.lateral_profiles(axis) for s in ctx.samples]
+    labels = [s.name for s in ctx.samples]
+    labs = layer_labels(geo)
+    ncol = min(4, len(layers))
+    nrow = math.ceil(len(layers) / ncol)
+    with plt.style.context(hep_style()):
+        fig = plt.figure(figsize=(4.1 * ncol, 3.6 * nrow + 0.4))
+        gs = fig.add_gridspec(nrow, ncol, hspace=0.4, wspace=0.33, left=0.07, right=0.98, top=0.93, bottom=0.1 / nrow)
+        for i, l in enumerate(layers):
+            ax, axr = _ratio_axes(fig, gs[i // ncol, i % ncol])
+            e, pr = ref[l]
+            mid = 0.5 * (e[1:] + e[:-1])
+            _profile_panel(ax, axr, mid, pr, [g[l][1] for g in gens], labels, steps_edges=e)
+            ax.set_xlim(e[0], e[-1])
+            axr.set_xlim(e[0], e[-1])
+            axr.set_xlabel(f"{axis} [mm]")
+            ax.set_title(f"layer {labs[l]}", loc="left", fontsize=10)
+            if i == 0:
+                ax.set_ylabel("mean energy [MeV]")
+                ax.legend(fontsize=8)
+        fig.suptitle(f"Mean energy profile along {axis}", x=0.07, ha="left", fontsize=12)
+        return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------
+# response, memorisation, classifier
+# ------------------------------------------------------------------------------------------
+def plot_response(ctx: "EvaluationContext", path: Path) -> Path:
+    """Mean response and resolution vs incident energy, reference vs each generated sample."""
+    with plt.style.context(hep_style()):
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
+        ref_done = False
+        for j, s in enumerate(ctx.samples):
+            resp = s.response
+            if resp is None:
+                continue
+            x = np.asarray(resp["e_mean"], dtype=float) / 1000.0  # GeV on the axis
+            edges = np.asarray(resp["edges"], dtype=float) / 1000.0
+            has = np.asarray(resp["has_reference"], bool)
+            col = COLORS[j % len(COLORS)]
+            rr, rg = resp["reference"], resp["generated"]
+            if not ref_done:
+                a1.errorbar(x, rr["mean"], yerr=rr["mean_err"], fmt="o", color=REF_COLOR, ms=4, label="reference")
+                a2.errorbar(x, rr["resolution"], yerr=rr["resolution_err"], fmt="o", color=REF_COLOR, ms=4,
+                            label="reference")
+                for k in np.nonzero(~has)[0]:
+                    for a in (a1, a2):
+                        a.axvspan(edges[k], edges[k + 1], color="#f89c20", alpha=0.12, lw=0)
+                ref_done = True
+            for a, key in ((a1, "mean"), (a2, "resolution")):
+                y, ye = np.asarray(rg[key], float), np.asarray(rg[key + "_err"], float)
+                a.errorbar(x[has], y[has], yerr=ye[has], fmt="s", color=col, ms=4, mfc=col, label=s.name)
+                if (~has).any():
+                    a.errorbar(x[~has], y[~has], yerr=ye[~has], fmt="s", color=col, ms=4, mfc="none",
+                               label=f"{s.name} (no reference)")
+        for a in (a1, a2):
+            a.set_xscale("log")
+            a.set_xlabel(r"$E_\mathrm{inc}$ [GeV]")
+        a1.set_ylabel(r"$\langle E_\mathrm{dep}/E_\mathrm{inc}\rangle$")
+        a2.set_ylabel(r"resolution $\sigma/\mu$")
+        a2.set_yscale("log")
+        a1.legend(fontsize=8)
+        a1.set_title("energy response", loc="left")
+        a2.set_title("energy resolution", loc="left")
+        fig.tight_layout()
+        return _save(fig, path)
+
+
+def plot_nn_distances(ctx: "EvaluationContext", path: Path) -> Path | None:
+    """Nearest-neighbour distance histograms (generated->train vs held-out->train)."""
+    have = [s for s in ctx.samples if s.nn_distances]
+    if not have:
+        return None
+    with plt.style.context(hep_style()):
+        fig, ax = plt.subplots(figsize=(7.5, 5))
+        ref_key = None
+        allv = np.concatenate([np.ravel(v) for s in have for v in s.nn_distances.values()])
+        allv = allv[np.isfinite(allv) & (allv > 0)]
+        edges = np.geomspace(allv.min(), allv.max() * 1.001, 50) if allv.size and allv.max() > allv.min() else 40
+        for j, s in enumerate(have):
+            d = s.nn_distances
+            gk = next((k for k in d if "gen" in k), None)
+            hk = next((k for k in d if "held" in k or "ref" in k), None)
+            if hk is not None and ref_key is None:
+                ax.hist(np.ravel(d[hk]), bins=edges, histtype="stepfilled", color=REF_COLOR, alpha=0.35,
+                        density=True, label="held-out reference")
+                ref_key = hk
+            if gk is not None:
+                ax.hist(np.ravel(d[gk]), bins=edges, histtype="step", color=COLORS[j % len(COLORS)], lw=1.5,
+                        density=True, label=s.name)
+        if not isinstance(edges, int):
+            ax.set_xscale("log")
+        ax.set_xlabel("distance to nearest training shower")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=9)
+        fig.tight_layout()
+        return _save(fig, path)
+
+
+def plot_classifier_scores(ctx: "EvaluationContext", path: Path) -> Path | None:
+    """Histogram of the classifier output for reference and generated showers (test folds)."""
+    have = [(s, lvl) for s in ctx.samples for lvl in ("low", "high") if lvl in s.classifier_predictions]
+    if not have:
+        return None
+    ncol = min(4, len(have))
+    nrow = math.ceil(len(have) / ncol)
+    with plt.style.context(hep_style()):
+        fig, axes = plt.subplots(nrow, ncol, figsize=(4.3 * ncol, 3.6 * nrow), squeeze=False)
+        for i, (s, lvl) in enumerate(have):
+            ax = axes[i // ncol, i % ncol]
+            p = s.classifier_predictions[lvl]
+            prob, lab = np.asarray(p["prob"], float), np.asarray(p["label"])
+            bins = np.linspace(0, 1, 41)
+            ax.hist(prob[lab == 1], bins=bins, histtype="stepfilled", color=REF_COLOR, alpha=0.35, density=True,
+                    label="reference")
+            ax.hist(prob[lab == 0], bins=bins, histtype="step", color=COLORS[i // 2 % len(COLORS)], lw=1.5,
+                    density=True, label=s.name)
+            auc = ctx.metrics["samples"][ctx.samples.index(s)]["classifier"][lvl]["auc"]
+            ax.set_title(f"{s.name}, {lvl}-level (AUC {auc:.3f})", loc="left", fontsize=10)
+            ax.set_xlabel("classifier output p(reference)")
+            ax.legend(fontsize=8)
+        for k in range(len(have), nrow * ncol):
+            axes[k // ncol, k % ncol].set_visible(False)
+        fig.tight_layout()
+        return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------
+def make_plots(ctx: "EvaluationContext", out_dir: str | Path) -> list[Path]:
+    """Write all plots of an evaluation into ``out_dir``; returns the PNG paths in report order."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    if ctx.metrics.get("samples"):
+        paths.append(plot_sp_overview(ctx, out / "sp_overview.png"))
+    groups = observable_groups(list(ctx.reference.obs))
+    gens = [s.obs for s in ctx.samples]
+    labels = [s.name for s in ctx.samples]
+    mets = [m["observables"] for m in ctx.metrics["samples"]]
+    for g, names in groups.items():
+        names = [nm for nm in names if not _degenerate(nm, ctx.reference.obs, gens)]
+        if not names:
+            continue
+        shown = names if g == "global" else _pick_layers(names, MAX_PANELS)
+        title = _GROUP_TEXT.get(g, g)
+        if len(shown) < len(names):
+            title += f" ({len(shown)} of {len(names)} layers)"
+        p = plot_observable_page(shown, ctx.reference.obs, gens, labels, out / f"obs_{slug(g)}.png", mets,
+                                 title=title[0].upper() + title[1:])
+        if p is not None:
+            paths.append(p)
+    paths.append(plot_profiles(ctx, out / "profiles.png"))
+    paths.append(plot_lateral_profiles(ctx, "x", out / "profiles_x.png"))
+    paths.append(plot_lateral_profiles(ctx, "y", out / "profiles_y.png"))
+    for s in ctx.samples:
+        paths.append(plot_mean_images(ctx, s, out / f"images_{slug(s.name)}.png"))
+    paths.append(plot_response(ctx, out / "response.png"))
+    for p in (plot_classifier_scores(ctx, out / "classifier_scores.png"), plot_nn_distances(ctx, out / "nn_distances.png")):
+        if p is not None:
+            paths.append(p)
+    return paths

@@ -1,0 +1,242 @@
+"""Human-readable output of an evaluation: a self-contained HTML page and a terminal table.
+
+``index.html`` opens offline: inline CSS, no scripts, no web fonts, images referenced by
+relative file names (the PNGs sit beside it).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..io import write_text_atomic
+
+__all__ = ["write_report", "format_terminal_table", "summary_rows"]
+
+_CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
+main{max-width:1280px;margin:0 auto;padding:24px 32px 64px}
+h1{font-size:26px;margin:8px 0 4px}h2{font-size:20px;margin:36px 0 10px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h3{font-size:16px;margin:22px 0 8px}
+.meta{color:#555;font-size:14px;margin-bottom:12px}
+table{border-collapse:collapse;font-size:14px;background:#fff;margin:6px 0 10px}
+th,td{border:1px solid #d5d5d5;padding:5px 10px;text-align:right;vertical-align:top}
+th{background:#eef1f5;font-weight:600}td.l,th.l{text-align:left}
+tr.warn td{background:#fff7e6}
+.good{color:#11762b;font-weight:600}.mid{color:#a35f00;font-weight:600}.bad{color:#b3261e;font-weight:600}
+.help{background:#fff;border-left:4px solid #5790fc;padding:10px 16px;font-size:14px;line-height:1.5;max-width:980px}
+.help li{margin:3px 0}
+figure{margin:18px 0 28px;background:#fff;border:1px solid #e2e2e2;padding:10px}
+figure img{max-width:100%;height:auto;display:block;margin:0 auto}
+figcaption{font-size:13px;color:#333;margin-top:8px;line-height:1.45}
+details{margin:8px 0}summary{cursor:pointer;font-weight:600}
+code{background:#f0f0f0;padding:1px 4px;border-radius:3px}
+.warnings{color:#8a4b00;font-size:14px}
+"""
+
+
+def _f(v: Any, fmt: str = ".3f") -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def _pm(v: Any, e: Any, fmt: str = ".3f") -> str:
+    if v is None:
+        return "–"
+    return f"{format(v, fmt)} ± {format(e, fmt)}" if e is not None else format(v, fmt)
+
+
+def summary_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
+    """One row of display strings per generated sample (shared by the HTML and terminal tables)."""
+    rows = []
+    for s in metrics.get("samples", []):
+        c = s.get("classifier") or {}
+        low, high = c.get("low") or {}, c.get("high") or {}
+        fpd, kpd = s.get("fpd") or {}, s.get("kpd") or {}
+        rows.append({
+            "sample": str(s.get("name")), "n": str(s.get("n")),
+            "auc_low": _pm(low.get("auc"), low.get("auc_err")) if low else "–",
+            "auc_high": _pm(high.get("auc"), high.get("auc_err")) if high else "–",
+            "fpd": _pm(fpd.get("value"), fpd.get("err"), ".3g") if fpd else "–",
+            "kpd": _pm(kpd.get("value"), kpd.get("err"), ".3g") if kpd else "–",
+            "sp": _pm(s.get("mean_separation_power"), s.get("mean_separation_power_err"), ".4f"),
+            "sp_null": _f(s.get("mean_separation_power_null"), ".4f"),
+            "worst": ", ".join(s.get("worst_observables") or []),
+        })
+    return rows
+
+
+_COLS = [("sample", "sample"), ("n", "showers"), ("auc_low", "AUC low-level"), ("auc_high", "AUC high-level"),
+         ("fpd", "FPD"), ("kpd", "KPD"), ("sp", "mean sep. power"), ("sp_null", "noise floor"),
+         ("worst", "3 worst observables")]
+
+
+def format_terminal_table(metrics: dict[str, Any], *, width: int = 160) -> str:
+    """The summary table as text for the CLI (rich box drawing, no colour codes)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"calosim evaluation vs reference ({metrics.get('reference', {}).get('n', '?')} showers, "
+                    f"geometry {metrics.get('geometry', '?')})", title_justify="left")
+    for key, head in _COLS:
+        t.add_column(head, justify="left" if key in ("sample", "worst") else "right", overflow="fold")
+    for r in summary_rows(metrics):
+        t.add_row(*[r[k] for k, _ in _COLS])
+    con = Console(width=width, record=True, file=open(os.devnull, "w"), color_system=None)
+    con.print(t)
+    warn = [f"  ! {s['name']}: {w}" for s in metrics.get("samples", []) for w in s.get("warnings", [])]
+    return con.export_text().rstrip() + ("\n" + "\n".join(warn) if warn else "") + "\n"
+
+
+def _auc_class(v: Any) -> str:
+    if v is None:
+        return ""
+    return "good" if v < 0.6 else ("mid" if v < 0.8 else "bad")
+
+
+def _sp_class(v: Any) -> str:
+    if v is None:
+        return ""
+    return "good" if v < 0.02 else ("mid" if v < 0.1 else "bad")
+
+
+def _summary_table(metrics: dict[str, Any]) -> str:
+    e = html.escape
+    head = "".join(f'<th class="{"l" if k in ("sample", "worst") else ""}">{e(h)}</th>' for k, h in _COLS)
+    body = []
+    for s, r in zip(metrics.get("samples", []), summary_rows(metrics)):
+        c = s.get("classifier") or {}
+        cls = {"auc_low": _auc_class((c.get("low") or {}).get("auc")),
+               "auc_high": _auc_class((c.get("high") or {}).get("auc")),
+               "sp": _sp_class(s.get("mean_separation_power"))}
+        cells = "".join(
+            f'<td class="{"l " if k in ("sample", "worst") else ""}{cls.get(k, "")}">{e(r[k])}</td>' for k, _ in _COLS)
+        body.append(f'<tr class="{"warn" if s.get("warnings") else ""}">{cells}</tr>')
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+_HELP = """
+<div class="help"><b>How to read this report.</b>
+<ul>
+<li><b>Classifier AUC</b>: a neural network is trained to tell reference from generated showers
+(low-level: all cell energies / E<sub>inc</sub>; high-level: the observables below). <b>0.5 = indistinguishable</b>;
+1.0 = perfectly separable. The error is the spread over cross-validation folds.</li>
+<li><b>Separation power</b> of one observable's histograms, &frac12;&sum;(p&minus;q)&sup2;/(p+q), runs from
+<b>0 (identical) to 1 (disjoint)</b>. The <i>noise floor</i> is its mean for two samples of the same sizes drawn
+from one distribution: a value within a few errors of it means no difference is detectable with these statistics.</li>
+<li><b>FPD</b> (Fr&eacute;chet physics distance) and <b>KPD</b> (kernel physics distance) compare the joint
+distribution of the standardised high-level observables; <b>~0 is ideal</b> &mdash; judge a value against its
+error (a value compatible with 0 within the error shows no difference).</li>
+<li>The <b>response</b> plot shows &lang;E<sub>dep</sub>/E<sub>inc</sub>&rang; and &sigma;/&mu; per incident-energy bin;
+bins without reference showers (extrapolation) are shaded.</li>
+<li>The <b>memorisation</b> test (if a training sample was given) compares nearest-neighbour distances of generated
+showers to the training set with those of held-out reference showers.</li>
+</ul></div>
+"""
+
+
+def _observable_table(s: dict[str, Any], top: int | None = None) -> str:
+    obs = s.get("observables") or {}
+    names = sorted(obs, key=lambda k: -(obs[k].get("separation_power") or 0.0))
+    if top is not None:
+        names = names[:top]
+    rows = []
+    for k in names:
+        m = obs[k]
+        rows.append(
+            f'<tr><td class="l">{html.escape(k)}</td>'
+            f'<td class="{_sp_class(m.get("separation_power"))}">{_pm(m.get("separation_power"), m.get("separation_power_err"), ".4f")}</td>'
+            f'<td>{_f(m.get("separation_power_null"), ".4f")}</td>'
+            f'<td>{_pm(m.get("chi2"), m.get("chi2_err"), ".4f")}</td>'
+            f'<td>{_pm(m.get("w1"), m.get("w1_err"), ".4f")}</td>'
+            f'<td>{_pm(m.get("ks"), m.get("ks_err"), ".4f")}</td></tr>')
+    head = ("<tr><th class='l'>observable</th><th>separation power</th><th>noise floor</th><th>&chi;&sup2;</th>"
+            "<th>W1 / &sigma;<sub>ref</sub></th><th>KS</th></tr>")
+    return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _sample_section(s: dict[str, Any]) -> str:
+    e = html.escape
+    parts = [f"<h3>{e(str(s.get('name')))}</h3>"]
+    info = [f"{s.get('n')} showers"]
+    if s.get("file"):
+        info.append(f"file <code>{e(str(s['file']))}</code>")
+    cond = s.get("conditions") or {}
+    if cond.get("e_inc_ks") is not None:
+        info.append(f"KS of the incident-energy distributions {cond['e_inc_ks']:.3f}")
+    resp = s.get("response") or {}
+    if resp.get("max_abs_mean_pull") is not None:
+        info.append(f"largest response pull {resp['max_abs_mean_pull']:.1f} &sigma;")
+    parts.append(f'<div class="meta">{" · ".join(info)}</div>')
+    if s.get("warnings"):
+        parts.append('<div class="warnings">' + "<br>".join("&#9888; " + e(w) for w in s["warnings"]) + "</div>")
+    mem = s.get("memorization")
+    if mem:
+        items = ", ".join(f"{e(str(k))} = {e(_f(v, '.4g') if isinstance(v, float) else str(v))}"
+                          for k, v in mem.items() if not isinstance(v, (list, dict)))
+        parts.append(f'<div class="meta">memorisation: {items}</div>')
+    n_obs = len(s.get("observables") or {})
+    parts.append(f"<details open><summary>10 observables with the largest separation power</summary>"
+                 f"{_observable_table(s, 10)}</details>")
+    parts.append(f"<details><summary>all {n_obs} observables</summary>{_observable_table(s)}</details>")
+    return "".join(parts)
+
+
+def write_report(metrics: dict[str, Any], plots: Sequence[Path | str | tuple[Path | str, str]], out_dir: str | Path
+                 ) -> Path:
+    """Write ``out_dir/index.html`` for a metrics dict (schema of :mod:`calosim.metrics.evaluate`).
+
+    ``plots``: PNG paths (inside ``out_dir``; referenced by relative name) or
+    ``(path, caption)`` pairs; without a caption :func:`calosim.metrics.plots.caption_for`
+    names it. Returns the path of ``index.html``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    e = html.escape
+    ref = metrics.get("reference") or {}
+    figs = []
+    for i, item in enumerate(plots):
+        path, cap = (item if isinstance(item, tuple) else (item, None))
+        path = Path(path)
+        if cap is None:
+            from .plots import caption_for
+
+            cap = caption_for(path)
+        try:
+            rel = path.resolve().relative_to(out.resolve()).as_posix()
+        except ValueError:
+            rel = path.name  # not under out_dir: still only a local relative reference
+        figs.append(f'<figure id="fig{i + 1}"><img src="{e(rel)}" alt="{e(path.stem)}" loading="lazy">'
+                    f"<figcaption><b>Figure {i + 1}.</b> {e(cap)}</figcaption></figure>")
+    timings = metrics.get("timings") or {}
+    total = timings.get("total")
+    meta = [f"reference: {ref.get('n', '?')} showers" + (f" from <code>{e(str(ref['file']))}</code>" if ref.get("file") else ""),
+            f"geometry <code>{e(str(metrics.get('geometry', '?')))}</code>",
+            f"calosim {e(str(metrics.get('calosim_version', '?')))}", f"seed {metrics.get('seed', '?')}"]
+    if ref.get("e_inc_min") is not None:
+        meta.append(f"E<sub>inc</sub> {ref['e_inc_min'] / 1000:.3g}–{ref['e_inc_max'] / 1000:.3g} GeV")
+    if total is not None:
+        meta.append(f"evaluated in {total:.1f} s")
+    doc = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>calosim evaluation report</title>
+<style>{_CSS}</style></head>
+<body><main>
+<h1>calosim evaluation report</h1>
+<div class="meta">{" · ".join(meta)}</div>
+<h2>Summary</h2>
+{_summary_table(metrics)}
+{_HELP}
+<h2>Samples</h2>
+{"".join(_sample_section(s) for s in metrics.get("samples", []))}
+<h2>Plots</h2>
+{"".join(figs) if figs else "<p>No plots were written.</p>"}
+<p class="meta">Full numbers: <a href="metrics.json">metrics.json</a>.</p>
+</main></body></html>
+"""
+    path = out / "index.html"
+    write_text_atomic(path, doc)
+    return path
