@@ -24,8 +24,7 @@ test: $(STAMP)
 	$(VPY) -m pytest -q tests
 
 bench: $(STAMP)
-	$(VENV)/bin/calosim bench --help >/dev/null
-	$(VPY) benchmarks/run_all.py
+	$(VPY) benchmarks/bench_simulate.py --json out/bench_simulate.json
 
 clean:
 	rm -rf out .pytest_cache

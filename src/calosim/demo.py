@@ -70,7 +70,7 @@ def plot_particle_overview(samples: dict[str, Path], geometry: Geometry, out_dir
                 ext = [-lay.shape[1] * dx / 2, lay.shape[1] * dx / 2, -lay.shape[0] * dy / 2, lay.shape[0] * dy / 2]
                 pos = img[img > 0]
                 norm = LogNorm(vmin=max(pos.min(), pos.max() * 1e-5), vmax=pos.max()) if pos.size else None
-                im = ax.imshow(np.where(img > 0, img, np.nan), extent=ext, origin="lower", aspect="auto", norm=norm,
+                im = ax.imshow(np.where(img > 0, img, np.nan), extent=ext, origin="lower", aspect="auto", norm=norm, interpolation="nearest",
                                cmap="viridis")
                 ax.set_title(f"{particle}: {lay.name}")
                 ax.set_xlabel("x [mm]")
