@@ -512,9 +512,10 @@ def evaluate(
             train_src = _Source(train, "train", max_showers, geometry, fallback_geometry=ref_src.geometry)
             _check_same_geometry(ref_src, train_src, "training sample")
         geo = ref_src.geometry
-        sub_cap = int(min(max_classifier_showers, max(1000, 2.5e8 // geo.n_cells)))
+        # raw showers are kept only for the tests that need them (bounded: ~1 GB of float32 cells)
+        sub_cap = int(min(max_classifier_showers, max(1000, 2.5e8 // geo.n_cells))) if classifier else 0
         if train is not None:
-            sub_cap = max(sub_cap, min(max_memorization_showers, 2.5e8 // geo.n_cells))
+            sub_cap = int(max(sub_cap, min(max_memorization_showers, max(1000, 2.5e8 // geo.n_cells))))
 
         timings: dict[str, Any] = {"samples": {}}
         with _Progress(progress) as prog:

@@ -240,17 +240,18 @@ def cluster_asymmetry(energy: ArrayLike, x: ArrayLike, y: ArrayLike, *, axis: Ar
     e = np.asarray(energy, dtype=np.float64)
     xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     tot = e.sum(axis=-1)
-    if axis is None and direction is None:  # one sign per cell for all showers: a matmul
-        s = np.sign(ys if orthogonal else xs)
+    n = len(e)
+    a = np.zeros((n, 2)) if axis is None else np.asarray(axis, dtype=np.float64).reshape(n, 2)
+    u = np.tile([1.0, 0.0], (n, 1)) if direction is None else np.asarray(direction, dtype=np.float64).reshape(n, 2)
+    if orthogonal:
+        u = np.stack([-u[:, 1], u[:, 0]], axis=1)
+    if n == 0 or (np.all(a == a[0]) and np.all(u == u[0])):
+        # one axis and direction for all showers (fixed gun): one sign per cell, a matmul
+        s = np.sign((xs - a[0, 0]) * u[0, 0] + (ys - a[0, 1]) * u[0, 1])
         num = e @ s
     else:
-        n = len(e)
-        a = np.zeros((n, 2)) if axis is None else np.asarray(axis, dtype=np.float64).reshape(n, 2)
-        u = np.tile([1.0, 0.0], (n, 1)) if direction is None else np.asarray(direction, dtype=np.float64).reshape(n, 2)
-        if orthogonal:
-            u = np.stack([-u[:, 1], u[:, 0]], axis=1)
         proj = (xs[None, :] - a[:, :1]) * u[:, :1] + (ys[None, :] - a[:, 1:]) * u[:, 1:]
-        num = (e * np.sign(proj)).sum(axis=-1)
+        num = np.einsum("ij,ij->i", e, np.sign(proj, out=proj))
     return np.divide(num, tot, out=np.zeros_like(tot), where=tot > 0)
 
 

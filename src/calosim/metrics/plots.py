@@ -24,6 +24,7 @@ matplotlib.use("Agg")  # headless: no display needed, and safe in worker process
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm, TwoSlopeNorm  # noqa: E402
+from matplotlib.ticker import FixedLocator, MaxNLocator  # noqa: E402
 
 from .distances import reference_bins  # noqa: E402
 from .observables import layer_labels, observable_groups, observable_label, split_name  # noqa: E402
@@ -97,7 +98,7 @@ def caption_for(path: str | Path) -> str:
                 "reference energy blank). Polar (CaloChallenge) layers are drawn in polar coordinates.")
     return {
         "sp_overview": ("Separation power of every observable per sample: global observables (bars, with bootstrap "
-                        "errors and the same-distribution noise floor as a dashed tick) and per-layer families (heat "
+                        "errors and the same-distribution noise floor as an open diamond) and per-layer families (heat "
                         "map, rows = family, columns = layer). 0 = identical histograms, 1 = disjoint."),
         "profiles": ("Mean longitudinal profile (energy per layer), radial profile (mean energy per shower vs distance "
                      "of the cell centre from the nominal axis) and the spectrum of cell energies (all cells above "
@@ -127,11 +128,16 @@ def _is_log_binned(edges: np.ndarray) -> bool:
     return bool(np.allclose(r, r[-1], rtol=1e-6) and pos[-1] / pos[0] > 50)
 
 
-def _hist(v: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Fractions per bin (of all N, so out-of-range entries lower the area), errors, out-of-range fraction."""
+def _hist(v: np.ndarray, edges: np.ndarray, logx: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """Density ``1/N dN/dx`` (per unit log10 x if ``logx``), its error and the out-of-range fraction.
+
+    Normalised to all N entries, so out-of-range entries lower the area; a density (not a
+    fraction per bin) so that the wider outer bins of the reference binning show no spikes.
+    """
     c = np.histogram(v, bins=edges)[0].astype(np.float64)
     n = max(len(v), 1)
-    return c / n, np.sqrt(c) / n, 1.0 - c.sum() / n
+    w = np.diff(np.log10(edges)) if logx else np.diff(edges)
+    return c / n / w, np.sqrt(c) / n / w, 1.0 - c.sum() / n
 
 
 def _degenerate(nm: str, ref: dict[str, np.ndarray], gens: Sequence[dict[str, np.ndarray]]) -> bool:
@@ -175,14 +181,14 @@ def plot_observable_page(names: Sequence[str], ref: dict[str, np.ndarray], gens:
             edges = reference_bins(r, name=nm)
             logx = _is_log_binned(edges)
             e_plot = edges[1:] if logx and edges[0] == 0 else edges
-            hr, er, _ = _hist(r, e_plot)
+            hr, er, _ = _hist(r, e_plot, logx)
             ax.stairs(hr, e_plot, fill=True, color=REF_COLOR, alpha=0.35, label="reference")
             notes = []
             for j, (g, lab) in enumerate(zip(gens, labels)):
                 if nm not in g:
                     continue
                 gv = np.asarray(g[nm], dtype=np.float64)
-                hg, eg, out_frac = _hist(gv, e_plot)
+                hg, eg, out_frac = _hist(gv, e_plot, logx)
                 col = COLORS[j % len(COLORS)]
                 ax.stairs(hg, e_plot, color=col, lw=1.4, label=lab)
                 with np.errstate(divide="ignore", invalid="ignore"):
@@ -208,9 +214,12 @@ def plot_observable_page(names: Sequence[str], ref: dict[str, np.ndarray], gens:
             lo, hi = e_plot[0], e_plot[-1]
             ax.set_xlim(lo, hi)
             axr.set_xlim(lo, hi)
-            ax.set_ylim(0, None if not np.any(hr > 0) else 1.35 * max(hr.max(), 1e-12))
+            # head room for the annotations in the upper right corner
+            ax.set_ylim(0, None if not np.any(hr > 0) else (1.2 + 0.1 * min(len(notes), 6)) * max(hr.max(), 1e-12))
             ax.tick_params(labelbottom=False)
-            ax.set_ylabel("fraction", fontsize=9)
+            ax.yaxis.set_major_locator(MaxNLocator(5, prune="lower"))  # no "0" clashing with the ratio panel
+            axr.yaxis.set_major_locator(FixedLocator([0.6, 1.0, 1.4]))
+            ax.set_ylabel(r"$1/N\,dN/d\log_{10}x$" if logx else r"$1/N\,dN/dx$", fontsize=9)
             axr.set_ylim(0.5, 1.5)
             axr.axhline(1.0, color=REF_COLOR, lw=0.8, ls="--")
             axr.set_ylabel("gen/ref", fontsize=8)
@@ -325,8 +334,8 @@ def plot_mean_images(ctx: "EvaluationContext", scan: "SampleScan", path: Path) -
     nc = len(layers)
     with plt.style.context(hep_style()):
         fig = plt.figure(figsize=(2.4 * nc + 1.4, 7.6))
-        gs = fig.add_gridspec(3, nc + 1, width_ratios=[1] * nc + [0.06], hspace=0.3, wspace=0.25,
-                              left=0.07, right=0.93, top=0.9, bottom=0.04)
+        gs = fig.add_gridspec(3, nc + 1, width_ratios=[1] * nc + [0.06], hspace=0.32, wspace=0.25,
+                              left=0.07, right=0.93, top=0.9, bottom=0.07)
         pos = np.concatenate([im[im > 0].ravel() for im in ref_imgs + gen_imgs])
         vmax = float(pos.max()) if pos.size else 1.0
         vmin = max(float(np.quantile(pos, 0.02)) if pos.size else 1e-3, vmax * 1e-6)
@@ -358,6 +367,7 @@ def _ratio_axes(fig: Any, spec: Any) -> tuple[Any, Any]:
     ax.tick_params(labelbottom=False)
     axr.axhline(1.0, color=REF_COLOR, lw=0.8, ls="--")
     axr.set_ylabel("gen/ref", fontsize=8)
+    axr.yaxis.set_major_locator(FixedLocator([0.6, 1.0, 1.4]))
     return ax, axr
 
 
@@ -443,8 +453,10 @@ def plot_lateral_profiles(ctx: "EvaluationContext", axis: str, path: Path) -> Pa
     ncol = min(4, len(layers))
     nrow = math.ceil(len(layers) / ncol)
     with plt.style.context(hep_style()):
-        fig = plt.figure(figsize=(4.1 * ncol, 3.6 * nrow + 0.4))
-        gs = fig.add_gridspec(nrow, ncol, hspace=0.4, wspace=0.33, left=0.07, right=0.98, top=0.93, bottom=0.1 / nrow)
+        h = 3.6 * nrow + 0.7
+        fig = plt.figure(figsize=(4.1 * ncol, h))
+        gs = fig.add_gridspec(nrow, ncol, hspace=0.45, wspace=0.33, left=0.07, right=0.98, top=1 - 0.75 / h,
+                              bottom=0.5 / h)
         for i, l in enumerate(layers):
             ax, axr = _ratio_axes(fig, gs[i // ncol, i % ncol])
             e, pr = ref[l]
@@ -457,7 +469,7 @@ def plot_lateral_profiles(ctx: "EvaluationContext", axis: str, path: Path) -> Pa
             if i == 0:
                 ax.set_ylabel("mean energy [MeV]")
                 ax.legend(fontsize=8)
-        fig.suptitle(f"Mean energy profile along {axis}", x=0.07, ha="left", fontsize=12)
+        fig.suptitle(f"Mean energy profile along {axis}", x=0.07, ha="left", fontsize=12, y=1 - 0.12 / h)
         return _save(fig, path)
 
 
@@ -479,9 +491,13 @@ def plot_response(ctx: "EvaluationContext", path: Path) -> Path:
             col = COLORS[j % len(COLORS)]
             rr, rg = resp["reference"], resp["generated"]
             if not ref_done:
-                a1.errorbar(x, rr["mean"], yerr=rr["mean_err"], fmt="o", color=REF_COLOR, ms=4, label="reference")
-                a2.errorbar(x, rr["resolution"], yerr=rr["resolution_err"], fmt="o", color=REF_COLOR, ms=4,
-                            label="reference")
+                # reference as a grey band over each bin (value +- error), generated as markers
+                for a, key in ((a1, "mean"), (a2, "resolution")):
+                    y, ye = np.asarray(rr[key], float), np.asarray(rr[key + "_err"], float)
+                    for k in np.nonzero(np.isfinite(y))[0]:
+                        a.fill_between([edges[k], edges[k + 1]], y[k] - ye[k], y[k] + ye[k], color=REF_COLOR,
+                                       alpha=0.3, lw=0, label="reference" if k == np.nonzero(np.isfinite(y))[0][0] else None)
+                        a.plot([edges[k], edges[k + 1]], [y[k], y[k]], color=REF_COLOR, lw=1.2)
                 for k in np.nonzero(~has)[0]:
                     for a in (a1, a2):
                         a.axvspan(edges[k], edges[k + 1], color="#f89c20", alpha=0.12, lw=0)
@@ -492,8 +508,12 @@ def plot_response(ctx: "EvaluationContext", path: Path) -> Path:
                 if (~has).any():
                     a.errorbar(x[~has], y[~has], yerr=ye[~has], fmt="s", color=col, ms=4, mfc="none",
                                label=f"{s.name} (no reference)")
+        e_all = np.concatenate([np.asarray(s.response["edges"], float) for s in ctx.samples if s.response]) / 1000.0 \
+            if any(s.response for s in ctx.samples) else np.array([1.0, 10.0])
         for a in (a1, a2):
-            a.set_xscale("log")
+            if e_all.min() > 0 and e_all.max() / e_all.min() > 20:  # log axis only for wide ranges
+                a.set_xscale("log")
+            a.set_xlim(e_all.min(), e_all.max())
             a.set_xlabel(r"$E_\mathrm{inc}$ [GeV]")
         a1.set_ylabel(r"$\langle E_\mathrm{dep}/E_\mathrm{inc}\rangle$")
         a2.set_ylabel(r"resolution $\sigma/\mu$")
@@ -557,6 +577,7 @@ def plot_classifier_scores(ctx: "EvaluationContext", path: Path) -> Path | None:
             auc = ctx.metrics["samples"][ctx.samples.index(s)]["classifier"][lvl]["auc"]
             ax.set_title(f"{s.name}, {lvl}-level (AUC {auc:.3f})", loc="left", fontsize=10)
             ax.set_xlabel("classifier output p(reference)")
+            ax.set_ylabel("density")
             ax.legend(fontsize=8)
         for k in range(len(have), nrow * ncol):
             axes[k // ncol, k % ncol].set_visible(False)
