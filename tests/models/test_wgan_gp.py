@@ -185,3 +185,24 @@ def test_state_dict_roundtrip_reproduces_samples() -> None:
     cond = torch.rand(5, 1)
     torch.testing.assert_close(b.eval().sample(cond, torch.Generator().manual_seed(2)),
                                a.eval().sample(cond, torch.Generator().manual_seed(2)))
+
+
+def test_end_to_end_train_and_load(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A few framework steps with the real boxcox transform: pretrain, train, EMA, save, reload, sample."""
+    train_mod = pytest.importorskip("calosim.train")
+    from calosim.io import ShowerData, write_showers
+
+    geo = _stack_geometry(2, (6, 6))
+    x, c = next(_toy_batches(geo, 1, batch=96, seed=3))
+    x = torch.where(x > x.mean(), x, torch.zeros_like(x))  # zero cells, as in real showers
+    data = ShowerData(x.numpy(), (1000.0 * torch.exp(c)).numpy(), geo)
+    path = write_showers(tmp_path / "toy.h5", data)
+    cfg = {**TINY, "batch_size": 16, "n_critic": 2, "regressor_steps": 3, "regressor_batches_val": 1,
+           "val_every": 0, "val_size": 16, "log_every": 2, "checkpoint_every": 100}
+    run_dir = train_mod.train("wgan-gp", path, tmp_path / "run", config=cfg, steps=4, seed=0, progress=False)
+    run = train_mod.load_run(run_dir)
+    assert run.model.config["transform"] == "boxcox"
+    assert bool(run.model.regressor_trained)
+    showers = run.sample({"incident_energies": np.full((10, 1), 2000.0, dtype=np.float32)}, generator=1)
+    assert showers.shape == (10, geo.n_cells)
+    assert np.isfinite(showers).all() and (showers >= 0).all()

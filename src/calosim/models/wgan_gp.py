@@ -111,24 +111,30 @@ class _GenHead(nn.Module):
 
 
 class _Encoder(nn.Module):
-    """Images (B, n_ch, ny, nx) → features (B, out) by strided convolutions (no batch norm)."""
+    """Images (B, n_ch, ny, nx) → features (B, out) by strided convolutions (no batch norm).
 
-    def __init__(self, shape: tuple[int, int], n_ch: int, channels: int, max_down: int, out: int,
-                 layer_norm: bool) -> None:
+    Every stage is a 3×3 convolution with stride 2 along the axes still being reduced (so the
+    first one already works at half resolution: the critic runs ~4 passes per sample per step
+    with the double back-propagation of the gradient penalty, so its cost dominates training);
+    channels double per stage from ``channels`` up to ``max_channels``.
+    """
+
+    def __init__(self, shape: tuple[int, int], n_ch: int, channels: int, max_channels: int, max_down: int,
+                 out: int, layer_norm: bool) -> None:
         super().__init__()
         ny, nx = shape
         dy, dx = _n_up(ny, max_down), _n_up(nx, max_down)
-        blocks: list[nn.Module] = [nn.Conv2d(n_ch, channels, 3, 1, 1), nn.LeakyReLU(0.2)]
-        c, hy, hx = channels, ny, nx
-        for i in range(max(dy, dx)):
-            k, s, p = _stage_geometry(dy, dx, i)
-            c_out = min(c * 2, 4 * channels)
-            blocks.append(nn.Conv2d(c, c_out, k, s, p))
-            hy, hx = (hy + 2 * p[0] - k[0]) // s[0] + 1, (hx + 2 * p[1] - k[1]) // s[1] + 1
+        blocks: list[nn.Module] = []
+        c, hy, hx = n_ch, ny, nx
+        c_out = channels
+        for i in range(max(dy, dx, 1)):
+            s = (2 if i < dy else 1, 2 if i < dx else 1)
+            blocks.append(nn.Conv2d(c, c_out, 3, s, 1))
+            hy, hx = (hy - 1) // s[0] + 1, (hx - 1) // s[1] + 1
             if layer_norm:  # GroupNorm(1) = LayerNorm over (C, H, W): per-sample, GP-safe
                 blocks.append(nn.GroupNorm(1, c_out))
             blocks.append(nn.LeakyReLU(0.2))
-            c = c_out
+            c, c_out = c_out, min(2 * c_out, max_channels)
         blocks += [nn.Flatten(), nn.Linear(c * hy * hx, out), nn.LeakyReLU(0.2)]
         self.net = nn.Sequential(*blocks)
 
@@ -140,13 +146,13 @@ class _MultiEncoder(nn.Module):
     """Flat showers (B, n_cells) → concatenated per-group features (B, n_groups * feat)."""
 
     def __init__(self, groups: list[tuple[tuple[int, int], list[int]]], gather: list[Tensor], channels: int,
-                 max_down: int, feat: int, layer_norm: bool) -> None:
+                 max_channels: int, max_down: int, feat: int, layer_norm: bool) -> None:
         super().__init__()
         self.groups = groups
         for gi, idx in enumerate(gather):
             self.register_buffer(f"gather{gi}", idx, persistent=False)
         self.encoders = nn.ModuleList(
-            _Encoder(shape, len(ids), channels, max_down, feat, layer_norm) for shape, ids in groups
+            _Encoder(shape, len(ids), channels, max_channels, max_down, feat, layer_norm) for shape, ids in groups
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -249,7 +255,8 @@ class WGANGP(ShowerModel):
         "critic_hidden": 256,     # critic / regressor MLP width
         "gen_channels": 32,       # at the base grid; halved per upsampling stage ...
         "gen_min_channels": 8,    # ... down to this
-        "critic_channels": 32,
+        "critic_channels": 8,     # first critic stage; doubled per stage ...
+        "critic_max_channels": 32,  # ... up to this
         "critic_feat": 64,        # features per shape group after the critic encoder
         "max_up": 3,              # ×2 resampling stages per axis at most
         "layer_norm": True,       # LayerNorm (GroupNorm(1)) in critic and regressor encoders
@@ -257,7 +264,7 @@ class WGANGP(ShowerModel):
         "regressor_steps": 600,
         "regressor_lr": 1e-3,
         "regressor_batches_val": 8,
-        "regressor_channels": 16,
+        "regressor_channels": 8,
     }
     ema_modules = ("generator",)
 
@@ -281,11 +288,11 @@ class WGANGP(ShowerModel):
                                    int(cfg["gen_channels"]), int(cfg["max_up"]), int(cfg["gen_min_channels"]))
         feat = int(cfg["critic_feat"])
         n_obs = self._n_observables() if cfg["critic_observables"] else 0
-        enc = _MultiEncoder(self.groups, gather, int(cfg["critic_channels"]), int(cfg["max_up"]), feat,
-                            bool(cfg["layer_norm"]))
+        enc = _MultiEncoder(self.groups, gather, int(cfg["critic_channels"]), int(cfg["critic_max_channels"]),
+                            int(cfg["max_up"]), feat, bool(cfg["layer_norm"]))
         self.critic = Critic(enc, feat * len(self.groups), cond_dim, n_obs, int(cfg["critic_hidden"]))
-        renc = _MultiEncoder(self.groups, gather, int(cfg["regressor_channels"]), int(cfg["max_up"]), feat,
-                             bool(cfg["layer_norm"]))
+        renc = _MultiEncoder(self.groups, gather, int(cfg["regressor_channels"]), 4 * int(cfg["regressor_channels"]),
+                             int(cfg["max_up"]), feat, bool(cfg["layer_norm"]))
         self.regressor = Regressor(renc, feat * len(self.groups), cond_dim, int(cfg["critic_hidden"]) // 2)
 
         # Data statistics of the preprocessed space, set in pretrain (defaults suit an identity
@@ -304,7 +311,9 @@ class WGANGP(ShowerModel):
         self.register_buffer("cell_layer", torch.as_tensor(geometry.cell_layer, dtype=torch.long), persistent=False)
         self.register_buffer("layer_extent", torch.tensor([max(l.extent_mm, 1.0) for l in geometry.layers],
                                                           dtype=torch.float32), persistent=False)
-        self._last_gen: dict[str, float] = {"loss_generator": float("nan"), "loss_regression": float("nan")}
+        # Latest generator losses, reported on every step (0 until the first generator update) so
+        # the framework's per-interval averages stay finite.
+        self._last_gen: dict[str, float] = {"loss_generator": 0.0, "loss_regression": 0.0}
 
     # -- preprocessing helpers ---------------------------------------------------------------
     def _standardise(self, x: Tensor) -> Tensor:
