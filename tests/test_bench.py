@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "train"))
-from test_train_loop import write_toy_data  # noqa: E402  (toy model + data of the training tests)
+from toys import write_toy_data  # noqa: E402  (toy model + data of the training tests)
 
 from calosim.bench import bench, format_table, write_json  # noqa: E402
 from calosim.train import train  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from calosim.train.checkpoint import load_tensors
-from test_train_loop import write_toy_data
+from toys import write_toy_data
 
 WORKER = r'''
 import sys
 import torch
 from safetensors.torch import save_file
-from test_train_loop import ToyGAN  # registers the toy model
+from toys import ToyGAN  # registers the toy model
 from calosim.train.loop import Trainer
 
 data, out, dump = sys.argv[1:4]
@@ -44,7 +44,7 @@ def test_two_ranks_identical_weights(tmp_path: Path) -> None:
     data = write_toy_data(tmp_path / "d.h5", n=200)
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     cmd = [_torchrun(), "--standalone", "--nproc_per_node", "2", str(script), str(data), str(tmp_path / "run"), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

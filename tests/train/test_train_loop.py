@@ -4,109 +4,18 @@ load_run + sampling, errors."""
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
-from calosim.geometry import get_geometry
-from calosim.io import ShowerData, write_showers
-from calosim.models import ShowerModel, register_model
 from calosim.train import RunError, load_run, separation_power, train
 from calosim.train.checkpoint import load_tensors
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread is faster and does not fight other processes for cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from toys import ToyPretrain, write_toy_data  # noqa: E402
 
-
-
-def write_toy_data(path: Path, n: int = 240, seed: int = 0, conditions: bool = False, layout: str = "native") -> Path:
-    """Gamma-distributed cells on the calogan geometry, E_inc in 1-100 GeV."""
-    geo = get_geometry("calogan")
-    rng = np.random.default_rng(seed)
-    e = np.exp(rng.uniform(np.log(1e3), np.log(1e5), (n, 1)))
-    w = rng.gamma(0.5, 1.0, (n, geo.n_cells)) * (rng.random((n, geo.n_cells)) < 0.5)
-    showers = 0.9 * e * w / w.sum(1, keepdims=True)
-    conds = {}
-    if conditions:
-        conds = {"pdg": rng.choice([11, 22], n), "momentum": np.c_[np.zeros((n, 2)), e],
-                 "position": rng.normal(0, 5, (n, 2))}
-    data = ShowerData(showers, e, geo, conds, attrs={"particle": "photon"})
-    return write_showers(path, data, layout=layout)
-
-
-@register_model
-class ToyGAN(ShowerModel):
-    """Tiny conditional GAN used by the training-framework tests."""
-
-    name = "_test_toy_gan"
-    default_config = {"batch_size": 32, "lr": 2e-3, "hidden": 16, "latent": 4, "transform": "log",
-                      "log_every": 5, "val_every": 10, "checkpoint_every": 10, "val_size": 64}
-    ema_modules = ("gen",)
-    crash_at: int | None = None  # tests set this to simulate a kill
-
-    def __init__(self, geometry: Any, cond_dim: int, config: dict[str, Any]) -> None:
-        super().__init__(geometry, cond_dim, config)
-        d, h, z = int(self.config.get("data_dim", geometry.n_cells)), int(self.config["hidden"]), int(self.config["latent"])
-        self.latent = z
-        self.gen = nn.Sequential(nn.Linear(z + cond_dim, h), nn.ReLU(), nn.Linear(h, d))
-        self.disc = nn.Sequential(nn.Linear(d + cond_dim, h), nn.LeakyReLU(0.2), nn.Linear(h, 1))
-
-    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        lr = float(self.config["lr"])
-        return {"gen": torch.optim.Adam(self.gen.parameters(), lr=lr, betas=(0.5, 0.9)),
-                "disc": torch.optim.Adam(self.disc.parameters(), lr=lr, betas=(0.5, 0.9))}
-
-    def _g(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(len(cond), self.latent, generator=generator, device=cond.device)
-        return self.gen(torch.cat([z, cond], 1))
-
-    def train_step(self, x: Tensor, cond: Tensor, ctx: Any) -> dict[str, float]:
-        if self.crash_at is not None and ctx.step == self.crash_at:
-            raise RuntimeError("simulated crash")
-        fake = self._g(cond, ctx.generator)
-        loss_d = (F.softplus(-self.disc(torch.cat([x, cond], 1))).mean()
-                  + F.softplus(self.disc(torch.cat([fake.detach(), cond], 1))).mean())
-        ctx.backward_step(loss_d, "disc")
-        fake = self._g(cond)  # global torch RNG on purpose: its state must survive a resume
-        jitter = 1e-3 * (float(np.random.rand()) + random.random())  # numpy + python RNG too
-        e = ctx.conditions.incident_energy(cond)
-        mev = ctx.transform.inverse(fake, e)  # differentiable physics-style term
-        loss_g = (F.softplus(-self.disc(torch.cat([fake, cond], 1))).mean()
-                  + 0.1 * ((mev.sum(1, keepdim=True) - 0.9 * e) / e).pow(2).mean() * (1 + jitter))
-        ctx.backward_step(loss_g, "gen")
-        return {"d": loss_d.item(), "g": loss_g.item()}
-
-    @torch.no_grad()
-    def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return self._g(cond, generator)
-
-
-@register_model
-class ToyPretrain(ToyGAN):
-    """Toy GAN with a pretraining stage."""
-
-    name = "_test_toy_pretrain"
-    pretrain_calls = 0
-
-    def pretrain(self, batches: Iterator[tuple[Tensor, Tensor]], ctx: Any) -> dict[str, float]:
-        type(self).pretrain_calls += 1
-        for _ in range(3):
-            x, c = next(batches)
-            loss = F.softplus(-self.disc(torch.cat([x, c], 1))).mean()
-            ctx.backward_step(loss, "disc")
-        return {"loss": float(loss.detach())}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import json
 from pathlib import Path
@@ -12,15 +11,9 @@ import torch
 
 from calosim.train import train
 from calosim.train.checkpoint import load_tensors
-from test_train_loop import ToyGAN, write_toy_data  # the toy model and data of the loop tests
+from toys import ToyGAN, write_toy_data  # the toy model and data of the loop tests
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread is faster and does not fight other processes for cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
