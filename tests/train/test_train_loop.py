@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from calosim.train import RunError, load_run, separation_power, train
+from calosim.train import RunError, load_run, train
 from calosim.train.checkpoint import load_tensors
 
 from toys import ToyPretrain, write_toy_data  # noqa: E402
@@ -143,10 +143,3 @@ def test_calogan_layout_input(tmp_path: Path) -> None:
     assert load_run(out).sample({"incident_energies": np.full((5, 1), 1e4)}).shape == (5, 504)
 
 
-def test_separation_power() -> None:
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(0, 1, 5000), rng.normal(0, 1, 5000)
-    assert separation_power(a, b) < 0.01
-    assert separation_power(a, a + 100) == pytest.approx(1.0)
-    assert 0.05 < separation_power(a, rng.normal(1, 1, 5000)) < 0.5
-    assert separation_power(np.zeros(10), np.zeros(10)) == 0.0

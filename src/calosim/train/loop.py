@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from ..geometry import Geometry, get_geometry
 from ..io import read_showers
+from ..metrics.distances import separation_power
 from ..models import ShowerModel, get_model_class
 from . import checkpoint as ck
 from .conditions import ConditionEncoder, make_pool, raw_conditions, save_pool
@@ -41,7 +42,7 @@ from .distributed import (DistEnv, all_gather_objects, all_reduce_grads, barrier
                           init_distributed, shard, shutdown_distributed)
 from .transforms import ShowerTransform, get_transform, postprocess
 
-__all__ = ["train", "Trainer", "TrainLoopContext", "EMA", "separation_power", "validation_observables"]
+__all__ = ["train", "Trainer", "TrainLoopContext", "EMA", "validation_observables"]
 
 log = logging.getLogger("calosim.train")
 
@@ -190,33 +191,6 @@ class EMA:
 # ------------------------------------------------------------------------------------------
 # validation observables (cheap, numpy; the metrics package has the full set)
 # ------------------------------------------------------------------------------------------
-def separation_power(ref: np.ndarray, gen: np.ndarray, bins: int = 30) -> float:
-    """½ Σ (h_r - h_g)² / (h_r + h_g) of normalised histograms, bins from the reference range.
-
-    Values outside the reference range fall in an underflow/overflow bin each. 0 = identical,
-    1 = disjoint.
-    """
-    ref = np.asarray(ref, dtype=np.float64).ravel()
-    gen = np.asarray(gen, dtype=np.float64).ravel()
-    ref, gen = ref[np.isfinite(ref)], gen[np.isfinite(gen)]
-    if ref.size == 0 or gen.size == 0:
-        return 1.0
-    lo, hi = float(ref.min()), float(ref.max())
-    if hi <= lo:
-        w = max(abs(lo) * 1e-6, 1e-12)
-        lo, hi = lo - w, hi + w
-    edges = np.linspace(lo, hi, bins + 1)
-
-    def hist(a: np.ndarray) -> np.ndarray:
-        h = np.histogram(a, edges)[0]
-        return np.concatenate([[np.sum(a < lo)], h, [np.sum(a > hi)]]) / a.size
-
-    hr, hg = hist(ref), hist(gen)
-    s = hr + hg
-    m = s > 0
-    return float(0.5 * np.sum((hr[m] - hg[m]) ** 2 / s[m]))
-
-
 def validation_observables(showers: np.ndarray, e_inc: np.ndarray, geometry: Geometry) -> dict[str, np.ndarray]:
     """``etot_ratio`` = E_tot / E_inc (N,) and ``frac_<layer i>`` = E_layer / E_tot (N,) each."""
     layers = geometry.layer_energies(showers).astype(np.float64)
@@ -581,7 +555,7 @@ class Trainer:
         ref_obs = validation_observables(self.val_showers, self.val_e, self.geometry)
         gen_obs = validation_observables(gen_showers, self.val_e, self.geometry)
         bins = int(self.cfg.get("val_bins", 30))
-        res = {f"sp_{k}": separation_power(ref_obs[k], gen_obs[k], bins) for k in ref_obs}
+        res = {f"sp_{k}": separation_power(ref_obs[k], gen_obs[k], n_bins=bins, name=k) for k in ref_obs}
         res["score"] = float(np.mean(list(res.values())))
         res["etot_ratio_mean_gen"] = float(np.mean(gen_obs["etot_ratio"]))
         res["etot_ratio_mean_ref"] = float(np.mean(ref_obs["etot_ratio"]))
