@@ -219,49 +219,22 @@ class ConditionEncoder:
 # ------------------------------------------------------------------------------------------
 # raw conditions for generation
 # ------------------------------------------------------------------------------------------
-def _local_parse_energy_spec(spec: str) -> Callable[[int, np.random.Generator], np.ndarray]:
-    s = str(spec).strip().lower()
-    try:
-        if s.startswith("log:"):
-            lo, hi = (float(v) for v in s[4:].split(":"))
-            if not 0 < lo <= hi:
-                raise ValueError
-            return lambda n, rng: np.exp(rng.uniform(math.log(lo), math.log(hi), n))
-        if "," in s:
-            vals = np.asarray([float(v) for v in s.split(",") if v.strip()])
-            if vals.size == 0 or np.any(vals <= 0):
-                raise ValueError
-            return lambda n, rng: rng.choice(vals, n)
-        if ":" in s:
-            lo, hi = (float(v) for v in s.split(":"))
-            if not 0 < lo <= hi:
-                raise ValueError
-            return lambda n, rng: rng.uniform(lo, hi, n)
-        v = float(s)
-        if v <= 0:
-            raise ValueError
-        return lambda n, rng: np.full(n, v)
-    except ValueError:
-        raise ValueError(
-            f"bad energy spec {spec!r}: expected GeV as '50', 'LO:HI' (uniform), 'log:LO:HI' (log-uniform) "
-            "or 'A,B,C' (choice), all > 0"
-        ) from None
-
-
 def parse_energy_spec(spec: str | float) -> Callable[[int, np.random.Generator], np.ndarray]:
     """Parse a GeV energy spec into ``f(n, rng) -> (n,) energies in GeV``.
 
-    ``"50"`` fixed, ``"1:100"`` uniform, ``"log:1:100"`` log-uniform (the simulator's
-    ``calosim.simulate.conditions.parse_range`` syntax, used when available), plus
-    ``"10,20,50"``: a uniform choice among listed energies.
+    The simulator's syntax (:func:`calosim.simulate.conditions.parse_range`): ``"50"`` fixed,
+    ``"1:100"`` uniform, ``"log:1:100"`` log-uniform; plus ``"10,20,50"``, a uniform choice
+    among listed energies (e.g. the CaloChallenge dataset-1 energies).
     """
+    from ..simulate.conditions import parse_range
+
     text = str(spec)
     if "," in text:
-        return _local_parse_energy_spec(text)
-    try:
-        from ..simulate.conditions import parse_range
-    except ImportError:  # the simulator is optional for training/generation
-        return _local_parse_energy_spec(text)
+        vals = [parse_range(v, "energy spec (GeV)", min_value=0.0, min_inclusive=False) for v in text.split(",") if v.strip()]
+        if not vals or any(v.kind != "fixed" for v in vals):
+            raise ValueError(f"bad energy spec {spec!r}: a list must be fixed energies in GeV, e.g. '10,20,50'")
+        choice = np.asarray([v.sample(1, np.random.default_rng(0))[0] for v in vals])
+        return lambda n, rng: rng.choice(choice, n)
     rs = parse_range(text, "energy spec (GeV)", min_value=0.0, min_inclusive=False)
     return lambda n, rng: rs.sample(n, rng)
 
