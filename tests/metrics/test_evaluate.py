@@ -144,8 +144,38 @@ def test_memorization_and_max_showers(tmp_path):
     ref = _synthetic("calogan", "e+", 600, 11)
     copied = train.subset(slice(0, 300))  # a "model" that returns training showers
     m = evaluate(ref, [copied], train=train, classifier=False, progress=False, n_boot=10, max_showers=500,
-                 out_dir=tmp_path)
+                 out_dir=tmp_path, plots=["nn_distances"], fpd=False)
     s = m["samples"][0]
     assert m["reference"]["n"] == 500 and s["n"] == 300
-    assert s["memorization"] is not None
+    mem = s["memorization"]
+    assert mem["flagged"] and mem["frac_exact"] == 1.0 and mem["ratio"] < 0.1
+    assert "gen_to_train" not in mem  # arrays are not in the JSON
     assert (tmp_path / "nn_distances.png").exists()
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["nn_distances.png"]
+    # an independent sample is not flagged
+    m = evaluate(ref, [_synthetic("calogan", "e+", 300, 12)], train=train, classifier=False, progress=False,
+                 n_boot=10, fpd=False)
+    assert not m["samples"][0]["memorization"]["flagged"]
+
+
+def test_response_flags_energies_outside_reference(tmp_path):
+    g = get_geometry("calogan")
+    rng = np.random.default_rng(0)
+
+    def sample(e_lo, e_hi, n):
+        e = rng.uniform(e_lo, e_hi, (n, 1))
+        x = rng.gamma(1.0, 1.0, (n, g.n_cells)) * np.exp(-np.arange(g.n_cells) / 100.0)
+        return ShowerData((x * 0.9 * e / x.sum(1, keepdims=True)).astype(np.float32), e, g)
+
+    m = evaluate(sample(1e4, 5e4, 800), [sample(1e4, 1e5, 800)], classifier=False, progress=False, n_boot=10)
+    r = m["samples"][0]["response"]
+    edges = np.array(r["edges"])
+    assert edges[0] < 1.1e4 and edges[-1] > 0.99e5  # bins span both samples
+    has = np.array(r["has_reference"])
+    centre = 0.5 * (edges[1:] + edges[:-1])
+    assert has[centre < 4.5e4].all() and not has[centre > 5.5e4].any()
+    assert np.all(np.array(r["in_reference_range"])[centre > 5.5e4] == False)  # noqa: E712
+    gen_mean = np.array(r["generated"]["mean"], dtype=float)
+    assert np.allclose(gen_mean, 0.9, atol=1e-3)  # defined where only the generated sample has showers
+    assert all(v is None for v, h in zip(r["reference"]["mean"], has) if not h)
+    assert any("no reference showers" in w for w in m["samples"][0]["warnings"])

@@ -32,7 +32,7 @@ from .observables import layer_labels, observable_groups, observable_label, spli
 if TYPE_CHECKING:
     from .evaluate import EvaluationContext, SampleScan
 
-__all__ = ["make_plots", "caption_for", "hep_style", "plot_observable_page", "plot_mean_images",
+__all__ = ["make_plots", "PLOT_KINDS", "caption_for", "hep_style", "plot_observable_page", "plot_mean_images",
            "plot_profiles", "plot_lateral_profiles", "plot_response", "plot_nn_distances",
            "plot_classifier_scores", "plot_sp_overview", "slug"]
 
@@ -526,31 +526,43 @@ def plot_response(ctx: "EvaluationContext", path: Path) -> Path:
 
 
 def plot_nn_distances(ctx: "EvaluationContext", path: Path) -> Path | None:
-    """Nearest-neighbour distance histograms (generated->train vs held-out->train)."""
+    """Nearest-neighbour distance histograms (generated->train vs held-out->train).
+
+    Fractions per log bin (of all entries); exact copies (distance 0) cannot sit on a log
+    axis and are counted in the legend instead.
+    """
     have = [s for s in ctx.samples if s.nn_distances]
     if not have:
         return None
+
+    def draw(ax: Any, v: np.ndarray, edges: Any, label: str, **kw: Any) -> None:
+        v = np.ravel(v)
+        zero = float(np.mean(v <= 1e-12)) if v.size else 0.0
+        if zero > 0:
+            label += f" ({100 * zero:.0f}% exact copies)"
+        w = np.full(v.size, 1.0 / max(v.size, 1))
+        ax.hist(v[v > 1e-12], bins=edges, weights=w[v > 1e-12], label=label, **kw)
+
     with plt.style.context(hep_style()):
         fig, ax = plt.subplots(figsize=(7.5, 5))
-        ref_key = None
         allv = np.concatenate([np.ravel(v) for s in have for v in s.nn_distances.values()])
-        allv = allv[np.isfinite(allv) & (allv > 0)]
-        edges = np.geomspace(allv.min(), allv.max() * 1.001, 50) if allv.size and allv.max() > allv.min() else 40
+        allv = allv[np.isfinite(allv) & (allv > 1e-12)]
+        log = bool(allv.size) and allv.max() > 1.01 * allv.min()
+        edges: Any = np.geomspace(allv.min(), allv.max() * 1.001, 50) if log else 40
+        ref_done = False
         for j, s in enumerate(have):
             d = s.nn_distances
-            gk = next((k for k in d if "gen" in k), None)
-            hk = next((k for k in d if "held" in k or "ref" in k), None)
-            if hk is not None and ref_key is None:
-                ax.hist(np.ravel(d[hk]), bins=edges, histtype="stepfilled", color=REF_COLOR, alpha=0.35,
-                        density=True, label="held-out reference")
-                ref_key = hk
+            gk = next((k for k in d if k.startswith("gen")), None)
+            hk = next((k for k in d if k.startswith("held")), None)
+            if hk is not None and not ref_done:
+                draw(ax, d[hk], edges, "held-out reference", histtype="stepfilled", color=REF_COLOR, alpha=0.35)
+                ref_done = True
             if gk is not None:
-                ax.hist(np.ravel(d[gk]), bins=edges, histtype="step", color=COLORS[j % len(COLORS)], lw=1.5,
-                        density=True, label=s.name)
-        if not isinstance(edges, int):
+                draw(ax, d[gk], edges, s.name, histtype="step", color=COLORS[j % len(COLORS)], lw=1.5)
+        if log:
             ax.set_xscale("log")
-        ax.set_xlabel("distance to nearest training shower")
-        ax.set_ylabel("density")
+        ax.set_xlabel("distance to the nearest training shower")
+        ax.set_ylabel("fraction of showers")
         ax.legend(fontsize=9)
         fig.tight_layout()
         return _save(fig, path)
@@ -586,14 +598,26 @@ def plot_classifier_scores(ctx: "EvaluationContext", path: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------
-def make_plots(ctx: "EvaluationContext", out_dir: str | Path) -> list[Path]:
-    """Write all plots of an evaluation into ``out_dir``; returns the PNG paths in report order."""
+#: Plot kinds accepted by ``make_plots(only=...)`` (and ``evaluate(plots=[...])``).
+PLOT_KINDS = ("sp_overview", "observables", "profiles", "images", "response", "classifier", "nn_distances")
+
+
+def make_plots(ctx: "EvaluationContext", out_dir: str | Path, only: Sequence[str] | None = None) -> list[Path]:
+    """Write the plots of an evaluation into ``out_dir``; returns the PNG paths in report order.
+
+    ``only``: a subset of :data:`PLOT_KINDS` (default all). The observable pages dominate the
+    cost (about one second per page).
+    """
+    kinds = set(PLOT_KINDS if only is None else only)
+    unknown = kinds - set(PLOT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown plot kinds {sorted(unknown)}; valid: {', '.join(PLOT_KINDS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    if ctx.metrics.get("samples"):
+    if ctx.metrics.get("samples") and "sp_overview" in kinds:
         paths.append(plot_sp_overview(ctx, out / "sp_overview.png"))
-    groups = observable_groups(list(ctx.reference.obs))
+    groups = observable_groups(list(ctx.reference.obs)) if "observables" in kinds else {}
     gens = [s.obs for s in ctx.samples]
     labels = [s.name for s in ctx.samples]
     mets = [m["observables"] for m in ctx.metrics["samples"]]
@@ -609,13 +633,21 @@ def make_plots(ctx: "EvaluationContext", out_dir: str | Path) -> list[Path]:
                                  title=title[0].upper() + title[1:])
         if p is not None:
             paths.append(p)
-    paths.append(plot_profiles(ctx, out / "profiles.png"))
-    paths.append(plot_lateral_profiles(ctx, "x", out / "profiles_x.png"))
-    paths.append(plot_lateral_profiles(ctx, "y", out / "profiles_y.png"))
-    for s in ctx.samples:
-        paths.append(plot_mean_images(ctx, s, out / f"images_{slug(s.name)}.png"))
-    paths.append(plot_response(ctx, out / "response.png"))
-    for p in (plot_classifier_scores(ctx, out / "classifier_scores.png"), plot_nn_distances(ctx, out / "nn_distances.png")):
+    if "profiles" in kinds:
+        paths.append(plot_profiles(ctx, out / "profiles.png"))
+        paths.append(plot_lateral_profiles(ctx, "x", out / "profiles_x.png"))
+        paths.append(plot_lateral_profiles(ctx, "y", out / "profiles_y.png"))
+    if "images" in kinds:
+        for s in ctx.samples:
+            paths.append(plot_mean_images(ctx, s, out / f"images_{slug(s.name)}.png"))
+    if "response" in kinds:
+        paths.append(plot_response(ctx, out / "response.png"))
+    if "classifier" in kinds:
+        p = plot_classifier_scores(ctx, out / "classifier_scores.png")
+        if p is not None:
+            paths.append(p)
+    if "nn_distances" in kinds:
+        p = plot_nn_distances(ctx, out / "nn_distances.png")
         if p is not None:
             paths.append(p)
     return paths
