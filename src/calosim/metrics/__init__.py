@@ -41,6 +41,11 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS)
 
+# ``evaluate`` is both a submodule and a function: bind the function eagerly, so that the
+# package attribute is the function whatever was imported first (importing the submodule
+# later does not rebind it). evaluate.py itself imports neither torch nor matplotlib.
+from .evaluate import evaluate  # noqa: E402
+
 
 def __getattr__(name: str) -> Any:
     mod = _EXPORTS.get(name)
