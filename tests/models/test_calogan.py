@@ -18,7 +18,7 @@ from calosim.geometry import Geometry, Layer, Material, get_geometry
 from calosim.models import get_model_class
 from calosim.models.calogan import CaloGAN, LocallyConnected2d, from_flat, to_flat
 
-SMALL = {"latent_dim": 8, "g_channels": (3, 3, 3), "d_channels": (4, 4, 2), "d_hidden": 8, "mbd_kernels": 3}
+SMALL = {"latent_dim": 8, "g_channels": (3, 3, 3), "d_channels": (4, 2), "d_hidden": 8, "mbd_kernels": 3}
 
 
 @pytest.fixture(autouse=True, scope="module")

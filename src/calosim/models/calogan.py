@@ -185,7 +185,7 @@ class _LaganG(nn.Module):
     (computed from both weights at every call, so gradients reach both).
     """
 
-    def __init__(self, h_dim: int, shape: tuple[int, int], c0: int, c1: int, c2: int) -> None:
+    def __init__(self, h_dim: int, shape: tuple[int, int], c0: int, c1: int, c2: int, init_gain: float = 1.0) -> None:
         super().__init__()
         ny, nx = shape
         self.shape = (ny, nx)
@@ -201,7 +201,7 @@ class _LaganG(nn.Module):
         self.lc1 = LocallyConnected2d(c1, c2, n0, self.grid[1], (kh, kw))
         self.bn2 = nn.BatchNorm1d(c2)
         self.lc2 = LocallyConnected2d(c2, 1, self.lc1.n_out, self.grid[1], (kh, kw), bias=False)
-        nn.init.xavier_normal_(self.lc2.weight.view(-1, c2))  # glorot, as CaloGAN's last LC
+        nn.init.xavier_normal_(self.lc2.weight.view(-1, c2), gain=init_gain)  # glorot, as CaloGAN's last LC
 
     def folded(self) -> tuple[Tensor, Tensor]:
         """conv(dense(h)) as ``W (P * C1, h_dim)``, ``b (P * C1, 1)``, rows ordered (position, channel)."""
@@ -241,7 +241,9 @@ class _Generator(nn.Module):
         nn.init.zeros_(self.cond_gain.bias)
         h_dim = self.latent_dim + cond_dim
         c0, c1, c2 = (int(c) for c in cfg["g_channels"])
-        self.lagans = nn.ModuleList(_LaganG(h_dim, tuple(l.shape), c0, c1, c2) for l in geometry.layers)
+        # last LC initialised small: cells start near the data scale, not at O(1) per cell
+        self.lagans = nn.ModuleList(_LaganG(h_dim, tuple(l.shape), c0, c1, c2, float(cfg["init_gain"]))
+                                    for l in geometry.layers)
         pairs = zip(geometry.layers[:-1], geometry.layers[1:])
         self.attention = nn.ModuleList(_AttentionTransfer(a, b, cfg["gate_bias"]) for a, b in pairs) \
             if cfg["attention"] else None
@@ -268,49 +270,52 @@ class _Generator(nn.Module):
 # discriminator
 # ------------------------------------------------------------------------------------------
 class _MinibatchDiscrimination(nn.Module):
-    """Salimans et al.: ``(B, F) -> (B, K)`` closeness of each sample to the rest of its batch."""
+    """Salimans et al.: ``(B, F) -> (B, K)`` closeness of each sample to the rest of its batch.
+
+    ``c_k(i) = sum_j exp(-|M_ik - M_jk|)`` with Euclidean distances from one batched matmul
+    (CaloGAN used L1; on CPU the L1 pairwise tensor and its backward cost more than the rest of D).
+    """
 
     def __init__(self, n_in: int, n_kernels: int = 10, dim: int = 10) -> None:
         super().__init__()
         self.k, self.d = n_kernels, dim
         self.t = nn.Linear(n_in, n_kernels * dim, bias=False)
-        self.double_backward = False  # cdist has no double backward (needed by the gradient penalty)
 
     def forward(self, f: Tensor) -> Tensor:
         m = self.t(f).view(-1, self.k, self.d).transpose(0, 1)  # (K, B, D)
-        if self.double_backward:
-            dist = (m[:, :, None] - m[:, None]).abs().sum(-1)
-        else:
-            dist = torch.cdist(m, m, p=1)  # (K, B, B), without the (K, B, B, D) temporary
+        sq = (m * m).sum(-1)  # (K, B)
+        d2 = sq[:, :, None] + sq[:, None, :] - 2.0 * torch.bmm(m, m.transpose(1, 2))  # (K, B, B)
+        dist = torch.sqrt(d2.clamp_min(0.0) + 1e-6)
         return torch.tanh(torch.exp(-dist).sum(2).t() - 1.0)  # minus the self-term; tanh as CaloGAN
 
 
 class _LaganD(nn.Module):
     """Discriminator features of one layer: ``(B, 1, ny, nx) -> (B, n_features)``.
 
-    conv 'same' -> LeakyReLU -> conv (stride 2 along axes of >= 8 cells) -> LeakyReLU -> BN
-    -> LC(2x2) -> LeakyReLU -> BN -> flatten.
+    conv (stride 2 along axes of >= 8 cells) -> LeakyReLU -> [BN] -> LC(2x2) -> LeakyReLU -> [BN]
+    -> flatten: CaloGAN's conv + locally-connected stack, one unit of each to stay cheap on CPU.
+    Batch norm is optional (``d_batchnorm``): D sees real and fake batches separately, so
+    per-batch statistics would hide exactly the global shifts (a too narrow shower, too few
+    hits) that G has to correct.
     """
 
-    def __init__(self, shape: tuple[int, int], c1: int, c2: int, c3: int) -> None:
+    def __init__(self, shape: tuple[int, int], c1: int, c2: int, batchnorm: bool) -> None:
         super().__init__()
         ny, nx = shape
         ch, cw = _conv_kernel(ny), _conv_kernel(nx)
-        self.conv1 = nn.Conv2d(1, c1, (ch, cw), padding=(ch // 2, cw // 2))
         stride = (2 if ny >= 8 else 1, 2 if nx >= 8 else 1)
-        self.conv2 = nn.Conv2d(c1, c2, (ch, cw), stride=stride, padding=(ch // 2, cw // 2))
-        self.bn1 = nn.BatchNorm2d(c2)
+        self.conv = nn.Conv2d(1, c1, (ch, cw), stride=stride, padding=(ch // 2, cw // 2))
+        self.bn1 = nn.BatchNorm2d(c1) if batchnorm else nn.Identity()
         h, w = (ny - 1) // stride[0] + 1, (nx - 1) // stride[1] + 1
         kh, kw = _lc_window(h), _lc_window(w)
         self.row, self.tail = w, kw - 1
-        self.lc = LocallyConnected2d(c2, c3, h * w + self.tail, w, (kh, kw))
-        self.bn2 = nn.BatchNorm1d(c3)
+        self.lc = LocallyConnected2d(c1, c2, h * w + self.tail, w, (kh, kw))
+        self.bn2 = nn.BatchNorm1d(c2) if batchnorm else nn.Identity()
         self.out_shape = (h - kh + 1, w - kw + 1)
-        self.n_features = c3 * self.out_shape[0] * self.out_shape[1]
+        self.n_features = c2 * self.out_shape[0] * self.out_shape[1]
 
     def forward(self, img: Tensor) -> Tensor:
-        x = F.leaky_relu(self.conv1(img), 0.2)
-        x = self.bn1(F.leaky_relu(self.conv2(x), 0.2))
+        x = self.bn1(F.leaky_relu(self.conv(img), 0.2))
         x = self.bn2(F.leaky_relu(self.lc(to_flat(x, self.tail)), 0.2))
         return from_flat(x, self.out_shape, self.row).flatten(1)
 
@@ -318,52 +323,79 @@ class _LaganD(nn.Module):
 class _Discriminator(nn.Module):
     """``D(x_mev (B, n_cells), cond (B, cond_dim), e_inc (B, 1)) -> logits (B,)``.
 
-    Buffers ``response`` (mean E_vis / E_inc) and ``hit_scale`` (typical small real cell, MeV)
-    are set from real data by the model before the first step.
+    Inputs: per-layer conv/LC features of the log-compressed image, the physics block of
+    :meth:`physics_features` (standardised with statistics of real data), ``cond``, and
+    minibatch discrimination on both. Buffers ``response``, ``hit_scale``, ``feat_mean``,
+    ``feat_std`` are set from the first real batch (:meth:`calibrate`).
     """
+
+    N_OCC = (0.1, 1.0, 10.0)  # soft occupancy thresholds, multiples of hit_scale
 
     def __init__(self, geometry: Any, cond_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__()
         self.shapes = [tuple(l.shape) for l in geometry.layers]
         self.offsets = [int(o) for o in geometry.layer_offsets]
         self.image_gain = float(cfg["d_image_gain"])
-        c1, c2, c3 = (int(c) for c in cfg["d_channels"])
-        self.lagans = nn.ModuleList(_LaganD(s, c1, c2, c3) for s in self.shapes)
+        c1, c2 = (int(c) for c in cfg["d_channels"])
+        self.lagans = nn.ModuleList(_LaganD(s, c1, c2, bool(cfg["d_batchnorm"])) for s in self.shapes)
         n_img = sum(m.n_features for m in self.lagans)
         n_layers = len(self.shapes)
-        self.n_occ = 3  # soft occupancy thresholds per layer (multiples of hit_scale)
-        n_energy = 2 * n_layers + 3 + n_layers * (self.n_occ + 1)
+        n_phys = 2 * n_layers + 3 + n_layers * len(self.N_OCC) + 4 * n_layers
+        # cell centres (mm) for the per-layer centroids and widths
+        xs, ys = geometry.cell_centers()
+        self.register_buffer("cell_x", torch.tensor(xs, dtype=torch.float32))
+        self.register_buffer("cell_y", torch.tensor(ys, dtype=torch.float32))
         k = int(cfg["mbd_kernels"])
         self.mbd_images = _MinibatchDiscrimination(n_img, k) if k else None
-        self.mbd_energy = _MinibatchDiscrimination(n_energy, k) if k else None
+        self.mbd_phys = _MinibatchDiscrimination(n_phys, k) if k else None
         hidden = int(cfg["d_hidden"])
         self.head = nn.Sequential(
-            nn.Linear(n_img + n_energy + cond_dim + (2 * k if k else 0), hidden), nn.LeakyReLU(0.2),
+            nn.Linear(n_img + n_phys + cond_dim + (2 * k if k else 0), hidden), nn.LeakyReLU(0.2),
             nn.Linear(hidden, 1),
         )
         self.register_buffer("response", torch.tensor(1.0))
         self.register_buffer("hit_scale", torch.tensor(1.0))
+        self.register_buffer("feat_mean", torch.zeros(n_phys))
+        self.register_buffer("feat_std", torch.ones(n_phys))
 
-    def energy_features(self, x_mev: Tensor, e_inc: Tensor) -> Tensor:
-        """CaloGAN's energy block ``(B, n_energy)`` from cells ``(B, n_cells)`` MeV.
+    def physics_features(self, x_mev: Tensor, e_inc: Tensor) -> Tensor:
+        """CaloGAN's energy/sparsity block plus shower moments, ``(B, n_phys)``, all differentiable.
 
-        Per-layer fractions E_l / E_inc (linear and log), E_tot / E_inc, the energy well
-        ``|E_tot / (response E_inc) - 1|`` with the original's too-big flag, and per-layer
-        sparsity: the hard fraction of non-zero cells (no gradient, as the original) plus soft
-        occupancies ``mean tanh(E_cell / t)`` at thresholds ``t`` = (0.1, 1, 10) x hit_scale.
+        * per-layer fractions E_l / E_inc (linear and log), E_tot / E_inc, the energy well
+          ``|E_tot / (response E_inc) - 1|`` and a smooth version of the original's too-big flag;
+        * per-layer sparsity as soft occupancies ``mean tanh(E_cell / t)`` at ``t`` =
+          (0.1, 1, 10) x hit_scale (a hard count, as in the original, would let D separate
+          samples by a feature that gives G no gradient);
+        * per-layer energy-weighted centroid and width in x and y (mm).
         """
+        x_mev = x_mev.clamp_min(0.0)
         frac = x_mev / e_inc
         layers = [slice(a, b) for a, b in zip(self.offsets[:-1], self.offsets[1:])]
         e_layer = torch.stack([frac[:, s].sum(1) for s in layers], 1)  # (B, L)
         e_tot = e_layer.sum(1, keepdim=True)
         well = (e_tot / self.response - 1.0).abs()
-        too_big = (well > 0.2).float()
-        occ = []
+        too_big = torch.sigmoid((well - 0.2) * 20.0)
+        occ, mom = [], []
         for s in layers:
             cells = x_mev[:, s]
-            occ.append((cells > 0).float().mean(1))
-            occ += [torch.tanh(cells / (self.hit_scale * t)).mean(1) for t in (0.1, 1.0, 10.0)]
-        return torch.cat([e_layer, torch.log(e_layer + 1e-4), e_tot, well, too_big, torch.stack(occ, 1)], 1)
+            occ += [torch.tanh(cells / (self.hit_scale * t)).mean(1) for t in self.N_OCC]
+            w = frac[:, s] / (frac[:, s].sum(1, keepdim=True) + 1e-9)
+            for c in (self.cell_x[s], self.cell_y[s]):
+                m1 = w @ c
+                mom += [m1, torch.sqrt((w @ (c * c) - m1 * m1).clamp_min(0.0) + 1e-2)]
+        return torch.cat([e_layer, torch.log(e_layer + 1e-4), e_tot, well, too_big,
+                          torch.stack(occ, 1), torch.stack(mom, 1)], 1)
+
+    @torch.no_grad()
+    def calibrate(self, x_mev: Tensor, e_inc: Tensor, response: float | None) -> None:
+        """Set the detector response, hit scale and feature standardisation from real showers."""
+        self.response.fill_(float((x_mev.sum(1, keepdim=True) / e_inc).mean()) if response is None else response)
+        nz = x_mev[x_mev > 0]
+        if nz.numel():
+            self.hit_scale.fill_(max(float(torch.quantile(nz[:100_000].float(), 0.05)), 1e-6))
+        f = self.physics_features(x_mev, e_inc)
+        self.feat_mean.copy_(f.mean(0))
+        self.feat_std.copy_(f.std(0).nan_to_num(1.0).clamp_min(1e-3))
 
     def forward(self, x_mev: Tensor, cond: Tensor, e_inc: Tensor) -> Tensor:
         # log-compressed fractions, so D sees the low-energy halo as well as the core
@@ -371,10 +403,10 @@ class _Discriminator(nn.Module):
         feats = [lagan(img[:, a:b].reshape(-1, 1, *s))
                  for lagan, a, b, s in zip(self.lagans, self.offsets[:-1], self.offsets[1:], self.shapes)]
         f_img = torch.cat(feats, 1)
-        f_e = self.energy_features(x_mev, e_inc)
-        parts = [f_img, f_e, cond]
-        if self.mbd_images is not None and self.mbd_energy is not None:
-            parts += [self.mbd_images(f_img), self.mbd_energy(f_e)]
+        f_phys = (self.physics_features(x_mev, e_inc) - self.feat_mean) / self.feat_std
+        parts = [f_img, f_phys, cond]
+        if self.mbd_images is not None and self.mbd_phys is not None:
+            parts += [self.mbd_images(f_img), self.mbd_phys(f_phys)]
         return self.head(torch.cat(parts, 1)).squeeze(1)
 
 
@@ -414,12 +446,14 @@ class CaloGAN(ShowerModel):
         "energy_response": "data",  # E_vis / E_inc: "data" (measured on real batches) or a number
         "latent_dim": 32,
         "g_channels": (4, 4, 4),  # dense, conv, first LC
-        "d_channels": (16, 16, 8),
+        "d_channels": (8, 8),  # conv, LC
+        "d_batchnorm": False,
         "d_hidden": 64,
-        "mbd_kernels": 10,
+        "mbd_kernels": 8,
         "d_image_gain": 1e3,
         "attention": True,
         "gate_bias": -2.0,
+        "init_gain": 0.01,
         "output_activation": "relu",  # "relu" | "softplus" | "none" (for standardised transforms)
     }
 
@@ -461,13 +495,9 @@ class CaloGAN(ShowerModel):
 
     @torch.no_grad()
     def _calibrate(self, x_mev: Tensor, e_inc: Tensor) -> None:
-        """First real batch: detector response and the typical small cell energy (D's hit scale)."""
-        d = self.discriminator
+        """First real batch: detector response, typical small cell energy, feature scales."""
         fixed = self.config["energy_response"]
-        d.response.fill_(float((x_mev.sum(1, keepdim=True) / e_inc).mean()) if fixed == "data" else float(fixed))
-        nz = x_mev[x_mev > 0]
-        if nz.numel():
-            d.hit_scale.fill_(max(float(torch.quantile(nz[:100_000].float(), 0.05)), 1e-6))
+        self.discriminator.calibrate(x_mev, e_inc, None if fixed == "data" else float(fixed))
         self.calibrated.fill_(True)
 
     def _d_loss(self, d_real: Tensor, d_fake: Tensor) -> Tensor:
@@ -523,14 +553,7 @@ class CaloGAN(ShowerModel):
     def _gradient_penalty(self, x: Tensor, fake: Tensor, cond: Tensor, e_inc: Tensor, ctx: TrainContext) -> Tensor:
         a = torch.rand(x.shape[0], 1, device=x.device)
         mix = (a * x + (1 - a) * fake).requires_grad_(True)
-        mbd = [m for m in self.discriminator.modules() if isinstance(m, _MinibatchDiscrimination)]
-        for m in mbd:
-            m.double_backward = True
-        try:
-            d = self.discriminator(ctx.transform.inverse(mix, e_inc), cond, e_inc)
-        finally:
-            for m in mbd:
-                m.double_backward = False
+        d = self.discriminator(ctx.transform.inverse(mix, e_inc), cond, e_inc)
         (g,) = torch.autograd.grad(d.sum(), mix, create_graph=True)
         return ((g.norm(dim=1) - 1.0) ** 2).mean()
 
