@@ -117,7 +117,11 @@ def test_file_layouts(tmp_path, geo, layout):
 
 def test_polar_plots(tmp_path):
     from calosim.metrics.evaluate import EvaluationContext, scan
-    from calosim.metrics.plots import plot_lateral_profiles, plot_mean_images, plot_profiles
+    from calosim.metrics.plots import (
+        plot_lateral_profiles,
+        plot_mean_images,
+        plot_profiles,
+    )
 
     geo = get_geometry("calochallenge-1-pions")
     ref, gen = scan(_sim(geo, "pi+", 200, 1), name="reference"), scan(_sim(geo, "pi+", 200, 2), name="gen")
@@ -174,7 +178,7 @@ def test_response_flags_energies_outside_reference(tmp_path):
     has = np.array(r["has_reference"])
     centre = 0.5 * (edges[1:] + edges[:-1])
     assert has[centre < 4.5e4].all() and not has[centre > 5.5e4].any()
-    assert np.all(np.array(r["in_reference_range"])[centre > 5.5e4] == False)  # noqa: E712
+    assert np.all(np.array(r["in_reference_range"])[centre > 5.5e4] == False)
     gen_mean = np.array(r["generated"]["mean"], dtype=float)
     assert np.allclose(gen_mean, 0.9, atol=1e-3)  # defined where only the generated sample has showers
     assert all(v is None for v, h in zip(r["reference"]["mean"], has) if not h)

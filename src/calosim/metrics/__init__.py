@@ -39,12 +39,18 @@ _EXPORTS: dict[str, str] = {
     "make_plots": "plots", "write_report": "report", "format_terminal_table": "report",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["METRICS_SCHEMA_VERSION", "ShowerSummary", "cell_energy_spectrum", "chi2_distance",
+    "classifier_two_sample_test", "compare_observable", "compare_observables", "compute_observables",
+    "diversity", "energy_bins", "evaluate", "format_terminal_table", "frechet_physics_distance",
+    "highlevel_columns", "highlevel_matrix", "kernel_physics_distance", "ks_statistic", "lateral_profiles",
+    "layer_labels", "longitudinal_profile", "lowlevel_features", "make_plots", "mean_images",
+    "memorization_test", "nearest_neighbour_distances", "observable_groups", "radial_profile",
+    "reference_bins", "response_vs_energy", "separation_power", "wasserstein1", "write_report"]
 
 # ``evaluate`` is both a submodule and a function: bind the function eagerly, so that the
 # package attribute is the function whatever was imported first (importing the submodule
 # later does not rebind it). evaluate.py itself imports neither torch nor matplotlib.
-from .evaluate import evaluate  # noqa: E402
+from .evaluate import evaluate
 
 
 def __getattr__(name: str) -> Any:

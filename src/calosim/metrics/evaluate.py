@@ -54,17 +54,28 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
 from ..geometry import Geometry
-from ..io import ShowerData, ShowerFile, ShowerFileError, open_showers, write_text_atomic
+from ..io import (
+    ShowerData,
+    ShowerFile,
+    ShowerFileError,
+    open_showers,
+    write_text_atomic,
+)
 from .observables import (
-    ShowerSummary, compute_observables, energy_bins, highlevel_columns, highlevel_matrix, response_vs_energy,
+    ShowerSummary,
+    compute_observables,
+    energy_bins,
+    highlevel_columns,
+    highlevel_matrix,
+    response_vs_energy,
 )
 
-__all__ = ["evaluate", "scan", "METRICS_SCHEMA_VERSION", "SampleScan", "EvaluationContext"]
+__all__ = ["METRICS_SCHEMA_VERSION", "EvaluationContext", "SampleScan", "evaluate", "scan"]
 
 METRICS_SCHEMA_VERSION = 1
 _RESPONSE_KEYS = ("n", "mean", "mean_err", "std", "std_err", "resolution", "resolution_err")
@@ -365,12 +376,12 @@ class _Progress:
             self._p = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                TimeElapsedColumn(), console=self.console, transient=True)
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> Self:
         if self._p is not None:
             self._p.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._p is not None:
             self._p.__exit__(*exc)
 

@@ -33,13 +33,31 @@ from numpy.typing import ArrayLike
 from ..geometry import Geometry
 
 __all__ = [
-    "compute_observables", "highlevel_matrix", "highlevel_columns", "observable_groups",
-    "observable_label", "layer_labels",
-    "centre_of_energy", "shower_width", "e_ratio", "shower_depth", "occupancy", "n_hits",
-    "cluster_asymmetry", "radial_width",
-    "longitudinal_profile", "radial_profile", "lateral_profiles", "cell_energy_spectrum",
-    "mean_images", "response_vs_energy", "energy_bins", "ShowerSummary",
-    "SPECTRUM_BINS", "HIGHLEVEL_FAMILIES", "CALOCHALLENGE_NAMES",
+    "CALOCHALLENGE_NAMES",
+    "HIGHLEVEL_FAMILIES",
+    "SPECTRUM_BINS",
+    "ShowerSummary",
+    "cell_energy_spectrum",
+    "centre_of_energy",
+    "cluster_asymmetry",
+    "compute_observables",
+    "e_ratio",
+    "energy_bins",
+    "highlevel_columns",
+    "highlevel_matrix",
+    "lateral_profiles",
+    "layer_labels",
+    "longitudinal_profile",
+    "mean_images",
+    "n_hits",
+    "observable_groups",
+    "observable_label",
+    "occupancy",
+    "radial_profile",
+    "radial_width",
+    "response_vs_energy",
+    "shower_depth",
+    "shower_width",
 ]
 
 _EPS = 1e-16  # the CaloChallenge's guard against empty layers in the centre/width quotients

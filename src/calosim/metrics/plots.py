@@ -21,20 +21,32 @@ from typing import TYPE_CHECKING, Any
 import matplotlib
 
 matplotlib.use("Agg")  # headless: no display needed, and safe in worker processes
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm, TwoSlopeNorm  # noqa: E402
-from matplotlib.ticker import FixedLocator, MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import LogNorm, TwoSlopeNorm
+from matplotlib.ticker import FixedLocator, MaxNLocator
 
-from .distances import reference_bins  # noqa: E402
-from .observables import layer_labels, observable_groups, observable_label, split_name  # noqa: E402
+from .distances import reference_bins
+from .observables import layer_labels, observable_groups, observable_label
 
 if TYPE_CHECKING:
     from .evaluate import EvaluationContext, SampleScan
 
-__all__ = ["make_plots", "PLOT_KINDS", "caption_for", "hep_style", "plot_observable_page", "plot_mean_images",
-           "plot_profiles", "plot_lateral_profiles", "plot_response", "plot_nn_distances",
-           "plot_classifier_scores", "plot_sp_overview", "slug"]
+__all__ = [
+    "PLOT_KINDS",
+    "caption_for",
+    "hep_style",
+    "make_plots",
+    "plot_classifier_scores",
+    "plot_lateral_profiles",
+    "plot_mean_images",
+    "plot_nn_distances",
+    "plot_observable_page",
+    "plot_profiles",
+    "plot_response",
+    "plot_sp_overview",
+    "slug",
+]
 
 REF_COLOR = "#555555"
 COLORS = ["#e42536", "#5790fc", "#f89c20", "#964a8b", "#7a21dd", "#2ca02c", "#9c9ca1"]
@@ -233,7 +245,7 @@ def plot_observable_page(names: Sequence[str], ref: dict[str, np.ndarray], gens:
         return _save(fig, path)
 
 
-def plot_sp_overview(ctx: "EvaluationContext", path: Path) -> Path:
+def plot_sp_overview(ctx: EvaluationContext, path: Path) -> Path:
     """Separation power of all observables: bars for global ones, heat map for per-layer families."""
     samples = ctx.metrics["samples"]
     names = list(samples[0]["observables"]) if samples else []
@@ -293,7 +305,7 @@ def plot_sp_overview(ctx: "EvaluationContext", path: Path) -> Path:
 # ------------------------------------------------------------------------------------------
 # images and profiles
 # ------------------------------------------------------------------------------------------
-def _image_layers(ctx: "EvaluationContext") -> list[int]:
+def _image_layers(ctx: EvaluationContext) -> list[int]:
     n = ctx.geometry.n_layers
     if n <= MAX_IMAGE_LAYERS:
         return list(range(n))
@@ -324,7 +336,7 @@ def _draw_layer(fig: Any, spec: Any, lay: Any, img: np.ndarray, norm: Any, cmap:
     return ax, m
 
 
-def plot_mean_images(ctx: "EvaluationContext", scan: "SampleScan", path: Path) -> Path:
+def plot_mean_images(ctx: EvaluationContext, scan: SampleScan, path: Path) -> Path:
     """Mean image per layer: reference, generated and their relative difference."""
     geo = ctx.geometry
     layers = _image_layers(ctx)
@@ -392,7 +404,7 @@ def _profile_panel(ax: Any, axr: Any, x: np.ndarray, ref: np.ndarray, gens: list
     axr.set_ylim(0.5, 1.5)
 
 
-def plot_profiles(ctx: "EvaluationContext", path: Path) -> Path:
+def plot_profiles(ctx: EvaluationContext, path: Path) -> Path:
     """Longitudinal profile, radial profile and cell-energy spectrum (with ratio panels)."""
     geo = ctx.geometry
     ref = ctx.reference.summary
@@ -442,7 +454,7 @@ def plot_profiles(ctx: "EvaluationContext", path: Path) -> Path:
         return _save(fig, path)
 
 
-def plot_lateral_profiles(ctx: "EvaluationContext", axis: str, path: Path) -> Path:
+def plot_lateral_profiles(ctx: EvaluationContext, axis: str, path: Path) -> Path:
     """Mean energy profile along ``axis`` ("x" or "y") for (a subset of) the layers."""
     geo = ctx.geometry
     layers = _image_layers(ctx)
@@ -476,7 +488,7 @@ def plot_lateral_profiles(ctx: "EvaluationContext", axis: str, path: Path) -> Pa
 # ------------------------------------------------------------------------------------------
 # response, memorisation, classifier
 # ------------------------------------------------------------------------------------------
-def plot_response(ctx: "EvaluationContext", path: Path) -> Path:
+def plot_response(ctx: EvaluationContext, path: Path) -> Path:
     """Mean response and resolution vs incident energy, reference vs each generated sample."""
     with plt.style.context(hep_style()):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
@@ -525,7 +537,7 @@ def plot_response(ctx: "EvaluationContext", path: Path) -> Path:
         return _save(fig, path)
 
 
-def plot_nn_distances(ctx: "EvaluationContext", path: Path) -> Path | None:
+def plot_nn_distances(ctx: EvaluationContext, path: Path) -> Path | None:
     """Nearest-neighbour distance histograms (generated->train vs held-out->train).
 
     Fractions per log bin (of all entries); exact copies (distance 0) cannot sit on a log
@@ -568,7 +580,7 @@ def plot_nn_distances(ctx: "EvaluationContext", path: Path) -> Path | None:
         return _save(fig, path)
 
 
-def plot_classifier_scores(ctx: "EvaluationContext", path: Path) -> Path | None:
+def plot_classifier_scores(ctx: EvaluationContext, path: Path) -> Path | None:
     """Histogram of the classifier output for reference and generated showers (test folds)."""
     have = [(s, lvl) for s in ctx.samples for lvl in ("low", "high") if lvl in s.classifier_predictions]
     if not have:
@@ -602,7 +614,7 @@ def plot_classifier_scores(ctx: "EvaluationContext", path: Path) -> Path | None:
 PLOT_KINDS = ("sp_overview", "observables", "profiles", "images", "response", "classifier", "nn_distances")
 
 
-def make_plots(ctx: "EvaluationContext", out_dir: str | Path, only: Sequence[str] | None = None) -> list[Path]:
+def make_plots(ctx: EvaluationContext, out_dir: str | Path, only: Sequence[str] | None = None) -> list[Path]:
     """Write the plots of an evaluation into ``out_dir``; returns the PNG paths in report order.
 
     ``only``: a subset of :data:`PLOT_KINDS` (default all). The observable pages dominate the

@@ -7,14 +7,14 @@ relative file names (the PNGs sit beside it).
 from __future__ import annotations
 
 import html
-import os
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..io import write_text_atomic
 
-__all__ = ["write_report", "format_terminal_table", "summary_rows"]
+__all__ = ["format_terminal_table", "summary_rows", "write_report"]
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
@@ -84,7 +84,7 @@ def format_terminal_table(metrics: dict[str, Any], *, width: int = 160) -> str:
         t.add_column(head, justify="left" if key in ("sample", "worst") else "right", overflow="fold")
     for r in summary_rows(metrics):
         t.add_row(*[r[k] for k, _ in _COLS])
-    con = Console(width=width, record=True, file=open(os.devnull, "w"), color_system=None)
+    con = Console(width=width, record=True, file=io.StringIO(), color_system=None)
     con.print(t)
     warn = [f"  ! {s['name']}: {w}" for s in metrics.get("samples", []) for w in s.get("warnings", [])]
     return con.export_text().rstrip() + ("\n" + "\n".join(warn) if warn else "") + "\n"
