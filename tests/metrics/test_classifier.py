@@ -6,7 +6,7 @@ import torch
 
 from calosim.metrics.classifier import classifier_two_sample_test, lowlevel_features
 
-SMALL = dict(n_folds=4, epochs=8, hidden=(32, 32), batch=256, patience=2, lr=1e-3)
+SMALL = {"n_folds": 4, "epochs": 8, "hidden": (32, 32), "batch": 256, "patience": 2, "lr": 1e-3}
 
 
 def _correlated(n, d, rng, shift=0.0):

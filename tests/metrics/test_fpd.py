@@ -3,7 +3,11 @@
 import numpy as np
 import pytest
 
-from calosim.metrics.fpd import frechet_distance, frechet_physics_distance, kernel_physics_distance
+from calosim.metrics.fpd import (
+    frechet_distance,
+    frechet_physics_distance,
+    kernel_physics_distance,
+)
 
 
 def test_frechet_distance_analytic():

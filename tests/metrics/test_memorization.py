@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from calosim.metrics.memorization import diversity, memorization_test, nearest_neighbour_distances
+from calosim.metrics.memorization import (
+    diversity,
+    memorization_test,
+    nearest_neighbour_distances,
+)
 
 
 def _showers(n, rng, d=40):

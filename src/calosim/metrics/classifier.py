@@ -17,6 +17,7 @@ isotonic regression fitted on the validation split; the per-fold estimate is cli
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 import sys
@@ -80,7 +81,7 @@ def _check_matrix(x: ArrayLike, which: str) -> np.ndarray:
 
 
 def _mlp(d_in: int, hidden: Sequence[int], dropout: float) -> Any:
-    import torch.nn as nn
+    from torch import nn
 
     layers: list[nn.Module] = []
     d = d_in
@@ -187,7 +188,7 @@ def classifier_two_sample_test(
         # products; for small ones the OpenMP synchronisation dominates and, on a busy
         # machine, spinning threads can slow training down by >10x.
         sizes = [r.shape[1], *hidden, 1]
-        macs_per_batch = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        macs_per_batch = batch * sum(a * b for a, b in itertools.pairwise(sizes))
         n_threads = 1 if macs_per_batch < 20e6 else _free_cores(old_threads)
     if n_threads is not None:
         torch.set_num_threads(n_threads)
@@ -203,7 +204,7 @@ def classifier_two_sample_test(
                 train_l, val_l = [], []
                 for cls in (1.0, 0.0):  # per class, so train and val stay balanced
                     rest = rng.permutation(np.flatnonzero((fold_of != k) & (y_all == cls)))
-                    n_val = max(1, int(round(val_fraction * len(rest))))
+                    n_val = max(1, round(val_fraction * len(rest)))
                     val_l.append(rest[:n_val])
                     tr = rest[n_val:]
                     train_l.append(tr[:max_train] if max_train else tr)
@@ -213,10 +214,7 @@ def classifier_two_sample_test(
                 sd = x_all[train].std(axis=0)
                 sd[sd < 1e-12] = 1.0  # constant features (e.g. always-empty cells)
 
-                def tensor(ix: np.ndarray) -> Any:
-                    return torch.from_numpy((x_all[ix] - mu) / sd).to(dev)
-
-                x_tr, x_va, x_te = tensor(train), tensor(val), tensor(test)
+                x_tr, x_va, x_te = (torch.from_numpy((x_all[ix] - mu) / sd).to(dev) for ix in (train, val, test))
                 y_tr = torch.from_numpy(y_all[train]).to(dev)
                 y_va = torch.from_numpy(y_all[val]).to(dev)
 
@@ -257,8 +255,8 @@ def classifier_two_sample_test(
                 p_te = iso.predict(1.0 / (1.0 + np.exp(-z_te)))
                 prob_oof[test] = p_te
                 jsd = _jsd_bits(p_te, y_te)
-                folds.append(dict(fold=k, auc=auc, jsd=jsd, n_train=len(train), n_val=len(val),
-                                  n_test=len(test), epochs=ep, best_epoch=best_epoch, val_loss=best))
+                folds.append({"fold": k, "auc": auc, "jsd": jsd, "n_train": len(train), "n_val": len(val),
+                              "n_test": len(test), "epochs": ep, "best_epoch": best_epoch, "val_loss": best})
                 if progress:
                     print(f"[c2st] fold {k + 1}/{n_folds}: AUC {auc:.4f} JSD {jsd:.4f}",
                           file=sys.stderr, flush=True)
@@ -273,8 +271,8 @@ def classifier_two_sample_test(
         "auc_err": float(aucs.std(ddof=1) / math.sqrt(n_folds)),
         "jsd": float(jsds.mean()),
         "jsd_err": float(jsds.std(ddof=1) / math.sqrt(n_folds)),
-        "n_ref": int(len(r)),
-        "n_gen": int(len(g)),
+        "n_ref": len(r),
+        "n_gen": len(g),
         "n_used": int(n),
         "folds": folds,
     }

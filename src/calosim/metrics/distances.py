@@ -33,13 +33,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 __all__ = [
-    "reference_bins",
-    "separation_power",
     "chi2_distance",
-    "wasserstein1",
-    "ks_statistic",
     "compare_observable",
     "compare_observables",
+    "ks_statistic",
+    "reference_bins",
+    "separation_power",
+    "wasserstein1",
 ]
 
 _N_FINE = 384  # uniform quantile levels of the grid used to bootstrap KS and W1

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["frechet_physics_distance", "kernel_physics_distance", "frechet_distance"]
+__all__ = ["frechet_distance", "frechet_physics_distance", "kernel_physics_distance"]
 
 
 @contextlib.contextmanager

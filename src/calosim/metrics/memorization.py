@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["nearest_neighbour_distances", "memorization_test", "diversity", "transform_showers"]
+__all__ = ["diversity", "memorization_test", "nearest_neighbour_distances", "transform_showers"]
 
 
 def transform_showers(x: ArrayLike, transform: str = "sum", *, which: str = "input") -> np.ndarray:
@@ -188,9 +188,9 @@ def memorization_test(
         "expected_frac": float(quantile),
         "frac_exact": float(np.mean(d_gen < 1e-9)),
         "flagged": bool((np.isfinite(ratio) and ratio < ratio_cut) or excess),
-        "n_train": int(len(t)),
-        "n_gen": int(len(gen)),
-        "n_heldout": int(len(held)),
+        "n_train": len(t),
+        "n_gen": len(gen),
+        "n_heldout": len(held),
     }
 
 
