@@ -495,19 +495,29 @@ def evaluate(
         Threads of numpy's BLAS during the evaluation (``None``: leave as is). The default 1
         is deliberate: the matrices here are small or thin, and multi-threaded OpenBLAS on a
         busy machine spin-waits (measured: FPD of 100k x 19 features 92 s with the default
-        threads on a loaded 2-core machine, 6 s with one). The classifier's torch threads are
-        set through ``classifier_kwargs`` (``n_threads``).
+        threads on a loaded 2-core machine, 6 s with one). The classifier runs with the
+        threads found at the start (its torch threads: ``classifier_kwargs={"n_threads": k}``).
 
     Returns
     -------
     The metrics dict documented in this module's docstring (JSON types only).
     """
+    clf_threads = _blas_threads_now() if blas_threads is not None else None
     with _limit_blas(blas_threads):
         return _evaluate(reference, generated, names=names, train=train, out_dir=out_dir, classifier=classifier,
                          seed=seed, max_showers=max_showers, progress=progress, classifier_kwargs=classifier_kwargs,
                          n_boot=n_boot, max_classifier_showers=max_classifier_showers,
                          max_memorization_showers=max_memorization_showers, fpd=fpd, plots=plots,
-                         geometry=geometry, chunk_mb=chunk_mb)
+                         geometry=geometry, chunk_mb=chunk_mb, clf_threads=clf_threads)
+
+
+def _blas_threads_now() -> int | None:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover
+        return None
+    n = [int(i["num_threads"]) for i in threadpool_info() if i.get("user_api") == "blas"]
+    return max(n) if n else None
 
 
 def _limit_blas(n: int | None) -> Any:
@@ -525,7 +535,7 @@ def _limit_blas(n: int | None) -> Any:
 def _evaluate(reference: Any, generated: Any, *, names: Any, train: Any, out_dir: Any, classifier: bool, seed: int,
               max_showers: int | None, progress: bool, classifier_kwargs: dict[str, Any] | None, n_boot: int,
               max_classifier_showers: int, max_memorization_showers: int, fpd: bool, plots: Any,
-              geometry: Any, chunk_mb: float) -> dict[str, Any]:
+              geometry: Any, chunk_mb: float, clf_threads: int | None) -> dict[str, Any]:
     t_start = time.perf_counter()
     if isinstance(generated, (str, Path, ShowerData)):
         generated = [generated]
@@ -566,7 +576,8 @@ def _evaluate(reference: Any, generated: Any, *, names: Any, train: Any, out_dir
             for src in sources:
                 entry, scan, tm = _evaluate_one(ref, src, train_scan, classifier=classifier, fpd=fpd, seed=seed,
                                                 rng=rng, n_boot=n_boot, ckw=ckw, sub_cap=sub_cap,
-                                                mem_cap=max_memorization_showers, chunk_mb=chunk_mb, prog=prog)
+                                                mem_cap=max_memorization_showers, chunk_mb=chunk_mb, prog=prog,
+                                                clf_threads=clf_threads)
                 samples.append(entry)
                 scans.append(scan)
                 timings["samples"][src.name] = tm
@@ -627,7 +638,8 @@ def _one_line(entry: dict[str, Any], tm: dict[str, float]) -> str:
 
 def _evaluate_one(ref: SampleScan, src: _Source, train: SampleScan | None, *, classifier: bool, fpd: bool,
                   seed: int, rng: np.random.Generator, n_boot: int, ckw: dict[str, Any], sub_cap: int, mem_cap: int,
-                  chunk_mb: float, prog: _Progress) -> tuple[dict[str, Any], SampleScan, dict[str, float]]:
+                  chunk_mb: float, prog: _Progress, clf_threads: int | None = None
+                  ) -> tuple[dict[str, Any], SampleScan, dict[str, float]]:
     tm: dict[str, float] = {}
     t0 = time.perf_counter()
     gen = _scan(src, rng, sub_cap, chunk_mb, prog)
@@ -649,7 +661,10 @@ def _evaluate_one(ref: SampleScan, src: _Source, train: SampleScan | None, *, cl
     clf = None
     t = time.perf_counter()
     if classifier:
-        clf, gen.classifier_predictions = _classifier_block(ref, gen, columns, seed, ckw)
+        n_clf = min(len(ref.sub_showers), len(gen.sub_showers))
+        prog.log(f"{src.name}: classifier tests (low- and high-level) on {n_clf} vs {n_clf} showers ...")
+        with _limit_blas(clf_threads):  # the network training uses the machine's usual threads
+            clf, gen.classifier_predictions = _classifier_block(ref, gen, columns, seed, ckw)
     tm["classifier"] = time.perf_counter() - t
 
     t = time.perf_counter()
