@@ -160,6 +160,7 @@ def classifier_two_sample_test(
     (load average); the torch setting is restored afterwards.
     """
     import torch
+    from scipy.special import expit
     from sklearn.isotonic import IsotonicRegression
     from sklearn.metrics import roc_auc_score
 
@@ -252,7 +253,7 @@ def classifier_two_sample_test(
                 # calibrate p on the validation split: JSD needs probabilities, not scores
                 iso = IsotonicRegression(y_min=1e-6, y_max=1 - 1e-6, out_of_bounds="clip")
                 iso.fit(p_va, y_all[val])
-                p_te = iso.predict(1.0 / (1.0 + np.exp(-z_te)))
+                p_te = iso.predict(expit(z_te))
                 prob_oof[test] = p_te
                 jsd = _jsd_bits(p_te, y_te)
                 folds.append({"fold": k, "auc": auc, "jsd": jsd, "n_train": len(train), "n_val": len(val),
