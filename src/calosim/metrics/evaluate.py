@@ -26,10 +26,10 @@ metrics.json schema (``schema_version`` 1; every float may be ``null`` when unde
         "observables": {"<name>": {"separation_power", "chi2", "w1", "ks",
                                     "<metric>_err", "<metric>_null", "n_ref", "n_gen"}},
         "mean_separation_power": float, "mean_separation_power_err": float,
-        "mean_separation_power_null": float,
+        "mean_separation_power_null": float,   (over observables not constant in both samples)
         "worst_observables": [3 names, largest separation power first],
         "conditions": {"e_inc_ks", "e_inc_min", "e_inc_max"},
-        "response": {"edges", "discrete", "e_mean", "has_reference", "in_reference_range",
+        "response": {"edges" (MeV, K+1), "discrete", "e_mean", "has_reference", "in_reference_range",
                      "reference": {"n", "mean", "mean_err", "std", "std_err", "resolution",
                                    "resolution_err"},
                      "generated": {... same ...}, "mean_pull", "resolution_ratio",
@@ -40,7 +40,7 @@ metrics.json schema (``schema_version`` 1; every float may be ``null`` when unde
                         (memorization_test without its distance arrays),
         "warnings": [str]
       }],
-      "timings": {"reference_scan": s, "samples": {"<name>": {"scan", "distances",
+      "timings": {"reference_scan": s, ["train_scan": s,] "samples": {"<name>": {"scan", "distances",
                   "classifier", "fpd_kpd", "response", "memorization", "total"}},
                   "plots": s, "report": s, "total": s}
     }
