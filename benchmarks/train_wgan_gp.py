@@ -102,7 +102,7 @@ def regressor_check(run: Any, ref: Any, gen_showers: np.ndarray) -> dict[str, An
     with torch.no_grad():
         x_real = run.transform(torch.as_tensor(ref.showers), e)
         x_gen = run.transform(torch.as_tensor(gen_showers), e)
-        pr, pg = model.regressor(model._standardise(x_real)), model.regressor(model._standardise(x_gen))
+        pr, pg = model.regressor(model._to_h(x_real)), model.regressor(model._to_h(x_gen))
     scale = []  # physical unit per encoded column (std of the condition); energy column: log E half-range
     for name in enc.names:
         if name == "energy":

@@ -261,6 +261,8 @@ class WGANGP(ShowerModel):
         "max_up": 3,              # ×2 resampling stages per axis at most
         "layer_norm": True,       # LayerNorm (GroupNorm(1)) in critic and regressor encoders
         "critic_observables": True,  # feed per-layer energies/centroids/widths (MeV space) to critic
+        "snap": 0.5,
+        "leak": 0.1,              # straight-through gradient fraction for generated empty cells              # outputs below floor + snap × (empty/non-empty gap) become empty
         "regressor_steps": 600,
         "regressor_lr": 1e-3,
         "regressor_batches_val": 8,
@@ -295,12 +297,13 @@ class WGANGP(ShowerModel):
                              int(cfg["max_up"]), feat, bool(cfg["layer_norm"]))
         self.regressor = Regressor(renc, feat * len(self.groups), cond_dim, int(cfg["critic_hidden"]) // 2)
 
-        # Data statistics of the preprocessed space, set in pretrain (defaults suit an identity
-        # transform of non-negative showers: floor 0 = ReLU output).
+        # Statistics of the preprocessed space, set in pretrain (the defaults suit an identity
+        # transform of non-negative showers: h = x, a ReLU output).
         n = geometry.n_cells
-        self.register_buffer("x_mean", torch.zeros(()))
-        self.register_buffer("x_std", torch.ones(()))
-        self.register_buffer("x_floor", torch.zeros(n))
+        self.register_buffer("x_floor", torch.zeros(n))  # per-cell minimum = the "empty cell" value
+        self.register_buffer("x_scale", torch.ones(n))  # per-cell median non-empty value above floor
+        self.register_buffer("x_ceil", torch.full((n,), math.inf))  # per-cell maximum seen
+        self.register_buffer("h_snap", torch.zeros(n))  # outputs h below it are empty cells
         self.register_buffer("obs_mean", torch.zeros(max(n_obs, 1)))
         self.register_buffer("obs_std", torch.ones(max(n_obs, 1)))
         self.register_buffer("regressor_trained", torch.zeros((), dtype=torch.bool))
@@ -314,17 +317,29 @@ class WGANGP(ShowerModel):
         # Latest generator losses, reported on every step (0 until the first generator update) so
         # the framework's per-interval averages stay finite.
         self._last_gen: dict[str, float] = {"loss_generator": 0.0, "loss_regression": 0.0}
+        self._skipped = 0  # updates skipped because a loss was not finite (reported, should stay 0)
 
     # -- preprocessing helpers ---------------------------------------------------------------
-    def _standardise(self, x: Tensor) -> Tensor:
-        """Preprocessed showers (B, n_cells) → network units (B, n_cells)."""
-        return (x - self.x_mean) / self.x_std
+    def _to_h(self, x: Tensor) -> Tensor:
+        """Preprocessed showers (B, n_cells) → network units h (B, n_cells): 0 = empty cell,
+        ~1 = a typical non-empty value of that cell."""
+        return (x - self.x_floor) / self.x_scale
 
-    def _generate(self, z: Tensor, cond: Tensor, generator: nn.Module | None = None) -> Tensor:
-        """(B, latent), (B, cond_dim) → preprocessed showers (B, n_cells), clamped at the data floor."""
-        g = self.generator if generator is None else generator
-        x = self.x_mean + self.x_std * g(z, cond)
-        return torch.maximum(x, self.x_floor)
+    def _from_h(self, h: Tensor) -> Tensor:
+        """Inverse of :meth:`_to_h`."""
+        return self.x_floor + self.x_scale * h
+
+    @property
+    def _h_ceil(self) -> Tensor:
+        return (self.x_ceil - self.x_floor) / self.x_scale
+
+    def _generate_h(self, z: Tensor, cond: Tensor, leak: float = 0.0) -> Tensor:
+        """(B, latent), (B, cond_dim) → generated showers in network units h (B, n_cells)."""
+        return _activate(self.generator(z, cond), self.h_snap, self._h_ceil, leak)
+
+    def _generate(self, z: Tensor, cond: Tensor) -> Tensor:
+        """(B, latent), (B, cond_dim) → preprocessed showers (B, n_cells)."""
+        return self._from_h(self._generate_h(z, cond))
 
     def _noise(self, n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
         dev = generator.device if generator is not None else device
@@ -359,11 +374,14 @@ class WGANGP(ShowerModel):
         tot = torch.log(e_l.sum(1, keepdim=True) / e_inc + 1e-5)
         return torch.cat([frac, mx / ext, my / ext, wx, wy, tot], 1)
 
-    def _critic_obs(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> Tensor | None:
-        """Standardised observables (B, n_obs) of preprocessed showers, or None if disabled."""
+    def _critic_obs(self, h: Tensor, cond: Tensor, ctx: TrainContext) -> Tensor | None:
+        """Standardised observables (B, n_obs) of showers in network units, or None if disabled."""
         if not self.critic.n_obs:
             return None
         e_inc = ctx.conditions.incident_energy(cond)
+        # Cap at the largest value seen in training: beyond it an inverse transform may leave its
+        # domain (Box-Cox with lambda < 0 diverges), and inf * 0 in its backward poisons the critic.
+        x = torch.minimum(self._from_h(h), self.x_ceil)
         obs = self.observables(ctx.transform.inverse(x, e_inc), e_inc)
         return (obs - self.obs_mean) / self.obs_std
 
@@ -380,9 +398,27 @@ class WGANGP(ShowerModel):
     @torch.no_grad()
     def _fit_statistics(self, batches: list[tuple[Tensor, Tensor]], ctx: TrainContext) -> None:
         xs = torch.cat([b[0] for b in batches])
-        self.x_mean.copy_(xs.mean())
-        self.x_std.copy_(xs.std().clamp_min(1e-6))
         self.x_floor.copy_(xs.amin(0))
+        self.x_ceil.copy_(xs.amax(0))
+        # Why not standardise per cell: a rarely hit cell has a tiny std, so its hits become
+        # 30-sigma spikes that the critic spots at once and the generator cannot place. Instead
+        # each cell is scaled by its median non-empty value (above the empty value), and the gap
+        # between "empty" and the smallest typical non-empty value (1% quantile) is recorded:
+        # real showers have no values inside it, so generated values there snap to "empty".
+        # Cells hit fewer than 20 times in this sample use the medians over the other cells.
+        above = xs - self.x_floor
+        hit = above > 1e-6 * (1 + above.abs().amax(0))
+        masked = torch.where(hit, above, torch.full_like(above, math.nan))
+        enough = hit.sum(0) >= 20
+        scale = torch.nanquantile(masked, 0.5, dim=0)
+        gap = torch.nanquantile(masked, 0.01, dim=0)
+        if bool(enough.any()):
+            scale = torch.where(enough, scale, scale[enough].median())
+            gap = torch.where(enough, gap, gap[enough].median())
+        else:
+            scale, gap = torch.ones_like(scale), torch.zeros_like(gap)
+        self.x_scale.copy_(scale.clamp_min(1e-6))
+        self._gap_h = (gap / self.x_scale).clamp(0, 1)
         if self.critic.n_obs:
             cs = torch.cat([b[1] for b in batches])
             e_inc = ctx.conditions.incident_energy(cs)
@@ -413,23 +449,27 @@ class WGANGP(ShowerModel):
         train_loss = float("nan")
         for _ in range(steps):
             x, cond = next(batches)
+            with torch.no_grad():  # the output range: from every showers pretraining sees
+                torch.minimum(self.x_floor, x.amin(0), out=self.x_floor)
+                torch.maximum(self.x_ceil, x.amax(0), out=self.x_ceil)
             keep = [(c, m) not in held for c, m in zip(cond[:, 0].tolist(), x.amax(1).tolist())]
             if not all(keep):
                 mask = torch.tensor(keep, device=x.device)
                 x, cond = x[mask], cond[mask]
-            loss = nn.functional.mse_loss(reg(self._standardise(x)), cond)
+            loss = nn.functional.mse_loss(reg(self._to_h(x)), cond)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             train_loss = 0.9 * train_loss + 0.1 * loss.item() if math.isfinite(train_loss) else loss.item()
         reg.eval().requires_grad_(False)  # frozen: only provides gradients to the generator
+        self.h_snap.copy_(float(cfg["snap"]) * self._gap_h)
         self.regressor_trained.fill_(True)
 
         xv = torch.cat([b[0] for b in val])
         cv = torch.cat([b[1] for b in val])
         with torch.no_grad():
-            err = (reg(self._standardise(xv)) - cv) ** 2
+            err = (reg(self._to_h(xv)) - cv) ** 2
         per_col = err.mean(0)
         var = cv.var(0).clamp_min(1e-12)
         out = {"regressor_train_mse": train_loss, "regressor_val_mse": float(per_col.mean()),
@@ -439,40 +479,52 @@ class WGANGP(ShowerModel):
 
     def train_step(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
         """One critic update on ``(x, cond)`` (B, n_cells), (B, cond_dim); every ``n_critic``-th
-        step also one generator update. Returns the latest losses of both."""
+        step also one generator update. Returns the latest losses of both.
+
+        Critic and regressor work in network units h (see :meth:`_to_h`), and so does the
+        gradient penalty (the critic's input space)."""
         cfg = self.config
         B, dev = len(x), x.device
         gen = ctx.generator
+        leak = float(cfg["leak"])
 
         # ---- critic: E[D(fake)] - E[D(real)] + GP + drift -----------------------------------
         self.critic.requires_grad_(True)
+        h_real = self._to_h(x)
         with torch.no_grad():
-            fake = self._generate(self._noise(B, dev, gen), cond)
+            h_fake = self._generate_h(self._noise(B, dev, gen), cond)
 
-        def d(xx: Tensor) -> Tensor:
-            return self.critic(self._standardise(xx), cond, self._critic_obs(xx, cond, ctx))
+        def d(h: Tensor) -> Tensor:
+            return self.critic(h, cond, self._critic_obs(h, cond, ctx))
 
-        d_real, d_fake = d(x), d(fake)
-        gp = gradient_penalty(d, x, fake, float(cfg["lambda_gp"]), gen)
+        d_real, d_fake = d(h_real), d(h_fake)
+        gp = gradient_penalty(d, h_real, h_fake, float(cfg["lambda_gp"]), gen)
         w_dist = d_real.mean() - d_fake.mean()
         loss_c = -w_dist + gp + float(cfg["drift"]) * (d_real**2).mean()
-        ctx.backward_step(loss_c, "critic")
         out = {"loss_critic": loss_c.item(), "wasserstein": w_dist.item(), "gradient_penalty": gp.item()}
+        if math.isfinite(out["loss_critic"]):  # one bad batch must not turn every weight into NaN
+            ctx.backward_step(loss_c, "critic")
+        else:
+            self._skipped += 1
 
         # ---- generator: -E[D(G(z, c))] + lambda_reg * MSE(R(G(z, c)), c) ----------------------
         if (ctx.step + 1) % max(int(cfg["n_critic"]), 1) == 0:
             self.critic.requires_grad_(False)  # no weight grads needed, only input grads
-            fake = self._generate(self._noise(B, dev, gen), cond)
-            adv = -d(fake).mean()
+            h_fake = self._generate_h(self._noise(B, dev, gen), cond, leak)
+            adv = -d(h_fake).mean()
             loss_g = adv
             reg_loss = torch.zeros((), device=dev)
             if float(cfg["lambda_reg"]) > 0:
-                reg_loss = nn.functional.mse_loss(self.regressor(self._standardise(fake)), cond)
+                reg_loss = nn.functional.mse_loss(self.regressor(h_fake), cond)
                 loss_g = adv + float(cfg["lambda_reg"]) * reg_loss
-            ctx.backward_step(loss_g, "generator")
+            if math.isfinite(loss_g.item()):
+                ctx.backward_step(loss_g, "generator")
+            else:
+                self._skipped += 1
             self.critic.requires_grad_(True)
             self._last_gen = {"loss_generator": adv.item(), "loss_regression": reg_loss.item()}
         out.update(self._last_gen)
+        out["skipped_nonfinite"] = float(self._skipped)
         return out
 
     # -- sampling -------------------------------------------------------------------------------
@@ -493,7 +545,7 @@ class WGANGP(ShowerModel):
     def regressor_errors(self, x: Tensor, cond: Tensor) -> Tensor:
         """Per-column squared error of the frozen regressor, (B, cond_dim): use it on real showers
         and on generated ones for the same ``cond`` to check that G respects the conditions."""
-        return (self.regressor(self._standardise(x)) - cond) ** 2
+        return (self.regressor(self._to_h(x)) - cond) ** 2
 
 
 class _Exported(nn.Module):
@@ -503,9 +555,24 @@ class _Exported(nn.Module):
         super().__init__()
         self.latent_dim = model.latent_dim
         self.generator = model.generator
-        self.register_buffer("x_mean", model.x_mean.clone())
-        self.register_buffer("x_std", model.x_std.clone())
         self.register_buffer("x_floor", model.x_floor.clone())
+        self.register_buffer("x_scale", model.x_scale.clone())
+        self.register_buffer("h_snap", model.h_snap.clone())
+        self.register_buffer("h_ceil", model._h_ceil.clone())
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
-        return torch.maximum(self.x_mean + self.x_std * self.generator(z, cond), self.x_floor)
+        return self.x_floor + self.x_scale * _activate(self.generator(z, cond), self.h_snap, self.h_ceil)
+
+
+def _activate(raw: Tensor, snap: Tensor, ceil: Tensor, leak: float = 0.0) -> Tensor:
+    """Generator output (B, n_cells) → network units h in the data range: below ``snap`` (>= 0)
+    exactly 0 (an empty cell), above ``ceil`` the ceiling (the largest value seen in training:
+    beyond it an inverse transform can leave its domain, e.g. Box-Cox with lambda < 0).
+
+    ``leak`` > 0 lets a fraction of the gradient through the "empty" branch (straight-through),
+    so cells that start below the snap threshold can still learn to switch on."""
+    empty = raw < snap.clamp_min(0)
+    h = torch.where(empty, torch.zeros_like(raw), torch.minimum(raw, ceil))
+    if leak > 0:
+        h = h + leak * (raw - raw.detach()) * empty
+    return h
