@@ -198,7 +198,7 @@ def kernel_physics_distance(
     """KPD = unbiased MMD^2 with kernel ``(x.y/d + 1)^3``, ``(median, error)`` over batches.
 
     ``ref`` ``(N1, D)``, ``gen`` ``(N2, D)`` (standardised with the reference mean/std). Each of
-    ``num_batches`` batches draws ``batch_size`` events (capped at the sample sizes) without
+    ``num_batches`` batches draws ``batch_size`` events (capped at half of each sample, so batches differ) without
     replacement from each sample. ``error`` = half the 16th-84th percentile range of the
     batch values (JetNet convention). Values are ~0 (either sign) for identical distributions.
     """
@@ -212,8 +212,10 @@ def _kpd(
 ) -> tuple[float, float]:
     r, g = _standardise(ref, gen)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    m = min(batch_size, len(r))
-    n = min(batch_size, len(g))
+    # At most half of each sample per batch: batches drawn from the whole sample would all be
+    # identical and the spread (the error) would collapse to zero.
+    m = min(batch_size, max(2, len(r) // 2))
+    n = min(batch_size, max(2, len(g) // 2))
     if min(m, n) < 2:
         raise ValueError("KPD needs at least 2 events in each sample")
     vals = np.array([
