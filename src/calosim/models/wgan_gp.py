@@ -23,11 +23,21 @@ empty cells). Every head upsamples a small base grid by factors of two per axis 
 axes large enough to need it) and crops to the exact layer shape. Polar layers are treated as
 plain (n_alpha, n_r) grids (no angular wrap-around); the model is designed for Cartesian layers.
 
-Output range: the model records, in :meth:`pretrain`, the per-cell minimum and the global
-mean/std of the preprocessed training showers. The generator works in standardised units and its
-output is clamped from below at the per-cell minimum, which (like a ReLU for an identity or
-``x/E`` transform) lets it produce exact "empty cell" values and never anything below what the
-transform can invert.
+Network units: the framework's transforms (``boxcox``, ``log``) standardise every cell, which
+turns the rare hits of mostly empty cells into 30-sigma spikes that a critic spots at once. The
+networks therefore see ``h = (x - floor) / scale`` per cell, with ``floor`` the cell's minimum
+(the "empty" value) and ``scale`` its median non-empty value above it, all recorded in
+:meth:`WGANGP.pretrain`: h = 0 is an empty cell, h ~ 1 a typical hit, for every cell alike. The
+generator output is ``h = 0`` below a per-cell snap threshold (half the gap between "empty"
+and the smallest typical hit, where real showers have no values; like a ReLU for an identity
+or ``x/E`` transform), and is capped at the largest value seen in training (beyond it an
+inverse transform may leave its domain: Box-Cox with lambda < 0 diverges).
+
+Critic observables (``critic_observables``, on by default): besides the image, the critic gets
+per-layer log energy fractions, centroids and widths and log(E_tot/E_inc), computed
+differentiably in MeV through ``ctx.transform.inverse`` and standardised with training-data
+statistics (the CaloGAN idea of showing the discriminator the energy sums). They are cheap and
+give the generator a direct gradient on the quantities a physics comparison looks at first.
 
 Training-step semantics: each :meth:`train_step` consumes one batch and performs one critic
 update; every ``n_critic``-th step additionally performs one generator update. ``steps`` in the
@@ -249,6 +259,7 @@ class WGANGP(ShowerModel):
         "n_critic": 5,
         "lambda_gp": 10.0,
         "lambda_reg": 1.0,
+        "lambda_obs": 1.0,        # generator: W2 between real/generated marginals of the observables
         "drift": 1e-3,            # ε_drift·E[D(x_real)²] keeps critic scores near 0 (Karras et al.)
         "latent_dim": 64,
         "gen_hidden": 128,        # generator dense trunk width
@@ -316,7 +327,7 @@ class WGANGP(ShowerModel):
                                                           dtype=torch.float32), persistent=False)
         # Latest generator losses, reported on every step (0 until the first generator update) so
         # the framework's per-interval averages stay finite.
-        self._last_gen: dict[str, float] = {"loss_generator": 0.0, "loss_regression": 0.0}
+        self._last_gen: dict[str, float] = {"loss_generator": 0.0, "loss_regression": 0.0, "loss_observables": 0.0}
         self._skipped = 0  # updates skipped because a loss was not finite (reported, should stay 0)
 
     # -- preprocessing helpers ---------------------------------------------------------------
@@ -511,18 +522,28 @@ class WGANGP(ShowerModel):
         if (ctx.step + 1) % max(int(cfg["n_critic"]), 1) == 0:
             self.critic.requires_grad_(False)  # no weight grads needed, only input grads
             h_fake = self._generate_h(self._noise(B, dev, gen), cond, leak)
-            adv = -d(h_fake).mean()
+            obs_fake = self._critic_obs(h_fake, cond, ctx)
+            adv = -self.critic(h_fake, cond, obs_fake).mean()
             loss_g = adv
             reg_loss = torch.zeros((), device=dev)
             if float(cfg["lambda_reg"]) > 0:
                 reg_loss = nn.functional.mse_loss(self.regressor(h_fake), cond)
-                loss_g = adv + float(cfg["lambda_reg"]) * reg_loss
+                loss_g = loss_g + float(cfg["lambda_reg"]) * reg_loss
+            obs_loss = torch.zeros((), device=dev)
+            if float(cfg["lambda_obs"]) > 0 and obs_fake is not None:
+                # Same conditions in both batches, so their observable marginals must agree:
+                # squared 1-D Wasserstein-2 distance per observable (sorted samples).
+                with torch.no_grad():
+                    obs_real = self._critic_obs(h_real, cond, ctx)
+                obs_loss = ((obs_fake.sort(0).values - obs_real.sort(0).values) ** 2).mean()
+                loss_g = loss_g + float(cfg["lambda_obs"]) * obs_loss
             if math.isfinite(loss_g.item()):
                 ctx.backward_step(loss_g, "generator")
             else:
                 self._skipped += 1
             self.critic.requires_grad_(True)
-            self._last_gen = {"loss_generator": adv.item(), "loss_regression": reg_loss.item()}
+            self._last_gen = {"loss_generator": adv.item(), "loss_regression": reg_loss.item(),
+                              "loss_observables": obs_loss.item()}
         out.update(self._last_gen)
         out["skipped_nonfinite"] = float(self._skipped)
         return out
