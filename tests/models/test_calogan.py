@@ -58,13 +58,23 @@ class IdentityTransform:
         return x
 
 
+class FractionTransform:
+    """Like the framework's 'scale': x = E_cell / E_inc."""
+
+    def forward(self, x_mev: Tensor, e_inc: Tensor) -> Tensor:
+        return x_mev / e_inc
+
+    def inverse(self, x: Tensor, e_inc: Tensor) -> Tensor:
+        return x * e_inc
+
+
 class FakeCtx:
     """Minimal stand-in for calosim.train's context (the TrainContext protocol)."""
 
-    def __init__(self, model: CaloGAN, seed: int = 0) -> None:
+    def __init__(self, model: CaloGAN, seed: int = 0, transform: Any = None) -> None:
         self.device = torch.device("cpu")
         self.step = 0
-        self.transform = IdentityTransform()
+        self.transform = transform or IdentityTransform()
         self.conditions = FakeConditions()
         self.generator = torch.Generator().manual_seed(seed)
         self.optimizers = model.make_optimizers()
@@ -133,6 +143,27 @@ def test_softplus_output_and_particle_condition() -> None:
     cond = torch.cat([FakeConditions.encode(torch.full((6, 1), 2e4)), F.one_hot(torch.arange(6) % 2, 2).float()], 1)
     x = model.sample(cond)
     assert x.shape == (6, geo.n_cells) and (x > 0).all()
+
+
+@pytest.mark.parametrize("transform", [IdentityTransform(), FractionTransform()], ids=["identity", "fraction"])
+def test_exp_output_floor_is_calibrated_in_mev(transform: Any) -> None:
+    """The exp output zeroes cells below a fixed energy in MeV, whatever E_inc and transform."""
+    geo = get_geometry("calogan")
+    model = make(geo, output_activation="exp", init_gain=0.5)
+    x_mev, cond = fake_batch(geo, 64)
+    e = FakeConditions().incident_energy(cond)
+    model.train_step(transform.forward(x_mev, e), cond, FakeCtx(model, transform=transform))
+    floor_mev = 0.5 * float(torch.quantile(x_mev[x_mev > 0], 0.01))
+    g = model.generator
+    cond_test = FakeConditions.encode(torch.tensor([[1e3], [1e4], [1e5]]))
+    floor = torch.exp(g.floor_a + g.floor_b * cond_test[:, 0])
+    want = transform.forward(torch.full((3, 1), floor_mev), FakeConditions().incident_energy(cond_test))[:, 0]
+    torch.testing.assert_close(floor, want, rtol=1e-4, atol=0.0)
+    assert (model.sample(cond_test) >= 0).all()
+    with torch.no_grad():
+        for b in g.log_bias:
+            b.fill_(-60.0)  # everything below the floor: exact zeros
+    assert (model.sample(cond_test) == 0).all()
 
 
 def test_eval_folding_matches_unfolded_layers() -> None:

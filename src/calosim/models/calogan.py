@@ -151,8 +151,9 @@ class _AttentionTransfer(nn.Module):
     1x1 locally-connected map of ``[own, carry]``, biased towards ``own`` at the start.
     """
 
-    def __init__(self, src: Any, dst: Any, gate_bias: float) -> None:
+    def __init__(self, src: Any, dst: Any, gate_bias: float, log_floor: float | None = None) -> None:
         super().__init__()
+        self.log_floor = log_floor  # exp output: mix in the log domain (a multiplicative mask)
         sy, sx = _axis_edges(src)
         dy, dx = _axis_edges(dst)
         if src.kind != dst.kind:  # nothing physical to match: index space
@@ -168,7 +169,11 @@ class _AttentionTransfer(nn.Module):
         """``own (ny, nx, B)``, ``prev (ny_src, nx_src, B)`` -> ``(ny, nx, B)``."""
         p, q, b = prev.shape
         carry = torch.mm(self.ry, prev.reshape(p, q * b)).view(-1, q, b)  # rows
-        carry = torch.matmul(self.rx, carry) * self.log_scale.exp()  # columns, batched over rows
+        carry = torch.matmul(self.rx, carry)  # columns, batched over rows
+        if self.log_floor is None:
+            carry = carry * self.log_scale.exp()
+        else:
+            carry = torch.log(carry + self.log_floor) + self.log_scale
         gate = torch.sigmoid(own * self.w[0] + carry * self.w[1] + self.b)
         return own + gate * (carry - own)
 
@@ -244,24 +249,39 @@ class _Generator(nn.Module):
         # last LC initialised small: cells start near the data scale, not at O(1) per cell
         self.lagans = nn.ModuleList(_LaganG(h_dim, tuple(l.shape), c0, c1, c2, float(cfg["init_gain"]))
                                     for l in geometry.layers)
-        pairs = zip(geometry.layers[:-1], geometry.layers[1:])
-        self.attention = nn.ModuleList(_AttentionTransfer(a, b, cfg["gate_bias"]) for a, b in pairs) \
-            if cfg["attention"] else None
         self.activation = cfg["output_activation"]
+        self.floor = float(cfg["output_floor"])
+        pairs = zip(geometry.layers[:-1], geometry.layers[1:])
+        log_floor = self.floor if self.activation == "exp" else None
+        self.attention = nn.ModuleList(_AttentionTransfer(a, b, cfg["gate_bias"], log_floor) for a, b in pairs) \
+            if cfg["attention"] else None
+        if self.activation == "exp":  # per-cell log-magnitude offset, starting at ~1e-4 per cell
+            self.log_bias = nn.ParameterList(nn.Parameter(torch.full((*l.shape, 1), -9.0)) for l in geometry.layers)
+        # floor of the exp output in the transform space: exp(floor_a + floor_b * cond[:, 0]).
+        # Calibrated (CaloGAN._calibrate) to a fixed cell energy in MeV, i.e. the smallest real
+        # deposits, which in the 'scale' space depends on E_inc; until then output_floor.
+        self.register_buffer("floor_a", torch.tensor(math.log(self.floor)))
+        self.register_buffer("floor_b", torch.tensor(0.0))
 
-    def _act(self, x: Tensor) -> Tensor:
+    def _act(self, x: Tensor, floor: Tensor | None = None) -> Tensor:
         if self.activation == "relu":
             return F.relu(x)
+        if self.activation == "exp":
+            # exact zeros below the floor and many decades of dynamic range above it
+            return F.relu(torch.exp(x) - floor)
         return F.softplus(x, beta=20.0) if self.activation == "softplus" else x
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
         h = torch.cat([z * (1.0 + self.cond_gain(cond)), cond], 1)
+        floor = torch.exp(self.floor_a + self.floor_b * cond[:, 0]) if self.activation == "exp" else None  # (B,)
         out, prev = [], None
         for i, lagan in enumerate(self.lagans):
             img = lagan(h)  # (ny, nx, B)
+            if self.activation == "exp":
+                img = img + self.log_bias[i]
             if self.attention is not None and prev is not None:
                 img = self.attention[i - 1](img, prev)
-            prev = img = self._act(img)
+            prev = img = self._act(img, floor)
             out.append(img.reshape(-1, img.shape[-1]))
         return torch.cat(out, 0).t()
 
@@ -442,7 +462,7 @@ class CaloGAN(ShowerModel):
         "loss": "ns",  # "ns" (the seed's) | "hinge" | "wgan-gp"
         "n_critic": 1,
         "gp_lambda": 10.0,
-        "lambda_e": 0.05,
+        "lambda_e": 0.2,
         "energy_response": "data",  # E_vis / E_inc: "data" (measured on real batches) or a number
         "latent_dim": 32,
         "g_channels": (4, 4, 4),  # dense, conv, first LC
@@ -454,7 +474,10 @@ class CaloGAN(ShowerModel):
         "attention": True,
         "gate_bias": -2.0,
         "init_gain": 0.01,
-        "output_activation": "relu",  # "relu" | "softplus" | "none" (for standardised transforms)
+        # "relu" (CaloGAN) | "exp": relu(exp(o) - output_floor), exact zeros plus a wide dynamic
+        # range | "softplus" | "none" (for standardised transforms such as "log")
+        "output_activation": "relu",
+        "output_floor": 1e-5,
     }
 
     def __init__(self, geometry: Any, cond_dim: int, config: dict[str, Any]) -> None:
@@ -462,8 +485,9 @@ class CaloGAN(ShowerModel):
         cfg = self.config
         if cfg["loss"] not in ("ns", "hinge", "wgan-gp"):
             raise ValueError(f"calogan: loss must be 'ns', 'hinge' or 'wgan-gp', got {cfg['loss']!r}")
-        if cfg["output_activation"] not in ("relu", "softplus", "none"):
-            raise ValueError(f"calogan: output_activation must be 'relu', 'softplus' or 'none', got {cfg['output_activation']!r}")
+        if cfg["output_activation"] not in ("relu", "exp", "softplus", "none"):
+            raise ValueError("calogan: output_activation must be 'relu', 'exp', 'softplus' or 'none', "
+                             f"got {cfg['output_activation']!r}")
         data_dim = int(cfg.get("data_dim", geometry.n_cells))
         if data_dim != geometry.n_cells:
             raise ValueError(f"calogan generates cell images: it needs a transform with one value per cell "
@@ -494,11 +518,42 @@ class CaloGAN(ShowerModel):
         return ((e_inc - e_hat).abs() / e_inc).mean()
 
     @torch.no_grad()
-    def _calibrate(self, x_mev: Tensor, e_inc: Tensor) -> None:
+    def _calibrate(self, x_mev: Tensor, e_inc: Tensor, cond: Tensor | None = None,
+                   ctx: TrainContext | None = None) -> None:
         """First real batch: detector response, typical small cell energy, feature scales."""
         fixed = self.config["energy_response"]
         self.discriminator.calibrate(x_mev, e_inc, None if fixed == "data" else float(fixed))
+        if getattr(self.generator, "activation", None) == "exp" and cond is not None and ctx is not None:
+            self._calibrate_floor(x_mev, cond, ctx)
         self.calibrated.fill_(True)
+
+    @torch.no_grad()
+    def _calibrate_floor(self, x_mev: Tensor, cond: Tensor, ctx: TrainContext) -> None:
+        """Set the exp-output floor to half the 1 % quantile of the real non-zero cells (MeV).
+
+        The floor is wanted in the transform space as ``exp(a + b * cond[:, 0])``; this holds
+        for transforms linear in the cells with a power-law dependence on E_inc (identity,
+        scale) and an encoded energy affine in log E. Anything else keeps ``output_floor``.
+        """
+        nz = x_mev[x_mev > 0]
+        if not nz.numel():
+            return
+        floor_mev = 0.5 * float(torch.quantile(nz[:100_000].float(), 0.01))
+        c = cond[:1].repeat(3, 1)
+        c[:, 0] = torch.tensor([0.0, 1.0, -1.0], device=c.device)
+        e = ctx.conditions.incident_energy(c)  # (3, 1) MeV
+        cells = torch.full((3, x_mev.shape[1]), floor_mev, device=x_mev.device)
+        t = ctx.transform.forward(cells, e)
+        t2 = ctx.transform.forward(2 * cells, e)
+        if not (torch.isfinite(t).all() and (t > 0).all() and torch.allclose(t2, 2 * t, rtol=1e-4)
+                and torch.allclose(t, t[:, :1].expand_as(t), rtol=1e-4)):
+            return
+        lt = torch.log(t[:, 0])
+        a, b = lt[0], lt[1] - lt[0]
+        if abs(float(lt[2] - (a - b))) > 1e-3 * max(1.0, abs(float(a))):
+            return
+        self.generator.floor_a.fill_(float(a))
+        self.generator.floor_b.fill_(float(b))
 
     def _d_loss(self, d_real: Tensor, d_fake: Tensor) -> Tensor:
         loss = self.config["loss"]
@@ -525,7 +580,7 @@ class CaloGAN(ShowerModel):
         e_inc = ctx.conditions.incident_energy(cond)
         x_mev = ctx.transform.inverse(x, e_inc)
         if not bool(self.calibrated):
-            self._calibrate(x_mev, e_inc)
+            self._calibrate(x_mev, e_inc, cond, ctx)
         b = x.shape[0]
 
         D.requires_grad_(True)
