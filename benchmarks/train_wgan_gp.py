@@ -140,6 +140,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is faster than 2 when other jobs share the 2 cores)")
+    ap.add_argument("--eval-only", action="store_true", help="evaluate the finished run in --out, no training")
     ap.add_argument("--no-mlp-auc", action="store_true", help="skip the (slower) metrics-package classifier")
     args = ap.parse_args()
 
@@ -154,11 +155,18 @@ def main() -> None:
     out = Path(args.out or root / f"bench_wgan_gp_{args.geometry}_{args.particle}")
     config = {"conditions": args.conditions.split(","), "val_size": 5000, **json.loads(args.config)}
 
+    from calosim.train.checkpoint import SUMMARY_FILE
+
     t0 = time.perf_counter()
-    run_dir = train("wgan-gp", train_path, out, config=config, steps=args.steps, seed=args.seed, overwrite=True,
-                    progress=False)
+    if args.eval_only:
+        run_dir = out
+    else:
+        run_dir = train("wgan-gp", train_path, out, config=config, steps=args.steps, seed=args.seed, overwrite=True,
+                        progress=False)
     train_s = time.perf_counter() - t0
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    if args.eval_only:
+        train_s = summary["time_s"]
 
     run = load_run(run_dir)
     ref = read_showers(ref_path)

@@ -273,7 +273,8 @@ class WGANGP(ShowerModel):
         "layer_norm": True,       # LayerNorm (GroupNorm(1)) in critic and regressor encoders
         "critic_observables": True,  # feed per-layer energies/centroids/widths (MeV space) to critic
         "snap": 0.5,
-        "leak": 0.1,              # straight-through gradient fraction for generated empty cells              # outputs below floor + snap × (empty/non-empty gap) become empty
+        "leak": 0.1,
+        "empty_margin": 0.01,     # sampled empty cells at h = -margin (exact 0 MeV after the clamp)              # straight-through gradient fraction for generated empty cells              # outputs below floor + snap × (empty/non-empty gap) become empty
         "regressor_steps": 600,
         "regressor_lr": 1e-3,
         "regressor_batches_val": 8,
@@ -315,6 +316,7 @@ class WGANGP(ShowerModel):
         self.register_buffer("x_scale", torch.ones(n))  # per-cell median non-empty value above floor
         self.register_buffer("x_ceil", torch.full((n,), math.inf))  # per-cell maximum seen
         self.register_buffer("h_snap", torch.zeros(n))  # outputs h below it are empty cells
+        self.register_buffer("h_empty", torch.zeros(n))  # sampled value of an empty cell (see _generate)
         self.register_buffer("obs_mean", torch.zeros(max(n_obs, 1)))
         self.register_buffer("obs_std", torch.ones(max(n_obs, 1)))
         self.register_buffer("regressor_trained", torch.zeros((), dtype=torch.bool))
@@ -350,7 +352,7 @@ class WGANGP(ShowerModel):
 
     def _generate(self, z: Tensor, cond: Tensor) -> Tensor:
         """(B, latent), (B, cond_dim) → preprocessed showers (B, n_cells)."""
-        return self._from_h(self._generate_h(z, cond))
+        return _to_x(self._generate_h(z, cond), self.x_floor, self.x_scale, self.h_empty)
 
     def _noise(self, n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
         dev = generator.device if generator is not None else device
@@ -475,6 +477,10 @@ class WGANGP(ShowerModel):
             train_loss = 0.9 * train_loss + 0.1 * loss.item() if math.isfinite(train_loss) else loss.item()
         reg.eval().requires_grad_(False)  # frozen: only provides gradients to the generator
         self.h_snap.copy_(float(cfg["snap"]) * self._gap_h)
+        # The empty value of a Box-Cox/log transform does not invert to exactly 0 MeV (float
+        # rounding: +-1e-4 MeV), which would count as a hit in occupancy; sampled empty cells
+        # sit a little below it so the framework's clamp at 0 makes them exact zeros.
+        self.h_empty.copy_(-float(cfg["empty_margin"]) * (self.x_floor != 0))
         self.regressor_trained.fill_(True)
 
         xv = torch.cat([b[0] for b in val])
@@ -580,9 +586,16 @@ class _Exported(nn.Module):
         self.register_buffer("x_scale", model.x_scale.clone())
         self.register_buffer("h_snap", model.h_snap.clone())
         self.register_buffer("h_ceil", model._h_ceil.clone())
+        self.register_buffer("h_empty", model.h_empty.clone())
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
-        return self.x_floor + self.x_scale * _activate(self.generator(z, cond), self.h_snap, self.h_ceil)
+        h = _activate(self.generator(z, cond), self.h_snap, self.h_ceil)
+        return _to_x(h, self.x_floor, self.x_scale, self.h_empty)
+
+
+def _to_x(h: Tensor, floor: Tensor, scale: Tensor, h_empty: Tensor) -> Tensor:
+    """Network units (B, n_cells) → preprocessed showers, empty cells (h == 0) at ``h_empty``."""
+    return floor + scale * torch.where(h == 0, h_empty, h)
 
 
 def _activate(raw: Tensor, snap: Tensor, ceil: Tensor, leak: float = 0.0) -> Tensor:
