@@ -251,15 +251,16 @@ class WGANGP(ShowerModel):
     name = "wgan-gp"
     default_config: dict[str, Any] = {
         "transform": "boxcox",
-        "batch_size": 128,
-        "steps": 20000,           # critic updates; generator updates = steps / n_critic
+        # CPU recipe: calogan, 50k e+ showers, <= 20 min on 2 shared cores (benchmarks/train_wgan_gp.py)
+        "batch_size": 64,
+        "steps": 6000,            # critic updates; generator updates = steps / n_critic
         "lr_generator": 2e-4,
         "lr_critic": 2e-4,
         "betas": (0.5, 0.9),
-        "n_critic": 5,
+        "n_critic": 2,            # 5 in the WGAN-GP paper; 2 gives more generator updates per CPU minute
         "lambda_gp": 10.0,
         "lambda_reg": 1.0,
-        "lambda_obs": 1.0,        # generator: W2 between real/generated marginals of the observables
+        "lambda_obs": 10.0,        # generator: W2 between real/generated marginals of the observables
         "drift": 1e-3,            # ε_drift·E[D(x_real)²] keeps critic scores near 0 (Karras et al.)
         "latent_dim": 64,
         "gen_hidden": 128,        # generator dense trunk width
@@ -272,9 +273,9 @@ class WGANGP(ShowerModel):
         "max_up": 3,              # ×2 resampling stages per axis at most
         "layer_norm": True,       # LayerNorm (GroupNorm(1)) in critic and regressor encoders
         "critic_observables": True,  # feed per-layer energies/centroids/widths (MeV space) to critic
-        "snap": 0.5,
-        "leak": 0.1,
-        "empty_margin": 0.01,     # sampled empty cells at h = -margin (exact 0 MeV after the clamp)              # straight-through gradient fraction for generated empty cells              # outputs below floor + snap × (empty/non-empty gap) become empty
+        "snap": 1.0,              # outputs below snap × (empty/non-empty gap) become empty cells
+        "leak": 0.1,              # straight-through gradient fraction for generated empty cells
+        "empty_margin": 0.01,     # sampled empty cells at h = -margin (exact 0 MeV after the clamp)
         "regressor_steps": 600,
         "regressor_lr": 1e-3,
         "regressor_batches_val": 8,
