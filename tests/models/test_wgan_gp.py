@@ -12,7 +12,7 @@ from torch import Tensor
 
 from calosim.geometry import Geometry, Layer, Material, get_geometry
 from calosim.models import get_model_class, list_models
-from calosim.models.wgan_gp import WGANGP, gradient_penalty, shape_groups
+from calosim.models.wgan_gp import WGANGP, _activate, gradient_penalty, shape_groups
 
 TINY = {"gen_channels": 8, "gen_min_channels": 4, "gen_hidden": 32, "critic_channels": 4, "critic_feat": 8,
         "critic_hidden": 32, "regressor_channels": 4, "latent_dim": 8, "batch_size": 32}
@@ -118,6 +118,16 @@ def test_gradient_penalty_linear_critic() -> None:
     assert float(gp3) == pytest.approx(10.0 * (3 - 1) ** 2, rel=1e-5)
 
 
+def test_activation_snaps_empty_cells_and_caps() -> None:
+    raw = torch.tensor([[-1.0, 0.2, 0.6, 5.0]], requires_grad=True)
+    snap, ceil = torch.full((4,), 0.5), torch.full((4,), 2.0)
+    h = _activate(raw, snap, ceil, leak=0.1)
+    assert h.tolist() == [[0.0, 0.0, 0.6000000238418579, 2.0]]  # empty below the snap, capped above
+    h.sum().backward()
+    # straight-through leak for empty cells, full gradient for hits, none above the cap
+    torch.testing.assert_close(raw.grad, torch.tensor([[0.1, 0.1, 1.0, 0.0]]))
+
+
 def test_regressor_learns_brightness() -> None:
     """Images whose left/right halves' brightness encode two conditions: R must recover them."""
     torch.manual_seed(0)
@@ -218,3 +228,5 @@ def test_end_to_end_train_and_load(tmp_path) -> None:  # type: ignore[no-untyped
     showers = run.sample({"incident_energies": np.full((10, 1), 2000.0, dtype=np.float32)}, generator=1)
     assert showers.shape == (10, geo.n_cells)
     assert np.isfinite(showers).all() and (showers >= 0).all()
+    # empty cells come out as exact zeros although boxcox(0) does not invert to exactly 0 MeV
+    assert (showers == 0).any()
