@@ -35,9 +35,12 @@ inverse transform may leave its domain: Box-Cox with lambda < 0 diverges).
 
 Critic observables (``critic_observables``, on by default): besides the image, the critic gets
 per-layer log energy fractions, centroids and widths and log(E_tot/E_inc), computed
-differentiably in MeV through ``ctx.transform.inverse`` and standardised with training-data
-statistics (the CaloGAN idea of showing the discriminator the energy sums). They are cheap and
+differentiably in MeV through ``ctx.transform.inverse``, plus a soft per-layer occupancy, all
+standardised with training-data statistics (the CaloGAN idea of showing the discriminator the energy sums). They are cheap and
 give the generator a direct gradient on the quantities a physics comparison looks at first.
+The generator loss also adds ``lambda_obs`` × the squared 1-D Wasserstein-2 distance between
+the batch marginals of these observables for real and generated showers (both batches share
+the same conditions, so their marginals must agree); set it to 0 for the plain seed recipe.
 
 Training-step semantics: each :meth:`train_step` consumes one batch and performs one critic
 update; every ``n_critic``-th step additionally performs one generator update. ``steps`` in the
@@ -253,7 +256,7 @@ class WGANGP(ShowerModel):
         "transform": "boxcox",
         # CPU recipe: calogan, 50k e+ showers, <= 20 min on 2 shared cores (benchmarks/train_wgan_gp.py)
         "batch_size": 64,
-        "steps": 6000,            # critic updates; generator updates = steps / n_critic
+        "steps": 5000,            # critic updates; generator updates = steps / n_critic
         "lr_generator": 2e-4,
         "lr_critic": 2e-4,
         "betas": (0.5, 0.9),
@@ -274,7 +277,7 @@ class WGANGP(ShowerModel):
         "layer_norm": True,       # LayerNorm (GroupNorm(1)) in critic and regressor encoders
         "critic_observables": True,  # feed per-layer energies/centroids/widths (MeV space) to critic
         "snap": 1.0,              # outputs below snap × (empty/non-empty gap) become empty cells
-        "leak": 0.1,              # straight-through gradient fraction for generated empty cells
+        "leak": 0.5,              # straight-through gradient fraction for generated empty cells
         "empty_margin": 0.01,     # sampled empty cells at h = -margin (exact 0 MeV after the clamp)
         "regressor_steps": 600,
         "regressor_lr": 1e-3,
@@ -326,6 +329,8 @@ class WGANGP(ShowerModel):
         self.register_buffer("cell_x", torch.as_tensor(cx, dtype=torch.float32), persistent=False)
         self.register_buffer("cell_y", torch.as_tensor(cy, dtype=torch.float32), persistent=False)
         self.register_buffer("cell_layer", torch.as_tensor(geometry.cell_layer, dtype=torch.long), persistent=False)
+        self.register_buffer("layer_cells", torch.tensor([l.n_cells for l in geometry.layers], dtype=torch.float32),
+                             persistent=False)
         self.register_buffer("layer_extent", torch.tensor([max(l.extent_mm, 1.0) for l in geometry.layers],
                                                           dtype=torch.float32), persistent=False)
         # Latest generator losses, reported on every step (0 until the first generator update) so
@@ -360,8 +365,17 @@ class WGANGP(ShowerModel):
         return torch.randn((n, self.latent_dim), generator=generator, device=dev).to(device)
 
     def _n_observables(self) -> int:
-        # per layer: log energy fraction, centroid x/y, width x/y; plus log total fraction
-        return 5 * self.geometry.n_layers + 1
+        # per layer: log energy fraction, centroid x/y, width x/y, occupancy; plus log total fraction
+        return 6 * self.geometry.n_layers + 1
+
+    def occupancy(self, h: Tensor) -> Tensor:
+        """Soft fraction of non-empty cells per layer, (B, n_cells) network units → (B, L).
+
+        A sigmoid step between empty (h = 0) and the smallest typical hit (h ~ 0.7), so that
+        the occupancy (the "sparsity" of a physics comparison) has a gradient."""
+        on = torch.sigmoid((h - 0.3) / 0.1)
+        n = h.new_zeros(len(h), self.geometry.n_layers).scatter_add(1, self.cell_layer.expand(len(h), -1), on)
+        return n / self.layer_cells
 
     def observables(self, x_mev: Tensor, e_inc: Tensor) -> Tensor:
         """Differentiable high-level features of showers in MeV.
@@ -396,7 +410,7 @@ class WGANGP(ShowerModel):
         # Cap at the largest value seen in training: beyond it an inverse transform may leave its
         # domain (Box-Cox with lambda < 0 diverges), and inf * 0 in its backward poisons the critic.
         x = torch.minimum(self._from_h(h), self.x_ceil)
-        obs = self.observables(ctx.transform.inverse(x, e_inc), e_inc)
+        obs = torch.cat([self.observables(ctx.transform.inverse(x, e_inc), e_inc), self.occupancy(h)], 1)
         return (obs - self.obs_mean) / self.obs_std
 
     # -- training -----------------------------------------------------------------------------
@@ -436,7 +450,7 @@ class WGANGP(ShowerModel):
         if self.critic.n_obs:
             cs = torch.cat([b[1] for b in batches])
             e_inc = ctx.conditions.incident_energy(cs)
-            obs = self.observables(ctx.transform.inverse(xs, e_inc), e_inc)
+            obs = torch.cat([self.observables(ctx.transform.inverse(xs, e_inc), e_inc), self.occupancy(self._to_h(xs))], 1)
             self.obs_mean.copy_(obs.mean(0))
             self.obs_std.copy_(obs.std(0).clamp_min(1e-3))
 
