@@ -37,7 +37,7 @@ class DemoSizes:
 
 FULL = DemoSizes()
 QUICK = DemoSizes(n_particle=300, n_train=1000, n_heldout=500, n_generate=500, steps=20, classifier=False)
-DEMO_STEPS = 3000  # a few minutes on 2 CPU cores; `calosim train` uses the full recipe
+DEMO_STEPS = 1000  # a few minutes on 2 CPU cores; `calosim train` uses the full recipe
 
 
 def _say(msg: str) -> None:
@@ -140,7 +140,10 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str = DEMO
 
     steps = sizes.steps if sizes.steps is not None else DEMO_STEPS
     _say(f"2/4 training '{model}' for {steps} steps on {sizes.n_train} e+ showers (CPU)")
-    run = train(model, train_file, out / "run", steps=steps, seed=seed, overwrite=True, progress=True)
+    # One intra-op thread: on a busy 2-core machine two threads are several times slower
+    # (measured 300 vs 1200-3000 ms/step for calogan at batch 256 under load).
+    run = train(model, train_file, out / "run", steps=steps, seed=seed, overwrite=True, progress=True,
+                config={"threads": 1})
 
     # 3. generate
     from .generate import generate
