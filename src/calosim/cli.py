@@ -240,12 +240,20 @@ def evaluate_cmd(reference: str, generated: tuple[str, ...], names: tuple[str, .
 @click.option("--run", "runs", required=True, multiple=True, type=click.Path(file_okay=False), help="Run directory (repeatable).")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Also write the rows as JSON.")
 @click.option("--no-reference", is_flag=True, help="Do not time the reference simulator.")
+@click.option("--threads", type=int, default=None,
+              help="torch intra-op threads (default: torch's choice; 1 is faster on a busy machine).")
 @DEVICE
 @SEED
 @_friendly
-def bench_cmd(runs: tuple[str, ...], json_path: str | None, no_reference: bool, device: str, seed: int) -> None:
+def bench_cmd(runs: tuple[str, ...], json_path: str | None, no_reference: bool, threads: int | None, device: str,
+              seed: int) -> None:
     """Time sampling (ms/shower at batch 1, 4, 10, 128, 512, 1024) against the reference simulator."""
     from .bench import bench, format_table, write_json
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
     rows = bench(list(runs), device=device, reference=not no_reference, seed=seed)
     click.echo(format_table(rows))
