@@ -185,12 +185,17 @@ class _LaganG(nn.Module):
     """Generator sub-network of one layer: ``h (B, h_dim) -> image (ny, nx, B)`` (pre-activation).
 
     dense -> reshape (C0, ny + 2(kh-1), nx + 2(kw-1)) -> conv 'same' -> LeakyReLU -> BN
-    -> LC(kh, kw) -> LeakyReLU -> BN -> LC(kh, kw, no bias), each LC shrinking the grid by k-1.
-    Dense and conv are linear, so they are applied as one folded matrix ``(P * C1, h_dim)``
-    (computed from both weights at every call, so gradients reach both).
+    -> LC(kh, kw) [+ per-position noise] -> LeakyReLU -> BN -> LC(kh, kw, no bias), each LC
+    shrinking the grid by k-1. Dense and conv are linear, so they are applied as one folded
+    matrix ``(P * C1, h_dim)`` (computed from both weights at every call, so gradients reach both).
+
+    The optional per-position noise (one standard normal per position of the first LC output,
+    scaled per channel, as StyleGAN's noise inputs) gives every cell its own randomness: a
+    global latent vector alone cannot make the independent hits of a shower's halo.
     """
 
-    def __init__(self, h_dim: int, shape: tuple[int, int], c0: int, c1: int, c2: int, init_gain: float = 1.0) -> None:
+    def __init__(self, h_dim: int, shape: tuple[int, int], c0: int, c1: int, c2: int, init_gain: float = 1.0,
+                 batchnorm: bool = True, cell_noise: bool = False) -> None:
         super().__init__()
         ny, nx = shape
         self.shape = (ny, nx)
@@ -201,11 +206,13 @@ class _LaganG(nn.Module):
         self.dense = nn.Linear(h_dim, c0 * self.grid[0] * self.grid[1])
         ch, cw = _conv_kernel(self.grid[0]), _conv_kernel(self.grid[1])
         self.conv = nn.Conv2d(c0, c1, (ch, cw), padding=(ch // 2, cw // 2))
-        self.bn1 = nn.BatchNorm1d(c1)
+        self.bn1 = nn.BatchNorm1d(c1) if batchnorm else nn.Identity()
         n0 = self.grid[0] * self.grid[1] + self.tail
         self.lc1 = LocallyConnected2d(c1, c2, n0, self.grid[1], (kh, kw))
-        self.bn2 = nn.BatchNorm1d(c2)
+        self.bn2 = nn.BatchNorm1d(c2) if batchnorm else nn.Identity()
         self.lc2 = LocallyConnected2d(c2, 1, self.lc1.n_out, self.grid[1], (kh, kw), bias=False)
+        self.n_noise = self.lc1.n_out if cell_noise else 0
+        self.noise_scale = nn.Parameter(torch.full((1, c2, 1), 0.1)) if cell_noise else None
         nn.init.xavier_normal_(self.lc2.weight.view(-1, c2), gain=init_gain)  # glorot, as CaloGAN's last LC
 
     def folded(self) -> tuple[Tensor, Tensor]:
@@ -221,34 +228,48 @@ class _LaganG(nn.Module):
             b = F.pad(b, (0, 0, 0, self.tail * self.c1))
         return w, b
 
-    def forward(self, h: Tensor) -> Tensor:
+    def forward(self, h: Tensor, noise: Tensor | None = None) -> Tensor:
+        """``h (B, h_dim)``, ``noise (B, n_noise)`` -> pre-activation image ``(ny, nx, B)``."""
         w, b = self.folded()
         x = torch.addmm(b, w, h.t()).view(-1, self.c1, h.shape[0])  # (P, C1, B)
-        if self.training:
-            x = self.lc1(self.bn1(F.leaky_relu(x, 0.2)))
-            x = self.lc2(self.bn2(F.leaky_relu(x, 0.2)))
-        else:  # eval: batch norms folded into the next LC layer, activations in place
+        fold = not (self.training or isinstance(self.bn1, nn.Identity))
+        if fold:  # eval: batch norms folded into the next LC layer, activations in place
             x = self.lc1(F.leaky_relu_(x, 0.2), *self.lc1.fold_input_affine(*_bn_affine(self.bn1)))
+        else:
+            x = self.lc1(self.bn1(F.leaky_relu(x, 0.2)))
+        if self.noise_scale is not None and noise is not None:
+            x = x + noise.t().unsqueeze(1) * self.noise_scale
+        if fold:
             x = self.lc2(F.leaky_relu_(x, 0.2), *self.lc2.fold_input_affine(*_bn_affine(self.bn2)))
+        else:
+            x = self.lc2(self.bn2(F.leaky_relu(x, 0.2)))
         ny, nx = self.shape
         return x[: ny * self.grid[1]].view(ny, self.grid[1], -1)[:, :nx]  # (ny, nx, B)
 
 
 class _Generator(nn.Module):
-    """``f(z (B, latent), cond (B, cond_dim)) -> x (B, n_cells)`` in the transform space."""
+    """``f(z (B, latent_dim), cond (B, cond_dim), floor_ab (2,)) -> x (B, n_cells)`` (transform space).
+
+    ``z`` = [global latent (``config["latent_dim"]``), per-position noise of every layer], all
+    standard normal. ``floor_ab``: the exp output's floor ``exp(a + b * cond[:, 0])``; kept
+    outside this module (a model buffer) so that the EMA of the generator does not average it.
+    """
 
     def __init__(self, geometry: Any, cond_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__()
-        self.latent_dim = int(cfg["latent_dim"])
+        self.global_dim = int(cfg["latent_dim"])
         # CaloGAN feeds z * E/100; a learned (identity-initialised) gain of the whole cond vector.
-        self.cond_gain = nn.Linear(cond_dim, self.latent_dim)
+        self.cond_gain = nn.Linear(cond_dim, self.global_dim)
         nn.init.zeros_(self.cond_gain.weight)
         nn.init.zeros_(self.cond_gain.bias)
-        h_dim = self.latent_dim + cond_dim
+        h_dim = self.global_dim + cond_dim
         c0, c1, c2 = (int(c) for c in cfg["g_channels"])
         # last LC initialised small: cells start near the data scale, not at O(1) per cell
-        self.lagans = nn.ModuleList(_LaganG(h_dim, tuple(l.shape), c0, c1, c2, float(cfg["init_gain"]))
+        self.lagans = nn.ModuleList(_LaganG(h_dim, tuple(l.shape), c0, c1, c2, float(cfg["init_gain"]),
+                                            bool(cfg["g_batchnorm"]), bool(cfg["cell_noise"]))
                                     for l in geometry.layers)
+        self.noise_sizes = [m.n_noise for m in self.lagans]
+        self.latent_dim = self.global_dim + sum(self.noise_sizes)
         self.activation = cfg["output_activation"]
         self.floor = float(cfg["output_floor"])
         pairs = zip(geometry.layers[:-1], geometry.layers[1:])
@@ -257,11 +278,6 @@ class _Generator(nn.Module):
             if cfg["attention"] else None
         if self.activation == "exp":  # per-cell log-magnitude offset, starting at ~1e-4 per cell
             self.log_bias = nn.ParameterList(nn.Parameter(torch.full((*l.shape, 1), -9.0)) for l in geometry.layers)
-        # floor of the exp output in the transform space: exp(floor_a + floor_b * cond[:, 0]).
-        # Calibrated (CaloGAN._calibrate) to a fixed cell energy in MeV, i.e. the smallest real
-        # deposits, which in the 'scale' space depends on E_inc; until then output_floor.
-        self.register_buffer("floor_a", torch.tensor(math.log(self.floor)))
-        self.register_buffer("floor_b", torch.tensor(0.0))
 
     def _act(self, x: Tensor, floor: Tensor | None = None) -> Tensor:
         if self.activation == "relu":
@@ -271,12 +287,16 @@ class _Generator(nn.Module):
             return F.relu(torch.exp(x) - floor)
         return F.softplus(x, beta=20.0) if self.activation == "softplus" else x
 
-    def forward(self, z: Tensor, cond: Tensor) -> Tensor:
-        h = torch.cat([z * (1.0 + self.cond_gain(cond)), cond], 1)
-        floor = torch.exp(self.floor_a + self.floor_b * cond[:, 0]) if self.activation == "exp" else None  # (B,)
+    def forward(self, z: Tensor, cond: Tensor, floor_ab: Tensor | None = None) -> Tensor:
+        zg, *noises = torch.split(z, [self.global_dim, *self.noise_sizes], 1)
+        h = torch.cat([zg * (1.0 + self.cond_gain(cond)), cond], 1)
+        floor = None
+        if self.activation == "exp":  # (B,)
+            floor = self.floor * torch.ones_like(cond[:, 0]) if floor_ab is None else \
+                torch.exp(floor_ab[0] + floor_ab[1] * cond[:, 0])
         out, prev = [], None
         for i, lagan in enumerate(self.lagans):
-            img = lagan(h)  # (ny, nx, B)
+            img = lagan(h, noises[i] if self.noise_sizes[i] else None)  # (ny, nx, B)
             if self.activation == "exp":
                 img = img + self.log_bias[i]
             if self.attention is not None and prev is not None:
@@ -417,13 +437,17 @@ class _Discriminator(nn.Module):
         self.feat_mean.copy_(f.mean(0))
         self.feat_std.copy_(f.std(0).nan_to_num(1.0).clamp_min(1e-3))
 
+    def standardised_features(self, x_mev: Tensor, e_inc: Tensor) -> Tensor:
+        """:meth:`physics_features` standardised with the real-data statistics, ``(B, n_phys)``."""
+        return (self.physics_features(x_mev, e_inc) - self.feat_mean) / self.feat_std
+
     def forward(self, x_mev: Tensor, cond: Tensor, e_inc: Tensor) -> Tensor:
         # log-compressed fractions, so D sees the low-energy halo as well as the core
         img = torch.log1p(x_mev.clamp_min(0.0) / e_inc * self.image_gain)
         feats = [lagan(img[:, a:b].reshape(-1, 1, *s))
                  for lagan, a, b, s in zip(self.lagans, self.offsets[:-1], self.offsets[1:], self.shapes)]
         f_img = torch.cat(feats, 1)
-        f_phys = (self.physics_features(x_mev, e_inc) - self.feat_mean) / self.feat_std
+        f_phys = self.standardised_features(x_mev, e_inc)
         parts = [f_img, f_phys, cond]
         if self.mbd_images is not None and self.mbd_phys is not None:
             parts += [self.mbd_images(f_img), self.mbd_phys(f_phys)]
@@ -433,13 +457,14 @@ class _Discriminator(nn.Module):
 class _Exported(nn.Module):
     """Frozen eval-mode generator for ONNX: ``forward(z (B, latent), cond (B, cond_dim)) -> x (B, n_cells)``."""
 
-    def __init__(self, generator: _Generator) -> None:
+    def __init__(self, generator: _Generator, floor_ab: Tensor) -> None:
         super().__init__()
         self.generator = generator.eval()
+        self.register_buffer("floor_ab", floor_ab.detach().clone())
         self.latent_dim = generator.latent_dim
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
-        return self.generator(z, cond)
+        return self.generator(z, cond, self.floor_ab)
 
 
 # ------------------------------------------------------------------------------------------
@@ -463,9 +488,12 @@ class CaloGAN(ShowerModel):
         "n_critic": 1,
         "gp_lambda": 10.0,
         "lambda_e": 0.2,
+        "lambda_fm": 1.0,  # feature matching on D's physics features (0: off, as the seed)
         "energy_response": "data",  # E_vis / E_inc: "data" (measured on real batches) or a number
         "latent_dim": 32,
         "g_channels": (4, 4, 4),  # dense, conv, first LC
+        "g_batchnorm": True,
+        "cell_noise": True,  # per-position noise inputs (part of z)
         "d_channels": (8, 8),  # conv, LC
         "d_batchnorm": False,
         "d_hidden": 64,
@@ -495,6 +523,8 @@ class CaloGAN(ShowerModel):
         self.generator = _Generator(geometry, cond_dim, cfg)
         self.discriminator = _Discriminator(geometry, cond_dim, cfg)
         self.register_buffer("calibrated", torch.tensor(False))
+        # exp-output floor exp(a + b * cond[:, 0]) in the transform space (see _calibrate_floor)
+        self.register_buffer("floor_ab", torch.tensor([math.log(float(cfg["output_floor"])), 0.0]))
 
     @property
     def latent_dim(self) -> int:
@@ -516,6 +546,21 @@ class CaloGAN(ShowerModel):
         """
         e_hat = x_mev.sum(1, keepdim=True) / response
         return ((e_inc - e_hat).abs() / e_inc).mean()
+
+    @staticmethod
+    def feature_matching(f_real: Tensor, f_fake: Tensor, c: Tensor) -> Tensor:
+        """Match batch mean, std and covariance with the energy condition of features ``(B, F)``.
+
+        Salimans et al.'s feature matching on the discriminator's physics block (standardised
+        E fractions, sparsity, centroids, widths), with ``c (B,)`` the encoded energy so the
+        energy dependence is matched too. Real and fake rows share their conditions.
+        """
+        def stats(f: Tensor) -> Tensor:
+            mu = f.mean(0)
+            cc = c - c.mean()
+            return torch.stack([mu, f.std(0), ((f - mu) * cc[:, None]).mean(0)])
+
+        return (stats(f_real) - stats(f_fake)).pow(2).mean()
 
     @torch.no_grad()
     def _calibrate(self, x_mev: Tensor, e_inc: Tensor, cond: Tensor | None = None,
@@ -552,8 +597,7 @@ class CaloGAN(ShowerModel):
         a, b = lt[0], lt[1] - lt[0]
         if abs(float(lt[2] - (a - b))) > 1e-3 * max(1.0, abs(float(a))):
             return
-        self.generator.floor_a.fill_(float(a))
-        self.generator.floor_b.fill_(float(b))
+        self.floor_ab.copy_(torch.stack([a, b]))
 
     def _d_loss(self, d_real: Tensor, d_fake: Tensor) -> Tensor:
         loss = self.config["loss"]
@@ -586,7 +630,7 @@ class CaloGAN(ShowerModel):
         D.requires_grad_(True)
         for _ in range(int(cfg["n_critic"])):
             with torch.no_grad():
-                fake = G(self._noise(b, ctx, x.device), cond)
+                fake = G(self._noise(b, ctx, x.device), cond, self.floor_ab)
             d_real = D(x_mev, cond, e_inc)
             d_fake = D(ctx.transform.inverse(fake, e_inc), cond, e_inc)
             loss_d = self._d_loss(d_real, d_fake)
@@ -596,13 +640,20 @@ class CaloGAN(ShowerModel):
 
         D.requires_grad_(False)  # the G step needs no weight gradients of D
         try:
-            fake_mev = ctx.transform.inverse(G(self._noise(b, ctx, x.device), cond), e_inc)
+            fake_mev = ctx.transform.inverse(G(self._noise(b, ctx, x.device), cond, self.floor_ab), e_inc)
             adv = self._g_adv(D(fake_mev, cond, e_inc))
             loss_e = self.energy_loss(fake_mev, e_inc, D.response)
-            ctx.backward_step(adv + cfg["lambda_e"] * loss_e, "generator")
+            loss_g = adv + cfg["lambda_e"] * loss_e
+            loss_fm = torch.zeros(())
+            if cfg["lambda_fm"]:
+                with torch.no_grad():
+                    f_real = D.standardised_features(x_mev, e_inc)
+                loss_fm = self.feature_matching(f_real, D.standardised_features(fake_mev, e_inc), cond[:, 0])
+                loss_g = loss_g + cfg["lambda_fm"] * loss_fm
+            ctx.backward_step(loss_g, "generator")
         finally:
             D.requires_grad_(True)
-        return {"loss_d": loss_d.item(), "loss_g": adv.item(), "loss_e": loss_e.item(),
+        return {"loss_d": loss_d.item(), "loss_g": adv.item(), "loss_e": loss_e.item(), "loss_fm": loss_fm.item(),
                 "d_real": d_real.detach().mean().item(), "d_fake": d_fake.detach().mean().item()}
 
     def _gradient_penalty(self, x: Tensor, fake: Tensor, cond: Tensor, e_inc: Tensor, ctx: TrainContext) -> Tensor:
@@ -626,10 +677,10 @@ class CaloGAN(ShowerModel):
         was_training = self.generator.training
         self.generator.eval()  # running BN statistics, folded into the LC layers
         try:
-            return self.generator(z, cond)
+            return self.generator(z, cond, self.floor_ab)
         finally:
             self.generator.train(was_training)
 
     def export_module(self) -> nn.Module:
         """Eval-mode copy of the current (e.g. EMA-swapped) generator: ``f(z, cond) -> x``."""
-        return _Exported(copy.deepcopy(self.generator)).eval()
+        return _Exported(copy.deepcopy(self.generator), self.floor_ab).eval()
