@@ -116,7 +116,7 @@ class _GenHead(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         """(B, hidden) → (B, n_ch, ny, nx)."""
-        y = nn.functional.leaky_relu(self.fc(h), 0.2).view(len(h), self.c0, *self.base)
+        y = nn.functional.leaky_relu(self.fc(h), 0.2).view(h.shape[0], self.c0, *self.base)
         y = self.net(y.contiguous(memory_format=torch.channels_last))
         ny, nx = self.shape
         oy, ox = (y.shape[-2] - ny) // 2, (y.shape[-1] - nx) // 2  # centred crop
@@ -192,7 +192,7 @@ class Generator(nn.Module):
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
         h = self.trunk(torch.cat([z, cond], 1))
-        out = torch.cat([head(h).reshape(len(h), -1) for head in self.heads], 1)  # group order
+        out = torch.cat([head(h).reshape(h.shape[0], -1) for head in self.heads], 1)  # group order
         return out[:, self.scatter]  # → geometry's layer-by-layer cell order
 
 
