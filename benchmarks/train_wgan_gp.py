@@ -28,6 +28,10 @@ Measured on the shared 2-core CPU machine (1 torch thread, other jobs running), 
   Single features are close (E_tot/E_inc mean 0.978 vs 0.978, per-feature AUC <= 0.8); what
   separates is the energy dependence of the layer-1 occupancy (corr. with log E: 0.95 real,
   0.15 generated), i.e. the generator follows the energy condition too weakly in this budget.
+  With ``--config '{"lambda_reg": 20}'`` (16 min): occupancy corr. 0.69, regression loss 0.06
+  instead of 0.25, but E_tot/E_inc picks up a wrong energy trend and the AUC stays ~1.0.
+  Sampling speed depends on the load: 0.077-0.14 ms/shower (calogan), 0.14-0.36 (lhcb-ecal),
+  0.04-0.07 (besiii-emc); the 0.05 ms/shower target for calogan is not met on this machine.
 * lhcb-ecal e-, theta 0:15 deg, phi 0:360, position -40:40 mm, 20k showers, 2000 steps: the
   frozen regressor's predictions correlate with the requested conditions at 0.70-0.97 on real
   showers but ~0 on generated ones (lambda_reg 1 and 20): conditioning is not learned yet.
