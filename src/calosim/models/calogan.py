@@ -238,7 +238,8 @@ class _LaganG(nn.Module):
         else:
             x = self.lc1(self.bn1(F.leaky_relu(x, 0.2)))
         if self.noise_scale is not None and noise is not None:
-            x = x + noise.t().unsqueeze(1) * self.noise_scale
+            n = noise.t().contiguous().unsqueeze(1)  # (n_noise, 1, B)
+            x = x.addcmul_(n, self.noise_scale) if fold else torch.addcmul(x, n, self.noise_scale)
         if fold:
             x = self.lc2(F.leaky_relu_(x, 0.2), *self.lc2.fold_input_affine(*_bn_affine(self.bn2)))
         else:
@@ -283,8 +284,15 @@ class _Generator(nn.Module):
         if self.activation == "relu":
             return F.relu(x)
         if self.activation == "exp":
-            # exact zeros below the floor and many decades of dynamic range above it
-            return F.relu(torch.exp(x) - floor)
+            # cells are exp(x) (decades of dynamic range) if above the floor (the smallest real
+            # deposit), else exactly 0. The hard gate has a straight-through gradient of a
+            # sigmoid in log space, so cells just below the floor can still be switched on.
+            v = torch.exp(x)
+            hard = v * (v > floor)
+            if not torch.is_grad_enabled():
+                return hard
+            soft = v * torch.sigmoid((x - torch.log(floor)) * 4.0)
+            return soft + (hard - soft).detach()
         return F.softplus(x, beta=20.0) if self.activation == "softplus" else x
 
     def forward(self, z: Tensor, cond: Tensor, floor_ab: Tensor | None = None) -> Tensor:
@@ -502,8 +510,8 @@ class CaloGAN(ShowerModel):
         "attention": True,
         "gate_bias": -2.0,
         "init_gain": 0.01,
-        # "relu" (CaloGAN) | "exp": relu(exp(o) - output_floor), exact zeros plus a wide dynamic
-        # range | "softplus" | "none" (for standardised transforms such as "log")
+        # "relu" (CaloGAN) | "exp": exp(o) above a floor (the smallest real deposit, calibrated),
+        # else 0 | "softplus" | "none" (for standardised transforms such as "log")
         "output_activation": "relu",
         "output_floor": 1e-5,
     }
@@ -574,7 +582,7 @@ class CaloGAN(ShowerModel):
 
     @torch.no_grad()
     def _calibrate_floor(self, x_mev: Tensor, cond: Tensor, ctx: TrainContext) -> None:
-        """Set the exp-output floor to half the 1 % quantile of the real non-zero cells (MeV).
+        """Set the exp-output floor to the 1 % quantile of the real non-zero cells (MeV).
 
         The floor is wanted in the transform space as ``exp(a + b * cond[:, 0])``; this holds
         for transforms linear in the cells with a power-law dependence on E_inc (identity,
@@ -583,7 +591,7 @@ class CaloGAN(ShowerModel):
         nz = x_mev[x_mev > 0]
         if not nz.numel():
             return
-        floor_mev = 0.5 * float(torch.quantile(nz[:100_000].float(), 0.01))
+        floor_mev = float(torch.quantile(nz[:100_000].float(), 0.01))
         c = cond[:1].repeat(3, 1)
         c[:, 0] = torch.tensor([0.0, 1.0, -1.0], device=c.device)
         e = ctx.conditions.incident_energy(c)  # (3, 1) MeV
