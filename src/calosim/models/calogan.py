@@ -151,9 +151,9 @@ class _AttentionTransfer(nn.Module):
     1x1 locally-connected map of ``[own, carry]``, biased towards ``own`` at the start.
     """
 
-    def __init__(self, src: Any, dst: Any, gate_bias: float, log_floor: float | None = None) -> None:
+    def __init__(self, src: Any, dst: Any, gate_bias: float, log_domain: bool = False) -> None:
         super().__init__()
-        self.log_floor = log_floor  # exp output: mix in the log domain (a multiplicative mask)
+        self.log_domain = log_domain  # exp output: mix in the log domain (a multiplicative mask)
         sy, sx = _axis_edges(src)
         dy, dx = _axis_edges(dst)
         if src.kind != dst.kind:  # nothing physical to match: index space
@@ -166,14 +166,17 @@ class _AttentionTransfer(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(()))
 
     def forward(self, own: Tensor, prev: Tensor) -> Tensor:
-        """``own (ny, nx, B)``, ``prev (ny_src, nx_src, B)`` -> ``(ny, nx, B)``."""
+        """``own (ny, nx, B)``, ``prev (ny_src, nx_src, B)`` -> ``(ny, nx, B)``.
+
+        In the log domain ``own`` is log(cell) and ``prev`` is in units of the floor.
+        """
         p, q, b = prev.shape
         carry = torch.mm(self.ry, prev.reshape(p, q * b)).view(-1, q, b)  # rows
         carry = torch.matmul(self.rx, carry)  # columns, batched over rows
-        if self.log_floor is None:
-            carry = carry * self.log_scale.exp()
+        if self.log_domain:
+            carry = torch.log(carry + 0.1) + self.log_scale  # 0 -> log 0.1, hits -> >= log 1.1
         else:
-            carry = torch.log(carry + self.log_floor) + self.log_scale
+            carry = carry * self.log_scale.exp()
         gate = torch.sigmoid(own * self.w[0] + carry * self.w[1] + self.b)
         return own + gate * (carry - own)
 
@@ -274,24 +277,24 @@ class _Generator(nn.Module):
         self.activation = cfg["output_activation"]
         self.floor = float(cfg["output_floor"])
         pairs = zip(geometry.layers[:-1], geometry.layers[1:])
-        log_floor = self.floor if self.activation == "exp" else None
-        self.attention = nn.ModuleList(_AttentionTransfer(a, b, cfg["gate_bias"], log_floor) for a, b in pairs) \
+        log_domain = self.activation == "exp"
+        self.attention = nn.ModuleList(_AttentionTransfer(a, b, cfg["gate_bias"], log_domain) for a, b in pairs) \
             if cfg["attention"] else None
-        if self.activation == "exp":  # per-cell log-magnitude offset, starting at ~1e-4 per cell
+        if self.activation == "exp":  # per-cell offset of log(cell); set to the mean real image at the first step
             self.log_bias = nn.ParameterList(nn.Parameter(torch.full((*l.shape, 1), -9.0)) for l in geometry.layers)
 
     def _act(self, x: Tensor, floor: Tensor | None = None) -> Tensor:
         if self.activation == "relu":
             return F.relu(x)
         if self.activation == "exp":
-            # cells are exp(x) (decades of dynamic range) if above the floor (the smallest real
-            # deposit), else exactly 0. The hard gate has a straight-through gradient of a
-            # sigmoid in log space, so cells just below the floor can still be switched on.
+            # x = log(cell): cells are exp(x) (decades of dynamic range) where above the floor
+            # (the smallest real deposit), else exactly 0. The hard gate has a straight-through
+            # sigmoid gradient, so cells just below the floor can still be switched on.
             v = torch.exp(x)
             hard = v * (v > floor)
             if not torch.is_grad_enabled():
                 return hard
-            soft = v * torch.sigmoid((x - torch.log(floor)) * 4.0)
+            soft = v * torch.sigmoid(4.0 * (x - torch.log(floor)))
             return soft + (hard - soft).detach()
         return F.softplus(x, beta=20.0) if self.activation == "softplus" else x
 
@@ -309,7 +312,8 @@ class _Generator(nn.Module):
                 img = img + self.log_bias[i]
             if self.attention is not None and prev is not None:
                 img = self.attention[i - 1](img, prev)
-            prev = img = self._act(img, floor)
+            img = self._act(img, floor)
+            prev = img if floor is None else img / floor  # the attention carries floor units
             out.append(img.reshape(-1, img.shape[-1]))
         return torch.cat(out, 0).t()
 
@@ -510,8 +514,8 @@ class CaloGAN(ShowerModel):
         "attention": True,
         "gate_bias": -2.0,
         "init_gain": 0.01,
-        # "relu" (CaloGAN) | "exp": exp(o) above a floor (the smallest real deposit, calibrated),
-        # else 0 | "softplus" | "none" (for standardised transforms such as "log")
+        # "relu" (CaloGAN) | "exp": floor * exp(o) where o > 0 else 0, floor = the smallest real
+        # deposit (calibrated) | "softplus" | "none" (for standardised transforms such as "log")
         "output_activation": "relu",
         "output_floor": 1e-5,
     }
@@ -568,7 +572,7 @@ class CaloGAN(ShowerModel):
             cc = c - c.mean()
             return torch.stack([mu, f.std(0), ((f - mu) * cc[:, None]).mean(0)])
 
-        return (stats(f_real) - stats(f_fake)).pow(2).mean()
+        return F.smooth_l1_loss(stats(f_fake), stats(f_real))  # Huber: bounded pull when far off
 
     @torch.no_grad()
     def _calibrate(self, x_mev: Tensor, e_inc: Tensor, cond: Tensor | None = None,
@@ -578,7 +582,23 @@ class CaloGAN(ShowerModel):
         self.discriminator.calibrate(x_mev, e_inc, None if fixed == "data" else float(fixed))
         if getattr(self.generator, "activation", None) == "exp" and cond is not None and ctx is not None:
             self._calibrate_floor(x_mev, cond, ctx)
+            self._init_mean_image(ctx.transform.forward(x_mev, e_inc))
         self.calibrated.fill_(True)
+
+    @torch.no_grad()
+    def _init_mean_image(self, x: Tensor) -> None:
+        """Start the exp output at the mean real image: ``log_bias = log(mean x)`` per cell.
+
+        Cells never hit in the batch get the smallest positive mean / e, so G starts from the
+        average shower instead of having to find the energy scale of every cell.
+        """
+        mean = x.mean(0)
+        pos = mean[mean > 0]
+        if not pos.numel():
+            return
+        logm = torch.log(mean.clamp_min(float(pos.min()) / math.e))
+        for b, (lo, hi) in zip(self.generator.log_bias, zip(self.geometry.layer_offsets[:-1], self.geometry.layer_offsets[1:])):
+            b.copy_(logm[int(lo):int(hi)].view_as(b))
 
     @torch.no_grad()
     def _calibrate_floor(self, x_mev: Tensor, cond: Tensor, ctx: TrainContext) -> None:
