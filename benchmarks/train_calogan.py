@@ -82,6 +82,14 @@ def quick_auc(ref: np.ndarray, gen: np.ndarray, seed: int = 0) -> float:
     return float(roc_auc_score(y[te], clf.predict_proba(x[te])[:, 1]))
 
 
+def worst_features(ref: np.ndarray, gen: np.ndarray, names: list[str], k: int = 6) -> dict[str, float]:
+    """The ``k`` features with the largest separation power (reference-binned, 40 bins)."""
+    from calosim.metrics.distances import separation_power
+
+    sp = {n: separation_power(ref[:, j], gen[:, j], n_bins=40, name=n) for j, n in enumerate(names)}
+    return {n: round(v, 4) for n, v in sorted(sp.items(), key=lambda kv: -kv[1])[:k]}
+
+
 def sampling_ms(model: Any, cond: torch.Tensor, repeats: int = 15) -> float:
     """ms/shower of ``model.sample`` at ``len(cond)`` showers per call (min over repeats)."""
     g = torch.Generator().manual_seed(0)
@@ -147,6 +155,7 @@ def main() -> None:
         "etot_ratio_ref": [float(np.mean(ref.showers.sum(1) / e)), float(np.std(ref.showers.sum(1) / e))],
         "etot_ratio_gen": [float(np.mean(gen.sum(1) / e)), float(np.std(gen.sum(1) / e))],
         "auc_hgb": quick_auc(fr, fg, args.seed), "features": cols + ["log10_E_inc"],
+        "worst_features": worst_features(fr, fg, cols + ["log10_E_inc"]),
     }
     if not args.no_mlp_auc:
         from calosim.metrics.classifier import classifier_two_sample_test

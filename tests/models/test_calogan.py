@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from calosim.geometry import Geometry, Layer, Material, get_geometry
 from calosim.models import get_model_class
-from calosim.models.calogan import CaloGAN, LocallyConnected2d, from_flat, to_flat
+from calosim.models.calogan import (CaloGAN, LocallyConnected2d, _EnergyMDN, energy_fractions, energy_vector, from_flat,
+                                   to_flat)
 
 SMALL = {"latent_dim": 8, "g_channels": (3, 3, 3), "d_channels": (4, 2), "d_hidden": 8, "mbd_kernels": 3}
 
@@ -208,7 +209,7 @@ class _FixedSumGenerator(nn.Module):
         self.logits = nn.Parameter(torch.zeros(n_cells))
         self.fraction, self.latent_dim = fraction, 4
 
-    def forward(self, z: Tensor, cond: Tensor, floor_ab: Tensor | None = None) -> Tensor:
+    def forward(self, z: Tensor, cond: Tensor, floor_ab: Tensor | None = None, f: Tensor | None = None) -> Tensor:
         e = FakeConditions().incident_energy(cond)
         return self.fraction * e * torch.softmax(self.logits + 0 * z[:, :1], 1)
 
@@ -263,4 +264,121 @@ def test_end_to_end_tiny_training(tmp_path: Path) -> None:
     run = train_mod.load_run(run_dir)
     ref = {"incident_energies": np.array([[2e3], [5e4]])}
     showers = run.sample(ref, generator=0)
+    assert showers.shape == (2, 504) and np.isfinite(showers).all() and (showers >= 0).all()
+
+
+# ------------------------------------------------------------------------------------------
+# layer_energies="mdn": energy vector, mixture-density network, normalised shapes
+# ------------------------------------------------------------------------------------------
+MDN = {**SMALL, "layer_energies": "mdn", "output_activation": "exp", "transform": "scale",
+       "mdn_components": 3, "mdn_hidden": 16, "mdn_steps": 5, "mdn_batches": 1}
+
+
+def test_energy_vector_round_trip_with_empty_layers() -> None:
+    g = torch.Generator().manual_seed(0)
+    f = torch.rand(200, 3, generator=g, dtype=torch.float64)
+    f[:20, 2] = 0.0  # empty last layer
+    f[20:40, 0] = 0.0  # empty first layer
+    t = energy_vector(f)
+    assert torch.isfinite(t).all()
+    torch.testing.assert_close(t[:, 0], torch.log(f.sum(1)))  # t_0 is the log response
+    back = energy_fractions(t)
+    torch.testing.assert_close(back, f, rtol=1e-5, atol=1e-5 * float(f.sum(1).max()))
+    assert (back >= 0).all()
+
+
+def test_mdn_learns_a_known_conditional_gaussian() -> None:
+    """t | c ~ N((2c, -c), [[1, .8], [.8, 1]] * 0.09): the fitted density reaches the true entropy
+    and its samples have the true conditional mean and covariance."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    chol = 0.3 * torch.tensor([[1.0, 0.0], [0.8, 0.6]])
+    def draw(n: int) -> tuple[Tensor, Tensor]:
+        c = torch.rand(n, 1, generator=g) * 2 - 1
+        return torch.cat([2 * c, -c], 1) + torch.randn(n, 2, generator=g) @ chol.t(), c
+    mdn = _EnergyMDN(1, 2, components=2, hidden=32)
+    opt = torch.optim.Adam(mdn.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 800)
+    for _ in range(800):
+        t, c = draw(512)
+        loss = -mdn.log_prob(t, c).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    t, c = draw(20_000)
+    with torch.no_grad():
+        nll = -float(mdn.log_prob(t, c).mean())
+        entropy = 0.5 * 2 * (1 + math.log(2 * math.pi)) + float(torch.log(torch.diagonal(chol)).sum())
+        assert abs(nll - entropy) < 0.05
+        c0 = torch.full((20_000, 1), 0.5)
+        s = mdn.sample(c0, torch.randn(20_000, 3, generator=g))
+    torch.testing.assert_close(s.mean(0), torch.tensor([1.0, -0.5]), atol=0.03, rtol=0)
+    torch.testing.assert_close(torch.cov(s.t()), chol @ chol.t(), atol=0.01, rtol=0)
+
+
+def test_mdn_mode_layer_sums_follow_the_energy_network() -> None:
+    """G draws normalised shapes: every generated layer sums to the sampled layer energy."""
+    geo = get_geometry("calogan")
+    model = make(geo, **MDN)
+    x_mev, cond = fake_batch(geo, 64)
+    e = FakeConditions().incident_energy(cond)
+    ctx = FakeCtx(model, transform=FractionTransform())
+    x = FractionTransform().forward(x_mev, e)
+    model.pretrain(iter(lambda: (x, cond), None), ctx)
+    out = model.train_step(x, cond, ctx)
+    assert all(math.isfinite(v) for v in out.values())
+    z = model.latent(64, torch.Generator().manual_seed(2))
+    n = model.generator.latent_dim
+    with torch.no_grad():
+        t = model.energy.sample(cond, z[:, n:])
+        f = energy_fractions(t * model.t_std + model.t_mean)
+        model.generator.eval()
+        gen = model.export_module()(z, cond)
+    assert (gen >= 0).all() and torch.isfinite(gen).all()
+    torch.testing.assert_close(model.layer_sums(gen), f, rtol=1e-4, atol=1e-7)
+    # cells are either exactly 0 or at least the calibrated floor
+    floor = torch.exp(model.floor_ab[0] + model.floor_ab[1] * cond[:, 0])[:, None]
+    assert ((gen == 0) | (gen >= floor * (1 - 1e-5))).all()
+
+
+def test_mdn_mode_teacher_forcing_matches_real_layer_energies() -> None:
+    """In training, fake showers share the real batch's layer energies (D judges shapes only)."""
+    geo = two_layer_geometry()
+    model = make(geo, **MDN)
+    x_mev, cond = fake_batch(geo, 32)
+    x = FractionTransform().forward(x_mev, FakeConditions().incident_energy(cond))
+    model._calibrate(x_mev, FakeConditions().incident_energy(cond), cond, FakeCtx(model, transform=FractionTransform()))
+    with torch.no_grad():
+        g_cond = torch.cat([cond, model.standardised_energy(x)], 1)
+        fake = model.generator(torch.randn(32, model.generator.latent_dim), g_cond, model.floor_ab, model.layer_sums(x))
+    torch.testing.assert_close(model.layer_sums(fake), model.layer_sums(x), rtol=1e-4, atol=1e-7)
+
+
+def test_mdn_mode_export_equals_sample_and_rejects_nonlinear_transform() -> None:
+    geo = get_geometry("calogan")
+    model = make(geo, **MDN)
+    want = model.sample(FakeConditions.encode(torch.full((5, 1), 3e4)), torch.Generator().manual_seed(3))
+    z = model.latent(5, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got = model.export_module()(z, FakeConditions.encode(torch.full((5, 1), 3e4)))
+    torch.testing.assert_close(got, want)
+    assert model.latent_dim == model.generator.latent_dim + 1 + geo.n_layers
+    with pytest.raises(ValueError, match="linear"):
+        make(geo, **{**MDN, "transform": "boxcox"})
+
+
+def test_mdn_mode_end_to_end_tiny_training(tmp_path: Path) -> None:
+    """Pretraining (the energy network) and GAN steps through calosim.train, then sampling."""
+    train_mod = pytest.importorskip("calosim.train")
+    from calosim.simulate import simulate_to_file
+
+    path = simulate_to_file(tmp_path / "e.h5", "calogan", "e+", 96, energy="1:100", seed=1)
+    run_dir = train_mod.train("calogan", path, tmp_path / "run", steps=3, progress=False,
+                              config={**MDN, "batch_size": 16, "val_size": 16, "val_every": 0,
+                                      "log_every": 1, "checkpoint_every": 10})
+    summary = (run_dir / "train_summary.json").read_text()
+    assert "mdn_nll" in summary
+    run = train_mod.load_run(run_dir)
+    showers = run.sample({"incident_energies": np.array([[2e3], [5e4]])}, generator=0)
     assert showers.shape == (2, 504) and np.isfinite(showers).all() and (showers >= 0).all()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -181,6 +182,96 @@ class _AttentionTransfer(nn.Module):
         return own + gate * (carry - own)
 
 
+
+# ------------------------------------------------------------------------------------------
+# layer energies: the energy vector and its mixture-density network
+# ------------------------------------------------------------------------------------------
+_ALPHA = 1e-6  # clip of the stick-breaking fractions (an empty layer maps to logit(alpha))
+
+
+def energy_vector(f: Tensor) -> Tensor:
+    """Layer energies ``f (B, L)`` (any linear unit, e.g. E_l / E_inc) -> ``t (B, L)``.
+
+    ``t_0 = log sum_l f_l`` (the response, a narrow peak in its own coordinate) and, for
+    ``l >= 1``, ``t_l = logit(u_l)`` of the stick-breaking fractions
+    ``u_l = f_{l-1} / (f_{l-1} + ... + f_{L-1})`` (CaloFlow's u-space), so every point of
+    R^L is a valid set of non-negative layer energies.
+    """
+    f = f.clamp_min(0.0)
+    rest = f.flip(1).cumsum(1).flip(1)  # (B, L): f_l + ... + f_{L-1}
+    t0 = torch.log(rest[:, :1].clamp_min(1e-30))
+    u = (f[:, :-1] / rest[:, :-1].clamp_min(1e-30)).clamp(_ALPHA, 1.0 - _ALPHA)
+    return torch.cat([t0, torch.log(u) - torch.log1p(-u)], 1)
+
+
+def energy_fractions(t: Tensor) -> Tensor:
+    """Inverse of :func:`energy_vector`: ``t (B, L) -> f (B, L)`` (non-negative)."""
+    rest = torch.exp(t[:, :1])
+    out = []
+    for j in range(1, t.shape[1]):
+        f = rest * torch.sigmoid(t[:, j:j + 1])
+        out.append(f)
+        rest = rest - f
+    return torch.cat([*out, rest], 1)
+
+
+class _EnergyMDN(nn.Module):
+    """Mixture-density network ``p(t | cond)``: K full-covariance Gaussians in the L-dim
+    (standardised) energy vector, weights, means and Cholesky factors from an MLP of ``cond``.
+
+    Trained by maximum likelihood before the GAN (:meth:`CaloGAN.pretrain`); sampling is a
+    deterministic function of standard-normal noise (one value picks the component through
+    its normal CDF, L values are the Gaussian), so it exports to ONNX and is reproducible.
+    """
+
+    def __init__(self, cond_dim: int, n_layers: int, components: int, hidden: int) -> None:
+        super().__init__()
+        k, d = int(components), int(n_layers)
+        self.k, self.d = k, d
+        n_off = d * (d - 1) // 2
+        self.net = nn.Sequential(nn.Linear(cond_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, k * (1 + 2 * d + n_off)))
+        # placement of the diagonal and strictly-lower entries in a flattened (d, d) matrix
+        rows, cols = torch.tril_indices(d, d, -1)
+        p_off = torch.zeros(n_off, d * d)
+        p_off[torch.arange(n_off), rows * d + cols] = 1.0
+        p_diag = torch.zeros(d, d * d)
+        p_diag[torch.arange(d), torch.arange(d) * (d + 1)] = 1.0
+        self.register_buffer("p_off", p_off)
+        self.register_buffer("p_diag", p_diag)
+        with torch.no_grad():  # spread the initial means so the components differ
+            last = self.net[-1]
+            last.weight.mul_(0.1)
+            last.bias.view(k, -1)[:, 1:1 + d].copy_(torch.randn(k, d, generator=torch.Generator().manual_seed(0)))
+
+    def params(self, cond: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``log_w (B, K)``, ``mu (B, K, d)``, ``tril (B, K, d, d)``, ``log_diag (B, K, d)``."""
+        b, k, d = cond.shape[0], self.k, self.d
+        o = self.net(cond).view(b, k, -1)
+        log_w = torch.log_softmax(o[..., 0], -1)
+        mu = o[..., 1:1 + d]
+        log_diag = o[..., 1 + d:1 + 2 * d].clamp(-7.0, 3.0)
+        tril = (torch.exp(log_diag) @ self.p_diag + o[..., 1 + 2 * d:] @ self.p_off).view(b, k, d, d)
+        return log_w, mu, tril, log_diag
+
+    def log_prob(self, t: Tensor, cond: Tensor) -> Tensor:
+        """``log p(t | cond)`` ``(B,)`` for ``t (B, d)``."""
+        log_w, mu, tril, log_diag = self.params(cond)
+        diff = (t[:, None, :] - mu).unsqueeze(-1)  # (B, K, d, 1)
+        z = torch.linalg.solve_triangular(tril, diff, upper=False).squeeze(-1)
+        log_n = -0.5 * (z * z).sum(-1) - log_diag.sum(-1) - 0.5 * self.d * math.log(2 * math.pi)
+        return torch.logsumexp(log_w + log_n, -1)
+
+    def sample(self, cond: Tensor, noise: Tensor) -> Tensor:
+        """``t (B, d)`` from ``noise (B, 1 + d)`` standard normal."""
+        log_w, mu, tril, _ = self.params(cond)
+        u = 0.5 * (1.0 + torch.erf(noise[:, :1] / math.sqrt(2.0)))  # uniform
+        k = (u > torch.cumsum(torch.exp(log_w), -1)).sum(-1).clamp_max(self.k - 1)  # (B,)
+        onehot = (k[:, None] == torch.arange(self.k, device=cond.device)[None]).to(mu.dtype)  # (B, K)
+        m = (onehot[..., None] * mu).sum(1)
+        lt = (onehot[..., None, None] * tril).sum(1)
+        return m + (lt @ noise[:, 1:, None]).squeeze(-1)
+
 # ------------------------------------------------------------------------------------------
 # generator
 # ------------------------------------------------------------------------------------------
@@ -298,7 +389,36 @@ class _Generator(nn.Module):
             return soft + (hard - soft).detach()
         return F.softplus(x, beta=20.0) if self.activation == "softplus" else x
 
-    def forward(self, z: Tensor, cond: Tensor, floor_ab: Tensor | None = None) -> Tensor:
+    def _normalised(self, x: Tensor, f: Tensor, floor: Tensor | None) -> Tensor:
+        """Pre-activation ``x (P, B)`` of one layer -> cells ``(P, B)`` summing to ``f (B,)``.
+
+        exp output: ``softmax(x) * f`` with the cells below the floor switched off (hard, with
+        the straight-through gradient of :meth:`_act`), then renormalised so the layer still
+        sums to ``f`` exactly; an empty layer (``f = 0``) stays all zero.
+        """
+        if self.activation == "exp" and floor is not None:
+            logc = x - torch.logsumexp(x, 0, keepdim=True) + torch.log(f.clamp_min(1e-30))
+            v = torch.exp(logc)
+            hard = v * (v > floor)
+            if torch.is_grad_enabled():
+                soft = v * torch.sigmoid(4.0 * (logc - torch.log(floor)))
+                v = soft + (hard - soft).detach()
+            else:
+                v = hard
+        else:
+            v = self._act(x, floor)
+        total = v.sum(0)
+        # exact layer sum; the factor (>= 1: only dropped cells) is a constant for the gradient,
+        # and an all-dropped layer keeps factor 1 so the soft path can still switch cells on
+        scale = torch.where(total > 0, f / total.clamp_min(1e-30), torch.ones_like(total)).detach()
+        return v * scale
+
+    def forward(self, z: Tensor, cond: Tensor, floor_ab: Tensor | None = None, f: Tensor | None = None) -> Tensor:
+        """``z (B, latent_dim)``, ``cond (B, cond_dim)`` -> ``x (B, n_cells)``.
+
+        With layer energies ``f (B, L)`` (in the units of ``x``) every layer is a normalised
+        shape times its ``f``: G draws only where the energy goes, not how much there is.
+        """
         zg, *noises = torch.split(z, [self.global_dim, *self.noise_sizes], 1)
         h = torch.cat([zg * (1.0 + self.cond_gain(cond)), cond], 1)
         floor = None
@@ -312,7 +432,10 @@ class _Generator(nn.Module):
                 img = img + self.log_bias[i]
             if self.attention is not None and prev is not None:
                 img = self.attention[i - 1](img, prev)
-            img = self._act(img, floor)
+            if f is None:
+                img = self._act(img, floor)
+            else:
+                img = self._normalised(img.reshape(-1, img.shape[-1]), f[:, i], floor).view_as(img)
             prev = img if floor is None else img / floor  # the attention carries floor units
             out.append(img.reshape(-1, img.shape[-1]))
         return torch.cat(out, 0).t()
@@ -466,17 +589,29 @@ class _Discriminator(nn.Module):
         return self.head(torch.cat(parts, 1)).squeeze(1)
 
 
-class _Exported(nn.Module):
-    """Frozen eval-mode generator for ONNX: ``forward(z (B, latent), cond (B, cond_dim)) -> x (B, n_cells)``."""
+class _Sampler(nn.Module):
+    """``forward(z (B, latent_dim), cond (B, cond_dim)) -> x (B, n_cells)``: the whole sampling path.
 
-    def __init__(self, generator: _Generator, floor_ab: Tensor) -> None:
+    ``z`` = [generator latent, then (with ``layer_energies="mdn"``) 1 + L values for the energy
+    network]. Shared by :meth:`CaloGAN.sample` and the ONNX export, so both are one graph.
+    """
+
+    def __init__(self, generator: _Generator, energy: "_EnergyMDN | None", floor_ab: Tensor,
+                 t_mean: Tensor, t_std: Tensor) -> None:
         super().__init__()
-        self.generator = generator.eval()
-        self.register_buffer("floor_ab", floor_ab.detach().clone())
-        self.latent_dim = generator.latent_dim
+        self.generator, self.energy = generator, energy
+        self.register_buffer("floor_ab", floor_ab)
+        self.register_buffer("t_mean", t_mean)
+        self.register_buffer("t_std", t_std)
+        self.latent_dim = generator.latent_dim + (0 if energy is None else 1 + energy.d)
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
-        return self.generator(z, cond, self.floor_ab)
+        if self.energy is None:
+            return self.generator(z, cond, self.floor_ab)
+        n = self.generator.latent_dim
+        t = self.energy.sample(cond, z[:, n:])  # standardised energy vector
+        f = energy_fractions(t * self.t_std + self.t_mean)
+        return self.generator(z[:, :n], torch.cat([cond, t], 1), self.floor_ab, f)
 
 
 # ------------------------------------------------------------------------------------------
@@ -518,6 +653,15 @@ class CaloGAN(ShowerModel):
         # deposit (calibrated) | "softplus" | "none" (for standardised transforms such as "log")
         "output_activation": "relu",
         "output_floor": 1e-5,
+        # "mdn": the layer energies come from a mixture-density network (trained first, by
+        # likelihood) and G draws each layer's normalised shape conditioned on them (trained
+        # against the real layer energies of the batch) | "generator": G draws the cells (the seed)
+        "layer_energies": "generator",
+        "mdn_components": 10,
+        "mdn_hidden": 64,
+        "mdn_steps": 3000,
+        "mdn_lr": 3e-3,
+        "mdn_batches": 4,  # training batches per MDN step
     }
 
     def __init__(self, geometry: Any, cond_dim: int, config: dict[str, Any]) -> None:
@@ -528,27 +672,97 @@ class CaloGAN(ShowerModel):
         if cfg["output_activation"] not in ("relu", "exp", "softplus", "none"):
             raise ValueError("calogan: output_activation must be 'relu', 'exp', 'softplus' or 'none', "
                              f"got {cfg['output_activation']!r}")
+        if cfg["layer_energies"] not in ("mdn", "generator"):
+            raise ValueError(f"calogan: layer_energies must be 'mdn' or 'generator', got {cfg['layer_energies']!r}")
+        self.mdn = cfg["layer_energies"] == "mdn"
+        if self.mdn and cfg.get("transform", "scale") not in ("scale", "identity"):
+            raise ValueError("calogan: layer_energies='mdn' needs a transform linear in the cells ('scale' or "
+                             f"'identity'), got transform={cfg.get('transform')!r}")
+        if self.mdn and cfg["output_activation"] == "none":
+            raise ValueError("calogan: layer_energies='mdn' needs a non-negative output_activation")
         data_dim = int(cfg.get("data_dim", geometry.n_cells))
         if data_dim != geometry.n_cells:
             raise ValueError(f"calogan generates cell images: it needs a transform with one value per cell "
                              f"(scale, identity, log, boxcox, logit), got data_dim={data_dim} for {geometry.n_cells} cells")
-        self.generator = _Generator(geometry, cond_dim, cfg)
+        n_layers = geometry.n_layers
+        self.generator = _Generator(geometry, cond_dim + (n_layers if self.mdn else 0), cfg)
         self.discriminator = _Discriminator(geometry, cond_dim, cfg)
+        self.energy = _EnergyMDN(cond_dim, n_layers, int(cfg["mdn_components"]), int(cfg["mdn_hidden"])) \
+            if self.mdn else None
+        # standardisation of the energy vector (set from the first real batch)
+        self.register_buffer("t_mean", torch.zeros(n_layers))
+        self.register_buffer("t_std", torch.ones(n_layers))
         self.register_buffer("calibrated", torch.tensor(False))
         # exp-output floor exp(a + b * cond[:, 0]) in the transform space (see _calibrate_floor)
         self.register_buffer("floor_ab", torch.tensor([math.log(float(cfg["output_floor"])), 0.0]))
 
     @property
     def latent_dim(self) -> int:
-        return self.generator.latent_dim
+        return self.generator.latent_dim + (1 + self.geometry.n_layers if self.mdn else 0)
+
+    def _sampler(self) -> _Sampler:
+        return _Sampler(self.generator, self.energy, self.floor_ab, self.t_mean, self.t_std)
+
+    def layer_sums(self, x: Tensor) -> Tensor:
+        """``x (B, n_cells) -> (B, L)`` per-layer sums (in the units of ``x``)."""
+        return torch.stack([x[:, s].sum(1) for s in self.geometry.layer_slices], 1)
+
+    def standardised_energy(self, x: Tensor) -> Tensor:
+        """The standardised energy vector of showers ``x (B, n_cells)``, ``(B, L)``."""
+        return (energy_vector(self.layer_sums(x)) - self.t_mean) / self.t_std
 
     # -- training -------------------------------------------------------------------------
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         betas = tuple(self.config["betas"])
-        return {
+        opts = {
             "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=self.config["lr_d"], betas=betas),
             "generator": torch.optim.Adam(self.generator.parameters(), lr=self.config["lr_g"], betas=betas),
         }
+        if self.energy is not None:
+            opts["energy"] = torch.optim.Adam(self.energy.parameters(), lr=float(self.config["mdn_lr"]))
+        return opts
+
+    def pretrain(self, batches: Iterator[tuple[Tensor, Tensor]], ctx: TrainContext) -> dict[str, float]:
+        """``layer_energies="mdn"``: fit the energy network by maximum likelihood, then freeze it.
+
+        ``mdn_steps`` Adam steps on ``mdn_batches`` concatenated training batches, cosine
+        learning-rate decay. Returns the final mean negative log-likelihood (per shower, in the
+        standardised energy vector) and the response E_tot / E_inc (mean, std) of real showers
+        and of the network's samples for the last batch's conditions.
+        """
+        if self.energy is None:
+            return {}
+        cfg = self.config
+        x, cond = next(batches)
+        if not bool(self.calibrated):
+            e_inc = ctx.conditions.incident_energy(cond)
+            self._calibrate(ctx.transform.inverse(x, e_inc), e_inc, cond, ctx)
+        opt = ctx.optimizers["energy"] if hasattr(ctx, "optimizers") else None
+        lr0 = float(cfg["mdn_lr"])
+        steps, k = int(cfg["mdn_steps"]), max(int(cfg["mdn_batches"]), 1)
+        self.energy.requires_grad_(True).train()
+        nll = float("nan")
+        for i in range(steps):
+            parts = [next(batches) for _ in range(k)]
+            x = torch.cat([p[0] for p in parts])
+            cond = torch.cat([p[1] for p in parts])
+            if opt is not None:
+                for g in opt.param_groups:
+                    g["lr"] = lr0 * 0.5 * (1.0 + math.cos(math.pi * i / max(steps, 1)))
+            loss = -self.energy.log_prob(self.standardised_energy(x), cond).mean()
+            ctx.backward_step(loss, "energy")
+            nll = loss.item() if i == 0 or not math.isfinite(nll) else 0.98 * nll + 0.02 * loss.item()
+        self.energy.eval().requires_grad_(False)
+        out = {"mdn_nll": nll, "mdn_steps": float(steps)}
+        with torch.no_grad():
+            e_inc = ctx.conditions.incident_energy(cond)
+            noise = torch.randn(len(cond), 1 + self.geometry.n_layers, generator=ctx.generator,
+                                device=ctx.generator.device).to(cond.device)
+            f_gen = energy_fractions(self.energy.sample(cond, noise) * self.t_std + self.t_mean)
+            for name, f in (("real", self.layer_sums(x)), ("mdn", f_gen)):
+                r = ctx.transform.inverse(f, e_inc).sum(1) / e_inc[:, 0]  # linear transform: sums map like cells
+                out[f"response_mean_{name}"], out[f"response_std_{name}"] = float(r.mean()), float(r.std())
+        return out
 
     @staticmethod
     def energy_loss(x_mev: Tensor, e_inc: Tensor, response: Tensor | float = 1.0) -> Tensor:
@@ -580,6 +794,10 @@ class CaloGAN(ShowerModel):
         """First real batch: detector response, typical small cell energy, feature scales."""
         fixed = self.config["energy_response"]
         self.discriminator.calibrate(x_mev, e_inc, None if fixed == "data" else float(fixed))
+        if self.mdn and ctx is not None:
+            t = energy_vector(self.layer_sums(ctx.transform.forward(x_mev, e_inc)))
+            self.t_mean.copy_(t.mean(0))
+            self.t_std.copy_(t.std(0).nan_to_num(1.0).clamp_min(1e-3))
         if getattr(self.generator, "activation", None) == "exp" and cond is not None and ctx is not None:
             self._calibrate_floor(x_mev, cond, ctx)
             self._init_mean_image(ctx.transform.forward(x_mev, e_inc))
@@ -640,7 +858,7 @@ class CaloGAN(ShowerModel):
 
     def _noise(self, n: int, ctx: TrainContext, device: torch.device) -> Tensor:
         gen = ctx.generator
-        z = torch.randn(n, self.latent_dim, generator=gen, device=gen.device if gen is not None else device)
+        z = torch.randn(n, self.generator.latent_dim, generator=gen, device=gen.device if gen is not None else device)
         return z.to(device)
 
     def train_step(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
@@ -654,11 +872,14 @@ class CaloGAN(ShowerModel):
         if not bool(self.calibrated):
             self._calibrate(x_mev, e_inc, cond, ctx)
         b = x.shape[0]
+        # "mdn": G draws shapes for the real layer energies of the batch, so D judges shapes alone
+        f = self.layer_sums(x) if self.mdn else None
+        g_cond = torch.cat([cond, self.standardised_energy(x)], 1) if self.mdn else cond
 
         D.requires_grad_(True)
         for _ in range(int(cfg["n_critic"])):
             with torch.no_grad():
-                fake = G(self._noise(b, ctx, x.device), cond, self.floor_ab)
+                fake = G(self._noise(b, ctx, x.device), g_cond, self.floor_ab, f)
             d_real = D(x_mev, cond, e_inc)
             d_fake = D(ctx.transform.inverse(fake, e_inc), cond, e_inc)
             loss_d = self._d_loss(d_real, d_fake)
@@ -668,10 +889,10 @@ class CaloGAN(ShowerModel):
 
         D.requires_grad_(False)  # the G step needs no weight gradients of D
         try:
-            fake_mev = ctx.transform.inverse(G(self._noise(b, ctx, x.device), cond, self.floor_ab), e_inc)
+            fake_mev = ctx.transform.inverse(G(self._noise(b, ctx, x.device), g_cond, self.floor_ab, f), e_inc)
             adv = self._g_adv(D(fake_mev, cond, e_inc))
             loss_e = self.energy_loss(fake_mev, e_inc, D.response)
-            loss_g = adv + cfg["lambda_e"] * loss_e
+            loss_g = adv + (0.0 if self.mdn else cfg["lambda_e"]) * loss_e  # "mdn": energies are given
             loss_fm = torch.zeros(())
             if cfg["lambda_fm"]:
                 with torch.no_grad():
@@ -705,10 +926,10 @@ class CaloGAN(ShowerModel):
         was_training = self.generator.training
         self.generator.eval()  # running BN statistics, folded into the LC layers
         try:
-            return self.generator(z, cond, self.floor_ab)
+            return self._sampler()(z, cond)
         finally:
             self.generator.train(was_training)
 
     def export_module(self) -> nn.Module:
-        """Eval-mode copy of the current (e.g. EMA-swapped) generator: ``f(z, cond) -> x``."""
-        return _Exported(copy.deepcopy(self.generator), self.floor_ab).eval()
+        """Eval-mode copy of the current (e.g. EMA-swapped) sampling path: ``f(z, cond) -> x``."""
+        return copy.deepcopy(self._sampler()).eval()
