@@ -143,3 +143,23 @@ def test_calogan_layout_input(tmp_path: Path) -> None:
     assert load_run(out).sample({"incident_energies": np.full((5, 1), 1e4)}).shape == (5, 504)
 
 
+
+
+def test_validation_observables_on_a_hand_made_shower() -> None:
+    """Two equal deposits 2 cells apart in a row of the 12x12 layer: width = one cell pitch."""
+    from calosim.geometry import get_geometry
+    from calosim.train.loop import validation_observables
+
+    geo = get_geometry("calogan")
+    lay = geo.layers[1]
+    x = np.zeros((1, geo.n_cells))
+    s = geo.layer_slices[1]
+    row = 5 * lay.shape[1]
+    x[0, s.start + row + 3] = x[0, s.start + row + 5] = 500.0  # cells 3 and 5 of row 5
+    x[0, geo.layer_slices[0].start] = 1000.0
+    obs = validation_observables(x, np.array([[4000.0]]), geo)
+    assert obs["etot_ratio"][0] == pytest.approx(0.5)
+    assert obs["frac_0"][0] == pytest.approx(0.5) and obs["frac_1"][0] == pytest.approx(0.5)
+    assert obs["sparsity_1"][0] == pytest.approx(2 / 144) and obs["sparsity_2"][0] == 0.0
+    assert obs["width_1"][0] == pytest.approx(lay.cell_mm[1])  # +-1 pitch around the centroid
+    assert obs["width_0"][0] == 0.0 and obs["width_2"][0] == 0.0

@@ -192,13 +192,28 @@ class EMA:
 # validation observables (cheap, numpy; the metrics package has the full set)
 # ------------------------------------------------------------------------------------------
 def validation_observables(showers: np.ndarray, e_inc: np.ndarray, geometry: Geometry) -> dict[str, np.ndarray]:
-    """``etot_ratio`` = E_tot / E_inc (N,) and ``frac_<layer i>`` = E_layer / E_tot (N,) each."""
+    """Cheap per-shower observables, each ``(N,)``: ``etot_ratio`` = E_tot / E_inc,
+    ``frac_<i>`` = E_layer / E_tot, ``sparsity_<i>`` = fraction of the layer's cells above the
+    threshold and ``width_<i>`` = energy-weighted RMS distance (mm) of the cells from the
+    layer's centroid, for every layer ``i`` (shapes as well as energies, so the best
+    checkpoint is not chosen on energies alone)."""
+    showers = np.asarray(showers, dtype=np.float64)
     layers = geometry.layer_energies(showers).astype(np.float64)
     etot = layers.sum(1)
     out = {"etot_ratio": etot / np.asarray(e_inc, dtype=np.float64).ravel()}
     frac = np.divide(layers, etot[:, None], out=np.zeros_like(layers), where=etot[:, None] > 0)
-    for i in range(geometry.n_layers):
+    xs, ys = geometry.cell_centers()
+    for i, s in enumerate(geometry.layer_slices):
         out[f"frac_{i}"] = frac[:, i]
+    for i, s in enumerate(geometry.layer_slices):
+        cells = showers[:, s]
+        out[f"sparsity_{i}"] = (cells > geometry.threshold_mev).mean(1)
+        w = np.divide(cells, layers[:, i:i + 1], out=np.zeros_like(cells), where=layers[:, i:i + 1] > 0)
+        var = np.zeros(len(cells))
+        for c in (xs[s], ys[s]):
+            m1 = w @ c
+            var += np.clip(w @ (c * c) - m1 * m1, 0.0, None)
+        out[f"width_{i}"] = np.sqrt(var)
     return out
 
 
