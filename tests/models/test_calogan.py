@@ -209,7 +209,8 @@ class _FixedSumGenerator(nn.Module):
         self.logits = nn.Parameter(torch.zeros(n_cells))
         self.fraction, self.latent_dim = fraction, 4
 
-    def forward(self, z: Tensor, cond: Tensor, floor_ab: Tensor | None = None, f: Tensor | None = None) -> Tensor:
+    def forward(self, z: Tensor, cond: Tensor, floor_ab: Tensor | None = None, f: Tensor | None = None,
+                n: Tensor | None = None) -> Tensor:
         e = FakeConditions().incident_energy(cond)
         return self.fraction * e * torch.softmax(self.logits + 0 * z[:, :1], 1)
 
@@ -331,8 +332,9 @@ def test_mdn_mode_layer_sums_follow_the_energy_network() -> None:
     z = model.latent(64, torch.Generator().manual_seed(2))
     n = model.generator.latent_dim
     with torch.no_grad():
-        t = model.energy.sample(cond, z[:, n:])
-        f = energy_fractions(t * model.t_std + model.t_mean)
+        t = model.energy.sample(cond, z[:, n:]) * model.t_std + model.t_mean
+        f = energy_fractions(t[:, :geo.n_layers])
+        hits = torch.minimum(torch.floor(torch.exp(t[:, geo.n_layers:])), model.n_cells_per_layer)
         model.generator.eval()
         gen = model.export_module()(z, cond)
     assert (gen >= 0).all() and torch.isfinite(gen).all()
@@ -340,6 +342,9 @@ def test_mdn_mode_layer_sums_follow_the_energy_network() -> None:
     # cells are either exactly 0 or at least the calibrated floor
     floor = torch.exp(model.floor_ab[0] + model.floor_ab[1] * cond[:, 0])[:, None]
     assert ((gen == 0) | (gen >= floor * (1 - 1e-5))).all()
+    # exactly the sampled number of hits, as far as the layer energy allows (>= 1 per non-empty layer)
+    k = torch.minimum(hits, torch.floor(f / floor)).clamp_min(1)
+    torch.testing.assert_close(model.hit_counts(gen), k)
 
 
 def test_mdn_mode_teacher_forcing_matches_real_layer_energies() -> None:
@@ -363,7 +368,7 @@ def test_mdn_mode_export_equals_sample_and_rejects_nonlinear_transform() -> None
     with torch.no_grad():
         got = model.export_module()(z, FakeConditions.encode(torch.full((5, 1), 3e4)))
     torch.testing.assert_close(got, want)
-    assert model.latent_dim == model.generator.latent_dim + 1 + geo.n_layers
+    assert model.latent_dim == model.generator.latent_dim + 1 + 2 * geo.n_layers  # energies and hits
     with pytest.raises(ValueError, match="linear"):
         make(geo, **{**MDN, "transform": "boxcox"})
 

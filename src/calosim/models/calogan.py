@@ -18,6 +18,16 @@ CaloGAN's auxiliary energy term ``lambda_e * |E_inc - E_hat| / E_inc`` on genera
 the detector response (mean visible / incident energy of the real batches: a sampling
 calorimeter sees a fraction of E_inc, so E_hat estimates E_inc only after this calibration).
 
+Layer energies (``layer_energies``): ``"generator"`` is the seed's design, G draws every cell.
+``"mdn"`` (the default recipe) splits the shower as CaloFlow does: a small mixture-density
+network ``p(E_1..E_L | cond)`` over the energy vector ``t = (log E_tot, logit of the
+stick-breaking layer fractions)`` is fitted first by maximum likelihood (seconds; it gets the
+narrow response and the layer correlations right, which a short adversarial run does not),
+and G draws each layer as a normalised shape (softmax, cells below the floor switched off,
+renormalised) times its energy, conditioned on ``t``. In training G gets the real layer
+energies of the batch, so fake and real showers of a batch share their layer energies and D
+judges shapes alone; in sampling ``t`` comes from the network.
+
 Speed: the generator runs in a "flat, batch-last" layout ``(positions, channels, batch)`` in
 which a locally-connected layer is ``k_h * k_w`` batched matmuls over contiguous slices (no
 patch copies), and in eval mode dense+conv are folded into one matrix and the batch norms into
@@ -389,6 +399,30 @@ class _Generator(nn.Module):
             return soft + (hard - soft).detach()
         return F.softplus(x, beta=20.0) if self.activation == "softplus" else x
 
+    def _with_hits(self, x: Tensor, f: Tensor, n: Tensor, floor: Tensor) -> Tensor:
+        """Pre-activation ``x (P, B)`` -> cells ``(P, B)`` with exactly ``k`` hits summing to ``f``.
+
+        ``k = n`` clipped to what the energy allows (``1 <= k <= f / floor`` for a non-empty
+        layer): the ``k`` cells of largest ``w = softmax(x)`` are hits, each gets the floor (the
+        smallest real deposit) plus its share ``w / sum_hits w`` of the rest ``f - k floor``.
+        The hard top-k mask has the straight-through gradient of a sigmoid in ``log w``.
+        """
+        p = x.shape[0]
+        k = torch.minimum(n.clamp(0, p), torch.floor(f / floor)).clamp_min(0)
+        k = torch.where(f >= floor, k.clamp_min(1), torch.zeros_like(k))
+        logw = x - torch.logsumexp(x, 0, keepdim=True)
+        srt = torch.sort(logw, 0, descending=True).values
+        thr = srt.gather(0, (k - 1).clamp_min(0).long()[None])  # (1, B): the k-th largest
+        hard = ((logw >= thr) & (k > 0)[None]).to(x.dtype)
+        if torch.is_grad_enabled():
+            soft = torch.sigmoid(4.0 * (logw - thr)) * (k > 0)[None]
+            m = soft + (hard - soft).detach()
+        else:
+            m = hard
+        w = torch.exp(logw) * m
+        share = w / w.sum(0).clamp_min(1e-30)
+        return m * floor + (f - k * floor).clamp_min(0) * share
+
     def _normalised(self, x: Tensor, f: Tensor, floor: Tensor | None) -> Tensor:
         """Pre-activation ``x (P, B)`` of one layer -> cells ``(P, B)`` summing to ``f (B,)``.
 
@@ -413,11 +447,13 @@ class _Generator(nn.Module):
         scale = torch.where(total > 0, f / total.clamp_min(1e-30), torch.ones_like(total)).detach()
         return v * scale
 
-    def forward(self, z: Tensor, cond: Tensor, floor_ab: Tensor | None = None, f: Tensor | None = None) -> Tensor:
+    def forward(self, z: Tensor, cond: Tensor, floor_ab: Tensor | None = None, f: Tensor | None = None,
+                n: Tensor | None = None) -> Tensor:
         """``z (B, latent_dim)``, ``cond (B, cond_dim)`` -> ``x (B, n_cells)``.
 
         With layer energies ``f (B, L)`` (in the units of ``x``) every layer is a normalised
-        shape times its ``f``: G draws only where the energy goes, not how much there is.
+        shape times its ``f``: G draws only where the energy goes, not how much there is; with
+        hit counts ``n (B, L)`` as well, each layer has exactly that many hits (exp output).
         """
         zg, *noises = torch.split(z, [self.global_dim, *self.noise_sizes], 1)
         h = torch.cat([zg * (1.0 + self.cond_gain(cond)), cond], 1)
@@ -434,6 +470,8 @@ class _Generator(nn.Module):
                 img = self.attention[i - 1](img, prev)
             if f is None:
                 img = self._act(img, floor)
+            elif n is not None and floor is not None:
+                img = self._with_hits(img.reshape(-1, img.shape[-1]), f[:, i], n[:, i], floor).view_as(img)
             else:
                 img = self._normalised(img.reshape(-1, img.shape[-1]), f[:, i], floor).view_as(img)
             prev = img if floor is None else img / floor  # the attention carries floor units
@@ -597,21 +635,27 @@ class _Sampler(nn.Module):
     """
 
     def __init__(self, generator: _Generator, energy: "_EnergyMDN | None", floor_ab: Tensor,
-                 t_mean: Tensor, t_std: Tensor) -> None:
+                 t_mean: Tensor, t_std: Tensor, n_cells_per_layer: Tensor) -> None:
         super().__init__()
         self.generator, self.energy = generator, energy
         self.register_buffer("floor_ab", floor_ab)
         self.register_buffer("t_mean", t_mean)
         self.register_buffer("t_std", t_std)
         self.latent_dim = generator.latent_dim + (0 if energy is None else 1 + energy.d)
+        self.register_buffer("n_cells_per_layer", n_cells_per_layer)
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
         if self.energy is None:
             return self.generator(z, cond, self.floor_ab)
-        n = self.generator.latent_dim
-        t = self.energy.sample(cond, z[:, n:])  # standardised energy vector
-        f = energy_fractions(t * self.t_std + self.t_mean)
-        return self.generator(z[:, :n], torch.cat([cond, t], 1), self.floor_ab, f)
+        m = self.generator.latent_dim
+        t = self.energy.sample(cond, z[:, m:]) * self.t_std + self.t_mean  # energy vector
+        n_layers = self.n_cells_per_layer.shape[0]
+        f = energy_fractions(t[:, :n_layers])
+        n = None
+        if t.shape[1] > n_layers:  # hit counts: exp(t) = n + u, u ~ U(0, 1)
+            n = torch.minimum(torch.floor(torch.exp(t[:, n_layers:])), self.n_cells_per_layer)
+            t = torch.cat([t[:, :n_layers], torch.log(n + 0.5)], 1)
+        return self.generator(z[:, :m], torch.cat([cond, (t - self.t_mean) / self.t_std], 1), self.floor_ab, f, n)
 
 
 # ------------------------------------------------------------------------------------------
@@ -657,6 +701,7 @@ class CaloGAN(ShowerModel):
         # likelihood) and G draws each layer's normalised shape conditioned on them (trained
         # against the real layer energies of the batch) | "generator": G draws the cells (the seed)
         "layer_energies": "generator",
+        "hit_counts": True,  # "mdn": the network also draws the hits per layer; G places exactly that many
         "mdn_components": 10,
         "mdn_hidden": 64,
         "mdn_steps": 3000,
@@ -685,31 +730,47 @@ class CaloGAN(ShowerModel):
             raise ValueError(f"calogan generates cell images: it needs a transform with one value per cell "
                              f"(scale, identity, log, boxcox, logit), got data_dim={data_dim} for {geometry.n_cells} cells")
         n_layers = geometry.n_layers
-        self.generator = _Generator(geometry, cond_dim + (n_layers if self.mdn else 0), cfg)
+        self.hits = self.mdn and bool(cfg["hit_counts"])
+        if self.hits and cfg["output_activation"] != "exp":
+            raise ValueError("calogan: hit_counts needs output_activation='exp' (hits get at least the floor)")
+        n_t = n_layers * (2 if self.hits else 1)  # length of the energy vector
+        self.generator = _Generator(geometry, cond_dim + (n_t if self.mdn else 0), cfg)
         self.discriminator = _Discriminator(geometry, cond_dim, cfg)
-        self.energy = _EnergyMDN(cond_dim, n_layers, int(cfg["mdn_components"]), int(cfg["mdn_hidden"])) \
+        self.energy = _EnergyMDN(cond_dim, n_t, int(cfg["mdn_components"]), int(cfg["mdn_hidden"])) \
             if self.mdn else None
         # standardisation of the energy vector (set from the first real batch)
-        self.register_buffer("t_mean", torch.zeros(n_layers))
-        self.register_buffer("t_std", torch.ones(n_layers))
+        self.register_buffer("t_mean", torch.zeros(n_t))
+        self.register_buffer("t_std", torch.ones(n_t))
+        self.register_buffer("n_cells_per_layer", torch.tensor([float(l.n_cells) for l in geometry.layers]))
         self.register_buffer("calibrated", torch.tensor(False))
         # exp-output floor exp(a + b * cond[:, 0]) in the transform space (see _calibrate_floor)
         self.register_buffer("floor_ab", torch.tensor([math.log(float(cfg["output_floor"])), 0.0]))
 
     @property
     def latent_dim(self) -> int:
-        return self.generator.latent_dim + (1 + self.geometry.n_layers if self.mdn else 0)
+        return self.generator.latent_dim + (1 + len(self.t_mean) if self.mdn else 0)
 
     def _sampler(self) -> _Sampler:
-        return _Sampler(self.generator, self.energy, self.floor_ab, self.t_mean, self.t_std)
+        return _Sampler(self.generator, self.energy, self.floor_ab, self.t_mean, self.t_std, self.n_cells_per_layer)
 
     def layer_sums(self, x: Tensor) -> Tensor:
         """``x (B, n_cells) -> (B, L)`` per-layer sums (in the units of ``x``)."""
         return torch.stack([x[:, s].sum(1) for s in self.geometry.layer_slices], 1)
 
+    def hit_counts(self, x: Tensor) -> Tensor:
+        """``x (B, n_cells) -> (B, L)`` number of cells with energy, per layer."""
+        return torch.stack([(x[:, s] > 0).sum(1) for s in self.geometry.layer_slices], 1).to(x.dtype)
+
+    def energy_target(self, x: Tensor, u: Tensor | float = 0.5) -> Tensor:
+        """The energy vector of showers ``x (B, n_cells)``: :func:`energy_vector` of the layer
+        sums, then (``hit_counts``) ``log(n_l + u)`` of the hits per layer, ``u`` a uniform
+        dequantisation (0.5 where the value conditions G). ``(B, L)`` or ``(B, 2 L)``."""
+        t = energy_vector(self.layer_sums(x))
+        return torch.cat([t, torch.log(self.hit_counts(x) + u)], 1) if self.hits else t
+
     def standardised_energy(self, x: Tensor) -> Tensor:
-        """The standardised energy vector of showers ``x (B, n_cells)``, ``(B, L)``."""
-        return (energy_vector(self.layer_sums(x)) - self.t_mean) / self.t_std
+        """The standardised energy vector of showers ``x (B, n_cells)`` (G's extra condition)."""
+        return (self.energy_target(x) - self.t_mean) / self.t_std
 
     # -- training -------------------------------------------------------------------------
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -749,16 +810,19 @@ class CaloGAN(ShowerModel):
             if opt is not None:
                 for g in opt.param_groups:
                     g["lr"] = lr0 * 0.5 * (1.0 + math.cos(math.pi * i / max(steps, 1)))
-            loss = -self.energy.log_prob(self.standardised_energy(x), cond).mean()
+            u = torch.rand(len(x), self.geometry.n_layers, generator=ctx.generator,
+                           device=ctx.generator.device).to(x.device) if self.hits else 0.5
+            loss = -self.energy.log_prob((self.energy_target(x, u) - self.t_mean) / self.t_std, cond).mean()
             ctx.backward_step(loss, "energy")
             nll = loss.item() if i == 0 or not math.isfinite(nll) else 0.98 * nll + 0.02 * loss.item()
         self.energy.eval().requires_grad_(False)
         out = {"mdn_nll": nll, "mdn_steps": float(steps)}
         with torch.no_grad():
             e_inc = ctx.conditions.incident_energy(cond)
-            noise = torch.randn(len(cond), 1 + self.geometry.n_layers, generator=ctx.generator,
+            noise = torch.randn(len(cond), 1 + len(self.t_mean), generator=ctx.generator,
                                 device=ctx.generator.device).to(cond.device)
-            f_gen = energy_fractions(self.energy.sample(cond, noise) * self.t_std + self.t_mean)
+            t_gen = self.energy.sample(cond, noise) * self.t_std + self.t_mean
+            f_gen = energy_fractions(t_gen[:, :self.geometry.n_layers])
             for name, f in (("real", self.layer_sums(x)), ("mdn", f_gen)):
                 r = ctx.transform.inverse(f, e_inc).sum(1) / e_inc[:, 0]  # linear transform: sums map like cells
                 out[f"response_mean_{name}"], out[f"response_std_{name}"] = float(r.mean()), float(r.std())
@@ -795,7 +859,7 @@ class CaloGAN(ShowerModel):
         fixed = self.config["energy_response"]
         self.discriminator.calibrate(x_mev, e_inc, None if fixed == "data" else float(fixed))
         if self.mdn and ctx is not None:
-            t = energy_vector(self.layer_sums(ctx.transform.forward(x_mev, e_inc)))
+            t = self.energy_target(ctx.transform.forward(x_mev, e_inc))
             self.t_mean.copy_(t.mean(0))
             self.t_std.copy_(t.std(0).nan_to_num(1.0).clamp_min(1e-3))
         if getattr(self.generator, "activation", None) == "exp" and cond is not None and ctx is not None:
@@ -874,12 +938,13 @@ class CaloGAN(ShowerModel):
         b = x.shape[0]
         # "mdn": G draws shapes for the real layer energies of the batch, so D judges shapes alone
         f = self.layer_sums(x) if self.mdn else None
+        hits = self.hit_counts(x) if self.hits else None
         g_cond = torch.cat([cond, self.standardised_energy(x)], 1) if self.mdn else cond
 
         D.requires_grad_(True)
         for _ in range(int(cfg["n_critic"])):
             with torch.no_grad():
-                fake = G(self._noise(b, ctx, x.device), g_cond, self.floor_ab, f)
+                fake = G(self._noise(b, ctx, x.device), g_cond, self.floor_ab, f, hits)
             d_real = D(x_mev, cond, e_inc)
             d_fake = D(ctx.transform.inverse(fake, e_inc), cond, e_inc)
             loss_d = self._d_loss(d_real, d_fake)
@@ -889,7 +954,7 @@ class CaloGAN(ShowerModel):
 
         D.requires_grad_(False)  # the G step needs no weight gradients of D
         try:
-            fake_mev = ctx.transform.inverse(G(self._noise(b, ctx, x.device), g_cond, self.floor_ab, f), e_inc)
+            fake_mev = ctx.transform.inverse(G(self._noise(b, ctx, x.device), g_cond, self.floor_ab, f, hits), e_inc)
             adv = self._g_adv(D(fake_mev, cond, e_inc))
             loss_e = self.energy_loss(fake_mev, e_inc, D.response)
             loss_g = adv + (0.0 if self.mdn else cfg["lambda_e"]) * loss_e  # "mdn": energies are given
