@@ -356,8 +356,13 @@ def test_mdn_mode_teacher_forcing_matches_real_layer_energies() -> None:
     model._calibrate(x_mev, FakeConditions().incident_energy(cond), cond, FakeCtx(model, transform=FractionTransform()))
     with torch.no_grad():
         g_cond = torch.cat([cond, model.standardised_energy(x)], 1)
-        fake = model.generator(torch.randn(32, model.generator.latent_dim), g_cond, model.floor_ab, model.layer_sums(x))
+        fake = model.generator(torch.randn(32, model.generator.latent_dim), g_cond, model.floor_ab, model.layer_sums(x),
+                               model.hit_counts(x))
     torch.testing.assert_close(model.layer_sums(fake), model.layer_sums(x), rtol=1e-4, atol=1e-7)
+    # and so do the hit counts, wherever the layer energy allows one floor per real hit
+    floor = torch.exp(model.floor_ab[0] + model.floor_ab[1] * cond[:, 0])[:, None]
+    allowed = torch.minimum(model.hit_counts(x), torch.floor(model.layer_sums(x) / floor)).clamp_min(1)
+    torch.testing.assert_close(model.hit_counts(fake), allowed)
 
 
 def test_mdn_mode_export_equals_sample_and_rejects_nonlinear_transform() -> None:
