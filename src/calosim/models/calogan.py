@@ -411,8 +411,12 @@ class _Generator(nn.Module):
         k = torch.minimum(n.clamp(0, p), torch.floor(f / floor)).clamp_min(0)
         k = torch.where(f >= floor, k.clamp_min(1), torch.zeros_like(k))
         logw = x - torch.logsumexp(x, 0, keepdim=True)
-        srt = torch.sort(logw, 0, descending=True).values
-        thr = srt.gather(0, (k - 1).clamp_min(0).long()[None])  # (1, B): the k-th largest
+        # the k-th largest per column: top-(max k) is several times cheaper than a full sort;
+        # a traced graph (ONNX) cannot depend on the batch's max k, so it takes all P
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        k_max = p if exporting else max(int(k.max()), 1)
+        top = torch.topk(logw, k_max, 0).values
+        thr = top.gather(0, (k - 1).clamp(0, k_max - 1).long()[None])  # (1, B)
         hard = ((logw >= thr) & (k > 0)[None]).to(x.dtype)
         if torch.is_grad_enabled():
             soft = torch.sigmoid(4.0 * (logw - thr)) * (k > 0)[None]
