@@ -424,7 +424,9 @@ class _Generator(nn.Module):
         else:
             m = hard
         w = torch.exp(logw) * m
-        share = w / w.sum(0).clamp_min(1e-30)
+        total = w.sum(0)
+        # not a clamp: d(w / s)/ds = -w / s^2 would be 0/0 for an empty layer
+        share = w / torch.where(total > 0, total, torch.ones_like(total))
         return m * floor + (f - k * floor).clamp_min(0) * share
 
     def _normalised(self, x: Tensor, f: Tensor, floor: Tensor | None) -> Tensor:
