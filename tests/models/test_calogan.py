@@ -392,3 +392,18 @@ def test_mdn_mode_end_to_end_tiny_training(tmp_path: Path) -> None:
     run = train_mod.load_run(run_dir)
     showers = run.sample({"incident_energies": np.array([[2e3], [5e4]])}, generator=0)
     assert showers.shape == (2, 504) and np.isfinite(showers).all() and (showers >= 0).all()
+
+
+def test_hit_layer_gradients_are_finite_for_empty_and_full_layers() -> None:
+    """An empty layer (f below the floor: k = 0) and a saturated one (k = P) give finite gradients."""
+    geo = two_layer_geometry()
+    g = make(geo, **MDN).generator
+    x = torch.randn(35, 4, requires_grad=True)
+    f = torch.tensor([0.0, 5e-6, 0.3, 0.5])  # empty, below the floor, normal, normal
+    n = torch.tensor([3.0, 2.0, 10.0, 35.0])
+    floor = torch.full((4,), 1e-5)
+    out = g._with_hits(x, f, n, floor)
+    torch.testing.assert_close(out.sum(0), torch.tensor([0.0, 0.0, 0.3, 0.5]))
+    assert (out > 0).sum(0).tolist() == [0, 0, 10, 35]
+    (out * torch.randn_like(out)).sum().backward()
+    assert torch.isfinite(x.grad).all()
