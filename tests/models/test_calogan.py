@@ -332,7 +332,7 @@ def test_mdn_mode_layer_sums_follow_the_energy_network() -> None:
     z = model.latent(64, torch.Generator().manual_seed(2))
     n = model.generator.latent_dim
     with torch.no_grad():
-        t = model.energy.sample(cond, z[:, n:]) * model.t_std + model.t_mean
+        t = model.energy.sample(cond, z[:, n:n + 1 + 2 * geo.n_layers]) * model.t_std + model.t_mean
         f = energy_fractions(t[:, :geo.n_layers])
         hits = torch.minimum(torch.floor(torch.exp(t[:, geo.n_layers:])), model.n_cells_per_layer)
         model.generator.eval()
@@ -373,7 +373,8 @@ def test_mdn_mode_export_equals_sample_and_rejects_nonlinear_transform() -> None
     with torch.no_grad():
         got = model.export_module()(z, FakeConditions.encode(torch.full((5, 1), 3e4)))
     torch.testing.assert_close(got, want)
-    assert model.latent_dim == model.generator.latent_dim + 1 + 2 * geo.n_layers  # energies and hits
+    # energies and hits, then two reflection signs
+    assert model.latent_dim == model.generator.latent_dim + 1 + 2 * geo.n_layers + 2
     with pytest.raises(ValueError, match="linear"):
         make(geo, **{**MDN, "transform": "boxcox"})
 
@@ -407,3 +408,32 @@ def test_hit_layer_gradients_are_finite_for_empty_and_full_layers() -> None:
     assert (out > 0).sum(0).tolist() == [0, 0, 10, 35]
     (out * torch.randn_like(out)).sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_mirror_reflects_whole_showers_and_auto_detects_symmetry() -> None:
+    geo = two_layer_geometry()
+    model = make(geo, **MDN)
+    x = torch.arange(geo.n_cells, dtype=torch.float32)[None].repeat(4, 1)
+    z = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]])
+    out = model.mirror(x, z)
+    img0 = out[:, :35].view(4, 5, 7)
+    ref0 = x[0, :35].view(5, 7)
+    torch.testing.assert_close(img0[0], ref0)
+    torch.testing.assert_close(img0[1], ref0.flip(1))  # x -> -x
+    torch.testing.assert_close(img0[2], ref0.flip(0))  # y -> -y
+    torch.testing.assert_close(img0[3], ref0.flip(0).flip(1))
+    torch.testing.assert_close(out[1, 35:], x[0, 35:].flip(0))  # the 1x9 layer: columns reversed
+    torch.testing.assert_close(out.sum(1), x.sum(1))
+    # auto: a centred symmetric batch switches it on, showers all off to one side switch it off
+    ctx = FakeCtx(model, transform=FractionTransform())
+    sym, cond = fake_batch(geo, 256)
+    e = FakeConditions().incident_energy(cond)
+    sym = 0.5 * (sym + sym[:, model.mirror.perm_x])
+    sym = 0.5 * (sym + sym[:, model.mirror.perm_y])
+    model._calibrate(sym, e, cond, ctx)
+    assert bool(model.mirror.on)
+    side = sym.clone()
+    side[:, :35] = side[:, :35].view(-1, 5, 7).mul(torch.tensor([0, 0, 0, 0, 1.0, 2.0, 4.0])).reshape(-1, 35)
+    model._calibrate(side, e, cond, ctx)
+    assert not bool(model.mirror.on)
+    assert make(geo, **{**MDN, "mirror": False}).mirror is None

@@ -633,6 +633,33 @@ class _Discriminator(nn.Module):
         return self.head(torch.cat(parts, 1)).squeeze(1)
 
 
+class _Mirror(nn.Module):
+    """Reflections ``x -> -x`` and ``y -> -y`` of whole showers (all layers at once), chosen per
+    shower by the signs of two standard-normal values: makes a generator exactly symmetric
+    when the detector and beam are (normal incidence on the centre of centred grids, as in
+    CaloGAN), so no model capacity is spent on, and no training noise breaks, that symmetry.
+    ``on`` (a buffer) switches it off for data that are not symmetric."""
+
+    def __init__(self, geometry: Any) -> None:
+        super().__init__()
+        px, py, base = [], [], 0
+        for l in geometry.layers:
+            ny, nx = l.shape
+            idx = torch.arange(ny * nx).view(ny, nx) + base
+            px.append(idx.flip(1).reshape(-1))
+            py.append(idx.flip(0).reshape(-1))
+            base += ny * nx
+        self.register_buffer("perm_x", torch.cat(px))
+        self.register_buffer("perm_y", torch.cat(py))
+        self.register_buffer("on", torch.tensor(True))
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        """``x (B, n_cells)``, ``z (B, 2)`` -> ``x`` with the reflections where ``z > 0`` (and ``on``)."""
+        flip = (z > 0) & self.on
+        x = torch.where(flip[:, :1], x[:, self.perm_x], x)
+        return torch.where(flip[:, 1:2], x[:, self.perm_y], x)
+
+
 class _Sampler(nn.Module):
     """``forward(z (B, latent_dim), cond (B, cond_dim)) -> x (B, n_cells)``: the whole sampling path.
 
@@ -641,16 +668,22 @@ class _Sampler(nn.Module):
     """
 
     def __init__(self, generator: _Generator, energy: "_EnergyMDN | None", floor_ab: Tensor,
-                 t_mean: Tensor, t_std: Tensor, n_cells_per_layer: Tensor) -> None:
+                 t_mean: Tensor, t_std: Tensor, n_cells_per_layer: Tensor, mirror: "_Mirror | None" = None) -> None:
         super().__init__()
+        self.mirror = mirror
         self.generator, self.energy = generator, energy
         self.register_buffer("floor_ab", floor_ab)
         self.register_buffer("t_mean", t_mean)
         self.register_buffer("t_std", t_std)
-        self.latent_dim = generator.latent_dim + (0 if energy is None else 1 + energy.d)
+        self.n_g = generator.latent_dim + (0 if energy is None else 1 + energy.d)
+        self.latent_dim = self.n_g + (2 if mirror is not None else 0)
         self.register_buffer("n_cells_per_layer", n_cells_per_layer)
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
+        x = self._generate(z[:, :self.n_g], cond)
+        return x if self.mirror is None else self.mirror(x, z[:, self.n_g:])
+
+    def _generate(self, z: Tensor, cond: Tensor) -> Tensor:
         if self.energy is None:
             return self.generator(z, cond, self.floor_ab)
         m = self.generator.latent_dim
@@ -713,6 +746,9 @@ class CaloGAN(ShowerModel):
         "mdn_steps": 3000,
         "mdn_lr": 3e-3,
         "mdn_batches": 4,  # training batches per MDN step
+        # reflect generated showers in x and y at random: "auto" = where the training data are
+        # symmetric (Cartesian layers, energy/particle conditions only, centroids at 0) | True | False
+        "mirror": "auto",
     }
 
     def __init__(self, geometry: Any, cond_dim: int, config: dict[str, Any]) -> None:
@@ -748,16 +784,20 @@ class CaloGAN(ShowerModel):
         self.register_buffer("t_mean", torch.zeros(n_t))
         self.register_buffer("t_std", torch.ones(n_t))
         self.register_buffer("n_cells_per_layer", torch.tensor([float(l.n_cells) for l in geometry.layers]))
+        if cfg["mirror"] not in ("auto", True, False):
+            raise ValueError(f"calogan: mirror must be 'auto', true or false, got {cfg['mirror']!r}")
+        self.mirror = _Mirror(geometry) if cfg["mirror"] and geometry.is_cartesian else None
         self.register_buffer("calibrated", torch.tensor(False))
         # exp-output floor exp(a + b * cond[:, 0]) in the transform space (see _calibrate_floor)
         self.register_buffer("floor_ab", torch.tensor([math.log(float(cfg["output_floor"])), 0.0]))
 
     @property
     def latent_dim(self) -> int:
-        return self.generator.latent_dim + (1 + len(self.t_mean) if self.mdn else 0)
+        return self.generator.latent_dim + (1 + len(self.t_mean) if self.mdn else 0) + (2 if self.mirror else 0)
 
     def _sampler(self) -> _Sampler:
-        return _Sampler(self.generator, self.energy, self.floor_ab, self.t_mean, self.t_std, self.n_cells_per_layer)
+        return _Sampler(self.generator, self.energy, self.floor_ab, self.t_mean, self.t_std, self.n_cells_per_layer,
+                        self.mirror)
 
     def layer_sums(self, x: Tensor) -> Tensor:
         """``x (B, n_cells) -> (B, L)`` per-layer sums (in the units of ``x``)."""
@@ -864,6 +904,8 @@ class CaloGAN(ShowerModel):
         """First real batch: detector response, typical small cell energy, feature scales."""
         fixed = self.config["energy_response"]
         self.discriminator.calibrate(x_mev, e_inc, None if fixed == "data" else float(fixed))
+        if self.mirror is not None and self.config["mirror"] == "auto":
+            self.mirror.on.fill_(self._looks_symmetric(x_mev, ctx))
         if self.mdn and ctx is not None:
             t = self.energy_target(ctx.transform.forward(x_mev, e_inc))
             self.t_mean.copy_(t.mean(0))
@@ -872,6 +914,26 @@ class CaloGAN(ShowerModel):
             self._calibrate_floor(x_mev, cond, ctx)
             self._init_mean_image(ctx.transform.forward(x_mev, e_inc))
         self.calibrated.fill_(True)
+
+    @torch.no_grad()
+    def _looks_symmetric(self, x_mev: Tensor, ctx: TrainContext | None) -> bool:
+        """``mirror="auto"``: no position/direction conditions, and every layer's mean
+        energy-weighted centroid within 0.1 of its spread (and of a cell) from the axis."""
+        names = list(getattr(getattr(ctx, "conditions", None), "names", ["energy"]))
+        if any(n not in ("energy", "pdg") for n in names):
+            return False
+        xs, ys = (torch.tensor(a, dtype=x_mev.dtype, device=x_mev.device) for a in self.geometry.cell_centers())
+        for s, lay in zip(self.geometry.layer_slices, self.geometry.layers):
+            e = x_mev[:, s]
+            tot = e.sum(1)
+            ok = tot > 0
+            if ok.sum() < 10:
+                continue
+            for c, pitch in ((xs[s], lay.cell_mm[1]), (ys[s], lay.cell_mm[0])):
+                m = (e[ok] @ c) / tot[ok]
+                if abs(float(m.mean())) > 0.1 * max(float(m.std()), float(pitch)):
+                    return False
+        return True
 
     @torch.no_grad()
     def _init_mean_image(self, x: Tensor) -> None:
@@ -926,6 +988,13 @@ class CaloGAN(ShowerModel):
     def _g_adv(self, d_fake: Tensor) -> Tensor:
         return F.softplus(-d_fake).mean() if self.config["loss"] == "ns" else -d_fake.mean()
 
+    def _reflect(self, x: Tensor, ctx: TrainContext) -> Tensor:
+        if self.mirror is None:
+            return x
+        gen = ctx.generator
+        z = torch.randn(len(x), 2, generator=gen, device=gen.device if gen is not None else x.device)
+        return self.mirror(x, z.to(x.device))
+
     def _noise(self, n: int, ctx: TrainContext, device: torch.device) -> Tensor:
         gen = ctx.generator
         z = torch.randn(n, self.generator.latent_dim, generator=gen, device=gen.device if gen is not None else device)
@@ -950,7 +1019,7 @@ class CaloGAN(ShowerModel):
         D.requires_grad_(True)
         for _ in range(int(cfg["n_critic"])):
             with torch.no_grad():
-                fake = G(self._noise(b, ctx, x.device), g_cond, self.floor_ab, f, hits)
+                fake = self._reflect(G(self._noise(b, ctx, x.device), g_cond, self.floor_ab, f, hits), ctx)
             d_real = D(x_mev, cond, e_inc)
             d_fake = D(ctx.transform.inverse(fake, e_inc), cond, e_inc)
             loss_d = self._d_loss(d_real, d_fake)
@@ -960,7 +1029,8 @@ class CaloGAN(ShowerModel):
 
         D.requires_grad_(False)  # the G step needs no weight gradients of D
         try:
-            fake_mev = ctx.transform.inverse(G(self._noise(b, ctx, x.device), g_cond, self.floor_ab, f, hits), e_inc)
+            fake = self._reflect(G(self._noise(b, ctx, x.device), g_cond, self.floor_ab, f, hits), ctx)
+            fake_mev = ctx.transform.inverse(fake, e_inc)
             adv = self._g_adv(D(fake_mev, cond, e_inc))
             loss_e = self.energy_loss(fake_mev, e_inc, D.response)
             loss_g = adv + (0.0 if self.mdn else cfg["lambda_e"]) * loss_e  # "mdn": energies are given
