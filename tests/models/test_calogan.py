@@ -19,7 +19,9 @@ from calosim.models import get_model_class
 from calosim.models.calogan import (CaloGAN, LocallyConnected2d, _EnergyMDN, energy_fractions, energy_vector, from_flat,
                                    to_flat)
 
-SMALL = {"latent_dim": 8, "g_channels": (3, 3, 3), "d_channels": (4, 2), "d_hidden": 8, "mbd_kernels": 3}
+# the seed's design (G draws every cell); the MDN tests below switch layer_energies to "mdn"
+SMALL = {"latent_dim": 8, "g_channels": (3, 3, 3), "d_channels": (4, 2), "d_hidden": 8, "mbd_kernels": 3,
+         "layer_energies": "generator", "output_activation": "relu", "mirror": False}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -271,7 +273,7 @@ def test_end_to_end_tiny_training(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------
 # layer_energies="mdn": energy vector, mixture-density network, normalised shapes
 # ------------------------------------------------------------------------------------------
-MDN = {**SMALL, "layer_energies": "mdn", "output_activation": "exp", "transform": "scale",
+MDN = {**SMALL, "layer_energies": "mdn", "output_activation": "exp", "transform": "scale", "mirror": "auto",
        "mdn_components": 3, "mdn_hidden": 16, "mdn_steps": 5, "mdn_batches": 1}
 
 
