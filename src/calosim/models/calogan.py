@@ -663,8 +663,11 @@ class _Mirror(nn.Module):
 class _Sampler(nn.Module):
     """``forward(z (B, latent_dim), cond (B, cond_dim)) -> x (B, n_cells)``: the whole sampling path.
 
-    ``z`` = [generator latent, then (with ``layer_energies="mdn"``) 1 + L values for the energy
-    network]. Shared by :meth:`CaloGAN.sample` and the ONNX export, so both are one graph.
+    ``z`` = [generator latent, then (``layer_energies="mdn"``) 1 + len(energy vector) values
+    for the energy network, then (``mirror``) two reflection signs], all standard normal.
+    ``layer_energies="mdn"``: the network draws the energy vector (layer energies, hit counts,
+    centroids and widths) and G draws the shower for it. Shared by :meth:`CaloGAN.sample` and
+    the ONNX export, so both are one graph.
     """
 
     def __init__(self, generator: _Generator, energy: "_EnergyMDN | None", floor_ab: Tensor,
