@@ -24,9 +24,13 @@ network ``p(E_1..E_L | cond)`` over the energy vector ``t = (log E_tot, logit of
 stick-breaking layer fractions)`` is fitted first by maximum likelihood (seconds; it gets the
 narrow response and the layer correlations right, which a short adversarial run does not),
 and G draws each layer as a normalised shape (softmax, cells below the floor switched off,
-renormalised) times its energy, conditioned on ``t``. In training G gets the real layer
-energies of the batch, so fake and real showers of a batch share their layer energies and D
-judges shapes alone; in sampling ``t`` comes from the network.
+renormalised) times its energy, conditioned on ``t``. With ``hit_counts`` the network also
+draws the number of hit cells per layer and G puts exactly that many hits (the top-k cells
+of its shape, each at least the smallest real deposit); with ``moments`` it also draws each
+layer's centroid and width, and G is trained to respect them (a squared-error term next to
+the adversarial loss). In training G gets the real vector ``t`` of the batch (teacher
+forcing), so D judges the rest of the shape; in sampling ``t`` comes from the network.
+``mirror`` reflects generated showers at random in x and y where the data are symmetric.
 
 Speed: the generator runs in a "flat, batch-last" layout ``(positions, channels, batch)`` in
 which a locally-connected layer is ``k_h * k_w`` batched matmuls over contiguous slices (no
