@@ -440,19 +440,3 @@ def test_mirror_reflects_whole_showers_and_auto_detects_symmetry() -> None:
     model._calibrate(side, e, cond, ctx)
     assert not bool(model.mirror.on)
     assert make(geo, **{**MDN, "mirror": False}).mirror is None
-
-
-def test_shape_moments_of_a_hand_made_shower() -> None:
-    """Two equal deposits two cells apart in one row: centroid between them, x width = 1 pitch."""
-    geo = get_geometry("calogan")
-    model = make(geo, **MDN)
-    lay, s = geo.layers[1], geo.layer_slices[1]
-    x = torch.zeros(1, geo.n_cells)
-    x[0, s.start + 5 * lay.shape[1] + 3] = x[0, s.start + 5 * lay.shape[1] + 5] = 2.0
-    m = model.shape_moments(x).view(4, geo.n_layers)  # rows: centroid x, centroid y, width x, width y
-    xs, ys = geo.cell_centers()
-    assert float(m[0, 1]) == pytest.approx(float(xs[s.start + 5 * lay.shape[1] + 4]), abs=1e-4)
-    assert float(m[1, 1]) == pytest.approx(float(ys[s.start + 5 * lay.shape[1]]), abs=1e-4)
-    assert float(m[2, 1]) == pytest.approx(lay.cell_mm[1], abs=1e-3)
-    assert float(m[3, 1]) == pytest.approx(0.0, abs=0.02)
-    assert torch.all(m[:, [0, 2]].abs() < 0.02)  # empty layers: 0
