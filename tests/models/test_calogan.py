@@ -334,9 +334,9 @@ def test_mdn_mode_layer_sums_follow_the_energy_network() -> None:
     z = model.latent(64, torch.Generator().manual_seed(2))
     n = model.generator.latent_dim
     with torch.no_grad():
-        t = model.energy.sample(cond, z[:, n:n + 1 + len(model.t_mean)]) * model.t_std + model.t_mean
+        t = model.energy.sample(cond, z[:, n:n + 1 + 2 * geo.n_layers]) * model.t_std + model.t_mean
         f = energy_fractions(t[:, :geo.n_layers])
-        hits = torch.minimum(torch.floor(torch.exp(t[:, geo.n_layers:2 * geo.n_layers])), model.n_cells_per_layer)
+        hits = torch.minimum(torch.floor(torch.exp(t[:, geo.n_layers:])), model.n_cells_per_layer)
         model.generator.eval()
         gen = model.export_module()(z, cond)
     assert (gen >= 0).all() and torch.isfinite(gen).all()
@@ -375,9 +375,8 @@ def test_mdn_mode_export_equals_sample_and_rejects_nonlinear_transform() -> None
     with torch.no_grad():
         got = model.export_module()(z, FakeConditions.encode(torch.full((5, 1), 3e4)))
     torch.testing.assert_close(got, want)
-    # energies, hits and the 4 shape moments per layer, then two reflection signs
-    assert len(model.t_mean) == 6 * geo.n_layers
-    assert model.latent_dim == model.generator.latent_dim + 1 + 6 * geo.n_layers + 2
+    # energies and hits, then two reflection signs
+    assert model.latent_dim == model.generator.latent_dim + 1 + 2 * geo.n_layers + 2
     with pytest.raises(ValueError, match="linear"):
         make(geo, **{**MDN, "transform": "boxcox"})
 

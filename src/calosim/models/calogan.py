@@ -699,8 +699,8 @@ class _Sampler(nn.Module):
         f = energy_fractions(t[:, :n_layers])
         n = None
         if t.shape[1] > n_layers:  # hit counts: exp(t) = n + u, u ~ U(0, 1)
-            n = torch.minimum(torch.floor(torch.exp(t[:, n_layers:2 * n_layers])), self.n_cells_per_layer)
-            t = torch.cat([t[:, :n_layers], torch.log(n + 0.5), t[:, 2 * n_layers:]], 1)
+            n = torch.minimum(torch.floor(torch.exp(t[:, n_layers:])), self.n_cells_per_layer)
+            t = torch.cat([t[:, :n_layers], torch.log(n + 0.5)], 1)
         return self.generator(z[:, :m], torch.cat([cond, (t - self.t_mean) / self.t_std], 1), self.floor_ab, f, n)
 
 
@@ -749,10 +749,6 @@ class CaloGAN(ShowerModel):
         # against the real layer energies of the batch) | "generator": G draws the cells (the seed)
         "layer_energies": "mdn",
         "hit_counts": True,  # "mdn": the network also draws the hits per layer; G places exactly that many
-        # "mdn" + hit_counts: the network also draws each layer's centroid and width (x, y) and G
-        # is trained to respect them (lambda_moments x squared standardised error) besides D
-        "moments": True,
-        "lambda_moments": 1.0,
         "mdn_components": 10,
         "mdn_hidden": 64,
         "mdn_steps": 2000,
@@ -787,8 +783,7 @@ class CaloGAN(ShowerModel):
         self.hits = self.mdn and bool(cfg["hit_counts"])
         if self.hits and cfg["output_activation"] != "exp":
             raise ValueError("calogan: hit_counts needs output_activation='exp' (hits get at least the floor)")
-        self.moments = self.hits and bool(cfg["moments"])
-        n_t = n_layers * (1 + self.hits + 4 * self.moments)  # length of the energy vector
+        n_t = n_layers * (2 if self.hits else 1)  # length of the energy vector
         self.generator = _Generator(geometry, cond_dim + (n_t if self.mdn else 0), cfg)
         self.discriminator = _Discriminator(geometry, cond_dim, cfg)
         self.energy = _EnergyMDN(cond_dim, n_t, int(cfg["mdn_components"]), int(cfg["mdn_hidden"])) \
@@ -797,9 +792,6 @@ class CaloGAN(ShowerModel):
         self.register_buffer("t_mean", torch.zeros(n_t))
         self.register_buffer("t_std", torch.ones(n_t))
         self.register_buffer("n_cells_per_layer", torch.tensor([float(l.n_cells) for l in geometry.layers]))
-        xs, ys = geometry.cell_centers()
-        self.register_buffer("cell_x", torch.tensor(xs, dtype=torch.float32))
-        self.register_buffer("cell_y", torch.tensor(ys, dtype=torch.float32))
         if cfg["mirror"] not in ("auto", True, False):
             raise ValueError(f"calogan: mirror must be 'auto', true or false, got {cfg['mirror']!r}")
         self.mirror = _Mirror(geometry) if cfg["mirror"] and geometry.is_cartesian else None
@@ -823,34 +815,12 @@ class CaloGAN(ShowerModel):
         """``x (B, n_cells) -> (B, L)`` number of cells with energy, per layer."""
         return torch.stack([(x[:, s] > 0).sum(1) for s in self.geometry.layer_slices], 1).to(x.dtype)
 
-    def shape_moments(self, x: Tensor) -> Tensor:
-        """``x (B, n_cells) -> (B, 4 L)``: per layer the energy-weighted centroid in x and y and
-        the RMS width in x and y (mm), in that order; 0 for an empty layer. Differentiable."""
-        out = []
-        for s in self.geometry.layer_slices:
-            e = x[:, s].clamp_min(0.0)
-            tot = e.sum(1, keepdim=True)
-            w = e / torch.where(tot > 0, tot, torch.ones_like(tot))
-            for c in (self.cell_x[s], self.cell_y[s]):
-                m1 = w @ c
-                out.append(m1)
-            for c in (self.cell_x[s], self.cell_y[s]):
-                m1 = w @ c
-                out.append(torch.sqrt((w @ (c * c) - m1 * m1).clamp_min(0.0) + 1e-4))
-        b, n_layers = x.shape[0], self.geometry.n_layers
-        return torch.stack(out, 1).view(b, n_layers, 4).transpose(1, 2).reshape(b, 4 * n_layers)
-
     def energy_target(self, x: Tensor, u: Tensor | float = 0.5) -> Tensor:
         """The energy vector of showers ``x (B, n_cells)``: :func:`energy_vector` of the layer
         sums, then (``hit_counts``) ``log(n_l + u)`` of the hits per layer, ``u`` a uniform
-        dequantisation (0.5 where the value conditions G), then (``moments``) the
-        :meth:`shape_moments` (centroids x, y and widths x, y, each for all layers).
-        ``(B, L)``, ``(B, 2 L)`` or ``(B, 6 L)``."""
+        dequantisation (0.5 where the value conditions G). ``(B, L)`` or ``(B, 2 L)``."""
         t = energy_vector(self.layer_sums(x))
-        if not self.hits:
-            return t
-        t = torch.cat([t, torch.log(self.hit_counts(x) + u)], 1)
-        return torch.cat([t, self.shape_moments(x)], 1) if self.moments else t
+        return torch.cat([t, torch.log(self.hit_counts(x) + u)], 1) if self.hits else t
 
     def standardised_energy(self, x: Tensor) -> Tensor:
         """The standardised energy vector of showers ``x (B, n_cells)`` (G's extra condition)."""
@@ -1067,17 +1037,11 @@ class CaloGAN(ShowerModel):
 
         D.requires_grad_(False)  # the G step needs no weight gradients of D
         try:
-            raw = G(self._noise(b, ctx, x.device), g_cond, self.floor_ab, f, hits)
-            fake_mev = ctx.transform.inverse(self._reflect(raw, ctx), e_inc)
+            fake = self._reflect(G(self._noise(b, ctx, x.device), g_cond, self.floor_ab, f, hits), ctx)
+            fake_mev = ctx.transform.inverse(fake, e_inc)
             adv = self._g_adv(D(fake_mev, cond, e_inc))
             loss_e = self.energy_loss(fake_mev, e_inc, D.response)
             loss_g = adv + (0.0 if self.mdn else cfg["lambda_e"]) * loss_e  # "mdn": energies are given
-            loss_m = torch.zeros(())
-            if self.moments:  # the centroids and widths G was asked for (those of the real batch)
-                k = 2 * self.geometry.n_layers
-                std = self.t_std[k:]
-                loss_m = ((self.shape_moments(raw) - self.shape_moments(x)) / std).pow(2).mean()  # before reflecting
-                loss_g = loss_g + float(cfg["lambda_moments"]) * loss_m
             loss_fm = torch.zeros(())
             if cfg["lambda_fm"]:
                 with torch.no_grad():
@@ -1088,7 +1052,6 @@ class CaloGAN(ShowerModel):
         finally:
             D.requires_grad_(True)
         return {"loss_d": loss_d.item(), "loss_g": adv.item(), "loss_e": loss_e.item(), "loss_fm": loss_fm.item(),
-                "loss_m": loss_m.item(),
                 "d_real": d_real.detach().mean().item(), "d_fake": d_fake.detach().mean().item()}
 
     def _gradient_penalty(self, x: Tensor, fake: Tensor, cond: Tensor, e_inc: Tensor, ctx: TrainContext) -> Tensor:
