@@ -26,10 +26,9 @@ narrow response and the layer correlations right, which a short adversarial run 
 and G draws each layer as a normalised shape (softmax, cells below the floor switched off,
 renormalised) times its energy, conditioned on ``t``. With ``hit_counts`` the network also
 draws the number of hit cells per layer and G puts exactly that many hits (the top-k cells
-of its shape, each at least the smallest real deposit); with ``moments`` it also draws each
-layer's centroid and width, and G is trained to respect them (a squared-error term next to
-the adversarial loss). In training G gets the real vector ``t`` of the batch (teacher
-forcing), so D judges the rest of the shape; in sampling ``t`` comes from the network.
+of its shape, each at least the smallest real deposit). In training G gets the real vector
+``t`` of the batch (teacher forcing), so D judges the rest of the shape; in sampling ``t``
+comes from the network.
 ``mirror`` reflects generated showers at random in x and y where the data are symmetric.
 
 Speed: the generator runs in a "flat, batch-last" layout ``(positions, channels, batch)`` in
@@ -669,8 +668,8 @@ class _Sampler(nn.Module):
 
     ``z`` = [generator latent, then (``layer_energies="mdn"``) 1 + len(energy vector) values
     for the energy network, then (``mirror``) two reflection signs], all standard normal.
-    ``layer_energies="mdn"``: the network draws the energy vector (layer energies, hit counts,
-    centroids and widths) and G draws the shower for it. Shared by :meth:`CaloGAN.sample` and
+    ``layer_energies="mdn"``: the network draws the energy vector (layer energies and hit
+    counts) and G draws the shower for it. Shared by :meth:`CaloGAN.sample` and
     the ONNX export, so both are one graph.
     """
 
