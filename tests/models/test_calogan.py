@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from calosim.geometry import Geometry, Layer, Material, get_geometry
 from calosim.models import get_model_class
-from calosim.models.calogan import (CaloGAN, LocallyConnected2d, _EnergyMDN, energy_fractions, energy_vector, from_flat,
-                                   to_flat)
+from calosim.models.calogan import (CaloGAN, LocallyConnected2d, _EnergyMDN, _gumbel, energy_fractions, energy_vector,
+                                   from_flat, to_flat)
 
 # the seed's design (G draws every cell); the MDN tests below switch layer_energies to "mdn"
 SMALL = {"latent_dim": 8, "g_channels": (3, 3, 3), "d_channels": (4, 2), "d_hidden": 8, "mbd_kernels": 3,
@@ -439,3 +439,21 @@ def test_mirror_reflects_whole_showers_and_auto_detects_symmetry() -> None:
     model._calibrate(side, e, cond, ctx)
     assert not bool(model.mirror.on)
     assert make(geo, **{**MDN, "mirror": False}).mirror is None
+
+
+def test_gumbel_top_k_draws_hits_from_the_shape() -> None:
+    """k = 1: the hit cell is drawn with probability softmax(x) (the Gumbel-max trick);
+    the Gumbel variates from normal latents have the standard Gumbel mean and spread."""
+    g = torch.Generator().manual_seed(0)
+    gum = _gumbel(torch.randn(200_000, generator=g))
+    assert float(gum.mean()) == pytest.approx(0.5772, abs=0.01)
+    assert float(gum.std()) == pytest.approx(math.pi / math.sqrt(6), abs=0.01)
+    gen = make(two_layer_geometry(), **MDN).generator
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    b = 40_000
+    x = torch.log(p)[:, None].expand(4, b)
+    floor = torch.full((b,), 1e-3)
+    with torch.no_grad():
+        out = gen._with_hits(x, torch.ones(b), torch.ones(b), floor, _gumbel(torch.randn(4, b, generator=g)))
+    assert ((out > 0).sum(0) == 1).all()
+    torch.testing.assert_close((out > 0).float().mean(1), p, atol=0.01, rtol=0)

@@ -355,6 +355,16 @@ class _LaganG(nn.Module):
         return x[: ny * self.grid[1]].view(ny, self.grid[1], -1)[:, :nx]  # (ny, nx, B)
 
 
+def _gumbel(z: Tensor) -> Tensor:
+    """Standard normal ``z`` -> standard Gumbel variates ``-log(-log(Phi(z)))`` (same shape).
+
+    ``Phi`` from erf (ONNX has no erfc); it rounds to 1 above z ~ 5 in float32, clipped there
+    (a tie in top-k needs that and equal logits as well).
+    """
+    u = (0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))).clamp(1e-7, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
 class _Generator(nn.Module):
     """``f(z (B, latent_dim), cond (B, cond_dim), floor_ab (2,)) -> x (B, n_cells)`` (transform space).
 
@@ -377,7 +387,11 @@ class _Generator(nn.Module):
                                             bool(cfg["g_batchnorm"]), bool(cfg["cell_noise"]))
                                     for l in geometry.layers)
         self.noise_sizes = [m.n_noise for m in self.lagans]
-        self.latent_dim = self.global_dim + sum(self.noise_sizes)
+        # Gumbel-top-k hits: one more standard normal per cell (-> a Gumbel variate)
+        gumbel = cfg["layer_energies"] == "mdn" and cfg["hit_counts"] and cfg["hit_sampling"] == "gumbel"
+        self.gumbel_sizes = [l.n_cells if gumbel else 0 for l in geometry.layers]
+        self.share_noise = float(cfg["share_noise"])
+        self.latent_dim = self.global_dim + sum(self.noise_sizes) + sum(self.gumbel_sizes)
         self.activation = cfg["output_activation"]
         self.floor = float(cfg["output_floor"])
         pairs = zip(geometry.layers[:-1], geometry.layers[1:])
@@ -402,31 +416,39 @@ class _Generator(nn.Module):
             return soft + (hard - soft).detach()
         return F.softplus(x, beta=20.0) if self.activation == "softplus" else x
 
-    def _with_hits(self, x: Tensor, f: Tensor, n: Tensor, floor: Tensor) -> Tensor:
+    def _with_hits(self, x: Tensor, f: Tensor, n: Tensor, floor: Tensor, gumbel: Tensor | None = None) -> Tensor:
         """Pre-activation ``x (P, B)`` -> cells ``(P, B)`` with exactly ``k`` hits summing to ``f``.
 
         ``k = n`` clipped to what the energy allows (``1 <= k <= f / floor`` for a non-empty
-        layer): the ``k`` cells of largest ``w = softmax(x)`` are hits, each gets the floor (the
-        smallest real deposit) plus its share ``w / sum_hits w`` of the rest ``f - k floor``.
-        The hard top-k mask has the straight-through gradient of a sigmoid in ``log w``.
+        layer): the ``k`` cells of largest ``log w + g`` are hits (``w = softmax(x)``; with
+        Gumbel noise ``g (P, B)`` this draws the k hit cells from ``w`` without replacement, as
+        independent deposits land in a real shower's halo; ``g = 0`` takes the k largest). Each
+        hit gets the floor (the smallest real deposit) plus its share ``w' / sum_hits w'`` of
+        the rest ``f - k floor``, ``w' = w exp(share_noise g)``. The hard top-k mask has the
+        straight-through gradient of a sigmoid in the key.
         """
         p = x.shape[0]
         k = torch.minimum(n.clamp(0, p), torch.floor(f / floor)).clamp_min(0)
         k = torch.where(f >= floor, k.clamp_min(1), torch.zeros_like(k))
         logw = x - torch.logsumexp(x, 0, keepdim=True)
+        key = logw if gumbel is None else logw + gumbel
         # the k-th largest per column: top-(max k) is several times cheaper than a full sort;
         # a traced graph (ONNX) cannot depend on the batch's max k, so it takes all P
         exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
         k_max = p if exporting else max(int(k.max()), 1)
-        top = torch.topk(logw, k_max, 0).values
+        top, idx = torch.topk(key, k_max, 0)
         thr = top.gather(0, (k - 1).clamp(0, k_max - 1).long()[None])  # (1, B)
-        hard = ((logw >= thr) & (k > 0)[None]).to(x.dtype)
+        # the first k of the top indices (not key >= thr: a float tie would add a hit)
+        chosen = (torch.arange(k_max, device=x.device)[:, None] < k[None]).to(x.dtype)
+        hard = torch.zeros_like(x).scatter(0, idx, chosen)
         if torch.is_grad_enabled():
-            soft = torch.sigmoid(4.0 * (logw - thr)) * (k > 0)[None]
+            soft = torch.sigmoid(4.0 * (key - thr)) * (k > 0)[None]
             m = soft + (hard - soft).detach()
         else:
             m = hard
-        w = torch.exp(logw) * m
+        if gumbel is not None and self.share_noise:
+            logw = logw + self.share_noise * gumbel
+        w = torch.exp(logw - logw.amax(0, keepdim=True)) * m
         total = w.sum(0)
         # not a clamp: d(w / s)/ds = -w / s^2 would be 0/0 for an empty layer
         share = w / torch.where(total > 0, total, torch.ones_like(total))
@@ -464,7 +486,8 @@ class _Generator(nn.Module):
         shape times its ``f``: G draws only where the energy goes, not how much there is; with
         hit counts ``n (B, L)`` as well, each layer has exactly that many hits (exp output).
         """
-        zg, *noises = torch.split(z, [self.global_dim, *self.noise_sizes], 1)
+        zg, *noises = torch.split(z, [self.global_dim, *self.noise_sizes, *self.gumbel_sizes], 1)
+        noises, gumbels = noises[:len(self.lagans)], noises[len(self.lagans):]
         h = torch.cat([zg * (1.0 + self.cond_gain(cond)), cond], 1)
         floor = None
         if self.activation == "exp":  # (B,)
@@ -480,7 +503,8 @@ class _Generator(nn.Module):
             if f is None:
                 img = self._act(img, floor)
             elif n is not None and floor is not None:
-                img = self._with_hits(img.reshape(-1, img.shape[-1]), f[:, i], n[:, i], floor).view_as(img)
+                g = _gumbel(gumbels[i]).t() if self.gumbel_sizes[i] else None
+                img = self._with_hits(img.reshape(-1, img.shape[-1]), f[:, i], n[:, i], floor, g).view_as(img)
             else:
                 img = self._normalised(img.reshape(-1, img.shape[-1]), f[:, i], floor).view_as(img)
             prev = img if floor is None else img / floor  # the attention carries floor units
@@ -748,6 +772,8 @@ class CaloGAN(ShowerModel):
         # against the real layer energies of the batch) | "generator": G draws the cells (the seed)
         "layer_energies": "mdn",
         "hit_counts": True,  # "mdn": the network also draws the hits per layer; G places exactly that many
+        "hit_sampling": "gumbel",  # hit cells drawn from G's shape ("gumbel": top-k) or its k largest ("top-k")
+        "share_noise": 0.0,  # Gumbel noise (x this) on the hits' energy shares
         "mdn_components": 10,
         "mdn_hidden": 64,
         "mdn_steps": 2000,
@@ -780,6 +806,8 @@ class CaloGAN(ShowerModel):
                              f"(scale, identity, log, boxcox, logit), got data_dim={data_dim} for {geometry.n_cells} cells")
         n_layers = geometry.n_layers
         self.hits = self.mdn and bool(cfg["hit_counts"])
+        if cfg["hit_sampling"] not in ("gumbel", "top-k"):
+            raise ValueError(f"calogan: hit_sampling must be 'gumbel' or 'top-k', got {cfg['hit_sampling']!r}")
         if self.hits and cfg["output_activation"] != "exp":
             raise ValueError("calogan: hit_counts needs output_activation='exp' (hits get at least the floor)")
         n_t = n_layers * (2 if self.hits else 1)  # length of the energy vector
