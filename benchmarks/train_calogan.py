@@ -116,6 +116,9 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-mlp-auc", action="store_true", help="only the quick gradient-boosting AUC")
+    ap.add_argument("--eval-only", action="store_true", help="evaluate the run in --out, no training")
+    ap.add_argument("--which", default="final", choices=["final", "best", "last"],
+                    help="weights to evaluate: the final EMA model, or the best / last checkpoint (EMA)")
     args = ap.parse_args()
 
     from calosim.train import checkpoint as ck
@@ -129,12 +132,17 @@ def main() -> None:
     config = {"val_size": 5000, "threads": args.threads, **json.loads(args.config)}
 
     t0 = time.perf_counter()
-    run_dir = train("calogan", train_path, out, config=config, steps=args.steps, seed=args.seed, overwrite=True,
-                    progress=False)
+    if args.eval_only:
+        run_dir = out
+    else:
+        run_dir = train("calogan", train_path, out, config=config, steps=args.steps, seed=args.seed, overwrite=True,
+                        progress=False)
     train_s = time.perf_counter() - t0
     summary = json.loads((run_dir / ck.SUMMARY_FILE).read_text())
+    if args.eval_only:
+        train_s = summary["time_s"] + summary["load_time_s"]
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, which=args.which)
     ref = read_showers(ref_path)
     geo = get_geometry(args.geometry)
     t0 = time.perf_counter()
@@ -148,6 +156,7 @@ def main() -> None:
     e = ref.incident_energies[:, 0]
     res: dict[str, Any] = {
         "geometry": args.geometry, "particle": args.particle, "n_train": summary["n_train"], "steps": summary["steps"],
+        "weights": args.which, "best_step": summary.get("best_step"),
         "config": {k: run.config.get(k) for k in run.model.default_config},
         "train_time_s": round(train_s, 1), "train_loop_s": round(summary["train_time_s"], 1),
         "ms_per_step": summary["ms_per_step"],
@@ -162,7 +171,7 @@ def main() -> None:
 
         r = classifier_two_sample_test(fr, fg, seed=args.seed, n_threads=args.threads)
         res["auc_highlevel"], res["auc_highlevel_err"] = r["auc"], r["auc_err"]
-    (out / "results.json").write_text(json.dumps(res, indent=1))
+    (out / ("results.json" if args.which == "final" else f"results_{args.which}.json")).write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k != "features"}, indent=1))
 
 

@@ -163,3 +163,18 @@ def test_validation_observables_on_a_hand_made_shower() -> None:
     assert obs["sparsity_1"][0] == pytest.approx(2 / 144) and obs["sparsity_2"][0] == 0.0
     assert obs["width_1"][0] == pytest.approx(lay.cell_mm[1])  # +-1 pitch around the centroid
     assert obs["width_0"][0] == 0.0 and obs["width_2"][0] == 0.0
+
+
+def test_final_weights_best_writes_the_best_validation_model(tmp_path: Path, data: Path) -> None:
+    """final_weights='best': model.safetensors holds the EMA weights of the best checkpoint."""
+    out = train("_test_toy_gan", data, tmp_path / "r", steps=20, progress=False,
+                config={"val_every": 5, "final_weights": "best"})
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["final_weights_step"] == summary["best_step"]
+    final, meta = load_tensors(out / "model.safetensors")
+    best, _ = load_tensors(out / "checkpoints" / "best.safetensors")
+    assert meta["step"] == summary["best_step"]
+    ema = {k[4:]: v for k, v in best.items() if k.startswith("ema/")}
+    assert ema  # the toy keeps an EMA of its generator
+    for k, v in ema.items():
+        torch.testing.assert_close(final["model/" + k], v)

@@ -36,11 +36,12 @@ FRAMEWORK_DEFAULTS: dict[str, Any] = {
     "pool_size": 5000,          # training condition rows kept in the run for generation
     "geometry": None,           # override the file's geometry (name), e.g. for CaloChallenge files
     "threads": None,            # torch intra-op threads (None: torch's default); 1 is often fastest for small models
+    "final_weights": "last",    # model.safetensors: the EMA weights at the end ("last") or of the best validation ("best")
 }
 
 #: Keys that may change when resuming (they do not change the trajectory up to the resume point).
 RESUMABLE_KEYS = frozenset({"steps", "epochs", "log_every", "val_every", "checkpoint_every", "val_size", "val_batch",
-                            "threads"})
+                            "threads", "final_weights"})
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -659,10 +659,19 @@ class Trainer:
     def _finish(self, start_step: int, total_time: float, train_time: float) -> None:
         if not self.env.is_main:
             return
-        tensors = ck.prefixed(self.ema.model_state(), "model")
+        state, final_step = self.ema.model_state(), self.step
+        best = self.out / ck.BEST_CKPT
+        if self.cfg.get("final_weights", "last") not in ("last", "best"):
+            raise ValueError(f"final_weights must be 'last' or 'best', got {self.cfg.get('final_weights')!r}")
+        if self.cfg.get("final_weights", "last") == "best" and self.best_step is not None and best.is_file():
+            # the best validation's EMA weights (the live weights of that step, EMA in place)
+            bt, _ = ck.load_tensors(best)
+            state = {**ck.unprefixed(bt, "model"), **ck.unprefixed(bt, "ema")}
+            final_step = int(self.best_step)
+        tensors = ck.prefixed(state, "model")
         pt, pm = ck.preprocessing_tensors(self.transform, self.encoder)
         tensors.update(pt)
-        meta = {**pm, "model": self.model_name, "step": self.step, "config": self.cfg,
+        meta = {**pm, "model": self.model_name, "step": final_step, "config": self.cfg,
                 "ema_modules": list(self.ema.names), "data_dim": self.transform.out_dim}
         ck.save_tensors(self.out / ck.MODEL_FILE, tensors, meta)
         n_steps = self.step - start_step
@@ -675,7 +684,7 @@ class Trainer:
             "ms_per_step": 1000 * train_time / n_steps if n_steps else None,
             "showers_per_s": n_steps * self.batch * self.env.world_size / train_time if train_time > 0 else None,
             "best_score": self.best_score if math.isfinite(self.best_score) else None, "best_step": self.best_step,
-            "final_val": self.last_val, "pretrain": self.pretrain_summary, "resumed_from": start_step if self.resumed else None,
+            "final_weights_step": final_step, "final_val": self.last_val, "pretrain": self.pretrain_summary, "resumed_from": start_step if self.resumed else None,
             "device": str(self.device),
         }
         ck.write_json(self.out / ck.SUMMARY_FILE, summary)
