@@ -255,15 +255,18 @@ def test_rejects_bad_config() -> None:
         make(geo, data_dim=geo.n_cells + geo.n_layers)  # the layer-norm transform
 
 
-def test_end_to_end_tiny_training(tmp_path: Path) -> None:
-    """A few steps through calosim.train on tiny simulated data, then sampling from the run."""
+@pytest.mark.parametrize("mode", ["generator", "mdn"])
+def test_end_to_end_tiny_training(tmp_path: Path, mode: str) -> None:
+    """A few steps through calosim.train on tiny simulated data (with "mdn": pretraining the
+    energy network first), then sampling from the run."""
     train_mod = pytest.importorskip("calosim.train")
     from calosim.simulate import simulate_to_file
 
     path = simulate_to_file(tmp_path / "e.h5", "calogan", "e+", 96, energy="1:100", seed=1)
     run_dir = train_mod.train("calogan", path, tmp_path / "run", steps=3, progress=False,
-                              config={**SMALL, "batch_size": 16, "val_size": 16, "val_every": 0,
-                                      "log_every": 1, "checkpoint_every": 10})
+                              config={**(MDN if mode == "mdn" else SMALL), "batch_size": 16, "val_size": 16,
+                                      "val_every": 0, "log_every": 1, "checkpoint_every": 10})
+    assert ("mdn_nll" in (run_dir / "train_summary.json").read_text()) == (mode == "mdn")
     run = train_mod.load_run(run_dir)
     ref = {"incident_energies": np.array([[2e3], [5e4]])}
     showers = run.sample(ref, generator=0)
@@ -380,21 +383,6 @@ def test_mdn_mode_export_equals_sample_and_rejects_nonlinear_transform() -> None
     with pytest.raises(ValueError, match="linear"):
         make(geo, **{**MDN, "transform": "boxcox"})
 
-
-def test_mdn_mode_end_to_end_tiny_training(tmp_path: Path) -> None:
-    """Pretraining (the energy network) and GAN steps through calosim.train, then sampling."""
-    train_mod = pytest.importorskip("calosim.train")
-    from calosim.simulate import simulate_to_file
-
-    path = simulate_to_file(tmp_path / "e.h5", "calogan", "e+", 96, energy="1:100", seed=1)
-    run_dir = train_mod.train("calogan", path, tmp_path / "run", steps=3, progress=False,
-                              config={**MDN, "batch_size": 16, "val_size": 16, "val_every": 0,
-                                      "log_every": 1, "checkpoint_every": 10})
-    summary = (run_dir / "train_summary.json").read_text()
-    assert "mdn_nll" in summary
-    run = train_mod.load_run(run_dir)
-    showers = run.sample({"incident_energies": np.array([[2e3], [5e4]])}, generator=0)
-    assert showers.shape == (2, 504) and np.isfinite(showers).all() and (showers >= 0).all()
 
 
 def test_hit_layer_gradients_are_finite_for_empty_and_full_layers() -> None:
