@@ -37,7 +37,7 @@ class DemoSizes:
 
 FULL = DemoSizes()
 QUICK = DemoSizes(n_particle=300, n_train=1000, n_heldout=500, n_generate=500, steps=20, classifier=False)
-DEMO_STEPS = 1500  # ~5 minutes on one CPU core; `calosim train` uses the full recipe (5000)
+DEMO_STEPS = 1500  # ~5 minutes on one CPU core; `calosim train` uses the full recipe (3000)
 
 
 def _say(msg: str) -> None:

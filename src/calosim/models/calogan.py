@@ -25,8 +25,9 @@ stick-breaking layer fractions)`` is fitted first by maximum likelihood (seconds
 narrow response and the layer correlations right, which a short adversarial run does not),
 and G draws each layer as a normalised shape (softmax, cells below the floor switched off,
 renormalised) times its energy, conditioned on ``t``. With ``hit_counts`` the network also
-draws the number of hit cells per layer and G puts exactly that many hits (the top-k cells
-of its shape, each at least the smallest real deposit). In training G gets the real vector
+draws the number of hit cells per layer and G puts exactly that many hits, each at least the
+smallest real deposit: drawn from its shape without replacement (``hit_sampling="gumbel"``,
+Gumbel-top-k) or its k largest cells (``"top-k"``). In training G gets the real vector
 ``t`` of the batch (teacher forcing), so D judges the rest of the shape; in sampling ``t``
 comes from the network.
 ``mirror`` reflects generated showers at random in x and y where the data are symmetric.
@@ -390,7 +391,6 @@ class _Generator(nn.Module):
         # Gumbel-top-k hits: one more standard normal per cell (-> a Gumbel variate)
         gumbel = cfg["layer_energies"] == "mdn" and cfg["hit_counts"] and cfg["hit_sampling"] == "gumbel"
         self.gumbel_sizes = [l.n_cells if gumbel else 0 for l in geometry.layers]
-        self.share_noise = float(cfg["share_noise"])
         self.latent_dim = self.global_dim + sum(self.noise_sizes) + sum(self.gumbel_sizes)
         self.activation = cfg["output_activation"]
         self.floor = float(cfg["output_floor"])
@@ -423,9 +423,9 @@ class _Generator(nn.Module):
         layer): the ``k`` cells of largest ``log w + g`` are hits (``w = softmax(x)``; with
         Gumbel noise ``g (P, B)`` this draws the k hit cells from ``w`` without replacement, as
         independent deposits land in a real shower's halo; ``g = 0`` takes the k largest). Each
-        hit gets the floor (the smallest real deposit) plus its share ``w' / sum_hits w'`` of
-        the rest ``f - k floor``, ``w' = w exp(share_noise g)``. The hard top-k mask has the
-        straight-through gradient of a sigmoid in the key.
+        hit gets the floor (the smallest real deposit) plus its share ``w / sum_hits w`` of the
+        rest ``f - k floor``. The hard top-k mask has the straight-through gradient of a
+        sigmoid in the key.
         """
         p = x.shape[0]
         k = torch.minimum(n.clamp(0, p), torch.floor(f / floor)).clamp_min(0)
@@ -446,8 +446,6 @@ class _Generator(nn.Module):
             m = soft + (hard - soft).detach()
         else:
             m = hard
-        if gumbel is not None and self.share_noise:
-            logw = logw + self.share_noise * gumbel
         w = torch.exp(logw - logw.amax(0, keepdim=True)) * m
         total = w.sum(0)
         # not a clamp: d(w / s)/ds = -w / s^2 would be 0/0 for an empty layer
@@ -461,17 +459,9 @@ class _Generator(nn.Module):
         the straight-through gradient of :meth:`_act`), then renormalised so the layer still
         sums to ``f`` exactly; an empty layer (``f = 0``) stays all zero.
         """
-        if self.activation == "exp" and floor is not None:
-            logc = x - torch.logsumexp(x, 0, keepdim=True) + torch.log(f.clamp_min(1e-30))
-            v = torch.exp(logc)
-            hard = v * (v > floor)
-            if torch.is_grad_enabled():
-                soft = v * torch.sigmoid(4.0 * (logc - torch.log(floor)))
-                v = soft + (hard - soft).detach()
-            else:
-                v = hard
-        else:
-            v = self._act(x, floor)
+        if self.activation == "exp" and floor is not None:  # x -> log of the cells of softmax(x) * f
+            x = x - torch.logsumexp(x, 0, keepdim=True) + torch.log(f.clamp_min(1e-30))
+        v = self._act(x, floor)
         total = v.sum(0)
         # exact layer sum; the factor (>= 1: only dropped cells) is a constant for the gradient,
         # and an all-dropped layer keeps factor 1 so the soft path can still switch cells on
@@ -776,7 +766,6 @@ class CaloGAN(ShowerModel):
         "layer_energies": "mdn",
         "hit_counts": True,  # "mdn": the network also draws the hits per layer; G places exactly that many
         "hit_sampling": "gumbel",  # hit cells drawn from G's shape ("gumbel": top-k) or its k largest ("top-k")
-        "share_noise": 0.0,  # Gumbel noise (x this) on the hits' energy shares
         "mdn_components": 10,
         "mdn_hidden": 64,
         "mdn_steps": 2000,
@@ -849,8 +838,12 @@ class CaloGAN(ShowerModel):
         """The energy vector of showers ``x (B, n_cells)``: :func:`energy_vector` of the layer
         sums, then (``hit_counts``) ``log(n_l + u)`` of the hits per layer, ``u`` a uniform
         dequantisation (0.5 where the value conditions G). ``(B, L)`` or ``(B, 2 L)``."""
-        t = energy_vector(self.layer_sums(x))
-        return torch.cat([t, torch.log(self.hit_counts(x) + u)], 1) if self.hits else t
+        return self._energy_t(self.layer_sums(x), self.hit_counts(x) if self.hits else None, u)
+
+    def _energy_t(self, f: Tensor, n: Tensor | None, u: Tensor | float = 0.5) -> Tensor:
+        """:meth:`energy_target` from layer sums ``f (B, L)`` and hit counts ``n (B, L)``."""
+        t = energy_vector(f)
+        return t if n is None else torch.cat([t, torch.log(n + u)], 1)
 
     def standardised_energy(self, x: Tensor) -> Tensor:
         """The standardised energy vector of showers ``x (B, n_cells)`` (G's extra condition)."""
@@ -1027,15 +1020,13 @@ class CaloGAN(ShowerModel):
         return F.softplus(-d_fake).mean() if self.config["loss"] == "ns" else -d_fake.mean()
 
     def _reflect(self, x: Tensor, ctx: TrainContext) -> Tensor:
-        if self.mirror is None:
-            return x
-        gen = ctx.generator
-        z = torch.randn(len(x), 2, generator=gen, device=gen.device if gen is not None else x.device)
-        return self.mirror(x, z.to(x.device))
+        return x if self.mirror is None else self.mirror(x, self._noise(len(x), ctx, x.device, 2))
 
-    def _noise(self, n: int, ctx: TrainContext, device: torch.device) -> Tensor:
+    def _noise(self, n: int, ctx: TrainContext, device: torch.device, dim: int | None = None) -> Tensor:
+        """``(n, dim)`` standard normal from the run's generator (default: G's latent size)."""
         gen = ctx.generator
-        z = torch.randn(n, self.generator.latent_dim, generator=gen, device=gen.device if gen is not None else device)
+        dim = self.generator.latent_dim if dim is None else dim
+        z = torch.randn(n, dim, generator=gen, device=gen.device if gen is not None else device)
         return z.to(device)
 
     def train_step(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
@@ -1052,7 +1043,7 @@ class CaloGAN(ShowerModel):
         # "mdn": G draws shapes for the real layer energies of the batch, so D judges shapes alone
         f = self.layer_sums(x) if self.mdn else None
         hits = self.hit_counts(x) if self.hits else None
-        g_cond = torch.cat([cond, self.standardised_energy(x)], 1) if self.mdn else cond
+        g_cond = torch.cat([cond, (self._energy_t(f, hits) - self.t_mean) / self.t_std], 1) if self.mdn else cond
 
         D.requires_grad_(True)
         for _ in range(int(cfg["n_critic"])):
