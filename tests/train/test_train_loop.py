@@ -178,3 +178,9 @@ def test_final_weights_best_writes_the_best_validation_model(tmp_path: Path, dat
     assert ema  # the toy keeps an EMA of its generator
     for k, v in ema.items():
         torch.testing.assert_close(final["model/" + k], v)
+
+
+def test_bad_final_weights_fails_before_training(tmp_path: Path, data: Path) -> None:
+    with pytest.raises(ValueError, match="final_weights"):
+        train("_test_toy_gan", data, tmp_path / "r", steps=5, progress=False, config={"final_weights": "middle"})
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()

@@ -136,6 +136,11 @@ def unprefixed(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
 
 
+def ema_model_weights(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The model ``state_dict`` of a training checkpoint with its EMA weights in place of the live ones."""
+    return {**unprefixed(tensors, "model"), **unprefixed(tensors, "ema")}
+
+
 def read_json(path: Path) -> Any:
     if not path.is_file():
         raise RunError(f"{path}: file not found")
@@ -270,8 +275,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, which: 
         tensors, meta = load_tensors(path)
         ptensors, pmeta = load_tensors(run_dir / PREPROCESSING_FILE)
         transform, encoder = build_preprocessing(geometry, ptensors, pmeta, str(run_dir / PREPROCESSING_FILE))
-        weights = unprefixed(tensors, "model")
-        weights.update({k: v for k, v in unprefixed(tensors, "ema").items()})  # EMA replaces the live weights
+        weights = ema_model_weights(tensors)
     else:
         raise ValueError(f"which must be 'final', 'best' or 'last', got {which!r}")
     try:

@@ -202,9 +202,9 @@ def validation_observables(showers: np.ndarray, e_inc: np.ndarray, geometry: Geo
     etot = layers.sum(1)
     out = {"etot_ratio": etot / np.asarray(e_inc, dtype=np.float64).ravel()}
     frac = np.divide(layers, etot[:, None], out=np.zeros_like(layers), where=etot[:, None] > 0)
-    xs, ys = geometry.cell_centers()
-    for i, s in enumerate(geometry.layer_slices):
+    for i in range(geometry.n_layers):
         out[f"frac_{i}"] = frac[:, i]
+    xs, ys = geometry.cell_centers()
     for i, s in enumerate(geometry.layer_slices):
         cells = showers[:, s]
         out[f"sparsity_{i}"] = (cells > geometry.threshold_mev).mean(1)
@@ -285,6 +285,9 @@ class Trainer:
             cfg = resolve_config(cls.default_config, config_file=config_file, config=config, epochs=epochs, steps=steps)
             geometry = cfg.get("geometry")
         self.cfg = cfg
+        cfg.setdefault("final_weights", "last")  # runs written before the key existed
+        if cfg["final_weights"] not in ("last", "best"):  # checked now, not after the training
+            raise ValueError(f"final_weights must be 'last' or 'best', got {cfg['final_weights']!r}")
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg["threads"]))
 
@@ -661,12 +664,8 @@ class Trainer:
             return
         state, final_step = self.ema.model_state(), self.step
         best = self.out / ck.BEST_CKPT
-        if self.cfg.get("final_weights", "last") not in ("last", "best"):
-            raise ValueError(f"final_weights must be 'last' or 'best', got {self.cfg.get('final_weights')!r}")
-        if self.cfg.get("final_weights", "last") == "best" and self.best_step is not None and best.is_file():
-            # the best validation's EMA weights (the live weights of that step, EMA in place)
-            bt, _ = ck.load_tensors(best)
-            state = {**ck.unprefixed(bt, "model"), **ck.unprefixed(bt, "ema")}
+        if self.cfg["final_weights"] == "best" and self.best_step is not None and best.is_file():
+            state = ck.ema_model_weights(ck.load_tensors(best)[0])  # the best validation's EMA weights
             final_step = int(self.best_step)
         tensors = ck.prefixed(state, "model")
         pt, pm = ck.preprocessing_tensors(self.transform, self.encoder)
@@ -684,7 +683,8 @@ class Trainer:
             "ms_per_step": 1000 * train_time / n_steps if n_steps else None,
             "showers_per_s": n_steps * self.batch * self.env.world_size / train_time if train_time > 0 else None,
             "best_score": self.best_score if math.isfinite(self.best_score) else None, "best_step": self.best_step,
-            "final_weights_step": final_step, "final_val": self.last_val, "pretrain": self.pretrain_summary, "resumed_from": start_step if self.resumed else None,
+            "final_weights_step": final_step, "final_val": self.last_val, "pretrain": self.pretrain_summary,
+            "resumed_from": start_step if self.resumed else None,
             "device": str(self.device),
         }
         ck.write_json(self.out / ck.SUMMARY_FILE, summary)
