@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from calosim.geometry import Geometry, Layer, Material, get_geometry
 from calosim.models import get_model_class
-from calosim.models.calogan import (CaloGAN, LocallyConnected2d, _EnergyMDN, _gumbel, energy_fractions, energy_vector,
-                                   from_flat, to_flat)
+from calosim.models.calogan import CaloGAN, LocallyConnected2d, _gumbel, from_flat, to_flat
+from calosim.models.energy import EnergyMDN, energy_fractions, energy_vector
 
 # the seed's design (G draws every cell); the MDN tests below switch layer_energies to "mdn"
 SMALL = {"latent_dim": 8, "g_channels": (3, 3, 3), "d_channels": (4, 2), "d_hidden": 8, "mbd_kernels": 3,
@@ -302,7 +302,7 @@ def test_mdn_learns_a_known_conditional_gaussian() -> None:
     def draw(n: int) -> tuple[Tensor, Tensor]:
         c = torch.rand(n, 1, generator=g) * 2 - 1
         return torch.cat([2 * c, -c], 1) + torch.randn(n, 2, generator=g) @ chol.t(), c
-    mdn = _EnergyMDN(1, 2, components=2, hidden=32)
+    mdn = EnergyMDN(1, 2, components=2, hidden=32)
     opt = torch.optim.Adam(mdn.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 800)
     for _ in range(800):

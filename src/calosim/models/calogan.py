@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from . import register_model
 from .base import ShowerModel, TrainContext
+from .energy import EnergyMDN, energy_fractions, energy_vector
 
 __all__ = ["CaloGAN", "LocallyConnected2d", "to_flat", "from_flat"]
 
@@ -196,95 +197,6 @@ class _AttentionTransfer(nn.Module):
         return own + gate * (carry - own)
 
 
-
-# ------------------------------------------------------------------------------------------
-# layer energies: the energy vector and its mixture-density network
-# ------------------------------------------------------------------------------------------
-_ALPHA = 1e-6  # clip of the stick-breaking fractions (an empty layer maps to logit(alpha))
-
-
-def energy_vector(f: Tensor) -> Tensor:
-    """Layer energies ``f (B, L)`` (any linear unit, e.g. E_l / E_inc) -> ``t (B, L)``.
-
-    ``t_0 = log sum_l f_l`` (the response, a narrow peak in its own coordinate) and, for
-    ``l >= 1``, ``t_l = logit(u_l)`` of the stick-breaking fractions
-    ``u_l = f_{l-1} / (f_{l-1} + ... + f_{L-1})`` (CaloFlow's u-space), so every point of
-    R^L is a valid set of non-negative layer energies.
-    """
-    f = f.clamp_min(0.0)
-    rest = f.flip(1).cumsum(1).flip(1)  # (B, L): f_l + ... + f_{L-1}
-    t0 = torch.log(rest[:, :1].clamp_min(1e-30))
-    u = (f[:, :-1] / rest[:, :-1].clamp_min(1e-30)).clamp(_ALPHA, 1.0 - _ALPHA)
-    return torch.cat([t0, torch.log(u) - torch.log1p(-u)], 1)
-
-
-def energy_fractions(t: Tensor) -> Tensor:
-    """Inverse of :func:`energy_vector`: ``t (B, L) -> f (B, L)`` (non-negative)."""
-    rest = torch.exp(t[:, :1])
-    out = []
-    for j in range(1, t.shape[1]):
-        f = rest * torch.sigmoid(t[:, j:j + 1])
-        out.append(f)
-        rest = rest - f
-    return torch.cat([*out, rest], 1)
-
-
-class _EnergyMDN(nn.Module):
-    """Mixture-density network ``p(t | cond)``: K full-covariance Gaussians in the L-dim
-    (standardised) energy vector, weights, means and Cholesky factors from an MLP of ``cond``.
-
-    Trained by maximum likelihood before the GAN (:meth:`CaloGAN.pretrain`); sampling is a
-    deterministic function of standard-normal noise (one value picks the component through
-    its normal CDF, L values are the Gaussian), so it exports to ONNX and is reproducible.
-    """
-
-    def __init__(self, cond_dim: int, n_layers: int, components: int, hidden: int) -> None:
-        super().__init__()
-        k, d = int(components), int(n_layers)
-        self.k, self.d = k, d
-        n_off = d * (d - 1) // 2
-        self.net = nn.Sequential(nn.Linear(cond_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, k * (1 + 2 * d + n_off)))
-        # placement of the diagonal and strictly-lower entries in a flattened (d, d) matrix
-        rows, cols = torch.tril_indices(d, d, -1)
-        p_off = torch.zeros(n_off, d * d)
-        p_off[torch.arange(n_off), rows * d + cols] = 1.0
-        p_diag = torch.zeros(d, d * d)
-        p_diag[torch.arange(d), torch.arange(d) * (d + 1)] = 1.0
-        self.register_buffer("p_off", p_off)
-        self.register_buffer("p_diag", p_diag)
-        with torch.no_grad():  # spread the initial means so the components differ
-            last = self.net[-1]
-            last.weight.mul_(0.1)
-            last.bias.view(k, -1)[:, 1:1 + d].copy_(torch.randn(k, d, generator=torch.Generator().manual_seed(0)))
-
-    def params(self, cond: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``log_w (B, K)``, ``mu (B, K, d)``, ``tril (B, K, d, d)``, ``log_diag (B, K, d)``."""
-        b, k, d = cond.shape[0], self.k, self.d
-        o = self.net(cond).view(b, k, -1)
-        log_w = torch.log_softmax(o[..., 0], -1)
-        mu = o[..., 1:1 + d]
-        log_diag = o[..., 1 + d:1 + 2 * d].clamp(-7.0, 3.0)
-        tril = (torch.exp(log_diag) @ self.p_diag + o[..., 1 + 2 * d:] @ self.p_off).view(b, k, d, d)
-        return log_w, mu, tril, log_diag
-
-    def log_prob(self, t: Tensor, cond: Tensor) -> Tensor:
-        """``log p(t | cond)`` ``(B,)`` for ``t (B, d)``."""
-        log_w, mu, tril, log_diag = self.params(cond)
-        diff = (t[:, None, :] - mu).unsqueeze(-1)  # (B, K, d, 1)
-        z = torch.linalg.solve_triangular(tril, diff, upper=False).squeeze(-1)
-        log_n = -0.5 * (z * z).sum(-1) - log_diag.sum(-1) - 0.5 * self.d * math.log(2 * math.pi)
-        return torch.logsumexp(log_w + log_n, -1)
-
-    def sample(self, cond: Tensor, noise: Tensor) -> Tensor:
-        """``t (B, d)`` from ``noise (B, 1 + d)`` standard normal."""
-        log_w, mu, tril, _ = self.params(cond)
-        u = 0.5 * (1.0 + torch.erf(noise[:, :1] / math.sqrt(2.0)))  # uniform
-        k = (u > torch.cumsum(torch.exp(log_w), -1)).sum(-1).clamp_max(self.k - 1)  # (B,)
-        onehot = (k[:, None] == torch.arange(self.k, device=cond.device)[None]).to(mu.dtype)  # (B, K)
-        m = (onehot[..., None] * mu).sum(1)
-        lt = (onehot[..., None, None] * tril).sum(1)
-        return m + (lt @ noise[:, 1:, None]).squeeze(-1)
 
 # ------------------------------------------------------------------------------------------
 # generator
@@ -687,7 +599,7 @@ class _Sampler(nn.Module):
     the ONNX export, so both are one graph.
     """
 
-    def __init__(self, generator: _Generator, energy: "_EnergyMDN | None", floor_ab: Tensor,
+    def __init__(self, generator: _Generator, energy: "EnergyMDN | None", floor_ab: Tensor,
                  t_mean: Tensor, t_std: Tensor, n_cells_per_layer: Tensor, mirror: "_Mirror | None" = None) -> None:
         super().__init__()
         self.mirror = mirror
@@ -805,7 +717,7 @@ class CaloGAN(ShowerModel):
         n_t = n_layers * (2 if self.hits else 1)  # length of the energy vector
         self.generator = _Generator(geometry, cond_dim + (n_t if self.mdn else 0), cfg)
         self.discriminator = _Discriminator(geometry, cond_dim, cfg)
-        self.energy = _EnergyMDN(cond_dim, n_t, int(cfg["mdn_components"]), int(cfg["mdn_hidden"])) \
+        self.energy = EnergyMDN(cond_dim, n_t, int(cfg["mdn_components"]), int(cfg["mdn_hidden"])) \
             if self.mdn else None
         # standardisation of the energy vector (set from the first real batch)
         self.register_buffer("t_mean", torch.zeros(n_t))
