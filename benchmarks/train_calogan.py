@@ -118,6 +118,7 @@ def sampling_ms(model: Any, cond: torch.Tensor, repeats: int = 15) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="calogan", help="a registered model trained from showers alone (calogan, spots)")
     ap.add_argument("--geometry", default="calogan")
     ap.add_argument("--particle", default="e+")
     ap.add_argument("--n", type=int, default=50_000, help="training showers")
@@ -141,14 +142,14 @@ def main() -> None:
     root = Path("out")
     train_path = cached_dataset(root / "bench_data", args.geometry, args.particle, args.n, 1000, args.energy)
     ref_path = cached_dataset(root / "bench_data", args.geometry, args.particle, args.n_ref, 2000, args.energy)
-    out = Path(args.out or root / f"bench_calogan_{args.geometry}_{args.particle}")
+    out = Path(args.out or root / f"bench_{args.model}_{args.geometry}_{args.particle}")
     config = {"val_size": 5000, "threads": args.threads, **json.loads(args.config)}
 
     t0 = time.perf_counter()
     if args.eval_only:
         run_dir = out
     else:
-        run_dir = train("calogan", train_path, out, config=config, steps=args.steps, seed=args.seed, overwrite=True,
+        run_dir = train(args.model, train_path, out, config=config, steps=args.steps, seed=args.seed, overwrite=True,
                         progress=False)
     train_s = time.perf_counter() - t0
     summary = json.loads((run_dir / ck.SUMMARY_FILE).read_text())
@@ -168,7 +169,7 @@ def main() -> None:
     fg, _ = highlevel_features(gen, ref.incident_energies, geo, cols)
     e = ref.incident_energies[:, 0]
     res: dict[str, Any] = {
-        "geometry": args.geometry, "particle": args.particle, "n_train": summary["n_train"], "steps": summary["steps"],
+        "model": args.model, "geometry": args.geometry, "particle": args.particle, "n_train": summary["n_train"], "steps": summary["steps"],
         "weights": args.which, "best_step": summary.get("best_step"),
         "config": {k: run.config.get(k) for k in run.model.default_config},
         "train_time_s": round(train_s, 1), "train_loop_s": round(summary["train_time_s"], 1),

@@ -1,0 +1,308 @@
+"""Spots: a learned GFlash. Layer energies from a mixture-density network, a neural shape per
+layer, and the cells filled by sampling energy spots from that shape.
+
+A calorimeter cell's energy is the sum of many small deposits (GFlash's "spots"): where a
+shower's lateral profile is dense a cell collects many and its energy is close to its mean;
+in the halo a cell is hit by one spot or none. The model mirrors that structure and learns
+the two things a parameterisation would have to be tuned for:
+
+1. ``p(t | cond)``: the energy vector ``t`` (:func:`~calosim.models.energy.energy_vector` of
+   the layer energies, plus ``log(n_l + u)`` of the hit cells per layer) from a
+   mixture-density network (:class:`~calosim.models.energy.EnergyMDN`), fitted by maximum
+   likelihood in :meth:`Spots.pretrain`.
+2. ``p_l(cell | cond, t)``: for every layer, the probability that a spot lands in a cell, a
+   softmax over the layer's cells from an MLP of the conditions and ``t`` (so the lateral
+   spread follows the shower's longitudinal development). Fitted by maximum likelihood as
+   well: the cross-entropy ``-sum_i x_i / E_l log p_l(i)`` of the real layer-normalised
+   images, which is the log-likelihood of the real deposits' positions.
+
+Sampling a layer of energy ``E_l`` with ``n_l`` hit cells: ``N`` spots such that the expected
+number of distinct hit cells ``sum_i 1 - exp(-N p_i)`` is ``n_l`` (a few Newton steps), cell
+``i`` hit with probability ``1 - exp(-N p_i)`` (Poisson spot counts), a hit cell's energy the
+mean of the zero-truncated Poisson count with its variance (plus spot-weight fluctuations of
+relative width ``1 / sqrt(spot_shape)``), and the layer rescaled to ``E_l`` exactly. All
+randomness comes from standard-normal inputs, so sampling is one deterministic graph of
+``(z, cond)`` (reproducible, exportable to ONNX) and costs one MLP and a few element-wise
+passes over the cells: no adversarial game, no per-cell network.
+
+Training is two likelihood fits (no discriminator), so it is stable and short on CPU; what
+it cannot learn is structure beyond the per-shower mean shape given ``(cond, t)`` and the
+spot statistics (e.g. sub-cluster correlations inside a layer).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import register_model
+from .base import ShowerModel, TrainContext
+from .energy import EnergyMDN, energy_fractions, energy_vector
+
+__all__ = ["Spots", "spot_count"]
+
+
+def spot_count(p: Tensor, n: Tensor, iterations: int = 12) -> Tensor:
+    """Number of spots ``N (B,)`` whose expected distinct hit cells ``sum_i 1 - exp(-N p_i)`` is ``n (B,)``.
+
+    ``p (B, P)`` is a probability vector per row. The left side is increasing and concave in
+    ``N`` and is at most ``n`` at ``N = n``, so Newton's method from ``N = n`` climbs to the
+    root monotonically (never overshoots). ``n`` is clipped to ``[0, 0.98 P]``.
+    """
+    n = n.clamp(0.0, 0.98 * p.shape[1])
+    big_n = n.clone()
+    for _ in range(iterations):
+        e = torch.exp(-big_n[:, None] * p)
+        f = (1.0 - e).sum(1) - n
+        slope = (p * e).sum(1)
+        big_n = big_n - f / slope.clamp_min(1e-12)
+    return big_n
+
+
+def _uniform(z: Tensor) -> Tensor:
+    """Standard normal -> uniform on (0, 1) (erf: ONNX has no erfc)."""
+    return 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
+
+
+def spot_layer(logp: Tensor, f: Tensor, n: Tensor, z_hit: Tensor, z_e: Tensor, spot_shape: float) -> Tensor:
+    """Cells ``(B, P)`` of one layer: energy ``f (B,)`` shared among about ``n (B,)`` hit cells.
+
+    ``logp (B, P)`` log-probabilities of a spot landing in each cell; ``z_hit``, ``z_e`` ``(B, P)``
+    standard normal. A layer with ``f > 0`` whose draw leaves every cell empty gets all its
+    energy in one cell drawn from ``p`` (Gumbel-max with the same noise), so energy is never lost.
+    """
+    p = torch.exp(logp)
+    lam = spot_count(p, n)[:, None] * p  # mean spots per cell
+    # P(count >= 1) = 1 - exp(-lam), by its series where float32 would round it to 0
+    q = torch.where(lam < 1e-3, lam * (1.0 - 0.5 * lam), 1.0 - torch.exp(-lam))
+    u = _uniform(z_hit)
+    hit = (u < q).to(logp.dtype)
+    m = lam / q.clamp_min(1e-30)  # mean of the zero-truncated Poisson count
+    var = (m * (1.0 + lam - m)).clamp_min(0.0) + m / spot_shape
+    e = hit * torch.maximum(m + torch.sqrt(var) * z_e, 0.05 * m)
+    live = f > 0
+    empty = (hit.sum(1) == 0) & live
+    g = -torch.log(-torch.log(u.clamp(1e-7, 1.0 - 1e-7)))
+    one = F.one_hot(torch.argmax(logp + g, 1), logp.shape[1]).to(logp.dtype)
+    e = torch.where(empty[:, None], one, e)
+    total = e.sum(1, keepdim=True)
+    return e * torch.where(live[:, None], f[:, None] / torch.where(total > 0, total, torch.ones_like(total)),
+                           torch.zeros_like(total))
+
+
+class _Shape(nn.Module):
+    """``h (B, in_dim) -> [logp_l (B, P_l) for each layer]``: an MLP with one softmax per layer.
+
+    ``log_bias`` (the log of the mean real layer-normalised image, set at calibration) is added
+    to the logits, so the network starts at the average shower and learns the deviations.
+    """
+
+    def __init__(self, in_dim: int, sizes: list[int], hidden: int, depth: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = in_dim
+        for _ in range(depth):
+            layers += [nn.Linear(d, hidden), nn.SiLU()]
+            d = hidden
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Linear(d, sum(sizes))
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.sizes = list(sizes)
+        self.log_bias = nn.Parameter(torch.zeros(sum(sizes)))
+
+    def forward(self, h: Tensor) -> list[Tensor]:
+        logits = self.out(self.body(h)) + self.log_bias
+        return [torch.log_softmax(x, 1) for x in torch.split(logits, self.sizes, 1)]
+
+
+class _Sampler(nn.Module):
+    """``forward(z (B, latent_dim), cond (B, cond_dim)) -> x (B, n_cells)``, the whole sampling path.
+
+    ``z`` = [``1 + 2 L`` values for the energy network, then two values per cell (hit, energy)],
+    all standard normal. Shared by :meth:`Spots.sample` and the ONNX export.
+    """
+
+    def __init__(self, model: "Spots") -> None:
+        super().__init__()
+        self.energy, self.shape = model.energy, model.shape
+        self.register_buffer("t_mean", model.t_mean)
+        self.register_buffer("t_std", model.t_std)
+        self.register_buffer("n_cells_per_layer", model.n_cells_per_layer)
+        self.sizes = list(model.shape.sizes)
+        self.spot_shape = float(model.config["spot_shape"])
+        self.n_t = len(model.t_mean)
+
+    def forward(self, z: Tensor, cond: Tensor) -> Tensor:
+        n_layers = len(self.sizes)
+        t = self.energy.sample(cond, z[:, :1 + self.n_t]) * self.t_std + self.t_mean
+        f = energy_fractions(t[:, :n_layers])
+        # exp(t_hits) = n + u with u ~ U(0, 1): the hit count is its floor
+        n = torch.minimum(torch.floor(torch.exp(t[:, n_layers:])), self.n_cells_per_layer)
+        n = torch.where(f > 0, n.clamp_min(1.0), torch.zeros_like(n))
+        t = torch.cat([t[:, :n_layers], torch.log(n + 0.5)], 1)
+        logps = self.shape(torch.cat([cond, (t - self.t_mean) / self.t_std], 1))
+        z_hit, z_e = torch.split(z[:, 1 + self.n_t:], [sum(self.sizes)] * 2, 1)
+        out, a = [], 0
+        for i, (logp, size) in enumerate(zip(logps, self.sizes)):
+            out.append(spot_layer(logp, f[:, i], n[:, i], z_hit[:, a:a + size], z_e[:, a:a + size], self.spot_shape))
+            a += size
+        return torch.cat(out, 1)
+
+
+@register_model
+class Spots(ShowerModel):
+    """Spots: a learned GFlash (energy MDN + neural spot shapes), trained by likelihood."""
+
+    name = "spots"
+    ema_modules = ("shape",)
+    default_config: dict[str, Any] = {
+        # the CPU recipe: a few minutes on one core for 50k showers (no adversarial game)
+        "transform": "scale",
+        "batch_size": 256,
+        "steps": 3000,
+        "val_every": 500,
+        "final_weights": "best",
+        "lr": 2e-3,
+        "hidden": 256,
+        "depth": 2,
+        "spot_shape": 8.0,  # spot weights ~ Gamma(spot_shape): relative spread 1 / sqrt(spot_shape)
+        "mdn_components": 10,
+        "mdn_hidden": 64,
+        "mdn_steps": 2000,
+        "mdn_lr": 3e-3,
+        "mdn_batches": 4,  # training batches per MDN step
+    }
+
+    def __init__(self, geometry: Any, cond_dim: int, config: dict[str, Any]) -> None:
+        super().__init__(geometry, cond_dim, config)
+        cfg = self.config
+        if cfg.get("transform", "scale") not in ("scale", "identity"):
+            raise ValueError("spots: needs a transform linear in the cells ('scale' or 'identity'), "
+                             f"got transform={cfg.get('transform')!r}")
+        data_dim = int(cfg.get("data_dim", geometry.n_cells))
+        if data_dim != geometry.n_cells:
+            raise ValueError(f"spots: needs one value per cell, got data_dim={data_dim} for {geometry.n_cells} cells")
+        if float(cfg["spot_shape"]) <= 0:
+            raise ValueError(f"spots: spot_shape must be > 0, got {cfg['spot_shape']!r}")
+        n_layers = geometry.n_layers
+        n_t = 2 * n_layers  # energy vector: layer energies, hit counts
+        self.energy = EnergyMDN(cond_dim, n_t, int(cfg["mdn_components"]), int(cfg["mdn_hidden"]))
+        self.shape = _Shape(cond_dim + n_t, [l.n_cells for l in geometry.layers], int(cfg["hidden"]), int(cfg["depth"]))
+        self.register_buffer("t_mean", torch.zeros(n_t))
+        self.register_buffer("t_std", torch.ones(n_t))
+        self.register_buffer("n_cells_per_layer", torch.tensor([float(l.n_cells) for l in geometry.layers]))
+        self.register_buffer("calibrated", torch.tensor(False))
+
+    @property
+    def latent_dim(self) -> int:
+        return 1 + len(self.t_mean) + 2 * self.geometry.n_cells
+
+    # -- the energy vector ----------------------------------------------------------------
+    def layer_sums(self, x: Tensor) -> Tensor:
+        """``x (B, n_cells) -> (B, L)`` per-layer sums (in the units of ``x``)."""
+        return torch.stack([x[:, s].sum(1) for s in self.geometry.layer_slices], 1)
+
+    def energy_target(self, x: Tensor, u: Tensor | float = 0.5) -> Tensor:
+        """``(B, 2 L)``: :func:`energy_vector` of the layer sums, then ``log(n_l + u)`` of the hit
+        cells per layer (``u`` a uniform dequantisation; 0.5 where the value is a condition)."""
+        n = torch.stack([(x[:, s] > 0).sum(1) for s in self.geometry.layer_slices], 1).to(x.dtype)
+        return torch.cat([energy_vector(self.layer_sums(x)), torch.log(n + u)], 1)
+
+    @torch.no_grad()
+    def _calibrate(self, x: Tensor) -> None:
+        """First real batch: standardisation of ``t``, and the shape network starts at the mean image."""
+        t = self.energy_target(x)
+        self.t_mean.copy_(t.mean(0))
+        self.t_std.copy_(t.std(0).nan_to_num(1.0).clamp_min(1e-3))
+        biases = []
+        for s in self.geometry.layer_slices:
+            mean = self._normalised(x[:, s]).mean(0)
+            pos = mean[mean > 0]
+            floor = float(pos.min()) / math.e if pos.numel() else 1.0
+            biases.append(torch.log(mean.clamp_min(floor)))
+        self.shape.log_bias.copy_(torch.cat(biases))
+        self.calibrated.fill_(True)
+
+    @staticmethod
+    def _normalised(cells: Tensor) -> Tensor:
+        """``(B, P)`` cells divided by their layer sum (empty layers stay 0)."""
+        total = cells.sum(1, keepdim=True)
+        return cells / torch.where(total > 0, total, torch.ones_like(total))
+
+    # -- training -------------------------------------------------------------------------
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"energy": torch.optim.Adam(self.energy.parameters(), lr=float(self.config["mdn_lr"])),
+                "shape": torch.optim.Adam(self.shape.parameters(), lr=float(self.config["lr"]))}
+
+    def pretrain(self, batches: Iterator[tuple[Tensor, Tensor]], ctx: TrainContext) -> dict[str, float]:
+        """Fit the energy network by maximum likelihood (``mdn_steps`` Adam steps on ``mdn_batches``
+        concatenated batches, cosine learning rate), then freeze it. Returns its final NLL."""
+        cfg = self.config
+        x, _ = next(batches)
+        if not bool(self.calibrated):
+            self._calibrate(x)
+        opt = ctx.optimizers["energy"] if hasattr(ctx, "optimizers") else None
+        lr0, steps, k = float(cfg["mdn_lr"]), int(cfg["mdn_steps"]), max(int(cfg["mdn_batches"]), 1)
+        self.energy.requires_grad_(True).train()
+        nll = float("nan")
+        for i in range(steps):
+            parts = [next(batches) for _ in range(k)]
+            x = torch.cat([p[0] for p in parts])
+            cond = torch.cat([p[1] for p in parts])
+            if opt is not None:
+                for g in opt.param_groups:
+                    g["lr"] = lr0 * 0.5 * (1.0 + math.cos(math.pi * i / max(steps, 1)))
+            u = torch.rand(len(x), self.geometry.n_layers, generator=ctx.generator,
+                           device=ctx.generator.device).to(x.device)
+            loss = -self.energy.log_prob((self.energy_target(x, u) - self.t_mean) / self.t_std, cond).mean()
+            ctx.backward_step(loss, "energy")
+            nll = loss.item() if i == 0 or not math.isfinite(nll) else 0.98 * nll + 0.02 * loss.item()
+        self.energy.eval().requires_grad_(False)
+        return {"mdn_nll": nll, "mdn_steps": float(steps)}
+
+    def shape_nll(self, x: Tensor, cond: Tensor) -> Tensor:
+        """Mean cross-entropy ``-sum_i x_i / E_l log p_l(i)`` over the non-empty layers of ``x (B, n_cells)``."""
+        t = (self.energy_target(x) - self.t_mean) / self.t_std
+        logps = self.shape(torch.cat([cond, t], 1))
+        losses, weights = [], []
+        for logp, s in zip(logps, self.geometry.layer_slices):
+            w = self._normalised(x[:, s])
+            losses.append(-(w * logp).sum(1))
+            weights.append((w.sum(1) > 0).to(x.dtype))
+        lw = torch.stack(weights, 1)
+        return (torch.stack(losses, 1) * lw).sum() / lw.sum().clamp_min(1.0)
+
+    def train_step(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
+        """One Adam step of the shape network on the real batch's deposits (``x (B, n_cells)``)."""
+        if not bool(self.calibrated):
+            self._calibrate(x)
+        total = int(self.config.get("steps") or 0)
+        if total:  # cosine decay over the run: the likelihood keeps improving as lr falls
+            for g in ctx.optimizers["shape"].param_groups if hasattr(ctx, "optimizers") else ():
+                g["lr"] = float(self.config["lr"]) * 0.5 * (1.0 + math.cos(math.pi * min(ctx.step / total, 1.0)))
+        loss = self.shape_nll(x, cond)
+        ctx.backward_step(loss, "shape")
+        return {"loss_shape": loss.item()}
+
+    # -- sampling -------------------------------------------------------------------------
+    def latent(self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None) -> Tensor:
+        """Standard-normal latent vectors ``(n, latent_dim)`` (drawn on ``generator``'s device)."""
+        device = device or self.t_mean.device
+        z = torch.randn(n, self.latent_dim, generator=generator, device=generator.device if generator is not None else device)
+        return z.to(device)
+
+    @torch.no_grad()
+    def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Showers ``(B, n_cells)`` in the transform space for encoded conditions ``cond (B, cond_dim)``."""
+        return _Sampler(self)(self.latent(cond.shape[0], generator, cond.device), cond)
+
+    def export_module(self) -> nn.Module:
+        """Eval-mode copy of the sampling path: ``f(z, cond) -> x``."""
+        return copy.deepcopy(_Sampler(self)).eval()

@@ -1,0 +1,150 @@
+"""The spots model: the spot-count solve, the spot sampler's known statistics, and a shape fit
+that recovers a known condition-dependent shape."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from calosim.geometry import Geometry, Layer, Material
+from calosim.models import get_model_class
+from calosim.models.spots import Spots, spot_count, spot_layer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def two_layer_geometry() -> Geometry:
+    mat = Material("Pb", "LAr", x0_mm=20.0, lambda_mm=400.0, moliere_mm=40.0, critical_mev=10.0)
+    return Geometry("two", (
+        Layer("a", "cartesian", (5, 7), z_mm=0.0, thickness_mm=50.0, material=mat, cell_mm=(10.0, 10.0)),
+        Layer("b", "cartesian", (1, 9), z_mm=50.0, thickness_mm=80.0, material=mat, cell_mm=(50.0, 8.0)),
+    ))
+
+
+class Ctx:
+    """Minimal stand-in for calosim.train's context; cond column 0 = log10(E / 10 GeV)."""
+
+    class conditions:  # noqa: N801 - mimics an attribute holding the encoder
+        @staticmethod
+        def incident_energy(cond: Tensor) -> Tensor:
+            return 1e4 * 10.0 ** cond[:, :1]
+
+    def __init__(self, model: Spots) -> None:
+        self.device = torch.device("cpu")
+        self.step = 0
+        self.generator = torch.Generator().manual_seed(0)
+        self.optimizers = model.make_optimizers()
+
+    def backward_step(self, loss: Tensor, optimizer: str, *, retain_graph: bool = False) -> None:
+        opt = self.optimizers[optimizer]
+        opt.zero_grad(set_to_none=True)
+        loss.backward(retain_graph=retain_graph)
+        opt.step()
+
+
+def test_registered_and_bad_config_is_named() -> None:
+    assert get_model_class("spots") is Spots
+    geo = two_layer_geometry()
+    with pytest.raises(ValueError, match="transform linear in the cells"):
+        Spots(geo, 1, {"transform": "log"})
+    with pytest.raises(ValueError, match="spot_shape"):
+        Spots(geo, 1, {"spot_shape": 0})
+
+
+def test_spot_count_solves_the_expected_hits() -> None:
+    """sum_i 1 - exp(-N p_i) = n, for peaked and flat shapes, few and almost all cells."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(3.0 * torch.randn(6, 200, generator=g), 1)
+    p[0] = 1.0 / 200  # flat
+    n = torch.tensor([1.0, 5.0, 40.0, 120.0, 180.0, 0.0])
+    big_n = spot_count(p.double(), n.double(), iterations=40)
+    hits = (1 - torch.exp(-big_n[:, None] * p.double())).sum(1)
+    torch.testing.assert_close(hits, n.double(), atol=1e-6, rtol=1e-6)
+    # the default iterations are close enough in float32 for the hit counts that occur
+    hits32 = (1 - torch.exp(-spot_count(p, n)[:, None] * p)).sum(1)
+    assert torch.all((hits32 - n).abs() <= 0.02 * n + 0.05)
+
+
+def test_spot_layer_conserves_energy_and_hits_follow_the_poisson_rate() -> None:
+    g = torch.Generator().manual_seed(1)
+    b, size = 20_000, 30
+    logp = torch.log_softmax(torch.linspace(0.0, -4.0, size), 0).expand(b, size)
+    f = torch.rand(b, generator=g) + 0.5
+    f[:100] = 0.0  # empty layers stay empty
+    n = torch.full((b,), 8.0)
+    z1, z2 = torch.randn(b, size, generator=g), torch.randn(b, size, generator=g)
+    x = spot_layer(logp, f, n, z1, z2, spot_shape=8.0)
+    assert (x >= 0).all() and torch.isfinite(x).all()
+    torch.testing.assert_close(x.sum(1), f, rtol=1e-5, atol=0.0)
+    assert (x[:100] == 0).all() and ((x[100:] > 0).sum(1) >= 1).all()
+    # cell i is hit with probability 1 - exp(-N p_i); on average the layer has n hits
+    big_n = spot_count(torch.exp(logp[:1]), n[:1])
+    want = 1 - torch.exp(-big_n * torch.exp(logp[0]))
+    got = (x[100:] > 0).float().mean(0)
+    torch.testing.assert_close(got, want, atol=0.015, rtol=0)
+    assert abs(float((x[100:] > 0).sum(1).float().mean()) - 8.0) < 0.1
+    # a cell's energy share follows its expected spot count: dense cells ~ N p_i / N
+    share = (x[100:] / f[100:, None]).mean(0)
+    assert share[0] > share[size // 2] > share[-1]
+
+
+def test_spot_layer_never_loses_the_energy_of_a_layer_whose_draw_is_empty() -> None:
+    """n = 1 leaves ~exp(-1) of the draws without a hit: they get one cell drawn from p."""
+    g = torch.Generator().manual_seed(2)
+    b, size = 5000, 10
+    logp = torch.log_softmax(torch.tensor([2.0] + [0.0] * (size - 1)), 0).expand(b, size)
+    x = spot_layer(logp, torch.ones(b), torch.ones(b), torch.randn(b, size, generator=g),
+                   torch.randn(b, size, generator=g), 8.0)
+    torch.testing.assert_close(x.sum(1), torch.ones(b))
+    assert ((x > 0).sum(1) >= 1).all()
+
+
+def test_shape_fit_recovers_a_known_condition_dependent_shape() -> None:
+    """Showers drawn by the spot sampler from a shape whose centre moves with the condition:
+    the fitted model's shape is that shape (KL < 0.02 nats), and its samples have the true
+    mean centroid per condition."""
+    torch.manual_seed(0)
+    geo = two_layer_geometry()
+    sizes = [l.n_cells for l in geo.layers]
+    pos = [torch.arange(s, dtype=torch.float32) for s in sizes]
+
+    def true_logp(c: Tensor) -> list[Tensor]:  # c in [-1, 1]: the centre moves across the layer
+        return [torch.log_softmax(-0.5 * ((q[None] - (s - 1) / 2 * (1 + 0.6 * c)) / 2.0) ** 2, 1)
+                for q, s in zip(pos, sizes)]
+
+    g = torch.Generator().manual_seed(3)
+
+    def draw(n: int) -> tuple[Tensor, Tensor]:
+        c = torch.rand(n, 1, generator=g) * 2 - 1
+        f = torch.stack([torch.full((n,), 0.6), torch.full((n,), 0.3)], 1)
+        hits = torch.stack([torch.full((n,), 10.0), torch.full((n,), 4.0)], 1)
+        x = torch.cat([spot_layer(lp, f[:, i], hits[:, i], torch.randn(n, s, generator=g),
+                                  torch.randn(n, s, generator=g), 8.0)
+                       for i, (lp, s) in enumerate(zip(true_logp(c), sizes))], 1)
+        return x, c
+
+    model = Spots(geo, 1, {"hidden": 32, "mdn_steps": 150, "mdn_batches": 1, "lr": 1e-2, "steps": 400})
+    ctx = Ctx(model)
+    model.pretrain(iter(lambda: draw(256), None), ctx)
+    for step in range(400):
+        ctx.step = step
+        model.train_step(*draw(256), ctx)
+    x, c = draw(2000)
+    with torch.no_grad():
+        t = (model.energy_target(x) - model.t_mean) / model.t_std
+        got = model.shape(torch.cat([c, t], 1))
+        for lp_true, lp in zip(true_logp(c), got):
+            kl = (lp_true.exp() * (lp_true - lp)).sum(1).mean()
+            assert float(kl) < 0.02
+        gen = model.sample(c, torch.Generator().manual_seed(4))
+    assert (gen >= 0).all() and torch.isfinite(gen).all()
+    # the mean position (flat cell index) in layer a moves with c as in the data
+    slopes = []
+    for s in (x, gen):
+        centre = (s[:, :sizes[0]] / s[:, :sizes[0]].sum(1, keepdim=True)) @ pos[0]
+        slopes.append(float(((centre - centre.mean()) * (c[:, 0] - c[:, 0].mean())).mean() / c[:, 0].var()))
+    assert abs(slopes[1] - slopes[0]) < 0.1 * abs(slopes[0]), slopes
+    torch.testing.assert_close(model.layer_sums(gen).mean(0), model.layer_sums(x).mean(0), rtol=0.05, atol=0)
