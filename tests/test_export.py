@@ -12,8 +12,8 @@ from toys import write_toy_data
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("model", ["calogan", "wgan-gp"])
-def test_export_matches_torch(tmp_path, model):
+@pytest.mark.parametrize("model,extra", [("calogan", {}), ("wgan-gp", {}), ("spots", {"mdn_steps": 20})])
+def test_export_matches_torch(tmp_path, model, extra):
     pytest.importorskip("onnxruntime")  # the [export] extra is part of [dev]
     import onnxruntime as ort
     import torch
@@ -21,7 +21,7 @@ def test_export_matches_torch(tmp_path, model):
     from calosim.train import load_run
 
     run = train(model, write_toy_data(tmp_path / "d.h5", n=80), tmp_path / "run", steps=2, progress=False,
-                config={"batch_size": 16, "val_every": 1000, "log_every": 1})
+                config={"batch_size": 16, "val_every": 1000, "log_every": 1, **extra})
     out = export_onnx(run, tmp_path / "g.onnx")
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     module = load_run(run).model.export_module().eval()

@@ -280,13 +280,16 @@ def export_cmd(run_dir: str, out: str, overwrite: bool) -> None:
 @main.command("demo")
 @click.option("--out", "-o", default="out/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--quick", is_flag=True, help="Tiny sizes (seconds): a smoke test of the whole loop.")
+@click.option("--model", "-m", default=None, help="Model to train (default: spots, the better one; see `calosim models`).")
 @SEED
 @_friendly
-def demo_cmd(out: str, quick: bool, seed: int) -> None:
+def demo_cmd(out: str, quick: bool, model: str | None, seed: int) -> None:
     """Run the whole loop on the built-in simulator: simulate, train, generate, evaluate."""
-    from .demo import run_demo
+    from .demo import DEMO_MODEL, run_demo
+    from .models import get_model_class
 
-    run_demo(Path(out), quick=quick, seed=seed)
+    get_model_class(model or DEMO_MODEL)  # an unknown name fails here, listing the valid ones
+    run_demo(Path(out), quick=quick, seed=seed, model=model or DEMO_MODEL)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -63,9 +63,15 @@ def test_spot_count_solves_the_expected_hits() -> None:
     big_n = spot_count(p.double(), n.double(), iterations=40)
     hits = (1 - torch.exp(-big_n[:, None] * p.double())).sum(1)
     torch.testing.assert_close(hits, n.double(), atol=1e-6, rtol=1e-6)
-    # the default iterations are close enough in float32 for the hit counts that occur
+    # the default iterations suffice for shower-like shapes: a GFlash-like radial profile
+    # 1 / (r^2 + R^2)^2 on a 12 x 12 grid, from a single hit to 90 % of the cells
+    yy, xx = torch.meshgrid(torch.arange(12.0) - 5.5, torch.arange(12.0) - 5.5, indexing="ij")
+    rows = [1.0 / ((xx**2 + yy**2).flatten() + r**2) ** 2 for r in (0.7, 1.5, 3.0)]
+    p = torch.stack(rows).repeat(5, 1)
+    p = p / p.sum(1, keepdim=True)
+    n = torch.tensor([1.0, 5.0, 20.0, 60.0, 130.0]).repeat_interleave(3)
     hits32 = (1 - torch.exp(-spot_count(p, n)[:, None] * p)).sum(1)
-    assert torch.all((hits32 - n).abs() <= 0.02 * n + 0.05)
+    assert torch.all((hits32 - n).abs() <= 2e-3 * n + 1e-3), (hits32 - n)
 
 
 def test_spot_layer_conserves_energy_and_hits_follow_the_poisson_rate() -> None:
@@ -75,8 +81,7 @@ def test_spot_layer_conserves_energy_and_hits_follow_the_poisson_rate() -> None:
     f = torch.rand(b, generator=g) + 0.5
     f[:100] = 0.0  # empty layers stay empty
     n = torch.full((b,), 8.0)
-    z1, z2 = torch.randn(b, size, generator=g), torch.randn(b, size, generator=g)
-    x = spot_layer(logp, f, n, z1, z2, spot_shape=8.0)
+    x = spot_layer(logp, f, n, torch.randn(b, size, generator=g), spot_shape=8.0)
     assert (x >= 0).all() and torch.isfinite(x).all()
     torch.testing.assert_close(x.sum(1), f, rtol=1e-5, atol=0.0)
     assert (x[:100] == 0).all() and ((x[100:] > 0).sum(1) >= 1).all()
@@ -96,8 +101,7 @@ def test_spot_layer_never_loses_the_energy_of_a_layer_whose_draw_is_empty() -> N
     g = torch.Generator().manual_seed(2)
     b, size = 5000, 10
     logp = torch.log_softmax(torch.tensor([2.0] + [0.0] * (size - 1)), 0).expand(b, size)
-    x = spot_layer(logp, torch.ones(b), torch.ones(b), torch.randn(b, size, generator=g),
-                   torch.randn(b, size, generator=g), 8.0)
+    x = spot_layer(logp, torch.ones(b), torch.ones(b), torch.randn(b, size, generator=g), 8.0)
     torch.testing.assert_close(x.sum(1), torch.ones(b))
     assert ((x > 0).sum(1) >= 1).all()
 
@@ -121,8 +125,7 @@ def test_shape_fit_recovers_a_known_condition_dependent_shape() -> None:
         c = torch.rand(n, 1, generator=g) * 2 - 1
         f = torch.stack([torch.full((n,), 0.6), torch.full((n,), 0.3)], 1)
         hits = torch.stack([torch.full((n,), 10.0), torch.full((n,), 4.0)], 1)
-        x = torch.cat([spot_layer(lp, f[:, i], hits[:, i], torch.randn(n, s, generator=g),
-                                  torch.randn(n, s, generator=g), 8.0)
+        x = torch.cat([spot_layer(lp, f[:, i], hits[:, i], torch.randn(n, s, generator=g), 8.0)
                        for i, (lp, s) in enumerate(zip(true_logp(c), sizes))], 1)
         return x, c
 
@@ -148,3 +151,16 @@ def test_shape_fit_recovers_a_known_condition_dependent_shape() -> None:
         slopes.append(float(((centre - centre.mean()) * (c[:, 0] - c[:, 0].mean())).mean() / c[:, 0].var()))
     assert abs(slopes[1] - slopes[0]) < 0.1 * abs(slopes[0]), slopes
     torch.testing.assert_close(model.layer_sums(gen).mean(0), model.layer_sums(x).mean(0), rtol=0.05, atol=0)
+
+
+def test_spot_layer_is_finite_for_extreme_shapes() -> None:
+    """Cells with vanishing probability (spot rates that round to 0 in float32) stay exactly 0."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.full((64, 50), -200.0)
+    logits[:, 0] = 0.0
+    logits[32:, 1:5] = -20.0
+    x = spot_layer(torch.log_softmax(logits, 1), torch.ones(64), torch.full((64,), 3.0),
+                   5.0 * torch.randn(64, 50, generator=g), 8.0)
+    assert torch.isfinite(x).all() and (x >= 0).all()
+    torch.testing.assert_close(x.sum(1), torch.ones(64))
+    assert (x[:, 5:] == 0).all()

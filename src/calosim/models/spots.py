@@ -19,7 +19,7 @@ the two things a parameterisation would have to be tuned for:
 Sampling a layer of energy ``E_l`` with ``n_l`` hit cells: ``N`` spots such that the expected
 number of distinct hit cells ``sum_i 1 - exp(-N p_i)`` is ``n_l`` (a few Newton steps), cell
 ``i`` hit with probability ``1 - exp(-N p_i)`` (Poisson spot counts), a hit cell's energy the
-mean of the zero-truncated Poisson count with its variance (plus spot-weight fluctuations of
+mean of the zero-truncated Poisson count with its spread (plus spot-weight fluctuations of
 relative width ``1 / sqrt(spot_shape)``), and the layer rescaled to ``E_l`` exactly. All
 randomness comes from standard-normal inputs, so sampling is one deterministic graph of
 ``(z, cond)`` (reproducible, exportable to ONNX) and costs one MLP and a few element-wise
@@ -48,49 +48,59 @@ from .energy import EnergyMDN, energy_fractions, energy_vector
 __all__ = ["Spots", "spot_count"]
 
 
-def spot_count(p: Tensor, n: Tensor, iterations: int = 12) -> Tensor:
+def spot_count(p: Tensor, n: Tensor, iterations: int = 5) -> Tensor:
     """Number of spots ``N (B,)`` whose expected distinct hit cells ``sum_i 1 - exp(-N p_i)`` is ``n (B,)``.
 
     ``p (B, P)`` is a probability vector per row. The left side is increasing and concave in
     ``N`` and is at most ``n`` at ``N = n``, so Newton's method from ``N = n`` climbs to the
-    root monotonically (never overshoots). ``n`` is clipped to ``[0, 0.98 P]``.
+    root monotonically (never overshoots); 5 steps leave a relative residual below 2e-3
+    (tested up to 90 % occupancy; 2e-4 measured on trained calogan-geometry shapes). ``n`` is clipped to ``[0, 0.98 P]``.
     """
     n = n.clamp(0.0, 0.98 * p.shape[1])
-    big_n = n.clone()
+    big_n = n
     for _ in range(iterations):
         e = torch.exp(-big_n[:, None] * p)
         f = (1.0 - e).sum(1) - n
-        slope = (p * e).sum(1)
-        big_n = big_n - f / slope.clamp_min(1e-12)
+        big_n = big_n - f / (p * e).sum(1).clamp_min(1e-12)
     return big_n
 
 
 def _uniform(z: Tensor) -> Tensor:
     """Standard normal -> uniform on (0, 1) (erf: ONNX has no erfc)."""
-    return 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
+    return 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
 
 
-def spot_layer(logp: Tensor, f: Tensor, n: Tensor, z_hit: Tensor, z_e: Tensor, spot_shape: float) -> Tensor:
+def spot_layer(logp: Tensor, f: Tensor, n: Tensor, z: Tensor, spot_shape: float) -> Tensor:
     """Cells ``(B, P)`` of one layer: energy ``f (B,)`` shared among about ``n (B,)`` hit cells.
 
-    ``logp (B, P)`` log-probabilities of a spot landing in each cell; ``z_hit``, ``z_e`` ``(B, P)``
-    standard normal. A layer with ``f > 0`` whose draw leaves every cell empty gets all its
-    energy in one cell drawn from ``p`` (Gumbel-max with the same noise), so energy is never lost.
+    ``logp (B, P)`` log-probabilities of a spot landing in each cell; ``z (B, P)`` standard
+    normal, one value per cell: its uniform ``u`` decides the hit (``u < q``, ``q = 1 - exp(-lam)``)
+    and, given a hit, ``u / q`` is again uniform and gives the energy's fluctuation (a uniform
+    of the right variance: spot weights are roughly uniform, and a dense cell's count varies
+    little relative to its mean). A layer with ``f > 0`` whose draw leaves every cell empty gets
+    all its energy in one cell drawn from ``p`` (Gumbel-max with the same noise).
     """
     p = torch.exp(logp)
     lam = spot_count(p, n)[:, None] * p  # mean spots per cell
-    # P(count >= 1) = 1 - exp(-lam), by its series where float32 would round it to 0
-    q = torch.where(lam < 1e-3, lam * (1.0 - 0.5 * lam), 1.0 - torch.exp(-lam))
-    u = _uniform(z_hit)
-    hit = (u < q).to(logp.dtype)
-    m = lam / q.clamp_min(1e-30)  # mean of the zero-truncated Poisson count
-    var = (m * (1.0 + lam - m)).clamp_min(0.0) + m / spot_shape
-    e = hit * torch.maximum(m + torch.sqrt(var) * z_e, 0.05 * m)
+    q = 1.0 - torch.exp(-lam)  # P(count >= 1); where float32 rounds it to ~0 the hit is never drawn
+    u = _uniform(z)
+    hit = u < q
+    m = (lam / q.clamp_min(1e-30)).clamp_min(1.0)  # mean of the zero-truncated Poisson count
+    sd = torch.sqrt((m * (1.0 + lam - m)).clamp_min(0.0) + m / spot_shape)
+    v = u / q.clamp_min(1e-30)  # uniform on (0, 1) where hit
+    # where, not a product: off-hit cells can hold inf (v = u / q with q ~ 0)
+    e = torch.where(hit, torch.maximum(m + sd * (math.sqrt(12.0) * (v - 0.5)), 0.05 * m), torch.zeros_like(m))
     live = f > 0
-    empty = (hit.sum(1) == 0) & live
-    g = -torch.log(-torch.log(u.clamp(1e-7, 1.0 - 1e-7)))
-    one = F.one_hot(torch.argmax(logp + g, 1), logp.shape[1]).to(logp.dtype)
-    e = torch.where(empty[:, None], one, e)
+    empty = (~hit.any(1)) & live
+    exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    if exporting:  # one static graph: the fallback for every row
+        g = -torch.log(-torch.log(u.clamp(1e-7, 1.0 - 1e-7)))
+        one = F.one_hot(torch.argmax(logp + g, 1), logp.shape[1]).to(logp.dtype)
+        e = torch.where(empty[:, None], one, e)
+    elif bool(empty.any()):  # eager: only the (few) empty rows
+        rows = empty.nonzero().squeeze(1)
+        g = -torch.log(-torch.log(u[rows].clamp(1e-7, 1.0 - 1e-7)))
+        e[rows] = F.one_hot(torch.argmax(logp[rows] + g, 1), logp.shape[1]).to(logp.dtype)
     total = e.sum(1, keepdim=True)
     return e * torch.where(live[:, None], f[:, None] / torch.where(total > 0, total, torch.ones_like(total)),
                            torch.zeros_like(total))
@@ -125,7 +135,7 @@ class _Shape(nn.Module):
 class _Sampler(nn.Module):
     """``forward(z (B, latent_dim), cond (B, cond_dim)) -> x (B, n_cells)``, the whole sampling path.
 
-    ``z`` = [``1 + 2 L`` values for the energy network, then two values per cell (hit, energy)],
+    ``z`` = [``1 + 2 L`` values for the energy network, then one value per cell],
     all standard normal. Shared by :meth:`Spots.sample` and the ONNX export.
     """
 
@@ -138,6 +148,7 @@ class _Sampler(nn.Module):
         self.sizes = list(model.shape.sizes)
         self.spot_shape = float(model.config["spot_shape"])
         self.n_t = len(model.t_mean)
+        self.latent_dim = model.latent_dim
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
         n_layers = len(self.sizes)
@@ -145,13 +156,16 @@ class _Sampler(nn.Module):
         f = energy_fractions(t[:, :n_layers])
         # exp(t_hits) = n + u with u ~ U(0, 1): the hit count is its floor
         n = torch.minimum(torch.floor(torch.exp(t[:, n_layers:])), self.n_cells_per_layer)
-        n = torch.where(f > 0, n.clamp_min(1.0), torch.zeros_like(n))
+        # no hits: an empty layer (photons that convert late leave the first layer empty; its
+        # fraction is then logit(1e-6) in t, which the Gaussians smear to a tiny non-zero value)
+        live = (n >= 1) & (f > 0)
+        f, n = f * live, n * live
         t = torch.cat([t[:, :n_layers], torch.log(n + 0.5)], 1)
         logps = self.shape(torch.cat([cond, (t - self.t_mean) / self.t_std], 1))
-        z_hit, z_e = torch.split(z[:, 1 + self.n_t:], [sum(self.sizes)] * 2, 1)
+        z_cells = z[:, 1 + self.n_t:]
         out, a = [], 0
         for i, (logp, size) in enumerate(zip(logps, self.sizes)):
-            out.append(spot_layer(logp, f[:, i], n[:, i], z_hit[:, a:a + size], z_e[:, a:a + size], self.spot_shape))
+            out.append(spot_layer(logp, f[:, i], n[:, i], z_cells[:, a:a + size], self.spot_shape))
             a += size
         return torch.cat(out, 1)
 
@@ -170,7 +184,7 @@ class Spots(ShowerModel):
         "val_every": 500,
         "final_weights": "best",
         "lr": 2e-3,
-        "hidden": 256,
+        "hidden": 128,  # 256 measured the same AUC (0.660 vs 0.661, e+) and 25 % slower sampling
         "depth": 2,
         "spot_shape": 8.0,  # spot weights ~ Gamma(spot_shape): relative spread 1 / sqrt(spot_shape)
         "mdn_components": 10,
@@ -202,7 +216,7 @@ class Spots(ShowerModel):
 
     @property
     def latent_dim(self) -> int:
-        return 1 + len(self.t_mean) + 2 * self.geometry.n_cells
+        return 1 + len(self.t_mean) + self.geometry.n_cells
 
     # -- the energy vector ----------------------------------------------------------------
     def layer_sums(self, x: Tensor) -> Tensor:
