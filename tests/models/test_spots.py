@@ -164,3 +164,29 @@ def test_spot_layer_is_finite_for_extreme_shapes() -> None:
     assert torch.isfinite(x).all() and (x >= 0).all()
     torch.testing.assert_close(x.sum(1), torch.ones(64))
     assert (x[:, 5:] == 0).all()
+
+
+def test_centroids_option_extends_the_energy_vector() -> None:
+    """``centroids``: t gains each layer's energy-weighted (x, y), which a one-cell layer puts
+    at that cell's centre; the model still trains and samples valid showers."""
+    geo = two_layer_geometry()
+    model = Spots(geo, 1, {"hidden": 16, "mdn_steps": 5, "mdn_batches": 1, "centroids": True})
+    xs, ys = geo.cell_centers()
+    x = torch.zeros(2, geo.n_cells)
+    x[0, 3], x[0, 35 + 4] = 2.0, 1.0  # layer a: cell 3, layer b: cell 4
+    x[1, 10] = 1.0  # layer b empty
+    t = model.energy_target(x)
+    assert t.shape == (2, 4 * geo.n_layers) and model.latent_dim == 1 + 8 + geo.n_cells
+    torch.testing.assert_close(t[0, 4:], torch.tensor([xs[3], ys[3], xs[39], ys[39]], dtype=torch.float32))
+    torch.testing.assert_close(t[1, 6:], torch.zeros(2))
+    g = torch.Generator().manual_seed(6)
+
+    def draw() -> tuple[Tensor, Tensor]:
+        w = torch.rand(64, geo.n_cells, generator=g) * (torch.rand(64, geo.n_cells, generator=g) < 0.3)
+        return w / w.sum(1, keepdim=True), torch.rand(64, 1, generator=g)
+
+    ctx = Ctx(model)
+    model.pretrain(iter(draw, None), ctx)
+    assert math.isfinite(model.train_step(*draw(), ctx)["loss_shape"])
+    gen = model.sample(torch.rand(32, 1, generator=g), g)
+    assert gen.shape == (32, geo.n_cells) and torch.isfinite(gen).all() and (gen >= 0).all()

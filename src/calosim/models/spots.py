@@ -37,6 +37,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -135,7 +136,7 @@ class _Shape(nn.Module):
 class _Sampler(nn.Module):
     """``forward(z (B, latent_dim), cond (B, cond_dim)) -> x (B, n_cells)``, the whole sampling path.
 
-    ``z`` = [``1 + 2 L`` values for the energy network, then one value per cell],
+    ``z`` = [``1 + len(t)`` values for the energy network, then one value per cell],
     all standard normal. Shared by :meth:`Spots.sample` and the ONNX export.
     """
 
@@ -155,12 +156,12 @@ class _Sampler(nn.Module):
         t = self.energy.sample(cond, z[:, :1 + self.n_t]) * self.t_std + self.t_mean
         f = energy_fractions(t[:, :n_layers])
         # exp(t_hits) = n + u with u ~ U(0, 1): the hit count is its floor
-        n = torch.minimum(torch.floor(torch.exp(t[:, n_layers:])), self.n_cells_per_layer)
+        n = torch.minimum(torch.floor(torch.exp(t[:, n_layers:2 * n_layers])), self.n_cells_per_layer)
         # no hits: an empty layer (photons that convert late leave the first layer empty; its
         # fraction is then logit(1e-6) in t, which the Gaussians smear to a tiny non-zero value)
         live = (n >= 1) & (f > 0)
         f, n = f * live, n * live
-        t = torch.cat([t[:, :n_layers], torch.log(n + 0.5)], 1)
+        t = torch.cat([t[:, :n_layers], torch.log(n + 0.5), t[:, 2 * n_layers:]], 1)
         logps = self.shape(torch.cat([cond, (t - self.t_mean) / self.t_std], 1))
         z_cells = z[:, 1 + self.n_t:]
         out, a = [], 0
@@ -192,6 +193,10 @@ class Spots(ShowerModel):
         "mdn_steps": 2000,
         "mdn_lr": 3e-3,
         "mdn_batches": 4,  # training batches per MDN step
+        # the energy network also draws each layer's centroid (x, y) and the shapes follow it:
+        # for showers whose core wanders from shower to shower (hadrons: sub-showers with
+        # transverse kicks); off for EM showers, whose centroid spread is the spots' own noise
+        "centroids": False,
     }
 
     def __init__(self, geometry: Any, cond_dim: int, config: dict[str, Any]) -> None:
@@ -206,7 +211,11 @@ class Spots(ShowerModel):
         if float(cfg["spot_shape"]) <= 0:
             raise ValueError(f"spots: spot_shape must be > 0, got {cfg['spot_shape']!r}")
         n_layers = geometry.n_layers
-        n_t = 2 * n_layers  # energy vector: layer energies, hit counts
+        self.centroids = bool(cfg["centroids"])
+        n_t = (4 if self.centroids else 2) * n_layers  # layer energies, hit counts[, centroids x, y]
+        xs, ys = geometry.cell_centers()
+        # (n_cells, 2) mm; derived from the geometry, so not saved with the weights
+        self.register_buffer("cell_xy", torch.tensor(np.stack([xs, ys], 1), dtype=torch.float32), persistent=False)
         self.energy = EnergyMDN(cond_dim, n_t, int(cfg["mdn_components"]), int(cfg["mdn_hidden"]))
         self.shape = _Shape(cond_dim + n_t, [l.n_cells for l in geometry.layers], int(cfg["hidden"]), int(cfg["depth"]))
         self.register_buffer("t_mean", torch.zeros(n_t))
@@ -225,9 +234,13 @@ class Spots(ShowerModel):
 
     def energy_target(self, x: Tensor, u: Tensor | float = 0.5) -> Tensor:
         """``(B, 2 L)``: :func:`energy_vector` of the layer sums, then ``log(n_l + u)`` of the hit
-        cells per layer (``u`` a uniform dequantisation; 0.5 where the value is a condition)."""
+        cells per layer (``u`` a uniform dequantisation; 0.5 where the value is a condition);
+        with ``centroids``, then the energy-weighted (x, y) per layer in mm: ``(B, 4 L)``."""
         n = torch.stack([(x[:, s] > 0).sum(1) for s in self.geometry.layer_slices], 1).to(x.dtype)
-        return torch.cat([energy_vector(self.layer_sums(x)), torch.log(n + u)], 1)
+        parts = [energy_vector(self.layer_sums(x)), torch.log(n + u)]
+        if self.centroids:
+            parts += [self._normalised(x[:, s]) @ self.cell_xy[s] for s in self.geometry.layer_slices]
+        return torch.cat(parts, 1)
 
     @torch.no_grad()
     def _calibrate(self, x: Tensor) -> None:

@@ -1,30 +1,34 @@
-"""CPU training recipe and benchmark of the ``calogan`` model.
+"""CPU training recipes and benchmark of the models trained from showers alone (``--model``
+``spots`` or ``calogan``; ``train_wgan_gp.py`` covers the condition regressor of ``wgan-gp``).
 
 simulate (cached) -> train with ``calosim.train.train`` -> generate for held-out conditions ->
 classifier AUC on high-level features -> sampling speed.
 
-Measured (2-core machine shared with 2-4 other training jobs, one torch thread, 50k showers):
+Measured (2-core machine shared with other jobs, one torch thread, 50k showers, 1-100 GeV):
 
-* e+, default recipe (mdn layer energies + hit counts, Gumbel-top-k hits, mirror, lr_d 1e-4,
-  3000 steps, best validation weights = step 1750): AUC high-level 0.952 +- 0.001 (gradient
-  boosting 0.956), 19 min including data loading, pretraining and validations. Worst single
-  features: the layer-1 centroids (separation power 0.12) and layer-2 widths (0.09); layer
-  energies, E_tot/E_inc and sparsity match (family AUCs 0.52).
-* the seed's design (``layer_energies="generator"``), 1000-5000 steps: AUC ~1.0.
-* history of the recipe: mdn energies alone 0.9995 (widths too narrow, sparsity too low);
-  + hit counts (top-k) 0.977; + Gumbel-top-k 0.968 at its best checkpoint, then D ran away;
-  + lr_d 1e-4 0.952. Tried and dropped: lambda_fm 5, lr 5e-4 (unstable), drawing per-layer
-  centroids/widths with the energy network and a moment-matching loss (worse: 0.99+).
+* ``spots``, default recipe (energy MDN 2000 steps + shape MLP 3000 steps): e+ AUC high-level
+  SPOTS_EPLUS; see the README's table for gamma and pi+ (the numbers of the latest session).
+* ``calogan``, default recipe (mdn layer energies + hit counts, Gumbel-top-k hits, mirror,
+  lr_d 1e-4, 3000 steps, best validation weights = step 1750): AUC high-level 0.952 +- 0.001
+  (gradient boosting 0.956), 19 min including data loading, pretraining and validations.
+  Worst single features: the layer-1 centroids (separation power 0.12) and layer-2 widths
+  (0.09); layer energies, E_tot/E_inc and sparsity match (family AUCs 0.52).
+* ``calogan`` with the seed's design (``layer_energies="generator"``), 1000-5000 steps: AUC ~1.0.
+* history of the calogan recipe: mdn energies alone 0.9995 (widths too narrow, sparsity too
+  low); + hit counts (top-k) 0.977; + Gumbel-top-k 0.968 at its best checkpoint, then D ran
+  away; + lr_d 1e-4 0.952. Tried and dropped: lambda_fm 5, lr 5e-4 (unstable), drawing
+  per-layer centroids/widths with the energy network and a moment-matching loss (0.99+).
 
 Examples::
 
-    # the recipe: 50k calogan e+ (1-100 GeV) with the model's default_config (<= 20 min on 2 cores)
-    python benchmarks/train_calogan.py
+    # a recipe: 50k calogan e+ (1-100 GeV) with the model's default_config
+    python benchmarks/train_model.py --model spots
+    python benchmarks/train_model.py --model calogan --threads 1
     # a short exploratory run with overrides
-    python benchmarks/train_calogan.py --steps 2000 --config '{"lambda_e": 0.1}' --out out/cg_try
+    python benchmarks/train_model.py --model calogan --steps 2000 --config '{"lambda_e": 0.1}' --out out/cg_try
     # other particles
-    python benchmarks/train_calogan.py --particle gamma
-    python benchmarks/train_calogan.py --particle pi+
+    python benchmarks/train_model.py --model spots --particle gamma
+    python benchmarks/train_model.py --model spots --particle pi+
 
 Data: ``out/bench_data/`` holds the training file (``--n`` showers, seed 1000) and a held-out
 reference file (``--n-ref`` showers, seed 2000), simulated once and reused.
