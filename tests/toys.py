@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from calosim.geometry import get_geometry
+from calosim.geometry import Geometry, Layer, Material, get_geometry
 from calosim.io import ShowerData, write_showers
 from calosim.models import ShowerModel, register_model
 
@@ -30,6 +30,15 @@ def write_toy_data(path: Path, n: int = 240, seed: int = 0, conditions: bool = F
                  "position": rng.normal(0, 5, (n, 2))}
     data = ShowerData(showers, e, geo, conds, attrs={"particle": "photon"})
     return write_showers(path, data, layout=layout)
+
+
+def two_layer_geometry() -> Geometry:
+    """A custom Cartesian geometry with unlike layers, one of them a single row."""
+    mat = Material("Pb", "LAr", x0_mm=20.0, lambda_mm=400.0, moliere_mm=40.0, critical_mev=10.0)
+    return Geometry("two", (
+        Layer("a", "cartesian", (5, 7), z_mm=0.0, thickness_mm=50.0, material=mat, cell_mm=(10.0, 10.0)),
+        Layer("b", "cartesian", (1, 9), z_mm=50.0, thickness_mm=80.0, material=mat, cell_mm=(50.0, 8.0)),
+    ))
 
 
 @register_model

@@ -18,6 +18,7 @@ from calosim.geometry import Geometry, Layer, Material, get_geometry
 from calosim.models import get_model_class
 from calosim.models.calogan import CaloGAN, LocallyConnected2d, _gumbel, from_flat, to_flat
 from calosim.models.energy import EnergyMDN, energy_fractions, energy_vector
+from toys import two_layer_geometry
 
 # the seed's design (G draws every cell); the MDN tests below switch layer_energies to "mdn"
 SMALL = {"latent_dim": 8, "g_channels": (3, 3, 3), "d_channels": (4, 2), "d_hidden": 8, "mbd_kernels": 3,
@@ -31,15 +32,6 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def two_layer_geometry() -> Geometry:
-    """A custom Cartesian geometry with unlike layers, one of them a single row."""
-    mat = Material("Pb", "LAr", x0_mm=20.0, lambda_mm=400.0, moliere_mm=40.0, critical_mev=10.0)
-    return Geometry("two", (
-        Layer("a", "cartesian", (5, 7), z_mm=0.0, thickness_mm=50.0, material=mat, cell_mm=(10.0, 10.0)),
-        Layer("b", "cartesian", (1, 9), z_mm=50.0, thickness_mm=80.0, material=mat, cell_mm=(50.0, 8.0)),
-    ))
 
 
 class FakeConditions:

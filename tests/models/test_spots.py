@@ -9,19 +9,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from calosim.geometry import Geometry, Layer, Material
 from calosim.models import get_model_class
 from calosim.models.spots import Spots, spot_count, spot_layer
+from toys import two_layer_geometry
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def two_layer_geometry() -> Geometry:
-    mat = Material("Pb", "LAr", x0_mm=20.0, lambda_mm=400.0, moliere_mm=40.0, critical_mev=10.0)
-    return Geometry("two", (
-        Layer("a", "cartesian", (5, 7), z_mm=0.0, thickness_mm=50.0, material=mat, cell_mm=(10.0, 10.0)),
-        Layer("b", "cartesian", (1, 9), z_mm=50.0, thickness_mm=80.0, material=mat, cell_mm=(50.0, 8.0)),
-    ))
 
 
 class Ctx:

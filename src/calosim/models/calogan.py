@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 from . import register_model
 from .base import ShowerModel, TrainContext
-from .energy import EnergyMDN, energy_fractions, energy_vector
+from .energy import EnergyMDN, energy_fractions, energy_vector, fit_energy_mdn
 
 __all__ = ["CaloGAN", "LocallyConnected2d", "to_flat", "from_flat"]
 
@@ -778,7 +778,7 @@ class CaloGAN(ShowerModel):
         ``mdn_steps`` Adam steps on ``mdn_batches`` concatenated training batches, cosine
         learning-rate decay. Returns the final mean negative log-likelihood (per shower, in the
         standardised energy vector) and the response E_tot / E_inc (mean, std) of real showers
-        and of the network's samples for the last batch's conditions.
+        and of the network's samples for the first batch's conditions.
         """
         if self.energy is None:
             return {}
@@ -787,24 +787,14 @@ class CaloGAN(ShowerModel):
         if not bool(self.calibrated):
             e_inc = ctx.conditions.incident_energy(cond)
             self._calibrate(ctx.transform.inverse(x, e_inc), e_inc, cond, ctx)
-        opt = ctx.optimizers["energy"] if hasattr(ctx, "optimizers") else None
-        lr0 = float(cfg["mdn_lr"])
-        steps, k = int(cfg["mdn_steps"]), max(int(cfg["mdn_batches"]), 1)
-        self.energy.requires_grad_(True).train()
-        nll = float("nan")
-        for i in range(steps):
-            parts = [next(batches) for _ in range(k)]
-            x = torch.cat([p[0] for p in parts])
-            cond = torch.cat([p[1] for p in parts])
-            if opt is not None:
-                for g in opt.param_groups:
-                    g["lr"] = lr0 * 0.5 * (1.0 + math.cos(math.pi * i / max(steps, 1)))
+
+        def target(x: Tensor) -> Tensor:
             u = torch.rand(len(x), self.geometry.n_layers, generator=ctx.generator,
                            device=ctx.generator.device).to(x.device) if self.hits else 0.5
-            loss = -self.energy.log_prob((self.energy_target(x, u) - self.t_mean) / self.t_std, cond).mean()
-            ctx.backward_step(loss, "energy")
-            nll = loss.item() if i == 0 or not math.isfinite(nll) else 0.98 * nll + 0.02 * loss.item()
-        self.energy.eval().requires_grad_(False)
+            return (self.energy_target(x, u) - self.t_mean) / self.t_std
+
+        steps = int(cfg["mdn_steps"])
+        nll = fit_energy_mdn(self.energy, batches, target, ctx, steps, int(cfg["mdn_batches"]), float(cfg["mdn_lr"]))
         out = {"mdn_nll": nll, "mdn_steps": float(steps)}
         with torch.no_grad():
             e_inc = ctx.conditions.incident_energy(cond)

@@ -9,11 +9,13 @@ correlations right far faster than an adversarial game.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EnergyMDN", "energy_vector", "energy_fractions"]
+__all__ = ["EnergyMDN", "energy_vector", "energy_fractions", "fit_energy_mdn"]
 
 # ------------------------------------------------------------------------------------------
 _ALPHA = 1e-6  # clip of the stick-breaking fractions (an empty layer maps to logit(alpha))
@@ -101,3 +103,30 @@ class EnergyMDN(nn.Module):
         m = (onehot[..., None] * mu).sum(1)
         lt = (onehot[..., None, None] * tril).sum(1)
         return m + (lt @ noise[:, 1:, None]).squeeze(-1)
+
+
+def fit_energy_mdn(mdn: EnergyMDN, batches: Iterator[tuple[Tensor, Tensor]], target: Callable[[Tensor], Tensor],
+                   ctx: Any, steps: int, batches_per_step: int, lr: float, optimizer: str = "energy") -> float:
+    """Fit ``mdn`` by maximum likelihood, then freeze it; returns the final (smoothed) NLL per shower.
+
+    ``steps`` Adam steps of ``ctx.optimizers[optimizer]`` on ``batches_per_step`` concatenated
+    training batches with a cosine learning-rate decay from ``lr``; ``target(x)`` gives the
+    standardised energy vector ``(B, d)`` of showers ``x`` (it may draw dequantisation noise
+    from ``ctx.generator``).
+    """
+    opt = ctx.optimizers[optimizer] if hasattr(ctx, "optimizers") else None
+    k = max(int(batches_per_step), 1)
+    mdn.requires_grad_(True).train()
+    nll = float("nan")
+    for i in range(int(steps)):
+        parts = [next(batches) for _ in range(k)]
+        x = torch.cat([p[0] for p in parts])
+        cond = torch.cat([p[1] for p in parts])
+        if opt is not None:
+            for g in opt.param_groups:
+                g["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * i / max(int(steps), 1)))
+        loss = -mdn.log_prob(target(x), cond).mean()
+        ctx.backward_step(loss, optimizer)
+        nll = loss.item() if i == 0 or not math.isfinite(nll) else 0.98 * nll + 0.02 * loss.item()
+    mdn.eval().requires_grad_(False)
+    return nll

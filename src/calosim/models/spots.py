@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from . import register_model
 from .base import ShowerModel, TrainContext
-from .energy import EnergyMDN, energy_fractions, energy_vector
+from .energy import EnergyMDN, energy_fractions, energy_vector, fit_energy_mdn
 
 __all__ = ["Spots", "spot_count"]
 
@@ -275,23 +275,14 @@ class Spots(ShowerModel):
         x, _ = next(batches)
         if not bool(self.calibrated):
             self._calibrate(x)
-        opt = ctx.optimizers["energy"] if hasattr(ctx, "optimizers") else None
-        lr0, steps, k = float(cfg["mdn_lr"]), int(cfg["mdn_steps"]), max(int(cfg["mdn_batches"]), 1)
-        self.energy.requires_grad_(True).train()
-        nll = float("nan")
-        for i in range(steps):
-            parts = [next(batches) for _ in range(k)]
-            x = torch.cat([p[0] for p in parts])
-            cond = torch.cat([p[1] for p in parts])
-            if opt is not None:
-                for g in opt.param_groups:
-                    g["lr"] = lr0 * 0.5 * (1.0 + math.cos(math.pi * i / max(steps, 1)))
+
+        def target(x: Tensor) -> Tensor:
             u = torch.rand(len(x), self.geometry.n_layers, generator=ctx.generator,
                            device=ctx.generator.device).to(x.device)
-            loss = -self.energy.log_prob((self.energy_target(x, u) - self.t_mean) / self.t_std, cond).mean()
-            ctx.backward_step(loss, "energy")
-            nll = loss.item() if i == 0 or not math.isfinite(nll) else 0.98 * nll + 0.02 * loss.item()
-        self.energy.eval().requires_grad_(False)
+            return (self.energy_target(x, u) - self.t_mean) / self.t_std
+
+        steps = int(cfg["mdn_steps"])
+        nll = fit_energy_mdn(self.energy, batches, target, ctx, steps, int(cfg["mdn_batches"]), float(cfg["mdn_lr"]))
         return {"mdn_nll": nll, "mdn_steps": float(steps)}
 
     def shape_nll(self, x: Tensor, cond: Tensor) -> Tensor:
