@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from calosim.geometry import Geometry, Layer, Material, get_geometry
+from calosim.geometry import Geometry, get_geometry
 from calosim.models import get_model_class
 from calosim.models.calogan import CaloGAN, LocallyConnected2d, _gumbel, from_flat, to_flat
 from calosim.models.energy import EnergyMDN, energy_fractions, energy_vector
