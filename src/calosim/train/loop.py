@@ -589,7 +589,15 @@ class Trainer:
         t0 = time.perf_counter()
         self.model.train()
         self.ctx.step = 0
-        summary = self.model.pretrain(self._pretrain_batches(), self.ctx) or {}
+        if self.progress:  # the pretraining stage (e.g. a likelihood fit) has no steps to show: a spinner
+            from rich.console import Console
+
+            console = Console(stderr=True)
+            with console.status(f"{self.model.name}: pretraining stage (before the main loop) ..."):
+                summary = self.model.pretrain(self._pretrain_batches(), self.ctx) or {}
+            console.print(f"{self.model.name}: pretraining done in {time.perf_counter() - t0:.0f} s")
+        else:
+            summary = self.model.pretrain(self._pretrain_batches(), self.ctx) or {}
         self.pretrain_summary = {k: float(v) for k, v in summary.items()}
         self.pretrain_done = True
         self._log({"step": 0, "pretrain": self.pretrain_summary, "time_s": time.perf_counter() - t0})
