@@ -75,3 +75,10 @@ def test_info_on_bad_file_is_one_line(runner, tmp_path):
     bad.write_bytes(b"not hdf5")
     res = runner.invoke(main, ["info", str(bad)])
     assert res.exit_code == 2 and "bad.h5" in res.output and "Traceback" not in res.output
+
+
+def test_demo_unknown_model_lists_the_valid_ones(runner, tmp_path):
+    res = runner.invoke(main, ["demo", "--model", "nope", "-o", str(tmp_path / "d")])
+    assert res.exit_code != 0
+    assert "unknown model 'nope'" in res.output and "spots" in res.output
+    assert not (tmp_path / "d").exists()  # nothing simulated before the check
