@@ -8,7 +8,7 @@ Measured (2-core machine shared with other jobs, one torch thread, 50k showers, 
 
 * ``spots``, default recipe (energy MDN 2000 steps + shape MLP 3000 steps, ~1.5 min): AUC
   high-level e+ 0.661 +- 0.003, gamma 0.661 +- 0.002, pi+ 0.865 +- 0.002 (worst: layer-1 centroids);
-  ``centroids=true``: e+ 0.774, pi+ 0.819. model.sample at batch 1024: 0.037 ms/shower idle.
+  ``centroids=true``: e+ 0.774, pi+ 0.819; with ``mdn_steps=4000, mdn_components=16`` pi+ 0.736 +- 0.003 (8 min). model.sample at batch 1024: 0.037 ms/shower idle.
 * ``calogan``, default recipe (mdn layer energies + hit counts, Gumbel-top-k hits, mirror,
   lr_d 1e-4, 3000 steps, best validation weights = step 1750): AUC high-level 0.952 +- 0.001
   (gradient boosting 0.956), 19 min including data loading, pretraining and validations.
