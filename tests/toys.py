@@ -41,6 +41,43 @@ def two_layer_geometry() -> Geometry:
     ))
 
 
+class FakeConditions:
+    """Column 0 = log10(E / 10 GeV); optional extra columns are passed through."""
+
+    @staticmethod
+    def encode(e_mev: Tensor) -> Tensor:
+        return torch.log10(e_mev / 1e4)
+
+    def incident_energy(self, cond: Tensor) -> Tensor:
+        return 1e4 * 10.0 ** cond[:, :1]
+
+
+class IdentityTransform:
+    def forward(self, x_mev: Tensor, e_inc: Tensor) -> Tensor:
+        return x_mev
+
+    def inverse(self, x: Tensor, e_inc: Tensor) -> Tensor:
+        return x
+
+
+class FakeCtx:
+    """Minimal stand-in for calosim.train's context (the TrainContext protocol)."""
+
+    def __init__(self, model: ShowerModel, seed: int = 0, transform: Any = None) -> None:
+        self.device = torch.device("cpu")
+        self.step = 0
+        self.transform = transform or IdentityTransform()
+        self.conditions = FakeConditions()
+        self.generator = torch.Generator().manual_seed(seed)
+        self.optimizers = model.make_optimizers()
+
+    def backward_step(self, loss: Tensor, optimizer: str, *, retain_graph: bool = False) -> None:
+        opt = self.optimizers[optimizer]
+        opt.zero_grad(set_to_none=True)
+        loss.backward(retain_graph=retain_graph)
+        opt.step()
+
+
 @register_model
 class ToyGAN(ShowerModel):
     """Tiny conditional GAN used by the training-framework tests."""

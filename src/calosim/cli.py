@@ -286,9 +286,7 @@ def export_cmd(run_dir: str, out: str, overwrite: bool) -> None:
 def demo_cmd(out: str, quick: bool, model: str | None, seed: int) -> None:
     """Run the whole loop on the built-in simulator: simulate, train, generate, evaluate."""
     from .demo import DEMO_MODEL, run_demo
-    from .models import get_model_class
 
-    get_model_class(model or DEMO_MODEL)  # an unknown name fails here, listing the valid ones
     run_demo(Path(out), quick=quick, seed=seed, model=model or DEMO_MODEL)
 
 

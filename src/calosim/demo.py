@@ -111,10 +111,12 @@ def plot_particle_overview(samples: dict[str, Path], geometry: Geometry, out_dir
 def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str = DEMO_MODEL) -> dict:
     """Run the demo into ``out``; returns the evaluation metrics dict."""
     from .metrics import evaluate
-    from .models import get_model_class
     from .metrics.report import format_terminal_table
+    from .models import get_model_class
     from .simulate import simulate_to_file
     from .summary import file_summary
+
+    model_cls = get_model_class(model)  # an unknown name fails before any work, listing the valid ones
 
     sizes = QUICK if quick else FULL
     t_start = time.perf_counter()
@@ -149,7 +151,7 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str = DEMO
     # One intra-op thread: on a busy 2-core machine two threads are several times slower
     # (measured 300 vs 1200-3000 ms/step for calogan at batch 256 under load).
     config: dict = {"threads": 1}
-    if sizes.pretrain_steps is not None and "mdn_steps" in get_model_class(model).default_config:
+    if sizes.pretrain_steps is not None and "mdn_steps" in model_cls.default_config:
         config["mdn_steps"] = sizes.pretrain_steps
     run = train(model, train_file, out / "run", steps=steps, seed=seed, overwrite=True, progress=True, config=config)
 

@@ -18,7 +18,7 @@ from calosim.geometry import Geometry, get_geometry
 from calosim.models import get_model_class
 from calosim.models.calogan import CaloGAN, LocallyConnected2d, _gumbel, from_flat, to_flat
 from calosim.models.energy import EnergyMDN, energy_fractions, energy_vector
-from toys import two_layer_geometry
+from toys import FakeConditions, FakeCtx, IdentityTransform, two_layer_geometry
 
 # the seed's design (G draws every cell); the MDN tests below switch layer_energies to "mdn"
 SMALL = {"latent_dim": 8, "g_channels": (3, 3, 3), "d_channels": (4, 2), "d_hidden": 8, "mbd_kernels": 3,
@@ -34,25 +34,6 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(n)
 
 
-class FakeConditions:
-    """Column 0 = log10(E / 10 GeV); optional extra columns are passed through."""
-
-    @staticmethod
-    def encode(e_mev: Tensor) -> Tensor:
-        return torch.log10(e_mev / 1e4)
-
-    def incident_energy(self, cond: Tensor) -> Tensor:
-        return 1e4 * 10.0 ** cond[:, :1]
-
-
-class IdentityTransform:
-    def forward(self, x_mev: Tensor, e_inc: Tensor) -> Tensor:
-        return x_mev
-
-    def inverse(self, x: Tensor, e_inc: Tensor) -> Tensor:
-        return x
-
-
 class FractionTransform:
     """Like the framework's 'scale': x = E_cell / E_inc."""
 
@@ -61,24 +42,6 @@ class FractionTransform:
 
     def inverse(self, x: Tensor, e_inc: Tensor) -> Tensor:
         return x * e_inc
-
-
-class FakeCtx:
-    """Minimal stand-in for calosim.train's context (the TrainContext protocol)."""
-
-    def __init__(self, model: CaloGAN, seed: int = 0, transform: Any = None) -> None:
-        self.device = torch.device("cpu")
-        self.step = 0
-        self.transform = transform or IdentityTransform()
-        self.conditions = FakeConditions()
-        self.generator = torch.Generator().manual_seed(seed)
-        self.optimizers = model.make_optimizers()
-
-    def backward_step(self, loss: Tensor, optimizer: str, *, retain_graph: bool = False) -> None:
-        opt = self.optimizers[optimizer]
-        opt.zero_grad(set_to_none=True)
-        loss.backward(retain_graph=retain_graph)
-        opt.step()
 
 
 def fake_batch(geo: Geometry, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:

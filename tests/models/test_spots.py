@@ -11,30 +11,9 @@ from torch import Tensor
 
 from calosim.models import get_model_class
 from calosim.models.spots import Spots, spot_count, spot_layer
-from toys import two_layer_geometry
+from toys import FakeCtx, two_layer_geometry
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Ctx:
-    """Minimal stand-in for calosim.train's context; cond column 0 = log10(E / 10 GeV)."""
-
-    class conditions:  # noqa: N801 - mimics an attribute holding the encoder
-        @staticmethod
-        def incident_energy(cond: Tensor) -> Tensor:
-            return 1e4 * 10.0 ** cond[:, :1]
-
-    def __init__(self, model: Spots) -> None:
-        self.device = torch.device("cpu")
-        self.step = 0
-        self.generator = torch.Generator().manual_seed(0)
-        self.optimizers = model.make_optimizers()
-
-    def backward_step(self, loss: Tensor, optimizer: str, *, retain_graph: bool = False) -> None:
-        opt = self.optimizers[optimizer]
-        opt.zero_grad(set_to_none=True)
-        loss.backward(retain_graph=retain_graph)
-        opt.step()
 
 
 def test_registered_and_bad_config_is_named() -> None:
@@ -122,7 +101,7 @@ def test_shape_fit_recovers_a_known_condition_dependent_shape() -> None:
         return x, c
 
     model = Spots(geo, 1, {"hidden": 32, "mdn_steps": 150, "mdn_batches": 1, "lr": 1e-2, "steps": 400})
-    ctx = Ctx(model)
+    ctx = FakeCtx(model)
     model.pretrain(iter(lambda: draw(256), None), ctx)
     for step in range(400):
         ctx.step = step
@@ -177,7 +156,7 @@ def test_centroids_option_extends_the_energy_vector() -> None:
         w = torch.rand(64, geo.n_cells, generator=g) * (torch.rand(64, geo.n_cells, generator=g) < 0.3)
         return w / w.sum(1, keepdim=True), torch.rand(64, 1, generator=g)
 
-    ctx = Ctx(model)
+    ctx = FakeCtx(model)
     model.pretrain(iter(draw, None), ctx)
     assert math.isfinite(model.train_step(*draw(), ctx)["loss_shape"])
     gen = model.sample(torch.rand(32, 1, generator=g), g)

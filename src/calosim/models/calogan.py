@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import register_model
+from ._random import gumbel, normal_cdf, standard_normal
 from .base import ShowerModel, TrainContext
 from .energy import EnergyMDN, energy_fractions, energy_vector, fit_energy_mdn
 
@@ -271,11 +272,9 @@ class _LaganG(nn.Module):
 def _gumbel(z: Tensor) -> Tensor:
     """Standard normal ``z`` -> standard Gumbel variates ``-log(-log(Phi(z)))`` (same shape).
 
-    ``Phi`` from erf (ONNX has no erfc); it rounds to 1 above z ~ 5 in float32, clipped there
-    (a tie in top-k needs that and equal logits as well).
+    A tie in top-k needs ``Phi`` rounded to 1 (z above ~5) and equal logits as well.
     """
-    u = (0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))).clamp(1e-7, 1.0 - 1e-7)
-    return -torch.log(-torch.log(u))
+    return gumbel(normal_cdf(z))
 
 
 class _Generator(nn.Module):
@@ -926,10 +925,7 @@ class CaloGAN(ShowerModel):
 
     def _noise(self, n: int, ctx: TrainContext, device: torch.device, dim: int | None = None) -> Tensor:
         """``(n, dim)`` standard normal from the run's generator (default: G's latent size)."""
-        gen = ctx.generator
-        dim = self.generator.latent_dim if dim is None else dim
-        z = torch.randn(n, dim, generator=gen, device=gen.device if gen is not None else device)
-        return z.to(device)
+        return standard_normal(n, self.generator.latent_dim if dim is None else dim, ctx.generator, device)
 
     def train_step(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
         """``n_critic`` discriminator updates then one generator update.
@@ -987,9 +983,7 @@ class CaloGAN(ShowerModel):
     # -- sampling -------------------------------------------------------------------------
     def latent(self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None) -> Tensor:
         """Standard-normal latent vectors ``(n, latent_dim)`` (drawn on ``generator``'s device)."""
-        device = device or next(self.generator.parameters()).device
-        z = torch.randn(n, self.latent_dim, generator=generator, device=generator.device if generator is not None else device)
-        return z.to(device)
+        return standard_normal(n, self.latent_dim, generator, device or next(self.generator.parameters()).device)
 
     @torch.no_grad()
     def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:

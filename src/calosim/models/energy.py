@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._random import normal_cdf
+
 __all__ = ["EnergyMDN", "energy_vector", "energy_fractions", "fit_energy_mdn"]
 
 # ------------------------------------------------------------------------------------------
@@ -97,7 +99,7 @@ class EnergyMDN(nn.Module):
     def sample(self, cond: Tensor, noise: Tensor) -> Tensor:
         """``t (B, d)`` from ``noise (B, 1 + d)`` standard normal."""
         log_w, mu, tril, _ = self.params(cond)
-        u = 0.5 * (1.0 + torch.erf(noise[:, :1] / math.sqrt(2.0)))  # uniform
+        u = normal_cdf(noise[:, :1])  # uniform
         k = (u > torch.cumsum(torch.exp(log_w), -1)).sum(-1).clamp_max(self.k - 1)  # (B,)
         onehot = (k[:, None] == torch.arange(self.k, device=cond.device)[None]).to(mu.dtype)  # (B, K)
         m = (onehot[..., None] * mu).sum(1)

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import register_model
+from ._random import gumbel, normal_cdf, standard_normal
 from .base import ShowerModel, TrainContext
 from .energy import EnergyMDN, energy_fractions, energy_vector, fit_energy_mdn
 
@@ -66,9 +67,10 @@ def spot_count(p: Tensor, n: Tensor, iterations: int = 5) -> Tensor:
     return big_n
 
 
-def _uniform(z: Tensor) -> Tensor:
-    """Standard normal -> uniform on (0, 1) (erf: ONNX has no erfc)."""
-    return 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
+def _normalised(cells: Tensor) -> Tensor:
+    """``(B, P)`` cells divided by their row sum (all-zero rows stay 0)."""
+    total = cells.sum(1, keepdim=True)
+    return cells / torch.where(total > 0, total, torch.ones_like(total))
 
 
 def spot_layer(logp: Tensor, f: Tensor, n: Tensor, z: Tensor, spot_shape: float) -> Tensor:
@@ -84,27 +86,24 @@ def spot_layer(logp: Tensor, f: Tensor, n: Tensor, z: Tensor, spot_shape: float)
     p = torch.exp(logp)
     lam = spot_count(p, n)[:, None] * p  # mean spots per cell
     q = 1.0 - torch.exp(-lam)  # P(count >= 1); where float32 rounds it to ~0 the hit is never drawn
-    u = _uniform(z)
+    u = normal_cdf(z)
     hit = u < q
     m = (lam / q.clamp_min(1e-30)).clamp_min(1.0)  # mean of the zero-truncated Poisson count
     sd = torch.sqrt((m * (1.0 + lam - m)).clamp_min(0.0) + m / spot_shape)
     v = u / q.clamp_min(1e-30)  # uniform on (0, 1) where hit
     # where, not a product: off-hit cells can hold inf (v = u / q with q ~ 0)
     e = torch.where(hit, torch.maximum(m + sd * (math.sqrt(12.0) * (v - 0.5)), 0.05 * m), torch.zeros_like(m))
-    live = f > 0
-    empty = (~hit.any(1)) & live
-    exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-    if exporting:  # one static graph: the fallback for every row
-        g = -torch.log(-torch.log(u.clamp(1e-7, 1.0 - 1e-7)))
-        one = F.one_hot(torch.argmax(logp + g, 1), logp.shape[1]).to(logp.dtype)
-        e = torch.where(empty[:, None], one, e)
+    empty = (~hit.any(1)) & (f > 0)
+
+    def one_cell(logp: Tensor, u: Tensor) -> Tensor:  # a cell drawn from p (Gumbel-max), one-hot
+        return F.one_hot(torch.argmax(logp + gumbel(u), 1), logp.shape[1]).to(logp.dtype)
+
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # one static graph: every row
+        e = torch.where(empty[:, None], one_cell(logp, u), e)
     elif bool(empty.any()):  # eager: only the (few) empty rows
         rows = empty.nonzero().squeeze(1)
-        g = -torch.log(-torch.log(u[rows].clamp(1e-7, 1.0 - 1e-7)))
-        e[rows] = F.one_hot(torch.argmax(logp[rows] + g, 1), logp.shape[1]).to(logp.dtype)
-    total = e.sum(1, keepdim=True)
-    return e * torch.where(live[:, None], f[:, None] / torch.where(total > 0, total, torch.ones_like(total)),
-                           torch.zeros_like(total))
+        e[rows] = one_cell(logp[rows], u[rows])
+    return _normalised(e) * f[:, None]  # f = 0: an empty layer
 
 
 class _Shape(nn.Module):
@@ -239,7 +238,7 @@ class Spots(ShowerModel):
         n = torch.stack([(x[:, s] > 0).sum(1) for s in self.geometry.layer_slices], 1).to(x.dtype)
         parts = [energy_vector(self.layer_sums(x)), torch.log(n + u)]
         if self.centroids:
-            parts += [self._normalised(x[:, s]) @ self.cell_xy[s] for s in self.geometry.layer_slices]
+            parts += [_normalised(x[:, s]) @ self.cell_xy[s] for s in self.geometry.layer_slices]
         return torch.cat(parts, 1)
 
     @torch.no_grad()
@@ -250,18 +249,12 @@ class Spots(ShowerModel):
         self.t_std.copy_(t.std(0).nan_to_num(1.0).clamp_min(1e-3))
         biases = []
         for s in self.geometry.layer_slices:
-            mean = self._normalised(x[:, s]).mean(0)
+            mean = _normalised(x[:, s]).mean(0)
             pos = mean[mean > 0]
             floor = float(pos.min()) / math.e if pos.numel() else 1.0
             biases.append(torch.log(mean.clamp_min(floor)))
         self.shape.log_bias.copy_(torch.cat(biases))
         self.calibrated.fill_(True)
-
-    @staticmethod
-    def _normalised(cells: Tensor) -> Tensor:
-        """``(B, P)`` cells divided by their layer sum (empty layers stay 0)."""
-        total = cells.sum(1, keepdim=True)
-        return cells / torch.where(total > 0, total, torch.ones_like(total))
 
     # -- training -------------------------------------------------------------------------
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -291,7 +284,7 @@ class Spots(ShowerModel):
         logps = self.shape(torch.cat([cond, t], 1))
         losses, weights = [], []
         for logp, s in zip(logps, self.geometry.layer_slices):
-            w = self._normalised(x[:, s])
+            w = _normalised(x[:, s])
             losses.append(-(w * logp).sum(1))
             weights.append((w.sum(1) > 0).to(x.dtype))
         lw = torch.stack(weights, 1)
@@ -312,9 +305,7 @@ class Spots(ShowerModel):
     # -- sampling -------------------------------------------------------------------------
     def latent(self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None) -> Tensor:
         """Standard-normal latent vectors ``(n, latent_dim)`` (drawn on ``generator``'s device)."""
-        device = device or self.t_mean.device
-        z = torch.randn(n, self.latent_dim, generator=generator, device=generator.device if generator is not None else device)
-        return z.to(device)
+        return standard_normal(n, self.latent_dim, generator, device or self.t_mean.device)
 
     @torch.no_grad()
     def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:

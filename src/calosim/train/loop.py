@@ -13,6 +13,7 @@ ends (on CPU) with bit-identical weights to an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -589,15 +590,18 @@ class Trainer:
         t0 = time.perf_counter()
         self.model.train()
         self.ctx.step = 0
-        if self.progress:  # the pretraining stage (e.g. a likelihood fit) has no steps to show: a spinner
+        # the pretraining stage (e.g. a likelihood fit) has no steps to show: a spinner, then its time
+        console = None
+        if self.progress:
             from rich.console import Console
 
             console = Console(stderr=True)
-            with console.status(f"{self.model.name}: pretraining stage (before the main loop) ..."):
-                summary = self.model.pretrain(self._pretrain_batches(), self.ctx) or {}
-            console.print(f"{self.model.name}: pretraining done in {time.perf_counter() - t0:.0f} s")
-        else:
+        status = console.status(f"{self.model.name}: pretraining stage (before the main loop) ...") if console \
+            else contextlib.nullcontext()
+        with status:
             summary = self.model.pretrain(self._pretrain_batches(), self.ctx) or {}
+        if console:
+            console.print(f"{self.model.name}: pretraining done in {time.perf_counter() - t0:.0f} s")
         self.pretrain_summary = {k: float(v) for k, v in summary.items()}
         self.pretrain_done = True
         self._log({"step": 0, "pretrain": self.pretrain_summary, "time_s": time.perf_counter() - t0})
