@@ -1,10 +1,10 @@
 """Detector geometries: :class:`Geometry`, presets and the CaloChallenge XML loader."""
 
 from .calochallenge import load_calochallenge_xml
-from .core import Geometry, GeometryError, Layer, Material
+from .core import Geometry, GeometryError, Layer, Material, Sampling
 from .presets import get_geometry, list_geometries, register_geometry
 
 __all__ = [
-    "Geometry", "GeometryError", "Layer", "Material",
+    "Geometry", "GeometryError", "Layer", "Material", "Sampling",
     "get_geometry", "list_geometries", "register_geometry", "load_calochallenge_xml",
 ]

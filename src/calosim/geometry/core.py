@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["Material", "Layer", "Geometry", "GeometryError"]
+__all__ = ["Material", "Layer", "Sampling", "Geometry", "GeometryError"]
 
 
 class GeometryError(ValueError):
@@ -50,6 +50,44 @@ class Material:
                 raise GeometryError(f"material {self.absorber}/{self.active}: {name} must be > 0")
         if not 0 < self.sampling_fraction <= 1:
             raise GeometryError("material sampling_fraction must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The real sampling structure behind a geometry's effective materials, for Geant4.
+
+    ``n_periods`` repetitions of ``absorber_mm`` of ``absorber`` followed by ``active_mm`` of
+    ``active`` (Geant4 NIST material names), front to back, in plates of ``width_mm`` x
+    ``width_mm``. A homogeneous calorimeter (crystals) has ``absorber_mm = 0``. Each active
+    slab is read out by the readout layer whose depth range holds the slab's centre; energy in
+    an active slab outside the layer's cell grid is that layer's overflow. ``sampling_fraction``
+    is the visible (active) share of the deposited energy measured with Geant4 for electrons;
+    the engine divides visible energy by it, so cells are on the electromagnetic scale like the
+    built-in simulator's. ``source`` cites where the structure comes from.
+    """
+
+    absorber: str
+    active: str
+    absorber_mm: float
+    active_mm: float
+    n_periods: int
+    width_mm: float
+    sampling_fraction: float
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.absorber_mm < 0 or self.active_mm <= 0 or self.n_periods < 1 or self.width_mm <= 0:
+            raise GeometryError("sampling structure needs absorber_mm >= 0, active_mm > 0, n_periods >= 1, width_mm > 0")
+        if not 0 < self.sampling_fraction <= 1:
+            raise GeometryError("sampling structure: sampling_fraction must be in (0, 1]")
+
+    @property
+    def period_mm(self) -> float:
+        return self.absorber_mm + self.active_mm
+
+    @property
+    def depth_mm(self) -> float:
+        return self.n_periods * self.period_mm
 
 
 @dataclass(frozen=True)
@@ -165,6 +203,8 @@ class Geometry:
     threshold_mev: float = 0.0
     overflow: bool = False
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: The real absorber/active structure, for the Geant4 engine (None: no Geant4 description).
+    sampling: Sampling | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -292,8 +332,9 @@ class Geometry:
                     if ld.get(key) is not None:
                         ld[key] = tuple(ld[key])
                 layers.append(Layer(**ld))
-            rest = {k: v for k, v in d.items() if k != "layers"}
-            return cls(layers=tuple(layers), **rest)
+            rest = {k: v for k, v in d.items() if k not in ("layers", "sampling")}
+            sampling = Sampling(**d["sampling"]) if d.get("sampling") is not None else None
+            return cls(layers=tuple(layers), sampling=sampling, **rest)
         except (KeyError, TypeError) as exc:
             raise GeometryError(f"geometry description is malformed: {exc}") from None
 

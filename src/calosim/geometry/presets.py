@@ -12,7 +12,8 @@ from functools import lru_cache
 from importlib import resources
 
 from .calochallenge import SIW_CALOCHALLENGE, load_calochallenge_xml
-from .core import Geometry, GeometryError, Layer, Material
+from .core import Geometry, GeometryError, Layer, Material, Sampling
+from .materials import effective_material
 
 __all__ = ["register_geometry", "get_geometry", "list_geometries"]
 
@@ -54,8 +55,6 @@ def _stack(name: str, n: int, shape: tuple[int, int], cell: tuple[float, float],
 
 
 # ---- materials (effective values of the absorber/active mix) ---------------------------
-PB_LAR = Material("Pb", "LAr", x0_mm=22.0, lambda_mm=400.0, moliere_mm=42.0, critical_mev=11.0,
-                  sampling_fraction=0.18, stochastic=0.10, constant=0.007)
 SHASHLIK = Material("Pb", "scintillator", x0_mm=17.5, lambda_mm=380.0, moliere_mm=36.0, critical_mev=10.3,
                     sampling_fraction=0.30, stochastic=0.10, constant=0.01)
 CSI = Material("CsI(Tl)", "CsI(Tl)", x0_mm=18.6, lambda_mm=394.0, moliere_mm=35.7, critical_mev=11.2,
@@ -72,26 +71,43 @@ ATLAS_TILE = Material("Fe", "scintillator", x0_mm=21.0, lambda_mm=207.0, moliere
 
 @register_geometry("calogan", "CaloGAN 3-layer Pb/LAr ECAL: 3x96, 12x12, 12x6 cells (504) + per-layer overflow")
 def _calogan() -> Geometry:
+    # The CaloGAN repository's Geant4 code (generation/): 80 x (2 mm Pb + 4 mm LAr) in
+    # 1000 x 1000 mm plates, the 480 x 480 mm readout grid in the centre, overflow outside it.
+    # CaloGAN's own files score all deposits (absorber and active); calosim scores the LAr and
+    # puts it on the EM scale. The sampling fraction of electrons is Geant4's (issue: 0.1875).
+    sampling = Sampling("G4_Pb", "G4_lAr", absorber_mm=2.0, active_mm=4.0, n_periods=80, width_mm=1000.0,
+                        sampling_fraction=0.1875,
+                        source="CaloGAN repository, generation/ (Geant4 detector construction); arXiv:1712.10321 Table I")
+    # Effective parameters from that structure (X0 15.6 mm, R_M 35.5 mm, E_c 9.3 MeV).
+    mat = effective_material(sampling, stochastic=0.10, constant=0.007, absorber_label="Pb", active_label="LAr")
     # Table I of the CaloGAN seed: 480 x 480 mm front face, layer depths 90, 347, 43 mm.
     layers = (
-        Layer("layer_0", "cartesian", (3, 96), z_mm=0.0, thickness_mm=90.0, material=PB_LAR, cell_mm=(160.0, 5.0)),
-        Layer("layer_1", "cartesian", (12, 12), z_mm=90.0, thickness_mm=347.0, material=PB_LAR, cell_mm=(40.0, 40.0)),
-        Layer("layer_2", "cartesian", (12, 6), z_mm=437.0, thickness_mm=43.0, material=PB_LAR, cell_mm=(40.0, 80.0)),
+        Layer("layer_0", "cartesian", (3, 96), z_mm=0.0, thickness_mm=90.0, material=mat, cell_mm=(160.0, 5.0)),
+        Layer("layer_1", "cartesian", (12, 12), z_mm=90.0, thickness_mm=347.0, material=mat, cell_mm=(40.0, 40.0)),
+        Layer("layer_2", "cartesian", (12, 6), z_mm=437.0, thickness_mm=43.0, material=mat, cell_mm=(40.0, 80.0)),
     )
-    return Geometry("calogan", layers, "CaloGAN 3-layer LAr calorimeter (Paganini et al.)", overflow=True)
+    return Geometry("calogan", layers, "CaloGAN 3-layer LAr calorimeter (Paganini et al.)", overflow=True,
+                    sampling=sampling)
 
 
 @register_geometry("lhcb-ecal", "LHCb Shashlik ECAL module region: 30x30 cells of 2 cm, one summed layer")
 def _lhcb() -> Geometry:
     # 66 layers of 2 mm Pb / 4 mm scintillator, read out summed per cell: one layer of 396 mm.
+    sampling = Sampling("G4_Pb", "G4_POLYSTYRENE", absorber_mm=2.0, active_mm=4.0, n_periods=66, width_mm=600.0,
+                        sampling_fraction=SHASHLIK.sampling_fraction,
+                        source="LHCb ECAL seed (66 x (2 mm Pb + 4 mm scintillator), 30 x 30 cells of 20 mm)")
     return Geometry("lhcb-ecal", _stack("ecal", 1, (30, 30), (20.0, 20.0), 396.0, 396.0, SHASHLIK),
-                    "LHCb ECAL (Shashlik, 66 x (2 mm Pb + 4 mm Sc)), 30x30 cells of 20 mm", threshold_mev=0.0)
+                    "LHCb ECAL (Shashlik, 66 x (2 mm Pb + 4 mm Sc)), 30x30 cells of 20 mm", threshold_mev=0.0,
+                    sampling=sampling)
 
 
 @register_geometry("besiii-emc", "BESIII EMC: 11x11 CsI(Tl) crystals of ~5x5 cm2, one layer (28 cm = 15 X0)")
 def _besiii() -> Geometry:
+    sampling = Sampling("G4_CESIUM_IODIDE", "G4_CESIUM_IODIDE", absorber_mm=0.0, active_mm=280.0, n_periods=1,
+                        width_mm=572.0, sampling_fraction=1.0,
+                        source="BESIII seed: CsI(Tl) crystals of ~5 x 5 cm2, 28 cm deep (homogeneous)")
     return Geometry("besiii-emc", _stack("crystal", 1, (11, 11), (52.0, 52.0), 280.0, 280.0, CSI),
-                    "BESIII CsI(Tl) electromagnetic calorimeter", threshold_mev=0.0)
+                    "BESIII CsI(Tl) electromagnetic calorimeter", threshold_mev=0.0, sampling=sampling)
 
 
 @register_geometry("cepc-ecal", "CEPC Si-W ECAL: 31x31 cells of 1x1 cm2, 29 layers")
