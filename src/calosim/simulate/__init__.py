@@ -122,7 +122,10 @@ def _run_attrs(eng: Engine, pdg: int, seed: int, spec: ConditionSpec) -> dict[st
     return {"engine": eng.name, "engine_version": getattr(eng, "version", ""), "seed": seed,
             "particle": particle_name(pdg), "pdg": pdg, "block_size": BLOCK, **spec.as_attrs(),
             "energy_definition": "total energy of the incident particle (MeV)",
-            "cell_energy_scale": "electromagnetic scale (visible energy / sampling fraction), MeV"}
+            "cell_energy_scale": "electromagnetic scale (visible energy / sampling fraction), MeV",
+            "energy_scale": "em-scale",
+            # an engine may add its own provenance (Geant4: version, physics list, cut, data source)
+            **(eng.provenance() if hasattr(eng, "provenance") else {})}
 
 
 def iter_simulate(geometry: Geometry | str, particle: str | int, n: int, *, energy: str | float = "1:100",

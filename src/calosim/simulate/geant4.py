@@ -1,0 +1,406 @@
+"""The Geant4 reference engine (``calosim simulate --engine geant4``; extra ``calosim[geant4]``).
+
+Geant4 (through geant4-pybind) runs in a worker subprocess that this engine owns, for two
+reasons: a fatal ``G4Exception`` calls ``abort()``, and ``G4RunManager`` is a per-process
+singleton (one geometry per process). The parent sends blocks of conditions down a pipe and
+gets the cell energies back; a worker that dies is reported with the tail of its Geant4 log.
+
+The detector is the geometry's :class:`~calosim.geometry.Sampling` structure: ``n_periods`` x
+(absorber + active) plates, each active slab holding its readout layer's cell grid as
+replicas (rows along y, cells along x). Scoring is done in C++ by primitive scorers
+(``G4PSEnergyDeposit3D`` on the cells, ``G4PSEnergyDeposit`` on the slab outside the grid for the
+overflow): Python runs once per event, to read the hit maps, never per step. Visible (active)
+energy is divided by the structure's sampling fraction, so cells are on the electromagnetic
+scale like the built-in engine's. Each event's random seed is drawn from the block's physics
+generator, so a shower depends only on (seed, event index), never on workers or shards.
+
+The physics list is ``G4EmStandardPhysics`` (EM option 0, the reference for EM showers) plus
+``G4DecayPhysics``, production cut 0.7 mm. Geant4 data sets come from ``GEANT4_DATA_DIR``, which
+must hold the 12 data directories of Geant4 11.4 (:data:`DATASETS`); without it the engine stops
+with one line saying so. The environment is set in the worker before ``geant4_pybind`` is
+imported, so the import never tries to download anything (geant4-pybind otherwise downloads
+missing data sets, without asking when ``CI=true``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import multiprocessing as mp
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..geometry import Geometry
+from . import register_engine
+
+__all__ = ["Geant4Engine", "GEANT4_VERSION", "PHYSICS_LIST", "PRODUCTION_CUT_MM", "EM_PDGS", "DATASETS", "data_env",
+           "slab_layers"]
+
+GEANT4_VERSION = "11.4.1"
+PHYSICS_LIST = "G4EmStandardPhysics + G4DecayPhysics"
+PRODUCTION_CUT_MM = 0.7
+#: Particles the physics list simulates (EM physics only).
+EM_PDGS = (11, -11, 22)
+_G4_NAMES = {11: "e-", -11: "e+", 22: "gamma", 211: "pi+", -211: "pi-", 2212: "proton"}
+_LOG_TAIL = 15
+
+#: Geant4 11.4 data sets: environment variable -> directory name under GEANT4_DATA_DIR.
+DATASETS: dict[str, str] = {
+    "G4NEUTRONHPDATA": "G4NDL4.7.1", "G4LEDATA": "G4EMLOW8.8", "G4LEVELGAMMADATA": "PhotonEvaporation6.1.2",
+    "G4RADIOACTIVEDATA": "RadioactiveDecay6.1.2", "G4PARTICLEXSDATA": "G4PARTICLEXS4.2", "G4PIIDATA": "G4PII1.3",
+    "G4REALSURFACEDATA": "RealSurface2.2", "G4SAIDXSDATA": "G4SAIDDATA2.0", "G4ABLADATA": "G4ABLA3.3",
+    "G4INCLDATA": "G4INCL1.3", "G4ENSDFSTATEDATA": "G4ENSDFSTATE3.0", "G4CHANNELINGDATA": "G4CHANNELING2.0",
+}
+
+
+def data_env() -> tuple[dict[str, str], str]:
+    """Environment for the Geant4 worker and a data-source label, from ``GEANT4_DATA_DIR``.
+
+    Raises ``ValueError`` naming the missing directories when the variable is unset or incomplete.
+    """
+    root = os.environ.get("GEANT4_DATA_DIR")
+    if not root:
+        raise ValueError("the Geant4 engine needs the Geant4 11.4 data sets: set GEANT4_DATA_DIR to the directory "
+                         f"holding {', '.join(DATASETS.values())} (calosim never downloads them)")
+    missing = [d for d in DATASETS.values() if not (Path(root) / d).is_dir()]
+    if missing:
+        raise ValueError(f"GEANT4_DATA_DIR={root} lacks the Geant4 11.4 data directories {', '.join(missing)}")
+    env = {"GEANT4_DATA_DIR": root, **{k: str(Path(root) / d) for k, d in DATASETS.items()}}
+    return env, f"Geant4 data sets in {root}"
+
+
+def _require_extra() -> None:
+    if importlib.util.find_spec("geant4_pybind") is None:
+        raise ImportError("the Geant4 engine needs the extra: pip install 'calosim[geant4]' (geant4-pybind)")
+
+
+def _check_geometry(geo: Geometry) -> None:
+    if geo.sampling is None:
+        raise ValueError(f"geometry {geo.name!r} has no Geant4 description (no sampling structure); "
+                         "presets with one: calogan, lhcb-ecal, besiii-emc")
+    if not geo.is_cartesian:
+        raise ValueError(f"geometry {geo.name!r}: the Geant4 engine scores Cartesian cell grids only")
+    s = geo.sampling
+    if abs(geo.depth_mm - s.depth_mm) > 1e-6 * s.depth_mm:
+        raise ValueError(f"geometry {geo.name!r}: readout depth {geo.depth_mm} mm differs from the sampling "
+                         f"structure's {s.depth_mm} mm")
+    for lay in geo.layers:
+        if 2 * lay.extent_mm > s.width_mm:
+            raise ValueError(f"geometry {geo.name!r}: layer {lay.name!r} grid is wider than the {s.width_mm} mm plates")
+
+
+def slab_layers(geo: Geometry) -> np.ndarray:
+    """Readout layer of each active slab, ``(n_periods,)``: the layer whose depth range holds its centre."""
+    s = geo.sampling
+    assert s is not None
+    centre = np.arange(s.n_periods) * s.period_mm + s.absorber_mm + 0.5 * s.active_mm
+    starts = np.array([l.z_mm for l in geo.layers])
+    return np.clip(np.searchsorted(starts, centre, side="right") - 1, 0, geo.n_layers - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# parent side
+# ---------------------------------------------------------------------------------------------
+@register_engine("geant4")
+class Geant4Engine:
+    """Geant4 as a calosim engine; see the module docstring. Thread-safe per instance."""
+
+    name = "geant4"
+    version = GEANT4_VERSION
+
+    def __init__(self) -> None:
+        _require_extra()
+        self._env, self.data_source = data_env()
+        self.label = f"Geant4 {GEANT4_VERSION}"
+        self._proc: Any = None
+        self._conn: Any = None
+        self._geo_json: str | None = None
+        self._log: Path | None = None
+        self._lock = threading.Lock()
+
+    def provenance(self) -> dict[str, Any]:
+        """Attributes recorded in every file this engine writes."""
+        return {"engine_label": self.label, "geant4_version": GEANT4_VERSION, "physics_list": PHYSICS_LIST,
+                "production_cut_mm": PRODUCTION_CUT_MM, "data_source": self.data_source,
+                "cell_energy_scale": "electromagnetic scale: energy deposited in the active material / "
+                                     "the structure's sampling fraction, MeV",
+                "energy_scale": "em-scale"}
+
+    def _start(self, geo: Geometry) -> None:
+        self.close()
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        fd, log = tempfile.mkstemp(prefix="calosim-geant4-", suffix=".log")
+        os.close(fd)
+        self._log = Path(log)
+        env = dict(self._env)
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # the spawned child inherits it before anything imports geant4_pybind
+        try:
+            self._proc = ctx.Process(target=_worker_main, args=(child, geo.to_json(), log), daemon=True)
+            self._proc.start()
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        child.close()
+        self._conn, self._geo_json = parent, geo.to_json()
+        self._call(("init",))
+
+    def _tail(self) -> str:
+        try:
+            lines = [l for l in self._log.read_text(errors="replace").splitlines() if l.strip()]  # type: ignore[union-attr]
+        except OSError:
+            return ""
+        return " | ".join(lines[-_LOG_TAIL:])
+
+    def _call(self, msg: tuple[Any, ...]) -> Any:
+        try:
+            self._conn.send(msg)
+            status, payload = self._conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            self._proc.join(5)
+            code = self._proc.exitcode
+            tail = self._tail()
+            self._proc = None
+            raise RuntimeError(f"the Geant4 worker died (exit code {code}); its last messages: {tail or '(none)'}; "
+                               f"full log: {self._log}") from None
+        if status != "ok":
+            raise RuntimeError(f"Geant4 worker: {payload}")
+        return payload
+
+    def simulate_block(self, geometry: Geometry, pdg: int, energy: np.ndarray, theta: np.ndarray, phi: np.ndarray,
+                       position: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`calosim.simulate.Engine.simulate_block`; showers and overflow in MeV (EM scale)."""
+        _check_geometry(geometry)
+        if pdg not in _G4_NAMES:
+            raise ValueError(f"the Geant4 engine cannot shoot PDG id {pdg}")
+        if pdg not in EM_PDGS:
+            raise ValueError(f"the Geant4 engine simulates e-, e+ and gamma for now (its physics list is EM only); "
+                             f"got {_G4_NAMES[pdg]}")
+        seeds = rng.integers(1, 2**31 - 1, size=len(energy))
+        with self._lock:
+            if self._proc is None or not self._proc.is_alive() or self._geo_json != geometry.to_json():
+                self._start(geometry)
+            showers, overflow = self._call(("run", int(pdg), np.asarray(energy, np.float64), np.asarray(theta, np.float64),
+                                            np.asarray(phi, np.float64), np.asarray(position, np.float64), seeds))
+        return showers, overflow
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            try:
+                self._conn.send(("stop",))
+            except OSError:
+                pass
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._proc.kill()
+        self._proc = None
+        if self._log is not None:
+            self._log.unlink(missing_ok=True)
+            self._log = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# worker side (runs in the spawned subprocess; the only place that imports geant4_pybind)
+# ---------------------------------------------------------------------------------------------
+def _worker_main(conn: Any, geo_json: str, log: str) -> None:
+    # Geant4 prints through C++ streams: send fd 1 and 2 to the log the parent reads on failure.
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    geo = Geometry.from_json(geo_json)
+    app: _App | None = None
+    while True:
+        msg = conn.recv()
+        try:
+            if msg[0] == "stop":
+                return
+            if msg[0] == "init":
+                app = _App(geo)
+                conn.send(("ok", None))
+            elif msg[0] == "run":
+                assert app is not None
+                conn.send(("ok", app.run(*msg[1:])))
+        except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class _App:
+    """A Geant4 application for one geometry: detector, physics, gun, scorers."""
+
+    def __init__(self, geo: Geometry) -> None:
+        import geant4_pybind as g4
+
+        self.g4, self.geo = g4, geo
+        s = geo.sampling
+        assert s is not None
+        self.sf = s.sampling_fraction
+        self.rm = g4.G4RunManagerFactory.CreateRunManager(g4.G4RunManagerType.Serial)
+        self.detector = _make_detector(g4, geo)
+        self.rm.SetUserInitialization(self.detector)
+        physics = g4.G4VModularPhysicsList()
+        physics.RegisterPhysics(g4.G4EmStandardPhysics())
+        physics.RegisterPhysics(g4.G4DecayPhysics())
+        physics.SetDefaultCutValue(PRODUCTION_CUT_MM * g4.mm)
+        physics.SetVerboseLevel(0)
+        self.physics = physics
+        self.rm.SetUserInitialization(physics)
+        self.gun_action = _make_gun(g4, -0.5 * s.depth_mm * g4.mm)
+        self.rm.SetUserAction(self.gun_action)
+        self.event_action = _make_event_action(g4, self)
+        self.rm.SetUserAction(self.event_action)
+        ui = g4.G4UImanager.GetUIpointer()
+        for cmd in ("/control/verbose 0", "/run/verbose 0", "/event/verbose 0", "/tracking/verbose 0",
+                    "/process/em/verbose 0", "/process/had/verbose 0"):
+            ui.ApplyCommand(cmd)
+        self.rm.Initialize()
+        self.offsets = geo.layer_offsets
+        self.hc_ids: list[tuple[int, int]] | None = None
+
+    def run(self, pdg: int, energy: np.ndarray, theta: np.ndarray, phi: np.ndarray, position: np.ndarray,
+            seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        g4 = self.g4
+        n = len(energy)
+        self.showers = np.zeros((n, self.geo.n_cells), np.float64)
+        self.overflow = np.zeros((n, self.geo.n_layers), np.float64)
+        self.gun_action.configure(_G4_NAMES[pdg], energy, theta, phi, position, seeds)
+        self.rm.BeamOn(n)
+        return (self.showers / self.sf).astype(np.float32), (self.overflow / self.sf).astype(np.float32)
+
+    def score(self, event: Any) -> None:
+        """Read the event's hit maps into row ``event.GetEventID()`` (MeV, visible)."""
+        g4 = self.g4
+        if self.hc_ids is None:
+            sdm = g4.G4SDManager.GetSDMpointer()
+            self.hc_ids = [(sdm.GetCollectionID(f"cells{i}/edep"), sdm.GetCollectionID(f"slab{i}/edep"))
+                           for i in range(self.geo.n_layers)]
+        hce = event.GetHCofThisEvent()
+        i_evt = event.GetEventID()
+        for layer, (cid, sid) in enumerate(self.hc_ids):
+            o = int(self.offsets[layer])
+            row = self.showers[i_evt]
+            for idx, e in hce.GetHC(cid):
+                row[o + idx] += e
+            for _, e in hce.GetHC(sid):
+                self.overflow[i_evt, layer] += e
+
+
+def _make_detector(g4: Any, geo: Geometry) -> Any:
+    s = geo.sampling
+    assert s is not None
+    layer_of_slab = slab_layers(geo)
+
+    class Detector(g4.G4VUserDetectorConstruction):
+        def Construct(self) -> Any:  # noqa: N802 - Geant4 API
+            nist = g4.G4NistManager.Instance()
+            mm = g4.mm
+            vacuum, absorber, active = (nist.FindOrBuildMaterial(m) for m in ("G4_Galactic", s.absorber, s.active))
+            half = 0.5 * s.width_mm * mm
+            depth = s.depth_mm * mm
+            world_s = g4.G4Box("world", 1.2 * half, 1.2 * half, 0.5 * depth + 100 * mm)
+            self.world_lv = g4.G4LogicalVolume(world_s, vacuum, "world")
+            world_pv = g4.G4PVPlacement(None, g4.G4ThreeVector(), self.world_lv, "world", None, False, 0)
+            self.keep: list[Any] = [world_s]
+            self.slab_lvs, self.cell_lvs = [], []
+            # one slab / grid / row / cell logical-volume set per readout layer (segmentations differ)
+            for i, lay in enumerate(geo.layers):
+                ny, nx = lay.shape
+                dy, dx = lay.cell_mm  # type: ignore[misc]
+                t = 0.5 * s.active_mm * mm
+                slab_s = g4.G4Box(f"slab{i}", half, half, t)
+                slab_lv = g4.G4LogicalVolume(slab_s, active, f"slab{i}")
+                grid_s = g4.G4Box(f"grid{i}", 0.5 * nx * dx * mm, 0.5 * ny * dy * mm, t)
+                grid_lv = g4.G4LogicalVolume(grid_s, active, f"grid{i}")
+                row_s = g4.G4Box(f"row{i}", 0.5 * nx * dx * mm, 0.5 * dy * mm, t)
+                row_lv = g4.G4LogicalVolume(row_s, active, f"row{i}")
+                cell_s = g4.G4Box(f"cell{i}", 0.5 * dx * mm, 0.5 * dy * mm, t)
+                cell_lv = g4.G4LogicalVolume(cell_s, active, f"cell{i}")
+                self.keep += [slab_s, grid_s, row_s, cell_s,
+                              g4.G4PVPlacement(None, g4.G4ThreeVector(), grid_lv, f"grid{i}", slab_lv, False, 0),
+                              g4.G4PVReplica(f"row{i}", row_lv, grid_lv, g4.kYAxis, ny, dy * mm),
+                              g4.G4PVReplica(f"cell{i}", cell_lv, row_lv, g4.kXAxis, nx, dx * mm)]
+                self.keep += [grid_lv, row_lv]
+                self.slab_lvs.append(slab_lv)
+                self.cell_lvs.append(cell_lv)
+            z0 = -0.5 * depth
+            if s.absorber_mm > 0:
+                abs_s = g4.G4Box("absorber", half, half, 0.5 * s.absorber_mm * mm)
+                abs_lv = g4.G4LogicalVolume(abs_s, absorber, "absorber")
+                self.keep += [abs_s, abs_lv]
+            for p in range(s.n_periods):
+                zp = z0 + p * s.period_mm * mm
+                if s.absorber_mm > 0:
+                    self.keep.append(g4.G4PVPlacement(None, g4.G4ThreeVector(0, 0, zp + 0.5 * s.absorber_mm * mm),
+                                                      abs_lv, "absorber", self.world_lv, False, p))
+                zc = zp + (s.absorber_mm + 0.5 * s.active_mm) * mm
+                lid = int(layer_of_slab[p])
+                self.keep.append(g4.G4PVPlacement(None, g4.G4ThreeVector(0, 0, zc), self.slab_lvs[lid],
+                                                  f"slab{lid}", self.world_lv, False, p))
+            return world_pv
+
+        def ConstructSDandField(self) -> None:  # noqa: N802 - Geant4 API
+            sdm = g4.G4SDManager.GetSDMpointer()
+            self.sds = []
+            for i, lay in enumerate(geo.layers):
+                ny, nx = lay.shape
+                cells = g4.G4MultiFunctionalDetector(f"cells{i}")
+                cells.RegisterPrimitive(g4.G4PSEnergyDeposit3D("edep", ny, nx, 1, 1, 0, 0))
+                slab = g4.G4MultiFunctionalDetector(f"slab{i}")
+                slab.RegisterPrimitive(g4.G4PSEnergyDeposit("edep"))
+                for sd, lv in ((cells, self.cell_lvs[i]), (slab, self.slab_lvs[i])):
+                    sdm.AddNewDetector(sd)
+                    lv.SetSensitiveDetector(sd)
+                    self.sds.append(sd)
+
+    return Detector()
+
+
+def _make_gun(g4: Any, front: float) -> Any:
+    class Gun(g4.G4VUserPrimaryGeneratorAction):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gun = g4.G4ParticleGun(1)
+
+        def configure(self, particle: str, energy: np.ndarray, theta: np.ndarray, phi: np.ndarray,
+                      position: np.ndarray, seeds: np.ndarray) -> None:
+            self.gun.SetParticleDefinition(g4.G4ParticleTable.GetParticleTable().FindParticle(particle))
+            self.mass = self.gun.GetParticleDefinition().GetPDGMass()
+            self.energy, self.theta, self.phi, self.position, self.seeds = energy, theta, phi, position, seeds
+
+        def GeneratePrimaries(self, event: Any) -> None:  # noqa: N802 - Geant4 API
+            i = event.GetEventID()
+            g4.HepRandom.setTheSeed(int(self.seeds[i]))
+            # calosim energies are total energies; the gun takes kinetic energy
+            self.gun.SetParticleEnergy(max(float(self.energy[i]) - self.mass, 0.0) * g4.MeV)
+            th, ph = float(self.theta[i]), float(self.phi[i])
+            d = g4.G4ThreeVector(math.sin(th) * math.cos(ph), math.sin(th) * math.sin(ph), math.cos(th))
+            self.gun.SetParticleMomentumDirection(d)
+            # the impact point is on the front face; start 1 mm upstream along the direction
+            x, y = float(self.position[i, 0]), float(self.position[i, 1])
+            start = g4.G4ThreeVector(x * g4.mm, y * g4.mm, front) - d * (1.0 * g4.mm / max(math.cos(th), 1e-3))
+            self.gun.SetParticlePosition(start)
+            self.gun.GeneratePrimaryVertex(event)
+
+    return Gun()
+
+
+def _make_event_action(g4: Any, app: _App) -> Any:
+    class Events(g4.G4UserEventAction):
+        def EndOfEventAction(self, event: Any) -> None:  # noqa: N802 - Geant4 API
+            app.score(event)
+
+    return Events()
