@@ -168,10 +168,10 @@ class Geant4Engine:
         except (EOFError, BrokenPipeError, ConnectionResetError):
             self._proc.join(5)
             code = self._proc.exitcode
-            tail = self._tail()
-            self._proc = None
+            tail, log = self._tail(), self._log
+            self._proc, self._log = None, None  # the log stays on disk for the user to read
             raise RuntimeError(f"the Geant4 worker died (exit code {code}); its last messages: {tail or '(none)'}; "
-                               f"full log: {self._log}") from None
+                               f"full log: {log}") from None
         if status != "ok":
             raise RuntimeError(f"Geant4 worker: {payload}")
         return payload
