@@ -14,10 +14,17 @@ from typing import Any, Callable
 import click
 
 from . import __version__
+from .scaleout import EngineError
 
 SEED = click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed -> same output).")
 OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 DEVICE = click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda, cuda:1, ...")
+SHARD = click.option("--shard", default=None, metavar="K/N",
+                     help="Run only shard K of N (K = 0..N-1: a contiguous range of the run's seeded blocks, "
+                          "e.g. one per Slurm/HTCondor array task); join the files with `calosim merge`.")
+DASK = click.option("--dask", "dask_address", default=None, metavar="ADDRESS",
+                    help="Run the blocks on an existing Dask cluster (scheduler address, e.g. tcp://host:8786); "
+                         "this process writes the file. Needs the extra calosim[dask].")
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -27,7 +34,7 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ValueError, KeyError, FileExistsError, FileNotFoundError, ImportError) as exc:
+        except (ValueError, KeyError, FileExistsError, FileNotFoundError, ImportError, EngineError) as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             click.secho(f"Error: {msg}", fg="red", err=True)
             sys.exit(2)
@@ -100,26 +107,48 @@ def info_cmd(file: str, geometry: str | None) -> None:
 @click.option("--engine", default="mc", show_default=True, help="Simulation engine: mc (built-in) or geant4 (extra).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Output HDF5 file.")
 @click.option("--layout", default="native", show_default=True, type=click.Choice(["native", "calogan", "calochallenge"]))
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Simulate blocks on this many worker threads, one engine instance each (same file for any N).")
+@SHARD
+@DASK
 @SEED
 @OVERWRITE
 @_friendly
 def simulate_cmd(geometry: str, particle: str, energy: str, theta: str, phi: str, position: str, n: int,
-                 engine: str, out: str, layout: str, seed: int, overwrite: bool) -> None:
+                 engine: str, out: str, layout: str, workers: int, shard: str | None, dask_address: str | None,
+                 seed: int, overwrite: bool) -> None:
     """Simulate reference showers with the built-in simulator (or another engine).
 
     Example: calosim simulate --geometry calogan --particle e+ --energy 1:100 -n 10000 --seed 1 -o eplus.h5
+
+    \b
+    Scale-out (docs/scaleout.md): -n is always the whole run's size; the same --seed gives the
+    same showers with any --workers, on --dask, or as --shard K/N files joined by `calosim merge`.
     """
     import time
 
-    from .simulate import simulate, simulate_to_file
+    from .scaleout import parse_shard
+    from .simulate import shard_size, simulate, simulate_to_file
 
     geo = _geometry(geometry)
     if n <= 0:
         raise ValueError(f"-n must be a positive number of showers, got {n}")
+    if workers < 1:
+        raise ValueError(f"--workers must be a positive integer, got {workers}")
+    sh = parse_shard(shard)
+    if sh is not None and layout != "native":
+        raise ValueError("--shard writes native files (they carry the shard attributes `calosim merge` needs); "
+                         "drop --layout or convert the merged file")
     t0 = time.perf_counter()
-    kw = dict(energy=energy, theta=theta, phi=phi, position=position, seed=seed)
+    kw: dict[str, Any] = dict(energy=energy, theta=theta, phi=phi, position=position, seed=seed)
     if engine != "mc":
         kw["engine"] = engine
+    if workers != 1:
+        kw["workers"] = workers
+    if sh is not None:
+        kw["shard"] = sh
+    if dask_address is not None:
+        kw["dask"] = dask_address
     if layout == "native":
         path = simulate_to_file(out, geo, particle, n, overwrite=overwrite, progress=True, **kw)
     else:
@@ -127,7 +156,57 @@ def simulate_cmd(geometry: str, particle: str, energy: str, theta: str, phi: str
 
         path = write_showers(out, simulate(geo, particle, n, progress=True, **kw), overwrite=overwrite, layout=layout)
     dt = time.perf_counter() - t0
-    click.echo(f"wrote {n} {particle} showers ({geo.name}) to {path} in {dt:.1f} s ({n / dt:.0f} showers/s)")
+    m = shard_size(n, sh)
+    what = f"shard {sh[0]}/{sh[1]}: {m} of {n}" if sh else f"{n}"
+    click.echo(f"wrote {what} {particle} showers ({geo.name}) to {path} in {dt:.1f} s ({m / dt:.0f} showers/s)")
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command("merge")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Merged output HDF5 file.")
+@OVERWRITE
+@_friendly
+def merge_cmd(files: tuple[str, ...], out: str, overwrite: bool) -> None:
+    """Merge the --shard K/N files of one `simulate` or `generate` run into one file.
+
+    Checks that the files are shards of the same run (geometry, conditions, engine and version,
+    seed, particle, shard count, ...), that every shard is there exactly once, then writes them in
+    block order (streamed, atomic). Example: calosim merge part_*.h5 -o all.h5
+    """
+    from .scaleout import merge
+
+    path = merge(list(files), out, overwrite=overwrite, progress=True)
+    click.echo(f"merged {len(files)} shards into {path}")
+
+
+# ---------------------------------------------------------------------------------------------
+@main.command("geant4-data")
+@click.option("--path", "path", default=None, type=click.Path(file_okay=False),
+              help="Data directory (default: calosim's default Geant4 data directory).")
+@click.option("--build", "action", flag_value="build",
+              help="Build the stand-in Geant4 data tree there (from the screened Bethe-Heitler cross section "
+                   "and xraydb's Elam data; nothing is downloaded).")
+@click.option("--where", "action", flag_value="where", default=True,
+              help="Print the data directory and the data source the Geant4 engine would use (default).")
+@_friendly
+def geant4_data_cmd(path: str | None, action: str) -> None:
+    """Build or locate the Geant4 data sets used by `simulate --engine geant4`."""
+    try:
+        from .simulate import g4data
+    except ImportError as exc:
+        raise ImportError(f"the Geant4 data tools (calosim.simulate.g4data) are not available: {exc}") from None
+
+    if action == "build":
+        built = g4data.build_standin(Path(path) if path else None, progress=True)
+        click.echo(f"built the stand-in Geant4 data tree in {built}")
+        return
+    click.echo(f"default data directory: {g4data.default_data_dir()}")
+    try:
+        _, label = g4data.data_env(Path(path) if path else None)
+    except (ValueError, FileNotFoundError) as exc:
+        label = f"none usable ({exc})"
+    click.echo(f"data source: {label}")
 
 
 def _geometry(spec: str):  # noqa: ANN202
@@ -192,24 +271,36 @@ def _parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--energy", "-e", default=None, help="Incident energy in GeV (50, 1:100, log:1:100); default: training range.")
 @click.option("--particle", "-p", default=None, help="Particle, for models conditioned on it.")
 @click.option("--conditions-from", default=None, type=click.Path(dir_okay=False), help="Copy incident energies/conditions from this file.")
-@click.option("--batch", type=int, default=1024, show_default=True)
+@click.option("--batch", type=int, default=1024, show_default=True,
+              help="Showers per model call and per write (the showers of a seed depend on it below 1024).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False))
+@SHARD
+@DASK
 @DEVICE
 @SEED
 @OVERWRITE
 @_friendly
 def generate_cmd(run_dir: str, n: int, energy: str | None, particle: str | None, conditions_from: str | None, batch: int,
-                 out: str, device: str, seed: int, overwrite: bool) -> None:
-    """Sample showers from a trained run into an HDF5 file (native layout, streamed)."""
+                 out: str, shard: str | None, dask_address: str | None, device: str, seed: int, overwrite: bool) -> None:
+    """Sample showers from a trained run into an HDF5 file (native layout, streamed).
+
+    -n is the whole run's size; with --shard K/N only shard K's rows are written (bit-identical to
+    those rows of the full run; join with `calosim merge`). --dask workers must see the run directory.
+    """
     import time
 
-    from .generate import generate
+    from .generate import GEN_BLOCK, generate
+    from .scaleout import parse_shard, shard_blocks
 
+    sh = parse_shard(shard)
     t0 = time.perf_counter()
     path = generate(run_dir, out, n, energy=energy, particle=particle, conditions_from=conditions_from, batch=batch,
-                    device=device, seed=seed, overwrite=overwrite, progress=True)
+                    device=device, seed=seed, overwrite=overwrite, progress=True, shard=sh, dask=dask_address)
     dt = time.perf_counter() - t0
-    click.echo(f"wrote {n} showers to {path} in {dt:.1f} s ({1000 * dt / max(n, 1):.3f} ms/shower incl. I/O)")
+    blocks = shard_blocks(sh, -(-max(n, 0) // GEN_BLOCK))
+    m = max(0, min(n, blocks.stop * GEN_BLOCK) - blocks.start * GEN_BLOCK) if len(blocks) else 0
+    what = f"shard {sh[0]}/{sh[1]}: {m} of {n}" if sh else f"{n}"
+    click.echo(f"wrote {what} showers to {path} in {dt:.1f} s ({1000 * dt / max(m, 1):.3f} ms/shower incl. I/O)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,59 +8,98 @@ energies (and all conditions) are drawn from that pool, i.e. from the training d
 
 Showers are produced and written ``batch`` rows at a time through :class:`calosim.io.ShowerWriter`,
 so memory does not grow with ``n``; the output appears atomically when generation completes.
+
+Seeding (since the scale-out): rows come in fixed blocks of :data:`GEN_BLOCK` showers; block
+``b`` draws its conditions and the model's noise from ``SeedSequence(seed, spawn_key=(b,))``
+alone (a reference file's rows are addressed by global row index), so shard ``K/N`` of a run
+(``shard=``) is bit-identical to the same rows of the full run and the shard files merge
+(``calosim merge``) into it; ``dask=`` samples the blocks on a Dask cluster, same file. Files
+written before this change with the same seed hold different (equally valid) showers.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections import deque
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from .io import CONDITION_SHAPES, ShowerWriter, open_showers
+from .io import CONDITION_SHAPES, ShowerFile, ShowerWriter, open_showers
+from .scaleout import dask_client, ordered_map, parse_shard, shard_attrs, shard_blocks, shard_label
 from .train.checkpoint import Run, load_run
 from .train.conditions import particle_pdg, raw_conditions, sample_conditions
 
-__all__ = ["generate", "condition_chunks"]
+__all__ = ["generate", "block_conditions", "block_seeds", "GEN_BLOCK"]
 
 
-def condition_chunks(run: Run, n: int, batch: int, *, energy: str | None = None, particle: str | int | None = None,
-                     conditions_from: str | Path | None = None, rng: np.random.Generator) -> Iterator[dict[str, np.ndarray]]:
-    """Raw condition dicts of at most ``batch`` rows, ``n`` rows in total (see the module docstring)."""
-    if conditions_from is not None:
-        with open_showers(conditions_from) as ref:
-            if len(ref) == 0:
-                raise ValueError(f"{conditions_from}: reference file has no showers")
-            done = 0
-            while done < n:  # cycle through the reference
-                for lo in range(0, len(ref), batch):
-                    m = min(batch, len(ref) - lo, n - done)
-                    if m <= 0:
-                        break
-                    raw = raw_conditions(ref.read(lo, lo + m))
-                    if particle is not None:
-                        raw["pdg"] = np.full(m, particle_pdg(particle), dtype=np.int32)
-                    yield raw
-                    done += m
-        return
-    done = 0
-    while done < n:
-        m = min(batch, n - done)
-        yield sample_conditions(m, energy, particle, rng, encoder=run.conditions, pool=run.pool)
-        done += m
+#: Showers per random-stream block of ``generate`` (fixed: changing it changes a seed's showers).
+GEN_BLOCK = 1024
+
+
+def block_seeds(seed: int, block: int) -> tuple[np.random.Generator, int]:
+    """``(conditions generator, torch seed)`` of block ``block`` of a ``generate`` run with ``seed``."""
+    c, p = np.random.SeedSequence(int(seed), spawn_key=(int(block),)).spawn(2)
+    return np.random.default_rng(c), int(np.random.default_rng(p).integers(0, 2**63 - 1))
+
+
+def block_conditions(run: Run, lo: int, hi: int, rng: np.random.Generator, *, energy: str | None = None,
+                     particle: str | int | None = None, ref: ShowerFile | None = None) -> dict[str, np.ndarray]:
+    """Raw conditions of rows ``[lo, hi)`` of a run (``incident_energies`` (m, 1) MeV, ...).
+
+    With a reference file ``ref`` its rows ``lo..hi`` are copied (cycling: row ``i`` is
+    ``ref[i % len(ref)]``); otherwise they are drawn with ``rng`` (see the module docstring).
+    """
+    m = hi - lo
+    if ref is None:
+        return sample_conditions(m, energy, particle, rng, encoder=run.conditions, pool=run.pool)
+    parts: list[dict[str, np.ndarray]] = []
+    i = lo
+    while i < hi:
+        a = i % len(ref)
+        b = min(len(ref), a + (hi - i))
+        parts.append(raw_conditions(ref.read(a, b)))
+        i += b - a
+    raw = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if particle is not None:
+        raw["pdg"] = np.full(m, particle_pdg(particle), dtype=np.int32)
+    return raw
+
+
+_RUNS: dict[tuple[str, str, str], Run] = {}
+_RUNS_LOCK = threading.Lock()
+
+
+def _dask_sample(run_dir: str, device: str, which: str, batch: int,
+                 item: tuple[int, dict[str, np.ndarray], int]) -> np.ndarray:
+    """A Dask task: block ``item = (b, raw conditions, torch seed)`` -> showers (m, n_cells) MeV."""
+    key = (run_dir, device, which)
+    with _RUNS_LOCK:
+        if key not in _RUNS:
+            _RUNS[key] = load_run(run_dir, device=device, which=which)
+        run = _RUNS[key]
+    return run.sample(item[1], item[2], batch=batch)
 
 
 def generate(run_dir: str | Path, out_path: str | Path, n: int, *, energy: str | float | None = None,
              particle: str | int | None = None, conditions_from: str | Path | None = None, batch: int = 1024,
              device: str = "cpu", seed: int = 0, overwrite: bool = False, progress: bool = True,
-             which: str = "final") -> Path:
+             which: str = "final", shard: str | tuple[int, int] | None = None, dask: Any = None) -> Path:
     """Generate ``n`` showers with the run in ``run_dir`` into ``out_path`` (native layout); return the path.
 
     ``energy``: GeV spec; ``particle``: name or PDG code (must be one the model was trained on
     if it is conditioned on the particle); ``conditions_from``: reference shower file whose
-    conditions are copied. ``seed`` fixes both the conditions and the model's noise.
+    conditions are copied. ``seed`` fixes both the conditions and the model's noise: rows come
+    in blocks of :data:`GEN_BLOCK`, block ``b`` drawing from ``SeedSequence(seed,
+    spawn_key=(b,))`` (the model is called on at most ``min(batch, GEN_BLOCK)`` rows at once,
+    so a seed's showers depend on ``batch`` only below ``GEN_BLOCK``). ``shard="K/N"`` writes
+    only shard K's blocks (see :mod:`calosim.scaleout`; :func:`calosim.scaleout.merge` of all
+    shards equals the full run); ``dask`` (address or Client) samples the blocks on a Dask
+    cluster whose workers can read ``run_dir`` (the conditions are drawn here).
     """
     n, batch = int(n), int(batch)
     if n < 1:
@@ -69,6 +108,7 @@ def generate(run_dir: str | Path, out_path: str | Path, n: int, *, energy: str |
         raise ValueError(f"batch must be >= 1, got {batch}")
     if energy is not None and conditions_from is not None:
         raise ValueError("give either energy or conditions_from, not both")
+    sh = parse_shard(shard)
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path}: exists; pass --overwrite (overwrite=True) to replace it")
@@ -83,28 +123,66 @@ def generate(run_dir: str | Path, out_path: str | Path, n: int, *, energy: str |
     out_conds = [c for c in run.conditions.names if c in CONDITION_SHAPES]
     if conditions_from is not None:
         with open_showers(conditions_from) as ref:
+            if len(ref) == 0:
+                raise ValueError(f"{conditions_from}: reference file has no showers")
             out_conds = sorted(set(out_conds) | set(ref.conditions), key=list(CONDITION_SHAPES).index)
     if particle is not None and "pdg" not in out_conds:
         out_conds.append("pdg")
+    blocks = shard_blocks(sh, -(-n // GEN_BLOCK))
     attrs: dict[str, Any] = {
         "engine": "calosim-generate", "generator_run": str(Path(run_dir).resolve()), "model": run.model_name,
-        "seed": int(seed), "n_requested": n, "batch": batch, "device": str(device), "weights": which,
-        "run_step": run.info.get("step"), "train_data": run.info.get("data_path"),
+        "seed": int(seed), "n_requested": n, "batch": batch, "gen_block": GEN_BLOCK, "device": str(device),
+        "weights": which, "run_step": run.info.get("step"), "train_data": run.info.get("data_path"),
         "energy": str(energy) if energy is not None else ("from reference" if conditions_from else "training distribution"),
+        **shard_attrs(sh, blocks, n),
     }
     if particle is not None:
         attrs["particle"] = str(particle)
     if conditions_from is not None:
         attrs["conditions_from"] = str(Path(conditions_from).resolve())
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator(device=run.device).manual_seed(int(seed))
-    bar = _progress(progress, n, f"generate {run.model_name}")
-    with bar as (update,), ShowerWriter(out_path, run.geometry, conditions=out_conds, attrs=attrs, overwrite=overwrite) as w:
-        for raw in condition_chunks(run, n, batch, energy=None if energy is None else str(energy), particle=particle,
-                                    conditions_from=conditions_from, rng=rng):
-            showers = run.sample(raw, gen, batch=batch)
-            w.append(showers, raw["incident_energies"], **{c: raw[c] for c in out_conds})
-            update(len(showers))
+    e_spec = None if energy is None else str(energy)
+    mb = min(batch, GEN_BLOCK)
+    n_rows = sum(min(n, (b + 1) * GEN_BLOCK) - b * GEN_BLOCK for b in blocks)
+    label = shard_label(sh)
+
+    with ExitStack() as stack:
+        ref = stack.enter_context(open_showers(conditions_from)) if conditions_from is not None else None
+
+        def items() -> Iterator[tuple[int, dict[str, np.ndarray], int]]:
+            for b in blocks:
+                rng, tseed = block_seeds(seed, b)
+                yield b, block_conditions(run, b * GEN_BLOCK, min(n, (b + 1) * GEN_BLOCK), rng, energy=e_spec,
+                                          particle=particle, ref=ref), tseed
+
+        client = None
+        if dask is not None:
+            client = dask_client(dask) if isinstance(dask, str) else dask
+            if isinstance(dask, str):
+                stack.callback(client.close)
+            fn: Any = functools.partial(_dask_sample, str(Path(run_dir).resolve()), str(device), which, mb)
+        else:
+            def fn(item: tuple[int, dict[str, np.ndarray], int]) -> np.ndarray:
+                return run.sample(item[1], item[2], batch=mb)
+
+        desc = f"generate {run.model_name}" + (f" ({label[:-2]})" if sh else "")
+        update = stack.enter_context(_progress(progress, n_rows, desc))[0]
+        w = stack.enter_context(ShowerWriter(out_path, run.geometry, conditions=out_conds, attrs=attrs,
+                                             overwrite=overwrite))
+        conds_q: deque[dict[str, np.ndarray]] = deque()  # conditions of the blocks in flight, in order
+
+        def tee() -> Iterator[tuple[int, dict[str, np.ndarray], int]]:
+            for it in items():
+                conds_q.append(it[1])
+                yield it
+
+        for showers in ordered_map(fn, tee(), dask=client,
+                                   describe=lambda it: f"{label}block {it[0]} (showers {it[0] * GEN_BLOCK}:"
+                                                       f"{min(n, (it[0] + 1) * GEN_BLOCK)})"):
+            raw = conds_q.popleft()
+            for lo in range(0, len(showers), batch):
+                hi = lo + batch
+                w.append(showers[lo:hi], raw["incident_energies"][lo:hi], **{c: raw[c][lo:hi] for c in out_conds})
+                update(len(showers[lo:hi]))
     return out_path
 
 
