@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +14,8 @@ import pytest
 
 from calosim.geometry import get_geometry
 from calosim.simulate import simulate, simulate_to_file
-from calosim.simulate.geant4 import DATASETS, slab_layers
+from calosim.simulate.g4data import DATASETS, build_standin
+from calosim.simulate.geant4 import slab_layers
 
 
 def test_calogan_slabs_map_to_the_readout_depths() -> None:
@@ -27,48 +32,103 @@ if importlib.util.find_spec("geant4_pybind") is None:
     pytest.skip("needs the extra calosim[geant4]", allow_module_level=True)
 
 
-def test_missing_data_sets_are_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("GEANT4_DATA_DIR", raising=False)
-    with pytest.raises(ValueError, match="set GEANT4_DATA_DIR"):
-        simulate("calogan", "e-", 2, energy="1", engine="geant4", seed=1)
-    (tmp_path / "G4EMLOW8.8").mkdir()
-    monkeypatch.setenv("GEANT4_DATA_DIR", str(tmp_path))
-    with pytest.raises(ValueError, match="lacks the Geant4 11.4 data directories G4NDL4.7.1"):
-        simulate("calogan", "e-", 2, energy="1", engine="geant4", seed=1)
+@pytest.fixture()
+def standin(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """No official data: the engine builds and uses the stand-in tree in a private cache."""
+    for k in [*DATASETS, "GEANT4_DATA_DIR"]:
+        monkeypatch.delenv(k, raising=False)
+    cache = tmp_path_factory.getbasetemp() / "calosim-cache"
+    monkeypatch.setenv("CALOSIM_CACHE", str(cache))
+    monkeypatch.setenv("CI", "true")
+    return build_standin()
 
 
-def _empty_tree(root: Path) -> Path:
-    for d in DATASETS.values():
-        (root / d).mkdir(parents=True)
-    return root
-
-
-def test_geometry_and_particle_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("GEANT4_DATA_DIR", str(_empty_tree(tmp_path)))
+def test_geometry_and_particle_checks(standin: Path) -> None:
     with pytest.raises(ValueError, match="no Geant4 description"):
         simulate("ild-ecal", "e-", 2, energy="1", engine="geant4", seed=1)
     with pytest.raises(ValueError, match="e-, e\\+ and gamma"):
         simulate("calogan", "pi+", 2, energy="1", engine="geant4", seed=1)
 
 
-@pytest.mark.parametrize("ensdf, message", [
-    (False, "ENSDFSTATE.dat is not found"),
-    # with the nuclide table present, the detector (slabs, replicas, scorers), the physics list and
-    # the gun are built and the first event starts: the Seltzer-Berger tables are missing
-    (True, "brem_SB/br1> is not opened"),
-])
-def test_a_worker_that_aborts_is_a_clear_error_and_leaves_no_file(monkeypatch: pytest.MonkeyPatch,
-                                                                  tmp_path: Path, ensdf: bool, message: str) -> None:
-    # Empty data directories: a fatal G4Exception calls abort() in the worker.
-    # The parent survives and names the Geant4 message; the network is never touched because
-    # GEANT4_DATA_DIR is set before geant4_pybind is imported (its import would download).
-    data = _empty_tree(tmp_path / "data")
-    if ensdf:
-        (data / "G4ENSDFSTATE3.0" / "ENSDFSTATE.dat").touch()
-    monkeypatch.setenv("GEANT4_DATA_DIR", str(data))
-    monkeypatch.setenv("CI", "true")
+def test_incomplete_official_data_falls_back_to_the_standin(standin: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    # A GEANT4_DATA_DIR without the official files is not trusted: the stand-in is used, and said so.
+    for d in DATASETS.values():
+        (tmp_path / d).mkdir()
+    monkeypatch.setenv("GEANT4_DATA_DIR", str(tmp_path))
+    data = simulate("calogan", "e-", 2, energy="1", engine="geant4", seed=1)
+    assert data.attrs["engine_label"] == "Geant4 11.4.1 with stand-in data"
+    assert str(standin) in data.attrs["data_source"]
+
+
+def test_em_showers_at_1_gev(standin: Path) -> None:
+    """A few real showers per particle: full response (cells + overflow) at the EM scale, reproducible."""
+    geo = get_geometry("calogan")
+    for particle in ("e-", "e+", "gamma"):
+        data = simulate(geo, particle, 4, energy="1", engine="geant4", seed=3)
+        total = data.showers.sum(1) + data.overflow.sum(1)
+        response = total / data.incident_energies[:, 0]
+        # sampling fluctuations at 1 GeV: sigma/E ~ 10 %; leakage out of 30 X0 is negligible
+        assert np.all((response > 0.6) & (response < 1.4)), (particle, response)
+        assert data.showers[:, geo.layer_slices[0]].sum() > 0
+    again = simulate(geo, "gamma", 4, energy="1", engine="geant4", seed=3)
+    np.testing.assert_array_equal(again.showers, data.showers)
+    assert data.attrs["engine"] == "geant4" and data.attrs["physics_list"].startswith("G4EmStandardPhysics")
+    assert data.attrs["energy_scale"] == "em-scale"
+
+
+def test_workers_give_the_same_file(standin: Path, tmp_path: Path) -> None:
+    one = simulate("calogan", "e+", 6, energy="1:2", engine="geant4", seed=5)
+    two = simulate("calogan", "e+", 6, energy="1:2", engine="geant4", seed=5, workers=2, chunk=3)
+    np.testing.assert_array_equal(one.showers, two.showers)
+    np.testing.assert_array_equal(one.incident_energies, two.incident_energies)
+
+
+_GUARD = r"""
+import os, socket, urllib.request
+def _blocked(*a, **k):
+    with open(os.environ["CALOSIM_NET_LOG"], "a") as f:
+        f.write(f"{os.getpid()} {a!r}\n")
+    raise OSError("network access blocked by the test")
+socket.socket.connect = _blocked
+socket.create_connection = _blocked
+urllib.request.urlopen = _blocked
+urllib.request.urlretrieve = _blocked
+"""
+
+
+def test_the_worker_never_touches_the_network(standin: Path, monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    # Every Python process started from here (the spawned Geant4 worker too) loads this
+    # sitecustomize, which logs and refuses any connection; CI=true would download without asking.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_GUARD)
+    log = tmp_path / "net.log"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("CALOSIM_NET_LOG", str(log))
+    monkeypatch.setenv("HOME", str(tmp_path))          # a download would land in $HOME/.geant4_pybind
+    data = simulate("calogan", "gamma", 2, energy="1", engine="geant4", seed=2)
+    assert data.showers.sum() > 0
+    assert not log.exists(), log.read_text()
+    assert not (tmp_path / ".geant4_pybind").exists()
+    # the guard works: a direct attempt from a child process is logged
+    subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"],
+                   capture_output=True, check=False)
+    assert log.exists()
+
+
+def test_a_worker_that_aborts_is_a_clear_error_and_leaves_no_file(standin: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    # A damaged tree (a Seltzer-Berger table removed; the stamp still says complete): Geant4's fatal
+    # G4Exception calls abort() in the worker. The parent survives and names the Geant4 message.
+    broken = tmp_path / "broken"
+    shutil.copytree(standin, broken)
+    (broken / DATASETS["G4LEDATA"] / "brem_SB" / "br82").unlink()
+    monkeypatch.setenv("CALOSIM_CACHE", str(tmp_path))
+    broken.rename(tmp_path / standin.name)
     out = tmp_path / "g4.h5"
-    with pytest.raises(RuntimeError, match="Geant4 worker died.*G4Exception.*" + message):
+    with pytest.raises(RuntimeError, match="Geant4 worker died.*G4Exception.*brem_SB/br82> is not opened"):
         simulate_to_file(out, "calogan", "e-", 2, energy="1", engine="geant4", seed=1, progress=False)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -15,11 +15,12 @@ scale like the built-in engine's. Each event's random seed is drawn from the blo
 generator, so a shower depends only on (seed, event index), never on workers or shards.
 
 The physics list is ``G4EmStandardPhysics`` (EM option 0, the reference for EM showers) plus
-``G4DecayPhysics``, production cut 0.7 mm. Geant4 data sets come from ``GEANT4_DATA_DIR``, which
-must hold the 12 data directories of Geant4 11.4 (:data:`DATASETS`); without it the engine stops
-with one line saying so. The environment is set in the worker before ``geant4_pybind`` is
-imported, so the import never tries to download anything (geant4-pybind otherwise downloads
-missing data sets, without asking when ``CI=true``).
+``G4DecayPhysics``, production cut 0.7 mm. Geant4 data sets come from ``GEANT4_DATA_DIR`` when it
+holds complete official data, else from calosim's stand-in tree (:mod:`calosim.simulate.g4data`,
+built once into the user cache; files are labelled "Geant4 11.4.1 with stand-in data"). The
+environment is set in the worker before ``geant4_pybind`` is imported, so the import never tries
+to download anything (geant4-pybind otherwise downloads missing data sets, without asking when
+``CI=true``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import importlib.util
 import math
 import multiprocessing as mp
 import os
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -37,6 +39,7 @@ import numpy as np
 
 from ..geometry import Geometry
 from . import register_engine
+from .g4data import DATASETS, STANDIN_LABEL, data_env
 
 __all__ = ["Geant4Engine", "GEANT4_VERSION", "PHYSICS_LIST", "PRODUCTION_CUT_MM", "EM_PDGS", "DATASETS", "data_env",
            "slab_layers"]
@@ -48,31 +51,6 @@ PRODUCTION_CUT_MM = 0.7
 EM_PDGS = (11, -11, 22)
 _G4_NAMES = {11: "e-", -11: "e+", 22: "gamma", 211: "pi+", -211: "pi-", 2212: "proton"}
 _LOG_TAIL = 15
-
-#: Geant4 11.4 data sets: environment variable -> directory name under GEANT4_DATA_DIR.
-DATASETS: dict[str, str] = {
-    "G4NEUTRONHPDATA": "G4NDL4.7.1", "G4LEDATA": "G4EMLOW8.8", "G4LEVELGAMMADATA": "PhotonEvaporation6.1.2",
-    "G4RADIOACTIVEDATA": "RadioactiveDecay6.1.2", "G4PARTICLEXSDATA": "G4PARTICLEXS4.2", "G4PIIDATA": "G4PII1.3",
-    "G4REALSURFACEDATA": "RealSurface2.2", "G4SAIDXSDATA": "G4SAIDDATA2.0", "G4ABLADATA": "G4ABLA3.3",
-    "G4INCLDATA": "G4INCL1.3", "G4ENSDFSTATEDATA": "G4ENSDFSTATE3.0", "G4CHANNELINGDATA": "G4CHANNELING2.0",
-}
-
-
-def data_env() -> tuple[dict[str, str], str]:
-    """Environment for the Geant4 worker and a data-source label, from ``GEANT4_DATA_DIR``.
-
-    Raises ``ValueError`` naming the missing directories when the variable is unset or incomplete.
-    """
-    root = os.environ.get("GEANT4_DATA_DIR")
-    if not root:
-        raise ValueError("the Geant4 engine needs the Geant4 11.4 data sets: set GEANT4_DATA_DIR to the directory "
-                         f"holding {', '.join(DATASETS.values())} (calosim never downloads them)")
-    missing = [d for d in DATASETS.values() if not (Path(root) / d).is_dir()]
-    if missing:
-        raise ValueError(f"GEANT4_DATA_DIR={root} lacks the Geant4 11.4 data directories {', '.join(missing)}")
-    env = {"GEANT4_DATA_DIR": root, **{k: str(Path(root) / d) for k, d in DATASETS.items()}}
-    return env, f"Geant4 data sets in {root}"
-
 
 def _require_extra() -> None:
     if importlib.util.find_spec("geant4_pybind") is None:
@@ -116,7 +94,7 @@ class Geant4Engine:
     def __init__(self) -> None:
         _require_extra()
         self._env, self.data_source = data_env()
-        self.label = f"Geant4 {GEANT4_VERSION}"
+        self.label = STANDIN_LABEL if self.data_source.startswith("stand-in") else f"Geant4 {GEANT4_VERSION}"
         self._proc: Any = None
         self._conn: Any = None
         self._geo_json: str | None = None
@@ -228,7 +206,9 @@ def _worker_main(conn: Any, geo_json: str, log: str) -> None:
         msg = conn.recv()
         try:
             if msg[0] == "stop":
-                return
+                # geant4-pybind crashes in Python's own shutdown: leave without it
+                sys.stdout.flush()
+                os._exit(0)
             if msg[0] == "init":
                 app = _App(geo)
                 conn.send(("ok", None))
