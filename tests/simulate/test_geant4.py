@@ -77,6 +77,20 @@ def test_em_showers_at_1_gev(standin: Path) -> None:
     assert data.attrs["energy_scale"] == "em-scale"
 
 
+def test_cells_are_where_the_particle_hits(standin: Path) -> None:
+    # Cell index = row * nx + column, as in calosim's flat layout: off-centre showers have their
+    # energy-weighted centroid at the impact point (a cell centre of layer 1; layer 0 has 5 mm strips in x).
+    geo = get_geometry("calogan")
+    data = simulate(geo, "e-", 4, energy="2", position="20,-60", engine="geant4", seed=4)
+    xs, ys = geo.cell_centers()
+    for i, sl in enumerate(geo.layer_slices[:2]):
+        e = data.showers[:, sl].sum(0)
+        cx, cy = (xs[sl] * e).sum() / e.sum(), (ys[sl] * e).sum() / e.sum()
+        assert cx == pytest.approx(20, abs=3), (i, cx)
+        if i == 1:                                   # layer 0 has one 160 mm row band per 3 in y
+            assert cy == pytest.approx(-60, abs=3), (i, cy)
+
+
 def test_workers_give_the_same_file(standin: Path, tmp_path: Path) -> None:
     one = simulate("calogan", "e+", 6, energy="1:2", engine="geant4", seed=5)
     two = simulate("calogan", "e+", 6, energy="1:2", engine="geant4", seed=5, workers=2, chunk=3)

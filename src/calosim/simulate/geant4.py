@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import multiprocessing as mp
 import os
+import subprocess
 import sys
 import tempfile
 import threading
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,8 @@ class Geant4Engine:
         self._env, self.data_source = data_env()
         self.label = STANDIN_LABEL if self.data_source.startswith("stand-in") else f"Geant4 {GEANT4_VERSION}"
         self._proc: Any = None
-        self._conn: Any = None
+        self._send: Any = None
+        self._recv: Any = None
         self._geo_json: str | None = None
         self._log: Path | None = None
         self._lock = threading.Lock()
@@ -110,27 +112,28 @@ class Geant4Engine:
                 "energy_scale": "em-scale"}
 
     def _start(self, geo: Geometry) -> None:
+        # A plain subprocess over two pipes, not multiprocessing's spawn: spawn re-imports the
+        # caller's __main__, which breaks user scripts without an ``if __name__ == "__main__"`` guard.
         self.close()
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
         fd, log = tempfile.mkstemp(prefix="calosim-geant4-", suffix=".log")
-        os.close(fd)
         self._log = Path(log)
-        env = dict(self._env)
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # the spawned child inherits it before anything imports geant4_pybind
+        down_r, down_w = os.pipe()   # parent -> worker
+        up_r, up_w = os.pipe()       # worker -> parent
         try:
-            self._proc = ctx.Process(target=_worker_main, args=(child, geo.to_json(), log), daemon=True)
-            self._proc.start()
+            # the environment (data sets) is in place before the worker imports geant4_pybind
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", "from calosim.simulate.geant4 import _worker_main; _worker_main()",
+                 str(down_r), str(up_w)],
+                env={**os.environ, **self._env}, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
+                pass_fds=(down_r, up_w), close_fds=True)
         finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        child.close()
-        self._conn, self._geo_json = parent, geo.to_json()
-        self._call(("init",))
+            os.close(fd)
+            os.close(down_r)
+            os.close(up_w)
+        self._send = Connection(down_w, readable=False)
+        self._recv = Connection(up_r, writable=False)
+        self._geo_json = geo.to_json()
+        self._call(("init", self._geo_json))
 
     def _tail(self) -> str:
         try:
@@ -141,13 +144,17 @@ class Geant4Engine:
 
     def _call(self, msg: tuple[Any, ...]) -> Any:
         try:
-            self._conn.send(msg)
-            status, payload = self._conn.recv()
+            self._send.send(msg)
+            status, payload = self._recv.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError):
-            self._proc.join(5)
-            code = self._proc.exitcode
+            try:
+                code = self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                code = self._proc.wait()
             tail, log = self._tail(), self._log
             self._proc, self._log = None, None  # the log stays on disk for the user to read
+            self._close_pipes()
             raise RuntimeError(f"the Geant4 worker died (exit code {code}); its last messages: {tail or '(none)'}; "
                                f"full log: {log}") from None
         if status != "ok":
@@ -165,21 +172,28 @@ class Geant4Engine:
                              f"got {_G4_NAMES[pdg]}")
         seeds = rng.integers(1, 2**31 - 1, size=len(energy))
         with self._lock:
-            if self._proc is None or not self._proc.is_alive() or self._geo_json != geometry.to_json():
+            if self._proc is None or self._proc.poll() is not None or self._geo_json != geometry.to_json():
                 self._start(geometry)
             showers, overflow = self._call(("run", int(pdg), np.asarray(energy, np.float64), np.asarray(theta, np.float64),
                                             np.asarray(phi, np.float64), np.asarray(position, np.float64), seeds))
         return showers, overflow
 
+    def _close_pipes(self) -> None:
+        for conn in (self._send, self._recv):
+            if conn is not None:
+                conn.close()
+        self._send = self._recv = None
+
     def close(self) -> None:
-        if self._proc is not None and self._proc.is_alive():
-            try:
-                self._conn.send(("stop",))
-            except OSError:
-                pass
-            self._proc.join(10)
-            if self._proc.is_alive():
-                self._proc.kill()
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                try:
+                    self._send.send(("stop",))
+                    self._proc.wait(10)
+                except (OSError, subprocess.TimeoutExpired):
+                    self._proc.kill()
+                    self._proc.wait()
+            self._close_pipes()
         self._proc = None
         if self._log is not None:
             self._log.unlink(missing_ok=True)
@@ -195,28 +209,30 @@ class Geant4Engine:
 # ---------------------------------------------------------------------------------------------
 # worker side (runs in the spawned subprocess; the only place that imports geant4_pybind)
 # ---------------------------------------------------------------------------------------------
-def _worker_main(conn: Any, geo_json: str, log: str) -> None:
-    # Geant4 prints through C++ streams: send fd 1 and 2 to the log the parent reads on failure.
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    geo = Geometry.from_json(geo_json)
+def _worker_main() -> None:
+    """Entry point of the worker process: ``argv`` holds the read and write pipe descriptors."""
+    # Geant4 prints through C++ streams to fd 1 and 2, which the parent sent to the log file
+    recv = Connection(int(sys.argv[1]), writable=False)
+    send = Connection(int(sys.argv[2]), readable=False)
     app: _App | None = None
     while True:
-        msg = conn.recv()
+        try:
+            msg = recv.recv()
+        except EOFError:       # the parent is gone
+            os._exit(0)
         try:
             if msg[0] == "stop":
                 # geant4-pybind crashes in Python's own shutdown: leave without it
                 sys.stdout.flush()
                 os._exit(0)
             if msg[0] == "init":
-                app = _App(geo)
-                conn.send(("ok", None))
+                app = _App(Geometry.from_json(msg[1]))
+                send.send(("ok", None))
             elif msg[0] == "run":
                 assert app is not None
-                conn.send(("ok", app.run(*msg[1:])))
+                send.send(("ok", app.run(*msg[1:])))
         except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            send.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
 class _App:
@@ -338,7 +354,9 @@ def _make_detector(g4: Any, geo: Geometry) -> Any:
             for i, lay in enumerate(geo.layers):
                 ny, nx = lay.shape
                 cells = g4.G4MultiFunctionalDetector(f"cells{i}")
-                cells.RegisterPrimitive(g4.G4PSEnergyDeposit3D("edep", ny, nx, 1, 1, 0, 0))
+                # index = row * nx + cell: copy numbers at touchable depth 1 (row replica) and 0
+                # (cell replica); the third index reads the grid placement (depth 2, always copy 0)
+                cells.RegisterPrimitive(g4.G4PSEnergyDeposit3D("edep", ny, nx, 1, 1, 0, 2))
                 slab = g4.G4MultiFunctionalDetector(f"slab{i}")
                 slab.RegisterPrimitive(g4.G4PSEnergyDeposit("edep"))
                 for sd, lv in ((cells, self.cell_lvs[i]), (slab, self.slab_lvs[i])):
