@@ -41,6 +41,7 @@ import numpy as np
 from ..geometry import Geometry
 from . import register_engine
 from .g4data import DATASETS, STANDIN_LABEL, data_env
+from .g4detector import check_geometry, make_detector, slab_layers
 
 __all__ = ["Geant4Engine", "GEANT4_VERSION", "PHYSICS_LIST", "PRODUCTION_CUT_MM", "EM_PDGS", "DATASETS", "data_env",
            "slab_layers"]
@@ -56,30 +57,6 @@ _LOG_TAIL = 15
 def _require_extra() -> None:
     if importlib.util.find_spec("geant4_pybind") is None:
         raise ImportError("the Geant4 engine needs the extra: pip install 'calosim[geant4]' (geant4-pybind)")
-
-
-def _check_geometry(geo: Geometry) -> None:
-    if geo.sampling is None:
-        raise ValueError(f"geometry {geo.name!r} has no Geant4 description (no sampling structure); "
-                         "presets with one: calogan, lhcb-ecal, besiii-emc")
-    if not geo.is_cartesian:
-        raise ValueError(f"geometry {geo.name!r}: the Geant4 engine scores Cartesian cell grids only")
-    s = geo.sampling
-    if abs(geo.depth_mm - s.depth_mm) > 1e-6 * s.depth_mm:
-        raise ValueError(f"geometry {geo.name!r}: readout depth {geo.depth_mm} mm differs from the sampling "
-                         f"structure's {s.depth_mm} mm")
-    for lay in geo.layers:
-        if 2 * lay.extent_mm > s.width_mm:
-            raise ValueError(f"geometry {geo.name!r}: layer {lay.name!r} grid is wider than the {s.width_mm} mm plates")
-
-
-def slab_layers(geo: Geometry) -> np.ndarray:
-    """Readout layer of each active slab, ``(n_periods,)``: the layer whose depth range holds its centre."""
-    s = geo.sampling
-    assert s is not None
-    centre = np.arange(s.n_periods) * s.period_mm + s.absorber_mm + 0.5 * s.active_mm
-    starts = np.array([l.z_mm for l in geo.layers])
-    return np.clip(np.searchsorted(starts, centre, side="right") - 1, 0, geo.n_layers - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +141,7 @@ class Geant4Engine:
     def simulate_block(self, geometry: Geometry, pdg: int, energy: np.ndarray, theta: np.ndarray, phi: np.ndarray,
                        position: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`calosim.simulate.Engine.simulate_block`; showers and overflow in MeV (EM scale)."""
-        _check_geometry(geometry)
+        check_geometry(geometry)
         if pdg not in _G4_NAMES:
             raise ValueError(f"the Geant4 engine cannot shoot PDG id {pdg}")
         if pdg not in EM_PDGS:
@@ -246,7 +223,7 @@ class _App:
         assert s is not None
         self.sf = s.sampling_fraction
         self.rm = g4.G4RunManagerFactory.CreateRunManager(g4.G4RunManagerType.Serial)
-        self.detector = _make_detector(g4, geo)
+        self.detector = make_detector(g4, geo)
         self.rm.SetUserInitialization(self.detector)
         physics = g4.G4VModularPhysicsList()
         physics.RegisterPhysics(g4.G4EmStandardPhysics())
@@ -293,78 +270,6 @@ class _App:
                 row[o + idx] += e
             for _, e in hce.GetHC(sid):
                 self.overflow[i_evt, layer] += e
-
-
-def _make_detector(g4: Any, geo: Geometry) -> Any:
-    s = geo.sampling
-    assert s is not None
-    layer_of_slab = slab_layers(geo)
-
-    class Detector(g4.G4VUserDetectorConstruction):
-        def Construct(self) -> Any:  # noqa: N802 - Geant4 API
-            nist = g4.G4NistManager.Instance()
-            mm = g4.mm
-            vacuum, absorber, active = (nist.FindOrBuildMaterial(m) for m in ("G4_Galactic", s.absorber, s.active))
-            half = 0.5 * s.width_mm * mm
-            depth = s.depth_mm * mm
-            world_s = g4.G4Box("world", 1.2 * half, 1.2 * half, 0.5 * depth + 100 * mm)
-            self.world_lv = g4.G4LogicalVolume(world_s, vacuum, "world")
-            world_pv = g4.G4PVPlacement(None, g4.G4ThreeVector(), self.world_lv, "world", None, False, 0)
-            self.keep: list[Any] = [world_s]
-            self.slab_lvs, self.cell_lvs = [], []
-            # one slab / grid / row / cell logical-volume set per readout layer (segmentations differ)
-            for i, lay in enumerate(geo.layers):
-                ny, nx = lay.shape
-                dy, dx = lay.cell_mm  # type: ignore[misc]
-                t = 0.5 * s.active_mm * mm
-                slab_s = g4.G4Box(f"slab{i}", half, half, t)
-                slab_lv = g4.G4LogicalVolume(slab_s, active, f"slab{i}")
-                grid_s = g4.G4Box(f"grid{i}", 0.5 * nx * dx * mm, 0.5 * ny * dy * mm, t)
-                grid_lv = g4.G4LogicalVolume(grid_s, active, f"grid{i}")
-                row_s = g4.G4Box(f"row{i}", 0.5 * nx * dx * mm, 0.5 * dy * mm, t)
-                row_lv = g4.G4LogicalVolume(row_s, active, f"row{i}")
-                cell_s = g4.G4Box(f"cell{i}", 0.5 * dx * mm, 0.5 * dy * mm, t)
-                cell_lv = g4.G4LogicalVolume(cell_s, active, f"cell{i}")
-                self.keep += [slab_s, grid_s, row_s, cell_s,
-                              g4.G4PVPlacement(None, g4.G4ThreeVector(), grid_lv, f"grid{i}", slab_lv, False, 0),
-                              g4.G4PVReplica(f"row{i}", row_lv, grid_lv, g4.kYAxis, ny, dy * mm),
-                              g4.G4PVReplica(f"cell{i}", cell_lv, row_lv, g4.kXAxis, nx, dx * mm)]
-                self.keep += [grid_lv, row_lv]
-                self.slab_lvs.append(slab_lv)
-                self.cell_lvs.append(cell_lv)
-            z0 = -0.5 * depth
-            if s.absorber_mm > 0:
-                abs_s = g4.G4Box("absorber", half, half, 0.5 * s.absorber_mm * mm)
-                abs_lv = g4.G4LogicalVolume(abs_s, absorber, "absorber")
-                self.keep += [abs_s, abs_lv]
-            for p in range(s.n_periods):
-                zp = z0 + p * s.period_mm * mm
-                if s.absorber_mm > 0:
-                    self.keep.append(g4.G4PVPlacement(None, g4.G4ThreeVector(0, 0, zp + 0.5 * s.absorber_mm * mm),
-                                                      abs_lv, "absorber", self.world_lv, False, p))
-                zc = zp + (s.absorber_mm + 0.5 * s.active_mm) * mm
-                lid = int(layer_of_slab[p])
-                self.keep.append(g4.G4PVPlacement(None, g4.G4ThreeVector(0, 0, zc), self.slab_lvs[lid],
-                                                  f"slab{lid}", self.world_lv, False, p))
-            return world_pv
-
-        def ConstructSDandField(self) -> None:  # noqa: N802 - Geant4 API
-            sdm = g4.G4SDManager.GetSDMpointer()
-            self.sds = []
-            for i, lay in enumerate(geo.layers):
-                ny, nx = lay.shape
-                cells = g4.G4MultiFunctionalDetector(f"cells{i}")
-                # index = row * nx + cell: copy numbers at touchable depth 1 (row replica) and 0
-                # (cell replica); the third index reads the grid placement (depth 2, always copy 0)
-                cells.RegisterPrimitive(g4.G4PSEnergyDeposit3D("edep", ny, nx, 1, 1, 0, 2))
-                slab = g4.G4MultiFunctionalDetector(f"slab{i}")
-                slab.RegisterPrimitive(g4.G4PSEnergyDeposit("edep"))
-                for sd, lv in ((cells, self.cell_lvs[i]), (slab, self.slab_lvs[i])):
-                    sdm.AddNewDetector(sd)
-                    lv.SetSensitiveDetector(sd)
-                    self.sds.append(sd)
-
-    return Detector()
 
 
 def _make_gun(g4: Any, front: float) -> Any:
