@@ -125,14 +125,16 @@ def _momentum(pdg: int, energy: np.ndarray, theta: np.ndarray, phi: np.ndarray) 
     return np.stack([p * st * np.cos(phi), p * st * np.sin(phi), p * np.cos(theta)], axis=1)
 
 
-def _run_attrs(eng: Engine, pdg: int, seed: int, spec: ConditionSpec) -> dict[str, Any]:
+def _run_attrs(eng: Engine, pdg: int, seed: int, spec: ConditionSpec, geo: Geometry | None = None) -> dict[str, Any]:
     return {"engine": eng.name, "engine_version": getattr(eng, "version", ""), "seed": seed,
             "particle": particle_name(pdg), "pdg": pdg, "block_size": BLOCK, **spec.as_attrs(),
             "energy_definition": "total energy of the incident particle (MeV)",
             "cell_energy_scale": "electromagnetic scale (visible energy / sampling fraction), MeV",
             "energy_scale": "em-scale",
             # an engine may add its own provenance (Geant4: version, physics list, cut, data source)
-            **(eng.provenance() if hasattr(eng, "provenance") else {})}
+            **(eng.provenance() if hasattr(eng, "provenance") else {}),
+            # and per geometry (mc: the Geant4-fitted tuning it used)
+            **(eng.geometry_provenance(geo) if geo is not None and hasattr(eng, "geometry_provenance") else {})}
 
 
 class EnginePool:
@@ -243,7 +245,7 @@ def iter_simulate(geometry: Geometry | str, particle: str | int, n: int, *, ener
     blocks = shard_blocks(sh, _n_blocks(n))
     eng0 = get_engine(engine)
     pool = EnginePool(engine, eng0)
-    attrs = {**_run_attrs(eng0, pdg, seed, spec), **shard_attrs(sh, blocks, n)}
+    attrs = {**_run_attrs(eng0, pdg, seed, spec, geo), **shard_attrs(sh, blocks, n)}
     label = shard_label(sh)
     per = max(1, -(-int(chunk) // BLOCK))  # blocks per chunk
     client = None
@@ -339,7 +341,7 @@ def simulate(geometry: Geometry | str, particle: str | int, n: int, *, energy: s
                  "phi": np.zeros(0, np.float32)}
         return ShowerData(np.zeros((0, geo.n_cells), np.float32), np.zeros((0, 1), np.float32), geo, empty,
                           np.zeros((0, geo.n_layers), np.float32) if geo.overflow else None,
-                          {**_run_attrs(get_engine(engine), pdg, _check_seed(seed), spec),
+                          {**_run_attrs(get_engine(engine), pdg, _check_seed(seed), spec, geo),
                            **shard_attrs(sh, shard_blocks(sh, _n_blocks(n)), n)})
     return parts[0] if len(parts) == 1 else ShowerData.concatenate(parts)
 
@@ -366,7 +368,7 @@ def simulate_to_file(path: str | Path, geometry: Geometry | str, particle: str |
     seed = _check_seed(seed)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"number of showers must be a non-negative integer, got {n!r}")
-    run_attrs = {**_run_attrs(get_engine(engine), pdg, seed, spec),
+    run_attrs = {**_run_attrs(get_engine(engine), pdg, seed, spec, geo),
                  **shard_attrs(sh, shard_blocks(sh, _n_blocks(n)), int(n)), **(attrs or {})}
     path = Path(path)
     kw = dict(energy=energy, theta=theta, phi=phi, position=position, seed=seed, chunk=chunk, engine=engine,

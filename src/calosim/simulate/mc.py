@@ -103,16 +103,18 @@ arrays ordered by slice (so each layer's spots are contiguous), and deposited wi
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 
 import numpy as np
 from scipy.special import gammainc
 
 from ..geometry import Geometry
 
-__all__ = ["MCEngine", "em_shower_max", "Z_from_critical_energy"]
+__all__ = ["MCEngine", "MCTuning", "tuning_for", "em_shower_max", "Z_from_critical_energy"]
 
 # ---- physics constants (see the module docstring) ----------------------------------------
 C_ELECTRON = -0.5  # t_max = ln(E/E_c) + C  (PDG)
@@ -136,6 +138,48 @@ SPOT_BUDGET = 2_000_000  # spots processed at once (bounds memory; does not chan
 FAR = 1e9  # mm: "never" (no conversion / interaction inside the detector)
 
 EM, HAD, MIP = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class MCTuning:
+    """Per-detector corrections of the EM parameterisation, fitted to Geant4 showers of that detector.
+
+    The defaults are the textbook (PDG/GFlash) values above; ``benchmarks/calibrate_mc.py`` fits
+    a tuning to Geant4 samples and stores it in ``calosim/data/mc_tunings.json`` under the
+    preset's name. A geometry uses the tuning named by ``geometry.meta["mc_tuning"]``, else the
+    one of its own name, else the defaults.
+
+    ``c_electron`` / ``c_pair``: shower-maximum offsets T = ln(E/E_c) + C of electron and pair
+    cascades; ``alpha_scale`` multiplies alpha - 1 at fixed T (longitudinal width);
+    ``sigma_scale`` multiplies the log-normal fluctuations of T and alpha; ``radial_scale``
+    multiplies the GFlash core and tail radii, ``tail_scale`` the tail radius again, and
+    ``core_scale`` the core probability; ``stochastic`` replaces the material's sampling term a
+    (None keeps it); the EM-scale response is ``response + response_slope ln(E / GeV)`` (Geant4's
+    visible energy over the declared sampling fraction is not exactly 1, and drifts with E).
+    """
+
+    c_electron: float = C_ELECTRON
+    c_pair: float = C_PAIR
+    alpha_scale: float = 1.0
+    sigma_scale: float = 1.0
+    radial_scale: float = 1.0
+    tail_scale: float = 1.0
+    core_scale: float = 1.0
+    stochastic: float | None = None
+    response: float = 1.0
+    response_slope: float = 0.0
+    source: str = "textbook defaults (PDG, GFlash)"
+
+
+@lru_cache(maxsize=1)
+def _stored_tunings() -> dict[str, MCTuning]:
+    text = resources.files("calosim").joinpath("data/mc_tunings.json").read_text()
+    return {name: MCTuning(**fields) for name, fields in json.loads(text).items() if not name.startswith("_")}
+
+
+def tuning_for(geometry: Geometry) -> MCTuning:
+    """The :class:`MCTuning` the engine uses for ``geometry`` (see :class:`MCTuning`)."""
+    return _stored_tunings().get(str(geometry.meta.get("mc_tuning", geometry.name)), MCTuning())
 
 
 def Z_from_critical_energy(ec_mev: np.ndarray | float) -> np.ndarray:
@@ -200,6 +244,7 @@ class _Tables:
     k_lam: np.ndarray
     const: np.ndarray  # constant term per layer (L,)
     bins: tuple[_LayerBins, ...]
+    tuning: MCTuning
 
     @property
     def n_slices(self) -> int:
@@ -217,8 +262,12 @@ class _Tables:
         return np.minimum(np.searchsorted(self.z_hi, z, side="right"), self.n_slices - 1)
 
 
+def _tables(geometry: Geometry, tuning: MCTuning | None = None) -> _Tables:
+    return _tables_for(geometry, tuning or tuning_for(geometry))
+
+
 @lru_cache(maxsize=32)
-def _tables(geometry: Geometry) -> _Tables:
+def _tables_for(geometry: Geometry, tuning: MCTuning) -> _Tables:
     rows: list[tuple] = []
     k_z, k_x0, k_lam = [0.0], [0.0], [0.0]
     end = 0.0
@@ -235,7 +284,7 @@ def _tables(geometry: Geometry) -> _Tables:
         ns = max(1, math.ceil(lay.thickness_mm / m.x0_mm / MAX_SLICE_X0 - 1e-9))
         dz = lay.thickness_mm / ns
         zeff = float(Z_from_critical_energy(m.critical_mev))
-        eps = m.stochastic ** 2 * 1000.0
+        eps = (m.stochastic if tuning.stochastic is None else tuning.stochastic) ** 2 * 1000.0
         mip_w = min(max(0.1 / math.sqrt(m.sampling_fraction), 0.1), 0.6)
         for j in range(ns):
             zl, zh = z0 + j * dz, z0 + (j + 1) * dz
@@ -258,7 +307,7 @@ def _tables(geometry: Geometry) -> _Tables:
         z_lo=a[1], z_hi=a[2], x0_lo=a[3], x0_hi=a[4], lam_lo=a[5], lam_hi=a[6], rm=a[7], lam_mm=a[8], ec=a[9],
         zeff=a[10], eps=a[11], dedx=a[12], mip_width=a[13],
         k_z=np.asarray(k_z), k_x0=np.asarray(k_x0), k_lam=np.asarray(k_lam),
-        const=np.asarray([l.material.constant for l in geometry.layers]), bins=tuple(bins),
+        const=np.asarray([l.material.constant for l in geometry.layers]), bins=tuple(bins), tuning=tuning,
     )
 
 
@@ -290,15 +339,15 @@ class _Components:
 
 
 def _em_params(energy: np.ndarray, ec: np.ndarray, zeff: np.ndarray, c: float,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               rng: np.random.Generator, tuning: MCTuning = MCTuning()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fluctuated GFlash Gamma parameters ``(alpha, beta, T)`` for EM cascades, each ``(n,)``."""
     lny = np.log(np.maximum(energy / ec, 1.0))
     t_mean = np.maximum(lny + c, 0.3)
-    b = 0.458 + 2.26 / zeff
+    b = (0.458 + 2.26 / zeff) * tuning.alpha_scale
     am1_mean = b * t_mean  # alpha - 1
     ly = np.maximum(lny, 2.5)
-    s_t = np.minimum(1.0 / (-1.4 + 1.26 * ly), 0.5)
-    s_a = np.minimum(1.0 / (-0.58 + 0.86 * ly) * (1.0 + am1_mean) / am1_mean, 0.5)
+    s_t = np.minimum(tuning.sigma_scale / (-1.4 + 1.26 * ly), 0.5)
+    s_a = np.minimum(tuning.sigma_scale / (-0.58 + 0.86 * ly) * (1.0 + am1_mean) / am1_mean, 0.5)
     rho = np.minimum(0.705 + 0.023 * ly, 0.95)
     g1, g2 = rng.standard_normal((2, len(energy)))
     t = t_mean * np.exp(s_t * g1 - 0.5 * s_t ** 2)
@@ -310,7 +359,14 @@ class MCEngine:
     """The ``mc`` engine: :meth:`simulate_block` turns incident particles into cell energies."""
 
     name = "mc"
-    version = "1"
+    version = "2"
+
+    @staticmethod
+    def geometry_provenance(geometry: Geometry) -> dict[str, str]:
+        """File attributes naming the tuning used for ``geometry``."""
+        t = tuning_for(geometry)
+        return {"mc_tuning": json.dumps({k: v for k, v in t.__dict__.items() if k != "source"}, sort_keys=True),
+                "mc_tuning_source": t.source}
 
     def simulate_block(self, geometry: Geometry, pdg: int, energy: np.ndarray, theta: np.ndarray, phi: np.ndarray,
                        position: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -362,8 +418,9 @@ class MCEngine:
         else:
             z_start = np.zeros(n)
         s = tab.slice_at(z_start)
-        params = _em_params(energy, tab.ec[s], tab.zeff[s], C_PAIR if photon else C_ELECTRON, rng)
-        return self._cascade(tab, np.arange(n), EM, energy, energy, z_start, axis, params)
+        tu = tab.tuning
+        params = _em_params(energy, tab.ec[s], tab.zeff[s], tu.c_pair if photon else tu.c_electron, rng, tu)
+        return self._cascade(tab, np.arange(n), EM, energy, energy * _em_response(tu, energy), z_start, axis, params)
 
     def _pion(self, tab: _Tables, energy: np.ndarray, axis: tuple[np.ndarray, ...],
               rng: np.random.Generator) -> _Components:
@@ -393,9 +450,10 @@ class MCEngine:
             g_ic = np.sqrt(1.0 + gsx ** 2 + gsy ** 2)
             z_conv = np.where(z_int < FAR, tab.z_from_x0(cum_x0_int + rng.exponential(CONVERSION_X0, n) / g_ic), FAR)
             s = tab.slice_at(z_conv)
-            params = _em_params(e_g, tab.ec[s], tab.zeff[s], C_PAIR, rng)
+            params = _em_params(e_g, tab.ec[s], tab.zeff[s], tab.tuning.c_pair, rng, tab.tuning)
             g_axis = (xi - z_int * gsx, yi - z_int * gsy, gsx, gsy, g_ic)
-            parts.append(self._cascade(tab, idx, EM, e_g, frac * e_em, z_conv, g_axis, params))
+            parts.append(self._cascade(tab, idx, EM, e_g, frac * e_em * _em_response(tab.tuning, e_g), z_conv,
+                                       g_axis, params))
         # Hadronic remainder: Gamma profile in lambda_int, invisible energy e/h.
         e_had = (1.0 - f_em) * e_int
         vis = e_had / E_OVER_H * np.exp(INVISIBLE_SIGMA * rng.standard_normal(n) - 0.5 * INVISIBLE_SIGMA ** 2)
@@ -456,7 +514,8 @@ class MCEngine:
         zh = np.minimum(tab.z_hi[s_idx], c.z_stop[c_idx])
         dlo, dhi = d_lo[c_idx, s_idx], d_hi[c_idx, s_idx]
         tau = np.clip(0.5 * (dlo + dhi) / c.tmax[c_idx], 0.0, 4.0)
-        p_core, r_c, r_t = _radial(kind, tau, c.energy[c_idx], tab.zeff[s_idx], tab.rm[s_idx], tab.lam_mm[s_idx])
+        p_core, r_c, r_t = _radial(kind, tau, c.energy[c_idx], tab.zeff[s_idx], tab.rm[s_idx], tab.lam_mm[s_idx],
+                                   tab.tuning)
         zmid = 0.5 * (zl + zh)
         xp = c.x0[c_idx] + zmid * c.sx[c_idx]
         yp = c.y0[c_idx] + zmid * c.sy[c_idx]
@@ -484,15 +543,23 @@ class MCEngine:
         return out.reshape(n, W)
 
 
+def _em_response(tuning: MCTuning, energy: np.ndarray) -> np.ndarray:
+    """EM-scale response of a cascade of ``energy`` MeV (see :class:`MCTuning`)."""
+    if tuning.response_slope == 0.0:
+        return np.full(np.shape(energy), tuning.response)
+    return tuning.response + tuning.response_slope * np.log(np.maximum(energy, 1.0) / 1000.0)
+
+
 def _radial(kind: np.ndarray, tau: np.ndarray, energy: np.ndarray, z: np.ndarray, rm: np.ndarray,
-            lam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            lam: np.ndarray, tuning: MCTuning = MCTuning()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Core probability and core / tail radii (mm) per pair: GFlash for EM, core+halo for HAD."""
     lne = np.log(np.maximum(energy / 1000.0, 1e-3))
-    r_c = (0.0251 + 0.00319 * lne + (0.1162 - 0.000381 * z) * tau) * rm
+    r_c = (0.0251 + 0.00319 * lne + (0.1162 - 0.000381 * z) * tau) * rm * tuning.radial_scale
     k4 = 0.3585 + 0.0421 * lne
-    r_t = (0.659 - 0.00309 * z) * (np.exp(-2.59 * (tau - 0.645)) + np.exp(k4 * (tau - 0.645))) * rm
+    r_t = ((0.659 - 0.00309 * z) * (np.exp(-2.59 * (tau - 0.645)) + np.exp(k4 * (tau - 0.645))) * rm
+           * tuning.radial_scale * tuning.tail_scale)
     q = (0.401 + 0.00187 * z - tau) / (1.313 - 0.0686 * lne)
-    p = (2.632 - 0.00094 * z) * np.exp(q - np.exp(q))
+    p = (2.632 - 0.00094 * z) * np.exp(q - np.exp(q)) * tuning.core_scale
     had = kind == HAD
     r_c = np.where(had, (0.06 + 0.04 * tau) * lam, r_c)
     r_t = np.where(had, (0.25 + 0.10 * tau) * lam, r_t)
