@@ -55,3 +55,30 @@ def test_bench_with_reference(run: Path) -> None:
         assert r["speedup"] == pytest.approx(r["reference_ms_per_shower"] / r["ms_per_shower"])
     assert "_test_toy_gan" in format_table(rows)
 
+
+
+def test_bench_rows_carry_a_geant4_column(run: Path) -> None:
+    # Geant4 not timed: the column is empty and the table says "-"
+    rows = bench(run, batches=(4,), n_showers=8, min_time=0.01, reference=False, geant4=False)
+    assert rows[0]["geant4_ms_per_shower"] is None and rows[0]["speedup_vs_geant4"] is None
+    header, _, line = format_table(rows).splitlines()
+    assert header.endswith("Geant4 ms/shower  speedup vs Geant4") and line.split()[-2:] == ["-", "-"]
+
+
+@pytest.mark.skipif(not __import__("calosim.bench", fromlist=["x"]).geant4_available(),
+                    reason="needs the extra calosim[geant4]")
+def test_geant4_reference_time(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from types import SimpleNamespace
+
+    from calosim.bench import reference_ms
+    from calosim.geometry import get_geometry
+    from calosim.simulate.g4data import DATASETS, build_standin
+
+    for k in [*DATASETS, "GEANT4_DATA_DIR"]:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("CALOSIM_CACHE", str(tmp_path_factory.getbasetemp() / "calosim-cache"))
+    build_standin()
+    fake = SimpleNamespace(geometry=get_geometry("calogan"), particle_pdgs=[11], info={},
+                           conditions=SimpleNamespace(energy_range_mev=(1000.0, 1000.0)))
+    ms = reference_ms(fake, n=4, engine="geant4")   # type: ignore[arg-type]
+    assert ms is not None and 1.0 < ms < 5000.0     # a 1 GeV shower takes tens of ms on one core

@@ -331,14 +331,18 @@ def evaluate_cmd(reference: str, generated: tuple[str, ...], names: tuple[str, .
 @click.option("--run", "runs", required=True, multiple=True, type=click.Path(file_okay=False), help="Run directory (repeatable).")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Also write the rows as JSON.")
 @click.option("--no-reference", is_flag=True, help="Do not time the reference simulator.")
+@click.option("--no-geant4", is_flag=True,
+              help="Do not time Geant4 (timed by default when calosim[geant4] is installed and the geometry has a "
+                   "Geant4 description).")
+@click.option("--geant4-n", type=int, default=20, show_default=True, help="Geant4 showers timed per run.")
 @click.option("--threads", type=int, default=None,
               help="torch intra-op threads (default: torch's choice; 1 is faster on a busy machine).")
 @DEVICE
 @SEED
 @_friendly
-def bench_cmd(runs: tuple[str, ...], json_path: str | None, no_reference: bool, threads: int | None, device: str,
-              seed: int) -> None:
-    """Time sampling (ms/shower at batch 1, 4, 10, 128, 512, 1024) against the reference simulator."""
+def bench_cmd(runs: tuple[str, ...], json_path: str | None, no_reference: bool, no_geant4: bool, geant4_n: int,
+              threads: int | None, device: str, seed: int) -> None:
+    """Time sampling (ms/shower at batch 1, 4, 10, 128, 512, 1024) against the reference simulator and Geant4."""
     from .bench import bench, format_table, write_json
 
     if threads is not None:
@@ -346,7 +350,8 @@ def bench_cmd(runs: tuple[str, ...], json_path: str | None, no_reference: bool, 
 
         torch.set_num_threads(threads)
 
-    rows = bench(list(runs), device=device, reference=not no_reference, seed=seed)
+    rows = bench(list(runs), device=device, reference=not no_reference, seed=seed,
+                 geant4=False if no_geant4 else None, geant4_n=geant4_n)
     click.echo(format_table(rows))
     if json_path:
         write_json(rows, json_path)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["Material", "Layer", "Sampling", "Geometry", "GeometryError"]
+__all__ = ["Material", "Layer", "PeriodGroup", "Sampling", "Geometry", "GeometryError"]
 
 
 class GeometryError(ValueError):
@@ -53,17 +53,43 @@ class Material:
 
 
 @dataclass(frozen=True)
+class PeriodGroup:
+    """``n_periods`` repetitions of ``absorber_mm`` absorber followed by ``active_mm`` active material."""
+
+    absorber_mm: float
+    active_mm: float
+    n_periods: int
+
+    def __post_init__(self) -> None:
+        if self.absorber_mm < 0 or self.active_mm <= 0 or self.n_periods < 1:
+            raise GeometryError("sampling period group needs absorber_mm >= 0, active_mm > 0, n_periods >= 1")
+
+    @property
+    def period_mm(self) -> float:
+        return self.absorber_mm + self.active_mm
+
+
+@dataclass(frozen=True)
 class Sampling:
     """The real sampling structure behind a geometry's effective materials, for Geant4.
 
-    ``n_periods`` repetitions of ``absorber_mm`` of ``absorber`` followed by ``active_mm`` of
-    ``active`` (Geant4 NIST material names), front to back, in plates of ``width_mm`` x
-    ``width_mm``. A homogeneous calorimeter (crystals) has ``absorber_mm = 0``. Each active
-    slab is read out by the readout layer whose depth range holds the slab's centre; energy in
-    an active slab outside the layer's cell grid is that layer's overflow. ``sampling_fraction``
-    is the visible (active) share of the deposited energy measured with Geant4 for electrons;
-    the engine divides visible energy by it, so cells are on the electromagnetic scale like the
-    built-in simulator's. ``source`` cites where the structure comes from.
+    Front to back: ``n_periods`` repetitions of ``absorber_mm`` of ``absorber`` followed by
+    ``active_mm`` of ``active`` (Geant4 NIST material names), then the further period ``groups``
+    in order (non-uniform stacks, e.g. ILD's 20 thin then 10 thick tungsten plates; same
+    materials, other thicknesses). A homogeneous calorimeter (crystals) has ``absorber_mm = 0``.
+
+    ``kind="planar"``: plates of ``width_mm`` x ``width_mm``, the beam along +z onto the centre
+    of the front face. ``kind="cylinder"`` (Geant4's Par04 example, the CaloChallenge datasets
+    2 and 3): concentric cylindrical shells of length ``width_mm`` along the cylinder axis, the
+    first starting at ``inner_radius_mm``; the beam enters radially, so depth is the radius minus
+    ``inner_radius_mm`` on the beam line (the shells curve away from the beam sideways).
+
+    Each active slab is read out by the readout layer whose depth range holds the slab's centre;
+    energy in an active slab outside the layer's cell grid is that layer's overflow.
+    ``sampling_fraction`` is the visible (active) share of the deposited energy measured with
+    Geant4 for electrons; the engine divides visible energy by it, so cells are on the
+    electromagnetic scale like the built-in simulator's. ``source`` cites where the structure
+    comes from (and how the sampling fraction was measured).
     """
 
     absorber: str
@@ -74,20 +100,67 @@ class Sampling:
     width_mm: float
     sampling_fraction: float
     source: str = ""
+    #: Further period groups behind the first ``n_periods`` (empty: a uniform stack).
+    groups: tuple[PeriodGroup, ...] = ()
+    kind: Literal["planar", "cylinder"] = "planar"
+    #: Cylinder only: radius of the front face (the innermost shell's inner surface), mm.
+    inner_radius_mm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.absorber_mm < 0 or self.active_mm <= 0 or self.n_periods < 1 or self.width_mm <= 0:
             raise GeometryError("sampling structure needs absorber_mm >= 0, active_mm > 0, n_periods >= 1, width_mm > 0")
         if not 0 < self.sampling_fraction <= 1:
             raise GeometryError("sampling structure: sampling_fraction must be in (0, 1]")
+        # JSON gives the groups back as lists of dicts / lists: rebuild them
+        groups = tuple(g if isinstance(g, PeriodGroup) else
+                       PeriodGroup(**g) if isinstance(g, dict) else PeriodGroup(*g) for g in self.groups)
+        object.__setattr__(self, "groups", groups)
+        if self.kind not in ("planar", "cylinder"):
+            raise GeometryError(f"sampling structure: kind must be 'planar' or 'cylinder', got {self.kind!r}")
+        if self.kind == "cylinder" and not self.inner_radius_mm > 0:
+            raise GeometryError("a cylindrical sampling structure needs inner_radius_mm > 0")
+        if self.kind == "planar" and self.inner_radius_mm != 0:
+            raise GeometryError("inner_radius_mm is for cylindrical structures only")
+
+    @property
+    def period_groups(self) -> tuple[PeriodGroup, ...]:
+        """All period groups, front to back (the first from the top-level fields)."""
+        return (PeriodGroup(self.absorber_mm, self.active_mm, self.n_periods), *self.groups)
+
+    @property
+    def is_uniform(self) -> bool:
+        return not self.groups
+
+    @property
+    def n_sampling_layers(self) -> int:
+        """Total number of periods (absorber + active pairs) over all groups."""
+        return sum(g.n_periods for g in self.period_groups)
 
     @property
     def period_mm(self) -> float:
+        """Thickness of one period of the first group (of every period for a uniform stack), mm."""
         return self.absorber_mm + self.active_mm
 
     @property
     def depth_mm(self) -> float:
-        return self.n_periods * self.period_mm
+        """Total thickness of the stack along the beam (all groups), mm."""
+        return sum(g.n_periods * g.period_mm for g in self.period_groups)
+
+    def periods(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per period, front to back: ``(start_mm, absorber_mm, active_mm)``, each ``(n_sampling_layers,)``.
+
+        ``start_mm`` is the depth of the period's absorber face from the front face; its active
+        slab spans ``[start + absorber, start + absorber + active)``.
+        """
+        absorber = np.concatenate([np.full(g.n_periods, g.absorber_mm) for g in self.period_groups])
+        active = np.concatenate([np.full(g.n_periods, g.active_mm) for g in self.period_groups])
+        start = np.concatenate([[0.0], np.cumsum(absorber + active)[:-1]])
+        return start, absorber, active
+
+    def active_centres_mm(self) -> np.ndarray:
+        """Depth of each active slab's centre from the front face, ``(n_sampling_layers,)`` mm."""
+        start, absorber, active = self.periods()
+        return start + absorber + 0.5 * active
 
 
 @dataclass(frozen=True)

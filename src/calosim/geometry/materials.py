@@ -53,10 +53,19 @@ def _pure(name: str) -> PureMaterial:
 
 
 def effective_material(s: Sampling, *, stochastic: float = 0.10, constant: float = 0.007,
-                       absorber_label: str | None = None, active_label: str | None = None) -> Material:
-    """Effective :class:`Material` of the structure ``s`` (lengths in mm, E_c in MeV)."""
-    parts = [(_pure(s.absorber), s.absorber_mm), (_pure(s.active), s.active_mm)]
-    total = s.period_mm
+                       absorber_label: str | None = None, active_label: str | None = None,
+                       group: int | None = None) -> Material:
+    """Effective :class:`Material` of the structure ``s`` (lengths in mm, E_c in MeV).
+
+    ``group=None`` averages over the whole stack (all period groups, by thickness); ``group=k``
+    gives the mix of one period of group ``k`` (``s.period_groups[k]``), for the readout layers
+    of a non-uniform stack (ILD's thin and thick tungsten sections differ in X0 and R_M).
+    """
+    groups = s.period_groups if group is None else (s.period_groups[group],)
+    absorber = sum(g.n_periods * g.absorber_mm for g in groups)
+    active = sum(g.n_periods * g.active_mm for g in groups)
+    parts = [(_pure(s.absorber), absorber), (_pure(s.active), active)]
+    total = absorber + active
     inv = [sum(t / total / getattr(p, key) for p, t in parts if t > 0) for key in ("x0_mm", "lambda_mm", "moliere_mm")]
     x0, lam, rm = (1.0 / v for v in inv)
     return Material(absorber_label or s.absorber.removeprefix("G4_"), active_label or s.active.removeprefix("G4_"),

@@ -361,10 +361,13 @@ class MCEngine:
     name = "mc"
     version = "2"
 
-    @staticmethod
-    def geometry_provenance(geometry: Geometry) -> dict[str, str]:
+    def __init__(self, tuning: MCTuning | None = None) -> None:
+        #: an explicit tuning for every geometry (calibration); None: :func:`tuning_for` each one
+        self.tuning = tuning
+
+    def geometry_provenance(self, geometry: Geometry) -> dict[str, str]:
         """File attributes naming the tuning used for ``geometry``."""
-        t = tuning_for(geometry)
+        t = self.tuning or tuning_for(geometry)
         return {"mc_tuning": json.dumps({k: v for k, v in t.__dict__.items() if k != "source"}, sort_keys=True),
                 "mc_tuning_source": t.source}
 
@@ -375,7 +378,7 @@ class MCEngine:
         ``energy`` (n,) MeV, ``theta``/``phi`` (n,) rad, ``position`` (n, 2) mm impact point.
         Returns ``showers`` (n, n_cells) float32 MeV and ``overflow`` (n, n_layers) float32 MeV.
         """
-        tab = _tables(geometry)
+        tab = _tables(geometry, self.tuning)
         n = len(energy)
         energy = np.asarray(energy, dtype=np.float64)
         tan_t = np.tan(theta)
