@@ -18,8 +18,11 @@ import argparse
 import hashlib
 import inspect
 import json
+import os
 import time
 from pathlib import Path
+
+import h5py
 
 from calosim.simulate import simulate_to_file
 
@@ -30,6 +33,17 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _adoptable(path: Path, particle: str, n: int, seed: int) -> bool:
+    """A finished file (written atomically) of this set whose manifest entry was lost."""
+    try:
+        with h5py.File(path, "r") as f:
+            a = f.attrs
+            return (str(a.get("engine")) == "geant4" and int(a.get("seed", -1)) == seed
+                    and str(a.get("particle")) == particle and len(f["showers"]) == n)
+    except (OSError, KeyError, ValueError):
+        return False
 
 
 def main() -> None:
@@ -47,29 +61,32 @@ def main() -> None:
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
     man_path = out / "manifest.json"
-    manifest = json.loads(man_path.read_text()) if man_path.exists() else {}
     kw = {"workers": args.workers} if "workers" in inspect.signature(simulate_to_file).parameters else {}
     for particle in args.particles:
         for split, n, seed in (("train", args.train, args.seed), ("test", args.test, args.seed + 1000)):
             name = f"{args.geometry}_{particle}_{split}_{n}_s{seed}.h5"
             path = out / name
+            manifest = json.loads(man_path.read_text()) if man_path.exists() else {}   # other runs may add sets
             entry = manifest.get(name)
             if entry and path.exists() and entry.get("sha256") == sha256(path):
                 print(f"reuse {name}")
                 continue
-            t0 = time.time()
-            simulate_to_file(path, args.geometry, particle, n, energy=args.energy, seed=seed, engine="geant4",
-                             overwrite=True, progress=True, **kw)
-            wall = time.time() - t0
-            import h5py
-
+            wall = float("nan")
+            if path.exists() and not entry and _adoptable(path, particle, n, seed):
+                print(f"adopt {name} (complete, no manifest entry)")
+            else:
+                t0 = time.time()
+                simulate_to_file(path, args.geometry, particle, n, energy=args.energy, seed=seed, engine="geant4",
+                                 overwrite=True, progress=True, **kw)
+                wall = time.time() - t0
             with h5py.File(path, "r") as f:
                 attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()
                          if k in ("engine", "engine_version", "engine_label", "data_source", "physics_list")}
             manifest[name] = {"particle": particle, "split": split, "n": n, "seed": seed, "energy_gev": args.energy,
                               "geometry": args.geometry, **attrs, "wall_s": round(wall, 1), "workers": args.workers,
                               "sha256": sha256(path)}
-            tmp = man_path.with_suffix(".tmp")
+            manifest = {**(json.loads(man_path.read_text()) if man_path.exists() else {}), name: manifest[name]}
+            tmp = man_path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
             tmp.replace(man_path)
             print(f"wrote {name}: {n} showers in {wall:.0f} s ({1000 * wall / max(n, 1) * args.workers:.0f} ms/shower/core)")

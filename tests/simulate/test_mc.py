@@ -1,12 +1,13 @@
 """Physics and API tests of the ``mc`` engine (small samples; tolerances stated per test)."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 
 from calosim.geometry import Geometry, Layer, Material, get_geometry, list_geometries
-from calosim.io import read_showers
+from calosim.io import ShowerData, read_showers
 from calosim.simulate import ENGINES, get_engine, simulate, simulate_to_file
 from calosim.simulate.mc import em_shower_max
 
@@ -230,3 +231,36 @@ def test_errors_are_clear():
     assert "mc" in ENGINES
     empty = simulate("calogan", "e-", 0)
     assert empty.showers.shape == (0, 504) and empty.overflow.shape == (0, 3)
+
+
+def test_tuning_moves_the_shower_maximum_and_narrows_the_shower() -> None:
+    from calosim.simulate.mc import MCEngine, MCTuning
+    from calosim.simulate.validate import containment_radius, longitudinal_moments, probe_geometry
+
+    geo = probe_geometry("calogan")
+    n, e = 400, np.full(400, 8000.0)
+    z = np.zeros(n)
+
+    def run(t: MCTuning) -> ShowerData:
+        cells, over = MCEngine(t).simulate_block(geo, 11, e, z, z, np.zeros((n, 2)), np.random.default_rng(3))
+        return ShowerData(cells, e[:, None], geo, overflow=over)
+
+    base, shifted = run(MCTuning()), run(MCTuning(c_electron=-1.5, radial_scale=0.8, response=1.05))
+    # T = ln(E/E_c) + C: one X0 shallower (the profile shape changes a little with T, hence the tolerance)
+    assert longitudinal_moments(base)[2] - longitudinal_moments(shifted)[2] == pytest.approx(1.0, abs=0.2)
+    assert containment_radius(shifted) / containment_radius(base) == pytest.approx(0.8, abs=0.05)
+    total = lambda d: (d.showers.sum(1) + d.overflow.sum(1)).mean() / 8000.0  # noqa: E731
+    assert total(shifted) / total(base) == pytest.approx(1.05, abs=0.01)
+
+
+def test_tuning_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    from calosim.simulate import mc
+
+    monkeypatch.setattr(mc, "_stored_tunings", lambda: {"calogan": mc.MCTuning(c_electron=-1.0, source="test")})
+    geo = get_geometry("calogan")
+    assert mc.tuning_for(geo).c_electron == -1.0
+    assert mc.tuning_for(geo.with_name("mine")) == mc.MCTuning()          # unknown names: textbook defaults
+    mine = geo.with_name("mine")
+    mine.meta["mc_tuning"] = "calogan"                                     # a derived geometry may borrow one
+    assert mc.tuning_for(mine).source == "test"
+    assert json.loads(mc.MCEngine().geometry_provenance(geo)["mc_tuning"])["c_electron"] == -1.0
