@@ -107,6 +107,8 @@ def main() -> None:
     ap.add_argument("--energy-bins", type=int, default=4)
     ap.add_argument("--maxfev", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--start", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="starting values, e.g. c_electron=-1.3 (default: the stored tuning or the defaults)")
     ap.add_argument("--write", action="store_true", help=f"store the result in {TUNINGS.name}")
     ap.add_argument("--out", default="out/calibrate_mc.json", help="fit log (JSON)")
     args = ap.parse_args()
@@ -116,6 +118,12 @@ def main() -> None:
     if any(r.geometry.name != geo.name for r in refs):
         raise SystemExit("all reference files must share one geometry")
     start = tuning_for(geo)
+    known = {f.name for f in fields(MCTuning)}
+    for item in args.start:
+        name, _, value = item.partition("=")
+        if name not in known or not value:
+            raise SystemExit(f"--start {item!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(known))}")
+        start = replace(start, **{name: float(value)}, source="--start " + " ".join(args.start))
     base_a = geo.layers[0].material.stochastic
     ref_f = [features(r) for r in refs]
     e = [r.incident_energies[:, 0] for r in refs]
