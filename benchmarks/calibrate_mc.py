@@ -40,7 +40,7 @@ PARAMS = [
     ("c_electron", "lin", 0.3), ("c_pair", "lin", 0.3), ("alpha_scale", "log", 0.15),
     ("sigma_scale", "log", 0.3), ("radial_scale", "log", 0.1), ("tail_scale", "log", 0.15),
     ("core_scale", "log", 0.1), ("stochastic", "log", 0.15), ("response", "lin", 0.01),
-    ("response_slope", "lin", 0.003),
+    ("response_slope", "lin", 0.003), ("spot_mev", "log", 0.5), ("cluster_mm", "lin", 2.0),
 ]
 
 
@@ -91,6 +91,8 @@ def encode(t: MCTuning, base_stochastic: float) -> np.ndarray:
         v = getattr(t, name)
         if name == "stochastic" and v is None:
             v = base_stochastic
+        if name == "spot_mev" and v is None:
+            v = min(max(1000.0 * (t.stochastic or base_stochastic) ** 2, 5.0), 50.0)
         out.append(np.log(v) if kind == "log" else v)
     return np.array(out, float)
 
@@ -128,7 +130,7 @@ def main() -> None:
     ref_f = [features(r) for r in refs]
     e = [r.incident_energies[:, 0] for r in refs]
     edges = [energy_bins(x, args.energy_bins) for x in e]
-    columns = [c for c in highlevel_columns(*ref_f) if not c.startswith(("x_center", "y_center"))]
+    columns = list(highlevel_columns(*ref_f))
     columns.append("response_full")
 
     def objective(t: MCTuning) -> tuple[float, list[dict[str, float]]]:
@@ -147,7 +149,7 @@ def main() -> None:
 
     def f(x: np.ndarray) -> float:
         t = decode(x, start)
-        if not (0.01 < (t.stochastic or 0) < 0.5) or t.response <= 0.5:
+        if not (0.01 < (t.stochastic or 0) < 0.5) or t.response <= 0.5 or t.cluster_mm < 0 or t.spot_mev < 0.2:
             return 1.0
         v = objective(t)[0]
         n_eval[0] += 1

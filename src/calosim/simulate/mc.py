@@ -156,6 +156,11 @@ class MCTuning:
     ``core_scale`` the core probability; ``stochastic`` replaces the material's sampling term a
     (None keeps it); the EM-scale response is ``response + response_slope ln(E / GeV)`` (Geant4's
     visible energy over the declared sampling fraction is not exactly 1, and drifts with E).
+    ``spot_mev`` is the EM spot energy (None: a^2 x 1 GeV clipped to 5..50 MeV; smaller spots
+    hit more cells, as Geant4's soft photons leave many cells with < 1 MeV); ``cluster_mm`` moves each (cascade, slice) spot
+    cloud sideways by a Gaussian of sigma ``cluster_mm * sqrt(1 GeV / V)`` for a slice of
+    energy V: a shower is a few energetic clumps, not a smooth cloud, so its per-layer centroid
+    wanders by ~``cluster_mm / sqrt(E_layer / GeV)`` (Geant4: several mm at a few GeV).
     """
 
     c_electron: float = C_ELECTRON
@@ -168,6 +173,8 @@ class MCTuning:
     stochastic: float | None = None
     response: float = 1.0
     response_slope: float = 0.0
+    spot_mev: float | None = None
+    cluster_mm: float = 0.0
     source: str = "textbook defaults (PDG, GFlash)"
 
 
@@ -509,7 +516,7 @@ class MCEngine:
         v = V[c_idx, s_idx]
         kind = c.kind[c_idx]
         eps_g = np.where(kind == HAD, np.clip(HAD_EPS_FACTOR * tab.eps[s_idx], *EPS_G_RANGE_HAD),
-                         np.clip(tab.eps[s_idx], *EPS_G_RANGE))
+                         np.clip(tab.eps[s_idx], *EPS_G_RANGE) if tab.tuning.spot_mev is None else tab.tuning.spot_mev)
         n_sp = np.where(kind == MIP, 1, np.maximum(1, np.rint(v / eps_g))).astype(np.int64)
 
         # Radial parameters of each pair.
@@ -522,6 +529,10 @@ class MCEngine:
         zmid = 0.5 * (zl + zh)
         xp = c.x0[c_idx] + zmid * c.sx[c_idx]
         yp = c.y0[c_idx] + zmid * c.sy[c_idx]
+        if tab.tuning.cluster_mm > 0:  # clumpy showers: each EM (cascade, slice) cloud off the axis
+            sig = np.where(kind == EM, tab.tuning.cluster_mm * np.sqrt(1000.0 / np.maximum(v, 1.0)), 0.0)
+            dxy = rng.standard_normal((2, len(v))) * sig
+            xp, yp = xp + dxy[0], yp + dxy[1]
         jit = bool(np.any(c.sx != 0) or np.any(c.sy != 0))
         jx, jy = (zh - zl) * c.sx[c_idx], (zh - zl) * c.sy[c_idx]
         W = tab.n_cells + tab.n_layers
