@@ -143,4 +143,7 @@ def test_check_geometry_errors():
     small = replace(g.sampling, inner_radius_mm=60.0)
     with pytest.raises(ValueError, match="does not fit"):
         check_geometry(replace(g, sampling=small))
+    # a tighter cylinder curves the shells out of their depth bins within the readout radius
+    with pytest.raises(ValueError, match="active shell 0 leaves the depth range.*curves by 1.75 mm"):
+        check_geometry(replace(g, sampling=replace(g.sampling, inner_radius_mm=500.0)))
     assert math.isfinite(g.layers[0].material.lambda_mm)

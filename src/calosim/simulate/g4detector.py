@@ -68,6 +68,21 @@ def check_geometry(geo: Geometry) -> None:
     if r_max >= 0.5 * s.inner_radius_mm or 2 * r_max > s.width_mm:
         raise ValueError(f"geometry {geo.name!r}: readout radius {r_max} mm does not fit the cylinder "
                          f"(inner radius {s.inner_radius_mm} mm, length {s.width_mm} mm)")
+    # Par04 bins depth in flat planes along the particle, the shells curve towards the beam's
+    # start sideways: within the readout radius each active shell must stay inside the depth
+    # range of the layer it is read out by, or the layer assignment here would differ from Par04's
+    start, absorber, active = s.periods()
+    front = start + absorber                                 # active shell's inner face on the beam line
+    radius = s.inner_radius_mm + front
+    sagitta = radius - np.sqrt(radius**2 - r_max**2)
+    lay = slab_layers(geo)
+    z0 = np.array([l.z_mm for l in geo.layers])[lay]
+    z1 = z0 + np.array([l.thickness_mm for l in geo.layers])[lay]
+    bad = np.flatnonzero((front - sagitta < z0 - 1e-9) | (front + active > z1 + 1e-9))
+    if len(bad):
+        raise ValueError(f"geometry {geo.name!r}: active shell {int(bad[0])} leaves the depth range of readout "
+                         f"layer {int(lay[bad[0]])} within the readout radius {r_max} mm (it curves by "
+                         f"{sagitta[bad[0]]:.2f} mm there)")
 
 
 def slab_layers(geo: Geometry) -> np.ndarray:
