@@ -176,3 +176,71 @@ def test_geant4_em_shower_in_lead(tree: Path, tmp_path: Path) -> None:
     assert frac["e-_steps"] > 1000 and frac["gamma_steps"] > 1000, frac     # real showers, not one step
     assert not (home / ".geant4_pybind").exists()
     print(frac)
+
+
+def _vector(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Parse a G4PhysicsVector text file (``emin emax n``, ``n``, n pairs): energies, values."""
+    tok = path.read_text().split()
+    n = int(tok[2])
+    assert int(tok[3]) == n and len(tok) == 4 + 2 * n
+    e, v = np.array(tok[4:], float).reshape(n, 2).T
+    assert float(tok[0]) == pytest.approx(e[0]) and float(tok[1]) == pytest.approx(e[-1])
+    return e, v
+
+
+def test_particlexs_files_parse_with_the_grids_geant4_expects(tree: Path) -> None:
+    xs = tree / DATASETS["G4PARTICLEXSDATA"]
+    for z in range(1, g4data.NXS_Z_MAX + 1):
+        for kind in ("inel", "el", "cap"):
+            e, v = _vector(xs / "neutron" / f"{kind}{z}")
+            # G4PhysicsLogVector locates bins from the first two points: the grid must be log-uniform
+            np.testing.assert_allclose(np.diff(np.log(e)), math.log(e[1] / e[0]), rtol=1e-6)
+            assert e[0] == pytest.approx(1e-11) and e[-1] == pytest.approx(20.0) and np.all(v >= 0)
+    for z in range(1, g4data.GXS_Z_MAX + 1):
+        e, v = _vector(xs / "gamma" / f"inel{z}")
+        np.testing.assert_allclose(np.diff(e), e[1] - e[0], rtol=1e-9)    # G4PhysicsLinearVector
+        assert np.all(v >= 0)
+
+
+def test_gamma_nuclear_gdr_peak_and_sum_rule(tree: Path) -> None:
+    """Pb: the GDR at 31.2 A^-1/3 + 20.6 A^-1/6 = 13.74 MeV (measured 13.4), ~590 mb (measured 640)."""
+    e, v = _vector(tree / DATASETS["G4PARTICLEXSDATA"] / "gamma" / "inel82")
+    mb = v / 1e-25                                        # mm^2 -> mb
+    a = 207.2
+    e_gdr = 31.2 * a ** (-1 / 3) + 20.6 * a ** (-1 / 6)
+    assert e_gdr == pytest.approx(13.74, abs=0.01)
+    assert e[np.argmax(mb)] == pytest.approx(e_gdr, abs=0.5)
+    assert 500 < mb.max() < 700
+    # TRK sum rule x 1.2 over the resonance (up to 30 MeV; the Lorentzian tails and the threshold cut ~10 %)
+    trk = 60 * 82 * (a - 82) / a
+    inside = e <= 30
+    assert np.trapezoid(mb[inside], e[inside]) == pytest.approx(1.2 * trk, rel=0.15)
+    assert np.all(mb[e < 6.0] == 0.0)                    # below the neutron separation energy (7.4 MeV)
+    e_m, width, peak = g4data.gdr_parameters(82)
+    tail = peak / (1 + ((80.0 ** 2 - e_m ** 2) / (80.0 * width)) ** 2)
+    assert mb[e == 80.0][0] - tail == pytest.approx(0.1 * a, rel=0.02)   # quasi-deuteron plateau, 0.1 mb/nucleon
+    assert g4data.gdr_parameters(82)[0] == pytest.approx(e_gdr, rel=1e-3)
+
+
+def test_neutron_cross_sections_at_known_points(tree: Path) -> None:
+    xs = tree / DATASETS["G4PARTICLEXSDATA"] / "neutron"
+
+    def barn(name: str, t: float) -> float:
+        e, v = _vector(xs / name)
+        return float(np.interp(math.log(t), np.log(e), v)) / 1e-22     # as G4PhysicsLogVector: linear in value
+
+    # n-p elastic (effective range): 20.4 b at zero energy, 4.26 b at 1 MeV, 0.69 b at 14 MeV
+    assert barn("el1", 1e-9) == pytest.approx(20.4, rel=0.02)
+    assert barn("el1", 1.0) == pytest.approx(4.26, rel=0.03)
+    assert barn("el1", 14.0) == pytest.approx(0.69, rel=0.05)
+    assert barn("inel1", 14.0) == 0.0                    # no inelastic n-p channel below the pion threshold
+    # 14 MeV non-elastic, measured: C 0.50 b, Fe 1.35 b, Pb 2.5 b (black disc within ~15-20 %)
+    for name, measured in (("inel6", 0.50), ("inel26", 1.35), ("inel82", 2.5)):
+        assert barn(name, 14.0) == pytest.approx(measured, rel=0.2), name
+    # no inelastic scattering below the first excited level; elastic ~ 4 pi R^2 there
+    assert barn("inel82", 0.3) == 0.0
+    assert barn("el82", 1e-6) == pytest.approx(4 * math.pi * (1.35 * 207.2 ** (1 / 3)) ** 2 / 100, rel=0.02)
+    # capture: thermal values (Sears 1992) and 1/v
+    assert barn("cap18", 2.53e-8) == pytest.approx(0.675, rel=0.02)
+    assert barn("cap26", 2.53e-8) == pytest.approx(2.56, rel=0.02)
+    assert barn("cap82", 2.53e-6) == pytest.approx(0.171 / 10, rel=0.02)

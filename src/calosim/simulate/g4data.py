@@ -1,10 +1,11 @@
-"""Geant4 11.4 data sets: find the official ones, or build a small stand-in for EM showers.
+"""Geant4 11.4 data sets: find the official ones, or build a small stand-in for EM and hadron showers.
 
 Geant4's data sets (``G4EMLOW``, ``G4NDL``, ...) are large downloads from CERN. When they are not
 installed (:func:`official_data_env` finds them through ``GEANT4_DATA_DIR`` or the 12 per-set
 variables), :func:`build_standin` writes, once, a *stand-in* tree that holds exactly what the
-standard electromagnetic physics (``G4EmStandardPhysics``, plus ``G4DecayPhysics``) reads, for
-Z = 1..100, computed from physics formulae and the Elam photon tables of ``xraydb``:
+standard electromagnetic physics (``G4EmStandardPhysics``, plus ``G4DecayPhysics``) and the
+hadronic list ``FTFP_BERT`` read, for Z = 1..100, computed from physics formulae and the Elam
+photon tables of ``xraydb``:
 
 ``G4EMLOW8.8/brem_SB/br{Z}``
     Seltzer-Berger bremsstrahlung table (a ``G4Physics2DVector``): the scaled cross section
@@ -33,13 +34,41 @@ Z = 1..100, computed from physics formulae and the Elam photon tables of ``xrayd
 ``G4ENSDFSTATE3.0/ENSDFSTATE.dat``
     Empty: no nuclide levels (``G4NuclideTable`` then knows only what it builds on the fly).
 
-The 10 other data directories exist and are empty, so hadronic, neutron, radioactive-decay,
-optical and channeling physics have no data: the stand-in supports EM showers (e-, e+, gamma)
-only, and hadron showers must not be simulated with it. Results made with it must be labelled
-**"Geant4 11.4.1 with stand-in data"**: the EM physics (models, LPM, msc, ionisation, Compton,
-pair production) is Geant4's own and is the reference; only the three cross-section tables
-above are approximations; hadronic physics is not provided. :func:`data_env` returns the label of
-the source it chose.
+``G4PARTICLEXS4.2/neutron/{inel,el,cap}{Z}`` (Z = 1..92)
+    Neutron cross sections of ``G4NeutronInelasticXS``, ``G4NeutronElasticXS`` and
+    ``G4NeutronCaptureXS`` (``G4PhysicsLogVector``: 124 points log-uniform in kinetic energy from
+    1e-5 eV to 20 MeV; cross sections in mm^2). Above 20 MeV Geant4 uses its Glauber-Gribov cross
+    sections scaled to the tables' 20 MeV values, below 1e-5 eV 1/v. Inelastic (non-elastic):
+    the black disc with the reduced de Broglie wavelength, pi (R + lambda-bar)^2, R = 1.35 A^1/3 fm
+    (e.g. Blatt & Weisskopf, *Theoretical Nuclear Physics* (1952), ch. VIII), times a threshold
+    factor (1 - E_th/E), E_th = 20 A^-2/3 MeV (~ the first excited level): within ~15 % of the
+    measured 14 MeV non-elastic cross sections of C, Fe and Pb; none for hydrogen (no channel below
+    the pion threshold; Geant4 then keeps its own n-p cross sections above 20 MeV: 30 mb inelastic
+    at 10 GeV). The 20 MeV normalisation carries the stand-in's error to high energies: in Geant4
+    with this tree, 10 GeV n-Pb is 1.5 b inelastic and 1.0 b elastic (PDG: 1.7 b inelastic). Elastic: the s-wave hard sphere 4 pi R^2 at low energy joined, with weight
+    (kR)^4, to the black disc's shadow scattering 2 pi (R + lambda-bar)^2 - sigma_inel at high
+    energy (no resonances; within a factor 2-3 of thermal values for light nuclei); for hydrogen the
+    n-p effective-range expansion (triplet a = 5.424 fm, r = 1.759 fm; singlet a = -23.748 fm,
+    r = 2.75 fm: 20.4 b at 0, 4.26 b at 1 MeV, 0.68 b at 14 MeV). Capture: 1/v from the thermal
+    absorption cross sections of Sears (Neutron News 3 (1992) 26), without resonances.
+``G4PARTICLEXS4.2/gamma/inel{Z}`` (Z = 1..94)
+    Photonuclear cross section of ``G4GammaNuclearXS`` (``G4PhysicsLinearVector``: uniform 0.5 MeV
+    grid 0..100 MeV, mm^2; Geant4 joins the last point linearly to its CHIPS parameterisation at
+    150 MeV and uses CHIPS above, and for Z = 1, 40, 74 everywhere). A Lorentzian giant dipole
+    resonance with the RIPL-3 systematics (Capote et al., Nucl. Data Sheets 110 (2009) 3107):
+    E_GDR = 31.2 A^-1/3 + 20.6 A^-1/6 MeV, Gamma = 0.026 E_GDR^1.91 MeV, and a peak that exhausts
+    the Thomas-Reiche-Kuhn sum rule 60 NZ/A mb MeV times (1 + 0.2) (Pb: 586 mb at 13.7 MeV,
+    measured 640 mb at 13.4 MeV), plus a flat quasi-deuteron part of 0.1 mb per nucleon that sets in
+    above the resonance; zero below the neutron separation energy (Bethe-Weizsaecker formula).
+
+The 10 other data directories exist and are empty (``G4NDL`` is only read by the ``_HP`` lists,
+``PhotonEvaporation`` levels are optional: without them, nuclear de-excitation is a continuum of
+gammas). Results made with the stand-in must be labelled **"Geant4 11.4.1 with stand-in data"**:
+the EM physics (models, LPM, msc, ionisation, Compton, pair production) is Geant4's own and is the
+reference; only the three EM cross-section tables above are approximations. Hadron showers are
+**experimental**: the models and the pion, proton and ion cross sections (Barashenkov-Glauber-Gribov,
+compiled into Geant4) are Geant4's own, but neutron and gamma-nuclear cross sections are the
+parameterised stand-ins above. :func:`data_env` returns the label of the source it chose.
 
 geant4-pybind's import downloads missing data sets (without asking when ``CI=true``) unless
 ``GEANT4_DATA_DIR`` is set, so the environment of :func:`data_env` must be in ``os.environ``
@@ -63,11 +92,12 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["GEANT4_VERSION", "DATASETS", "STANDIN_VERSION", "STANDIN_LABEL", "default_data_dir",
-           "official_data_env", "build_standin", "data_env", "sb_scaled_dcs", "sb_grid"]
+           "official_data_env", "build_standin", "data_env", "sb_scaled_dcs", "sb_grid", "NXS_Z_MAX", "GXS_Z_MAX",
+           "neutron_grid", "neutron_xs", "thermal_capture_barn", "gamma_grid", "gamma_nuclear_xs", "gdr_parameters"]
 
 GEANT4_VERSION = "11.4.1"
 #: Version of the stand-in content; a tree with another stamp is rebuilt.
-STANDIN_VERSION = "1"
+STANDIN_VERSION = "2"
 #: How results made with the stand-in tree must be labelled.
 STANDIN_LABEL = f"Geant4 {GEANT4_VERSION} with stand-in data"
 
@@ -192,6 +222,7 @@ def build_standin(path: Path | None = None, progress: bool = False) -> Path:
                 _write_rayleigh(emlow / "epics2017" / "rayl" / f"re-cs-{z}.dat", z)
                 if progress and z % 10 == 0:
                     print(f"stand-in Geant4 data: Z={z}/{Z_MAX}", file=sys.stderr, flush=True)
+            _write_particlexs(tmp / DATASETS["G4PARTICLEXSDATA"])
         (tmp / _STAMP).write_text(_stamp_text())
         if root.exists():
             if _complete(root):          # another process finished first
@@ -372,3 +403,163 @@ def _write_rayleigh(path: Path, z: int) -> None:
     vals = _barn_per_atom(ze, e_ev, "coh") * (z / ze) ** 2 * _BARN_MM2 * e_mev ** 2
     body = "\n".join(f"{a:.9g} {b:.6g}" for a, b in zip(e_mev, vals))
     path.write_text(f"{e_mev[0]:.9g} {e_mev[-1]:.9g} {len(e_mev)}\n{len(e_mev)}\n{body}\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# G4PARTICLEXS: neutron and gamma-nuclear cross sections for the hadronic physics list
+
+#: Highest Z of the neutron tables (G4NeutronInelasticXS/ElasticXS/CaptureXS clamp Z to 92) and of
+#: the gamma-nuclear tables (G4GammaNuclearXS opens inel1..inel94 when it is constructed).
+NXS_Z_MAX, GXS_Z_MAX = 92, 94
+#: Neutron tables: log-uniform grid (``G4PhysicsLogVector``) from 1e-5 eV to 20 MeV, where Geant4
+#: continues with its Glauber-Gribov (elastic, inelastic) cross sections scaled to the table's last point.
+N_EMIN_MEV, N_EMAX_MEV, N_PER_DECADE = 1.0e-11, 20.0, 10
+#: Gamma-nuclear tables: uniform linear grid (``G4PhysicsLinearVector``) 0..100 MeV; Geant4 joins the
+#: last point linearly to its CHIPS parameterisation at 150 MeV and uses CHIPS above.
+G_EMAX_MEV, G_STEP_MEV = 100.0, 0.5
+_HBARC_MEV_FM = 197.3269804
+_MN_MEV = 939.56542052
+_FM2_MM2 = 1.0e-24
+_R0_FM = 1.35              # black-disc radius parameter, R = r0 A^(1/3)
+_E_THERMAL_MEV = 2.53e-8   # 2200 m/s
+_GDR_KAPPA = 0.2           # exchange-force enhancement of the TRK sum rule (RIPL-3 systematics)
+_QD_MB_PER_NUCLEON = 0.1   # quasi-deuteron plateau of the photoabsorption cross section per nucleon
+
+# Thermal (2200 m/s) neutron absorption cross sections in barn, V.F. Sears, Neutron News 3 (1992) 26
+# (NIST table); Z missing here are interpolated geometrically between neighbours.
+_SIGMA_TH_BARN: dict[int, float] = {
+    1: 0.3326, 2: 0.00747, 3: 70.5, 4: 0.0076, 5: 767.0, 6: 0.0035, 7: 1.90, 8: 0.00019, 9: 0.0096, 10: 0.039,
+    11: 0.530, 12: 0.063, 13: 0.231, 14: 0.171, 15: 0.172, 16: 0.53, 17: 33.5, 18: 0.675, 19: 2.1, 20: 0.43,
+    21: 27.5, 22: 6.09, 23: 5.08, 24: 3.05, 25: 13.3, 26: 2.56, 27: 37.18, 28: 4.49, 29: 3.78, 30: 1.11,
+    31: 2.75, 32: 2.2, 33: 4.5, 34: 11.7, 35: 6.9, 36: 25.0, 37: 0.38, 38: 1.28, 39: 1.28, 40: 0.185,
+    41: 1.15, 42: 2.48, 43: 20.0, 44: 2.56, 45: 144.8, 46: 6.9, 47: 63.3, 48: 2520.0, 49: 193.8, 50: 0.626,
+    51: 4.91, 52: 4.7, 53: 6.15, 54: 23.9, 55: 29.0, 56: 1.1, 57: 8.97, 58: 0.63, 59: 11.5, 60: 50.5,
+    61: 168.4, 62: 5922.0, 63: 4530.0, 64: 49700.0, 65: 23.4, 66: 994.0, 67: 64.7, 68: 159.0, 69: 100.0,
+    70: 34.8, 71: 74.0, 72: 104.1, 73: 20.6, 74: 18.3, 75: 89.7, 76: 16.0, 77: 425.0, 78: 10.3, 79: 98.65,
+    80: 372.3, 81: 3.43, 82: 0.171, 83: 0.0338, 88: 12.8, 90: 7.37, 91: 200.6, 92: 7.57,
+}
+
+
+def _mass_number(z: int) -> float:
+    """Mean mass number of the natural element (standard atomic weight, from ``xraydb``)."""
+    import xraydb
+
+    return float(xraydb.atomic_mass(z))
+
+
+def thermal_capture_barn(z: int) -> float:
+    """Thermal (2200 m/s) capture cross section of element ``z`` in barn (Sears 1992; gaps interpolated)."""
+    if z in _SIGMA_TH_BARN:
+        return _SIGMA_TH_BARN[z]
+    lo = max(k for k in _SIGMA_TH_BARN if k < z)
+    hi = min(k for k in _SIGMA_TH_BARN if k > z)
+    w = (z - lo) / (hi - lo)
+    return math.exp((1 - w) * math.log(_SIGMA_TH_BARN[lo]) + w * math.log(_SIGMA_TH_BARN[hi]))
+
+
+def neutron_grid() -> np.ndarray:
+    """Kinetic energies (MeV) of the neutron tables: log-uniform, :data:`N_PER_DECADE` per decade."""
+    n = int(round(N_PER_DECADE * math.log10(N_EMAX_MEV / N_EMIN_MEV))) + 1
+    return np.geomspace(N_EMIN_MEV, N_EMAX_MEV, n)
+
+
+def _np_elastic_barn(t_mev: np.ndarray) -> np.ndarray:
+    """Free n-p elastic cross section from the effective-range expansion (S-waves, singlet + triplet)."""
+    # k cot(delta) = -1/a + r k^2 / 2; triplet a = 5.424 fm, r = 1.759 fm; singlet a = -23.748 fm, r = 2.75 fm
+    k2 = 0.5 * _MN_MEV * t_mev / _HBARC_MEV_FM ** 2         # c.m. momentum squared (fm^-2), m_n ~ m_p
+    trip = 3.0 / (k2 + (-1 / 5.424 + 0.5 * 1.759 * k2) ** 2)
+    sing = 1.0 / (k2 + (1 / 23.748 + 0.5 * 2.75 * k2) ** 2)
+    return math.pi * (trip + sing) / 100.0                 # pi [3 sin^2 d_t + sin^2 d_s] / k^2, fm^2 -> barn
+
+
+def neutron_xs(z: int, t_mev: np.ndarray) -> dict[str, np.ndarray]:
+    """Stand-in neutron cross sections (barn) of element ``z`` at kinetic energies ``t_mev``.
+
+    Returns ``{"inel", "el", "cap"}``, each shaped like ``t_mev``; see the module docstring for
+    the formulae (black disc with the reduced wavelength, hard-sphere elastic, 1/v capture).
+    """
+    t = np.asarray(t_mev, float)
+    a = _mass_number(z)
+    lam = _HBARC_MEV_FM / np.sqrt(t * (t + 2 * _MN_MEV))          # reduced de Broglie wavelength, fm
+    cap = thermal_capture_barn(z) * np.sqrt(_E_THERMAL_MEV / t)
+    if z == 1:   # no inelastic channel below the pion threshold; n-p elastic from the effective range
+        return {"inel": np.zeros_like(t), "el": _np_elastic_barn(t), "cap": cap}
+    r = _R0_FM * a ** (1 / 3)
+    absorb = math.pi * (r + lam) ** 2 / 100.0                    # black disc, fm^2 -> barn
+    e_th = 20.0 * a ** (-2 / 3)                                   # ~ first excited level, MeV
+    inel = absorb * np.clip(1.0 - e_th / t, 0.0, None)
+    # s-wave hard sphere (4 pi R^2, kR << 1) joined to the optical limit (kR >> 1: the black disc's
+    # shadow scattering, 2 pi (R + lambda)^2 minus the reactions); weight (kR)^4 so that the optical
+    # term, ~lambda^2, vanishes at low energy
+    x4 = (r / lam) ** 4
+    optical = np.maximum(2 * absorb - inel, 0.0)
+    el = (4 * math.pi * r * r / 100.0 + x4 * optical) / (1.0 + x4)
+    return {"inel": inel, "el": el, "cap": cap}
+
+
+def _separation_energy_mev(z: int, a: int) -> float:
+    """Neutron separation energy from the Bethe-Weizsaecker mass formula, clamped to [2.2, 20] MeV."""
+    def binding(zz: int, aa: int) -> float:
+        n = aa - zz
+        pair = 0.0 if aa % 2 else (11.18 if zz % 2 == 0 else -11.18) / math.sqrt(aa)
+        return (15.75 * aa - 17.8 * aa ** (2 / 3) - 0.711 * zz * (zz - 1) / aa ** (1 / 3)
+                - 23.7 * (n - zz) ** 2 / aa + pair)
+    return min(max(binding(z, a) - binding(z, a - 1), 2.2), 20.0) if a > 2 else 2.2
+
+
+def gdr_parameters(z: int) -> tuple[float, float, float]:
+    """Giant dipole resonance of element ``z``: peak energy (MeV), width (MeV), peak cross section (mb).
+
+    RIPL-3 systematics (Capote et al., Nucl. Data Sheets 110 (2009) 3107): E = 31.2 A^-1/3 +
+    20.6 A^-1/6 MeV, Gamma = 0.026 E^1.91 MeV, and the peak from the TRK sum rule,
+    (pi/2) sigma Gamma = 60 NZ/A (1 + kappa) mb MeV with kappa = 0.2.
+    """
+    a = _mass_number(z)
+    e0 = 31.2 * a ** (-1 / 3) + 20.6 * a ** (-1 / 6)
+    width = 0.026 * e0 ** 1.91
+    trk = 60.0 * (a - z) * z / a * (1 + _GDR_KAPPA)
+    return e0, width, 2.0 * trk / (math.pi * width)
+
+
+def gamma_grid() -> np.ndarray:
+    """Photon energies (MeV) of the gamma-nuclear tables: uniform, 0..:data:`G_EMAX_MEV`."""
+    return np.linspace(0.0, G_EMAX_MEV, int(round(G_EMAX_MEV / G_STEP_MEV)) + 1)
+
+
+def gamma_nuclear_xs(z: int, e_mev: np.ndarray) -> np.ndarray:
+    """Stand-in photonuclear cross section (mb) of element ``z``: GDR Lorentzian plus a flat part.
+
+    Zero below the neutron separation energy; above it the Lorentzian of :func:`gdr_parameters`
+    (the form of Berman & Fultz, Rev. Mod. Phys. 47 (1975) 713) plus the quasi-deuteron plateau,
+    0.1 mb per nucleon, switched on smoothly above the resonance (tanh over one width at E + 2 Gamma).
+    """
+    e = np.asarray(e_mev, float)
+    if z == 1:                       # no nucleus to excite (Geant4 uses CHIPS for hydrogen anyway)
+        return np.zeros_like(e)
+    a = _mass_number(z)
+    e0, width, peak = gdr_parameters(z)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lor = peak / (1.0 + ((e * e - e0 * e0) / (e * width)) ** 2)
+    lor = np.nan_to_num(lor)
+    flat = _QD_MB_PER_NUCLEON * a * 0.5 * (1.0 + np.tanh((e - e0 - 2 * width) / width))
+    s_n = _separation_energy_mev(z, int(round(a)))
+    return np.where(e >= s_n, lor + flat, 0.0)
+
+
+def _vector_text(e: np.ndarray, v: np.ndarray) -> str:
+    """A ``G4PhysicsVector`` in ASCII: ``emin emax n``, ``n``, then n lines ``energy value``."""
+    body = "\n".join(f"{x:.9g} {y:.6g}" for x, y in zip(e, v))
+    return f"{e[0]:.9g} {e[-1]:.9g} {len(e)}\n{len(e)}\n{body}\n"
+
+
+def _write_particlexs(root: Path) -> None:
+    """Write ``neutron/{inel,el,cap}{Z}`` and ``gamma/inel{Z}`` (Geant4 internal units: MeV, mm^2)."""
+    neutron, gamma = root / "neutron", root / "gamma"
+    neutron.mkdir(parents=True)
+    gamma.mkdir(parents=True)
+    tn, tg = neutron_grid(), gamma_grid()
+    for z in range(1, NXS_Z_MAX + 1):
+        for kind, sig in neutron_xs(z, tn).items():
+            (neutron / f"{kind}{z}").write_text(_vector_text(tn, sig * _BARN_MM2))
+    for z in range(1, GXS_Z_MAX + 1):
+        (gamma / f"inel{z}").write_text(_vector_text(tg, gamma_nuclear_xs(z, tg) * 1e-3 * _BARN_MM2))

@@ -14,10 +14,23 @@ energy is divided by the structure's sampling fraction, so cells are on the elec
 scale like the built-in engine's. Each event's random seed is drawn from the block's physics
 generator, so a shower depends only on (seed, event index), never on workers or shards.
 
-The physics list is ``G4EmStandardPhysics`` (EM option 0, the reference for EM showers) plus
-``G4DecayPhysics``, production cut 0.7 mm. Geant4 data sets come from ``GEANT4_DATA_DIR`` when it
-holds complete official data, else from calosim's stand-in tree (:mod:`calosim.simulate.g4data`,
-built once into the user cache; files are labelled "Geant4 11.4.1 with stand-in data"). The
+The physics list depends on the particle (:func:`physics_list_for`): e-, e+ and gamma use
+``G4EmStandardPhysics`` (EM option 0, the reference for EM showers) plus ``G4DecayPhysics``;
+pi+, pi- and protons use Geant4's reference list for hadron calorimetry, ``FTFP_BERT`` (the same
+EM physics, plus ``G4EmExtraPhysics`` (gamma- and lepto-nuclear), ``G4HadronElasticPhysics``,
+``G4HadronPhysicsFTFP_BERT`` (Bertini cascade below 3-6 GeV, FTF string model above),
+``G4StoppingPhysics``, ``G4IonPhysics``, ``G4NeutronTrackingCut``). FTFP_BERT is chosen because it
+needs the least data of the hadronic lists: no G4NDL (that is for the ``_HP`` lists), no INCL or
+ABLA tables; it reads only G4PARTICLEXS (neutron elastic, inelastic and capture, gamma-nuclear);
+PhotonEvaporation levels are optional to it. Production cut 0.7 mm for both. One worker runs one
+physics list: switching between EM and hadron particles restarts it.
+
+Geant4 data sets come from ``GEANT4_DATA_DIR`` when it holds complete official data, else from
+calosim's stand-in tree (:mod:`calosim.simulate.g4data`, built once into the user cache; files are
+labelled "Geant4 11.4.1 with stand-in data"). With the stand-in, EM showers are the reference; hadron
+showers are **experimental** (their neutron and gamma-nuclear cross sections are parameterised
+stand-ins; pion and proton cross sections and all models are Geant4's own), and files say so in the
+``hadronic_physics`` attribute. The
 environment is set in the worker before ``geant4_pybind`` is imported, so the import never tries
 to download anything (geant4-pybind otherwise downloads missing data sets, without asking when
 ``CI=true``).
@@ -43,16 +56,33 @@ from . import register_engine
 from .g4data import DATASETS, STANDIN_LABEL, data_env
 from .g4detector import check_geometry, make_detector, slab_layers
 
-__all__ = ["Geant4Engine", "GEANT4_VERSION", "PHYSICS_LIST", "PRODUCTION_CUT_MM", "EM_PDGS", "DATASETS", "data_env",
-           "slab_layers"]
+__all__ = ["Geant4Engine", "GEANT4_VERSION", "PHYSICS_LIST", "HADRON_PHYSICS_LIST", "PRODUCTION_CUT_MM", "EM_PDGS",
+           "HADRON_PDGS", "DATASETS", "data_env", "physics_list_for", "slab_layers"]
 
 GEANT4_VERSION = "11.4.1"
+#: The EM physics list (e-, e+, gamma).
 PHYSICS_LIST = "G4EmStandardPhysics + G4DecayPhysics"
+#: The hadronic physics list (pi+, pi-, proton): geant4-pybind's ``FTFP_BERT`` modular list.
+HADRON_PHYSICS_LIST = ("FTFP_BERT (G4EmStandardPhysics + G4EmExtraPhysics + G4DecayPhysics + G4HadronElasticPhysics"
+                       " + G4HadronPhysicsFTFP_BERT + G4StoppingPhysics + G4IonPhysics + G4NeutronTrackingCut)")
 PRODUCTION_CUT_MM = 0.7
-#: Particles the physics list simulates (EM physics only).
+#: Particles simulated with the EM physics list.
 EM_PDGS = (11, -11, 22)
+#: Particles simulated with the hadronic physics list.
+HADRON_PDGS = (211, -211, 2212)
+#: ``hadronic_physics`` attribute of files made with the stand-in data.
+HADRONIC_STANDIN = "experimental: stand-in cross sections"
 _G4_NAMES = {11: "e-", -11: "e+", 22: "gamma", 211: "pi+", -211: "pi-", 2212: "proton"}
 _LOG_TAIL = 15
+
+def physics_list_for(pdg: int) -> str:
+    """``"em"`` (e-, e+, gamma) or ``"hadron"`` (pi+, pi-, proton): the physics list that shoots ``pdg``."""
+    if pdg in EM_PDGS:
+        return "em"
+    if pdg in HADRON_PDGS:
+        return "hadron"
+    raise ValueError(f"the Geant4 engine cannot shoot PDG id {pdg} (it shoots e-, e+, gamma, pi+, pi-, proton)")
+
 
 def _require_extra() -> None:
     if importlib.util.find_spec("geant4_pybind") is None:
@@ -77,18 +107,30 @@ class Geant4Engine:
         self._send: Any = None
         self._recv: Any = None
         self._geo_json: str | None = None
+        self._physics: str | None = None
         self._log: Path | None = None
         self._lock = threading.Lock()
 
-    def provenance(self) -> dict[str, Any]:
-        """Attributes recorded in every file this engine writes."""
-        return {"engine_label": self.label, "geant4_version": GEANT4_VERSION, "physics_list": PHYSICS_LIST,
+    def provenance(self, pdg: int | None = None) -> dict[str, Any]:
+        """Attributes recorded in every file this engine writes.
+
+        ``physics_list`` is the list that shoots ``pdg``; without it (calosim asks before it knows
+        the particle), the rule: the EM list for e-, e+, gamma and FTFP_BERT for pi+, pi-, proton
+        (the file's ``particle`` attribute says which one applies).
+        """
+        if pdg is None:
+            physics = f"{PHYSICS_LIST} for e-, e+, gamma; {HADRON_PHYSICS_LIST} for pi+, pi-, proton"
+        else:
+            physics = PHYSICS_LIST if physics_list_for(pdg) == "em" else HADRON_PHYSICS_LIST
+        standin = self.label == STANDIN_LABEL
+        return {"engine_label": self.label, "geant4_version": GEANT4_VERSION, "physics_list": physics,
+                "hadronic_physics": HADRONIC_STANDIN if standin else "FTFP_BERT with official Geant4 data",
                 "production_cut_mm": PRODUCTION_CUT_MM, "data_source": self.data_source,
                 "cell_energy_scale": "electromagnetic scale: energy deposited in the active material / "
                                      "the structure's sampling fraction, MeV",
                 "energy_scale": "em-scale"}
 
-    def _start(self, geo: Geometry) -> None:
+    def _start(self, geo: Geometry, physics: str) -> None:
         # A plain subprocess over two pipes, not multiprocessing's spawn: spawn re-imports the
         # caller's __main__, which breaks user scripts without an ``if __name__ == "__main__"`` guard.
         self.close()
@@ -109,8 +151,8 @@ class Geant4Engine:
             os.close(up_w)
         self._send = Connection(down_w, readable=False)
         self._recv = Connection(up_r, writable=False)
-        self._geo_json = geo.to_json()
-        self._call(("init", self._geo_json))
+        self._geo_json, self._physics = geo.to_json(), physics
+        self._call(("init", self._geo_json, physics))
 
     def _tail(self) -> str:
         try:
@@ -142,15 +184,12 @@ class Geant4Engine:
                        position: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`calosim.simulate.Engine.simulate_block`; showers and overflow in MeV (EM scale)."""
         check_geometry(geometry)
-        if pdg not in _G4_NAMES:
-            raise ValueError(f"the Geant4 engine cannot shoot PDG id {pdg}")
-        if pdg not in EM_PDGS:
-            raise ValueError(f"the Geant4 engine simulates e-, e+ and gamma for now (its physics list is EM only); "
-                             f"got {_G4_NAMES[pdg]}")
+        physics = physics_list_for(pdg)
         seeds = rng.integers(1, 2**31 - 1, size=len(energy))
         with self._lock:
-            if self._proc is None or self._proc.poll() is not None or self._geo_json != geometry.to_json():
-                self._start(geometry)
+            if (self._proc is None or self._proc.poll() is not None or self._geo_json != geometry.to_json()
+                    or self._physics != physics):
+                self._start(geometry, physics)
             showers, overflow = self._call(("run", int(pdg), np.asarray(energy, np.float64), np.asarray(theta, np.float64),
                                             np.asarray(phi, np.float64), np.asarray(position, np.float64), seeds))
         return showers, overflow
@@ -203,7 +242,7 @@ def _worker_main() -> None:
                 sys.stdout.flush()
                 os._exit(0)
             if msg[0] == "init":
-                app = _App(Geometry.from_json(msg[1]))
+                app = _App(Geometry.from_json(msg[1]), msg[2])
                 send.send(("ok", None))
             elif msg[0] == "run":
                 assert app is not None
@@ -213,9 +252,9 @@ def _worker_main() -> None:
 
 
 class _App:
-    """A Geant4 application for one geometry: detector, physics, gun, scorers."""
+    """A Geant4 application for one geometry and physics list (``"em"`` or ``"hadron"``)."""
 
-    def __init__(self, geo: Geometry) -> None:
+    def __init__(self, geo: Geometry, physics_kind: str) -> None:
         import geant4_pybind as g4
 
         self.g4, self.geo = g4, geo
@@ -225,9 +264,12 @@ class _App:
         self.rm = g4.G4RunManagerFactory.CreateRunManager(g4.G4RunManagerType.Serial)
         self.detector = make_detector(g4, geo)
         self.rm.SetUserInitialization(self.detector)
-        physics = g4.G4VModularPhysicsList()
-        physics.RegisterPhysics(g4.G4EmStandardPhysics())
-        physics.RegisterPhysics(g4.G4DecayPhysics())
+        if physics_kind == "hadron":
+            physics = g4.FTFP_BERT()
+        else:
+            physics = g4.G4VModularPhysicsList()
+            physics.RegisterPhysics(g4.G4EmStandardPhysics())
+            physics.RegisterPhysics(g4.G4DecayPhysics())
         physics.SetDefaultCutValue(PRODUCTION_CUT_MM * g4.mm)
         physics.SetVerboseLevel(0)
         self.physics = physics
