@@ -189,8 +189,9 @@ def _ild_hcal() -> Geometry:
                     "ILD analogue hadronic calorimeter (Fe / scintillator tiles)", threshold_mev=0.0, sampling=sampling)
 
 
-@register_geometry("cms-towers", "CMS-like eta-phi tower grid 72x72 (0.087 x 0.087) for event images")
+@register_geometry("cms-towers", "CMS-like eta-phi tower grid 72x72 (0.087 x 0.087) for event images; no Geant4 description")
 def _cms_towers() -> Geometry:
+    # No sampling structure: CALPAGAN's event images are projective towers of a whole detector, not a stack.
     # One projective layer: cell size in mm at 1.29 m radius for Delta eta = Delta phi = 0.087.
     em = Material("PbWO4", "PbWO4", x0_mm=8.9, lambda_mm=200.0, moliere_mm=21.9, critical_mev=8.5,
                   sampling_fraction=1.0, stochastic=0.03, constant=0.005)
@@ -243,13 +244,14 @@ def _par04(name: str, xml: str, description: str) -> Geometry:
     return replace(g, sampling=PAR04)
 
 
-@register_geometry("calochallenge-1-photons", "CaloChallenge 2022 dataset 1 photons: ATLAS, 368 voxels in 5 layers")
+@register_geometry("calochallenge-1-photons", "CaloChallenge 2022 dataset 1 photons: ATLAS, 368 voxels in 5 layers; no Geant4 description")
 def _cc1g() -> Geometry:
+    # No sampling structure: the challenge publishes the ATLAS voxel binning, not a detector description.
     return load_calochallenge_xml(_xml("binning_dataset_1_photons.xml"), "calochallenge-1-photons",
                                   layer_z_mm=_atlas_place, description="ATLAS LAr/Pb + Tile, 0.2<|eta|<0.25")
 
 
-@register_geometry("calochallenge-1-pions", "CaloChallenge 2022 dataset 1 pions: ATLAS, 533 voxels in 7 layers")
+@register_geometry("calochallenge-1-pions", "CaloChallenge 2022 dataset 1 pions: ATLAS, 533 voxels in 7 layers; no Geant4 description")
 def _cc1p() -> Geometry:
     return load_calochallenge_xml(_xml("binning_dataset_1_pions.xml"), "calochallenge-1-pions",
                                   layer_z_mm=_atlas_place, description="ATLAS LAr/Pb + Tile, 0.2<|eta|<0.25")
