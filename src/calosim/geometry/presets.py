@@ -164,7 +164,7 @@ def _ild_ecal() -> Geometry:
     # The 30 x 30 grid keeps the seed dataset's projection (5.1 mm pitch, ILD cells are 5.0 mm).
     sampling = Sampling("G4_W", "G4_Si", absorber_mm=2.1, active_mm=0.525, n_periods=20, width_mm=400.0,
                         sampling_fraction=SF_ILD_ECAL[0], groups=(PeriodGroup(4.2, 0.525, 10),),
-                        source="ILD seed (Buhmann et al., arXiv:2005.05334: 30 Si-W layers, 5 x 5 mm2 cells); "
+                        source="ILD seed (Diefenbacher et al., ML4Jets 2022, on the datasets of arXiv:2005.05334: 30 Si-W layers, 5 x 5 mm2 cells); "
                                "key4hep/k4geo ILD/compact/ILD_common_v02/ecal_defs.xml + SEcal05_siw_Barrel.xml "
                                "(2.1 mm W for the first 20 sensitive layers, 4.2 mm for the last 10, "
                                "Ecal_Si_thickness 0.525 mm); " + _sf_note(SF_ILD_ECAL))
@@ -181,8 +181,8 @@ def _ild_hcal() -> Geometry:
     # 2 mm air gap of each ILD layer are not modelled: 23 mm periods of Fe + polystyrene.
     sampling = Sampling("G4_Fe", "G4_POLYSTYRENE", absorber_mm=20.0, active_mm=3.0, n_periods=48, width_mm=1000.0,
                         sampling_fraction=SF_ILD_HCAL[0],
-                        source="ILD seed (Buhmann et al., arXiv:2112.09709: 48 layers Fe/scintillator, 30 x 30 mm2 "
-                               "tiles); key4hep/k4geo ILD/compact/ILD_common_v02/hcal_defs.xml (20 mm steel "
+                        source="ILD seed (Diefenbacher et al., ML4Jets 2022, on the datasets of arXiv:2112.09709: "
+                               "48 layers Fe/scintillator, 30 x 30 mm2 tiles); key4hep/k4geo ILD/compact/ILD_common_v02/hcal_defs.xml (20 mm steel "
                                "radiator, 3 mm scintillator, 48 layers, 30 mm cells); " + _sf_note(SF_ILD_HCAL))
     mat = effective_material(sampling, stochastic=0.50, constant=0.03, absorber_label="Fe", active_label="scintillator")
     return Geometry("ild-hcal", _stack_layers("layer_", sampling, (25, 25), (30.0, 30.0), (mat,)),
