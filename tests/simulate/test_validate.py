@@ -77,3 +77,10 @@ def test_geant4_passes(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest
     # the two energies of the probe: shower maximum moves by ln(4) X0
     t = rep.measurements["t_max_x0"]
     assert t[1] - t[0] == pytest.approx(math.log(4), abs=0.5)
+
+
+def test_probe_refuses_structures_it_cannot_read_out() -> None:
+    with pytest.raises(ValueError, match="planar stack of identical periods"):
+        probe_geometry("calochallenge-2")
+    with pytest.raises(ValueError, match="several period groups"):
+        probe_geometry("ild-ecal")

@@ -104,6 +104,9 @@ def probe_geometry(base: Geometry | str = "calogan", periods_per_layer: int = 4,
     s = geo.sampling
     if s is None:
         raise ValueError(f"geometry {geo.name!r} has no sampling structure to probe")
+    if s.kind != "planar" or s.groups:
+        raise ValueError(f"geometry {geo.name!r}: the probe readout needs a planar stack of identical periods "
+                         f"(this one is {s.kind}{' with several period groups' if s.groups else ''})")
     n_cells = int(round(2 * half_width_mm / cell_mm))
     per = max(1, min(periods_per_layer, s.n_periods))
     n_layers = math.ceil(s.n_periods / per)
