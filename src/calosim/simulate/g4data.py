@@ -45,7 +45,9 @@ photon tables of ``xraydb``:
     measured 14 MeV non-elastic cross sections of C, Fe and Pb; none for hydrogen (no channel below
     the pion threshold; Geant4 then keeps its own n-p cross sections above 20 MeV: 30 mb inelastic
     at 10 GeV). The 20 MeV normalisation carries the stand-in's error to high energies: in Geant4
-    with this tree, 10 GeV n-Pb is 1.5 b inelastic and 1.0 b elastic (PDG: 1.7 b inelastic). Elastic: the s-wave hard sphere 4 pi R^2 at low energy joined, with weight
+    with this tree (thin-target counts), 10 GeV n-Pb is 1.54 b inelastic and 1.09 b elastic, where
+    Geant4's own (compiled-in) p-Pb cross sections are 1.95 b and 1.22 b: secondary neutrons above
+    20 MeV interact ~20 % less often than they should. Elastic: the s-wave hard sphere 4 pi R^2 at low energy joined, with weight
     (kR)^4, to the black disc's shadow scattering 2 pi (R + lambda-bar)^2 - sigma_inel at high
     energy (no resonances; within a factor 2-3 of thermal values for light nuclei); for hydrogen the
     n-p effective-range expansion (triplet a = 5.424 fm, r = 1.759 fm; singlet a = -23.748 fm,

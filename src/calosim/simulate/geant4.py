@@ -57,7 +57,7 @@ from .g4data import DATASETS, STANDIN_LABEL, data_env
 from .g4detector import check_geometry, make_detector, slab_layers
 
 __all__ = ["Geant4Engine", "GEANT4_VERSION", "PHYSICS_LIST", "HADRON_PHYSICS_LIST", "PRODUCTION_CUT_MM", "EM_PDGS",
-           "HADRON_PDGS", "DATASETS", "data_env", "physics_list_for", "slab_layers"]
+           "HADRON_PDGS", "HADRONIC_STANDIN", "DATASETS", "data_env", "physics_list_for", "slab_layers"]
 
 GEANT4_VERSION = "11.4.1"
 #: The EM physics list (e-, e+, gamma).
@@ -74,6 +74,7 @@ HADRON_PDGS = (211, -211, 2212)
 HADRONIC_STANDIN = "experimental: stand-in cross sections"
 _G4_NAMES = {11: "e-", -11: "e+", 22: "gamma", 211: "pi+", -211: "pi-", 2212: "proton"}
 _LOG_TAIL = 15
+
 
 def physics_list_for(pdg: int) -> str:
     """``"em"`` (e-, e+, gamma) or ``"hadron"`` (pi+, pi-, proton): the physics list that shoots ``pdg``."""
