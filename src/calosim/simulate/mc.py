@@ -161,6 +161,9 @@ class MCTuning:
     cloud sideways by a Gaussian of sigma ``cluster_mm * sqrt(1 GeV / V)`` for a slice of
     energy V: a shower is a few energetic clumps, not a smooth cloud, so its per-layer centroid
     wanders by ~``cluster_mm / sqrt(E_layer / GeV)`` (Geant4: several mm at a few GeV).
+    ``halo_fraction`` of each EM slice's energy goes into spots of ``halo_spot_mev`` spread with
+    the radial profile of radius ``halo_mm``: the soft photons that carry a little energy far
+    from the core and make Geant4's many low-energy hit cells.
     """
 
     c_electron: float = C_ELECTRON
@@ -175,6 +178,9 @@ class MCTuning:
     response_slope: float = 0.0
     spot_mev: float | None = None
     cluster_mm: float = 0.0
+    halo_fraction: float = 0.0
+    halo_mm: float = 50.0
+    halo_spot_mev: float = 0.5
     source: str = "textbook defaults (PDG, GFlash)"
 
 
@@ -538,6 +544,20 @@ class MCEngine:
         W = tab.n_cells + tab.n_layers
         base = c.shower[c_idx] * W
         layer = tab.layer[s_idx]
+        tu = tab.tuning
+        if tu.halo_fraction > 0:  # soft halo: a share of each EM pair's energy in small spots far out
+            em = np.flatnonzero(kind == EM)
+            vh = tu.halo_fraction * v[em]
+            v = v.copy()
+            v[em] -= vh
+            full = np.full(len(em), 1.0)
+            extra = {"v": vh, "n_sp": np.maximum(1, np.rint(vh / tu.halo_spot_mev)).astype(np.int64),
+                     "p_core": full * (1 - 1e-3), "r_c": full * tu.halo_mm, "r_t": full * tu.halo_mm}
+            arrays = {"v": v, "n_sp": n_sp, "p_core": p_core, "r_c": r_c, "r_t": r_t, "xp": xp, "yp": yp, "jx": jx,
+                      "jy": jy, "base": base, "layer": layer}
+            merged = {k: np.concatenate([a, extra[k] if k in extra else a[em]]) for k, a in arrays.items()}
+            order = np.argsort(merged["layer"], kind="stable")  # spots of a layer must stay contiguous
+            v, n_sp, p_core, r_c, r_t, xp, yp, jx, jy, base, layer = (merged[k][order] for k in arrays)
 
         out: np.ndarray | None = None
         # Process in groups of whole pairs with a bounded number of spots (memory); the groups
