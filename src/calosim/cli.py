@@ -98,7 +98,7 @@ def info_cmd(file: str, geometry: str | None) -> None:
 # ---------------------------------------------------------------------------------------------
 @main.command("simulate")
 @click.option("--geometry", "-g", default="calogan", show_default=True, help="Geometry preset (see `calosim geometries`) or a CaloChallenge binning .xml.")
-@click.option("--particle", "-p", default="e+", show_default=True, help="e-, e+, gamma, pi+, pi-.")
+@click.option("--particle", "-p", default="e+", show_default=True, help="e-, e+, gamma, pi+, pi-, proton (proton: --engine geant4 only).")
 @click.option("--energy", "-e", default="1:100", show_default=True, help="Incident energy in GeV: 50, 1:100 (uniform) or log:1:100.")
 @click.option("--theta", default="0", show_default=True, help="Polar angle of incidence in degrees: fixed or lo:hi.")
 @click.option("--phi", default="0", show_default=True, help="Azimuth of the incidence direction in degrees: fixed or lo:hi.")

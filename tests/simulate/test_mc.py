@@ -127,7 +127,7 @@ def test_thick_layers_get_the_profile_integral():
         t = lay.thickness_mm / k
         thin += [Layer(f"{lay.name}_{j}", "polar", (1, 1), z_mm=lay.z_mm + j * t, thickness_mm=t,
                        material=lay.material, r_edges_mm=(0.0, 5000.0)) for j in range(k)]
-    split = Geometry("split", tuple(thin))
+    split = Geometry("split", tuple(thin), meta={"mc_tuning": "calogan"})  # the same tuning as calogan
     a = cg.layer_energies(simulate(cg, "e-", 400, energy="50", seed=8).showers).mean(0)
     b = split.layer_energies(simulate(split, "e-", 400, energy="50", seed=9).showers).mean(0)
     names = [l.name.rsplit("_", 1)[0] for l in split.layers]
@@ -222,8 +222,10 @@ def test_errors_are_clear():
         simulate("calogan", "e-", 5, theta="100")
     with pytest.raises(ValueError, match="position"):
         simulate("calogan", "e-", 5, position="1,2,3")
-    with pytest.raises(ValueError, match=r"e-, e\+, gamma, pi\+, pi-"):
+    with pytest.raises(ValueError, match=r"e-, e\+, gamma, pi\+, pi- only .*2212.*geant4"):
         simulate("calogan", "proton", 5)
+    with pytest.raises(ValueError, match=r"unknown particle 'kaon'.*proton"):
+        simulate("calogan", "kaon", 5)
     with pytest.raises(ValueError, match="valid: .*mc"):
         get_engine("geant5")
     with pytest.raises(ValueError, match="seed"):

@@ -21,6 +21,8 @@ run): see :mod:`calosim.scaleout`.
 
 from __future__ import annotations
 
+import inspect
+
 import functools
 import importlib
 import importlib.util
@@ -125,6 +127,12 @@ def _momentum(pdg: int, energy: np.ndarray, theta: np.ndarray, phi: np.ndarray) 
     return np.stack([p * st * np.cos(phi), p * st * np.sin(phi), p * np.cos(theta)], axis=1)
 
 
+def _engine_provenance(eng: Any, pdg: int) -> dict[str, Any]:
+    """The engine's own attributes; for the particle when it takes one (Geant4: its physics list)."""
+    params = inspect.signature(eng.provenance).parameters
+    return eng.provenance(pdg) if "pdg" in params else eng.provenance()
+
+
 def _run_attrs(eng: Engine, pdg: int, seed: int, spec: ConditionSpec, geo: Geometry | None = None) -> dict[str, Any]:
     return {"engine": eng.name, "engine_version": getattr(eng, "version", ""), "seed": seed,
             "particle": particle_name(pdg), "pdg": pdg, "block_size": BLOCK, **spec.as_attrs(),
@@ -132,7 +140,7 @@ def _run_attrs(eng: Engine, pdg: int, seed: int, spec: ConditionSpec, geo: Geome
             "cell_energy_scale": "electromagnetic scale (visible energy / sampling fraction), MeV",
             "energy_scale": "em-scale",
             # an engine may add its own provenance (Geant4: version, physics list, cut, data source)
-            **(eng.provenance() if hasattr(eng, "provenance") else {}),
+            **(_engine_provenance(eng, pdg) if hasattr(eng, "provenance") else {}),
             # and per geometry (mc: the Geant4-fitted tuning it used)
             **(eng.geometry_provenance(geo) if geo is not None and hasattr(eng, "geometry_provenance") else {})}
 

@@ -37,16 +37,17 @@ MAX_THETA_DEG = 80.0
 # particles
 # ------------------------------------------------------------------------------------------
 #: Canonical particle names -> PDG id.
-CANONICAL_PARTICLES: dict[str, int] = {"e-": 11, "e+": -11, "gamma": 22, "pi+": 211, "pi-": -211}
+CANONICAL_PARTICLES: dict[str, int] = {"e-": 11, "e+": -11, "gamma": 22, "pi+": 211, "pi-": -211, "proton": 2212}
 
 #: Every accepted name (canonical names and aliases) -> PDG id.
 PARTICLES: dict[str, int] = {
     **CANONICAL_PARTICLES,
-    "electron": 11, "positron": -11, "photon": 22, "pion+": 211, "pion-": -211,
+    "electron": 11, "positron": -11, "photon": 22, "pion+": 211, "pion-": -211, "p": 2212,
 }
 
 #: Rest masses (MeV) by PDG id (PDG Review of Particle Physics).
-PARTICLE_MASS_MEV: dict[int, float] = {11: 0.51099895, -11: 0.51099895, 22: 0.0, 211: 139.57039, -211: 139.57039}
+PARTICLE_MASS_MEV: dict[int, float] = {11: 0.51099895, -11: 0.51099895, 22: 0.0, 211: 139.57039, -211: 139.57039,
+                                       2212: 938.27208816}
 
 
 def resolve_particle(name: str | int) -> int:

@@ -402,7 +402,8 @@ class MCEngine:
         elif abs(pdg) == 211:
             comps = self._pion(tab, energy, axis, rng)
         else:
-            raise ValueError(f"engine mc: unsupported PDG id {pdg}")
+            raise ValueError(f"engine mc simulates e-, e+, gamma, pi+, pi- only (got PDG id {pdg}; "
+                             "protons: --engine geant4)")
         out = self._deposit(tab, comps, n, rng)
         showers = out[:, :tab.n_cells]
         overflow = out[:, tab.n_cells:]

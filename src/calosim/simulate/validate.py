@@ -116,8 +116,9 @@ def probe_geometry(base: Geometry | str = "calogan", periods_per_layer: int = 4,
         k = min(per, s.n_periods - i * per)
         layers.append(Layer(f"probe{i}", "cartesian", (n_cells, n_cells), z_mm=i * per * s.period_mm,
                             thickness_mm=k * s.period_mm, material=mat, cell_mm=(cell_mm, cell_mm)))
+    # the built-in simulator uses the preset's Geant4-fitted tuning on its probe too
     return Geometry(f"{geo.name}-probe", tuple(layers), f"probe readout of {geo.name}", overflow=True,
-                    sampling=s)
+                    sampling=s, meta={"mc_tuning": str(geo.meta.get("mc_tuning", geo.name))})
 
 
 def _layer_totals(data: ShowerData) -> np.ndarray:
