@@ -226,11 +226,27 @@ class Geant4Engine:
 # ---------------------------------------------------------------------------------------------
 # worker side (runs in the spawned subprocess; the only place that imports geant4_pybind)
 # ---------------------------------------------------------------------------------------------
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the parent dies (a killed job leaves no Geant4 run)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call
+        os._exit(0)
+
+
 def _worker_main() -> None:
     """Entry point of the worker process: ``argv`` holds the read and write pipe descriptors."""
     # Geant4 prints through C++ streams to fd 1 and 2, which the parent sent to the log file
     recv = Connection(int(sys.argv[1]), writable=False)
     send = Connection(int(sys.argv[2]), readable=False)
+    _die_with_parent()
     app: _App | None = None
     while True:
         try:
