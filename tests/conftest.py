@@ -19,3 +19,19 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def standin(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """No official Geant4 data: the engine builds and uses the stand-in tree in a private cache.
+
+    ``CI=true`` as on CI machines, where geant4-pybind would download without asking: the
+    engine must not let it (its environment is set before the import).
+    """
+    from calosim.simulate.g4data import DATASETS, build_standin
+
+    for k in [*DATASETS, "GEANT4_DATA_DIR"]:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("CALOSIM_CACHE", str(tmp_path_factory.getbasetemp() / "calosim-cache"))
+    monkeypatch.setenv("CI", "true")
+    return build_standin()

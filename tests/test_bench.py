@@ -67,17 +67,11 @@ def test_bench_rows_carry_a_geant4_column(run: Path) -> None:
 
 @pytest.mark.skipif(not __import__("calosim.bench", fromlist=["x"]).geant4_available(),
                     reason="needs the extra calosim[geant4]")
-def test_geant4_reference_time(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_geant4_reference_time(standin: Path) -> None:
     from types import SimpleNamespace
 
     from calosim.bench import reference_ms
     from calosim.geometry import get_geometry
-    from calosim.simulate.g4data import DATASETS, build_standin
-
-    for k in [*DATASETS, "GEANT4_DATA_DIR"]:
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("CALOSIM_CACHE", str(tmp_path_factory.getbasetemp() / "calosim-cache"))
-    build_standin()
     fake = SimpleNamespace(geometry=get_geometry("calogan"), particle_pdgs=[11], info={},
                            conditions=SimpleNamespace(energy_range_mev=(1000.0, 1000.0)))
     ms = reference_ms(fake, n=4, engine="geant4")   # type: ignore[arg-type]

@@ -16,22 +16,10 @@ import pytest
 
 from calosim.geometry import get_geometry
 from calosim.simulate import simulate
-from calosim.simulate.g4data import DATASETS, build_standin
 
 # Never import geant4_pybind here: without GEANT4_DATA_DIR its import offers to download data.
 if importlib.util.find_spec("geant4_pybind") is None:
     pytest.skip("needs the extra calosim[geant4]", allow_module_level=True)
-
-
-@pytest.fixture()
-def standin(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """No official data: the engine builds and uses the stand-in tree in a private cache."""
-    for k in [*DATASETS, "GEANT4_DATA_DIR"]:
-        monkeypatch.delenv(k, raising=False)
-    cache = tmp_path_factory.getbasetemp() / "calosim-cache"
-    monkeypatch.setenv("CALOSIM_CACHE", str(cache))
-    monkeypatch.setenv("CI", "true")
-    return build_standin()
 
 
 def _centroid(geo, showers: np.ndarray, layers: range) -> tuple[float, float]:

@@ -19,19 +19,8 @@ if importlib.util.find_spec("geant4_pybind") is None:
 
 from calosim.geometry import get_geometry
 from calosim.simulate import simulate
-from calosim.simulate.g4data import DATASETS, build_standin, data_env, gamma_nuclear_xs, gdr_parameters, neutron_xs
+from calosim.simulate.g4data import DATASETS, data_env, gamma_nuclear_xs, gdr_parameters, neutron_xs
 from calosim.simulate.geant4 import HADRON_PHYSICS_LIST, PHYSICS_LIST, Geant4Engine
-
-
-@pytest.fixture()
-def standin(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """No official data: the engine builds and uses the stand-in tree in a private cache."""
-    for k in [*DATASETS, "GEANT4_DATA_DIR"]:
-        monkeypatch.delenv(k, raising=False)
-    cache = tmp_path_factory.getbasetemp() / "calosim-cache"
-    monkeypatch.setenv("CALOSIM_CACHE", str(cache))
-    monkeypatch.setenv("CI", "true")
-    return build_standin()
 
 
 def _layer_sums(data, geo) -> np.ndarray:  # noqa: ANN001 - a ShowerData

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 from scipy import stats
 
 from calosim.io import ShowerData
-from calosim.simulate.g4data import DATASETS, build_standin
 from calosim.simulate.validate import (containment_radius, longitudinal_moments, probe_geometry,
                                        textbook_stochastic_term, validate_em)
 
@@ -67,11 +65,7 @@ def test_the_builtin_engine_passes() -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("geant4_pybind") is None, reason="needs the extra calosim[geant4]")
-def test_geant4_passes(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    for k in [*DATASETS, "GEANT4_DATA_DIR"]:
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("CALOSIM_CACHE", str(tmp_path_factory.getbasetemp() / "calosim-cache"))
-    build_standin()
+def test_geant4_passes(standin: Path) -> None:
     rep = validate_em("geant4", "calogan", energies=(1, 4), n=40, seed=1)
     assert not rep.failed, rep.table()
     # the two energies of the probe: shower maximum moves by ln(4) X0

@@ -305,7 +305,6 @@ class _App:
 
     def run(self, pdg: int, energy: np.ndarray, theta: np.ndarray, phi: np.ndarray, position: np.ndarray,
             seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        g4 = self.g4
         n = len(energy)
         self.showers = np.zeros((n, self.geo.n_cells), np.float64)
         self.overflow = np.zeros((n, self.geo.n_layers), np.float64)
