@@ -163,7 +163,10 @@ class MCTuning:
     wanders by ~``cluster_mm / sqrt(E_layer / GeV)`` (Geant4: several mm at a few GeV).
     ``halo_fraction`` of each EM slice's energy goes into spots of ``halo_spot_mev`` spread with
     the radial profile of radius ``halo_mm``: the soft photons that carry a little energy far
-    from the core and make Geant4's many low-energy hit cells.
+    from the core and make Geant4's many low-energy hit cells. ``quantised_tail``: a (cascade,
+    slice) pair expecting less energy than one spot gets one spot with probability V / spot
+    energy, else nothing (the mean is kept): the deep tail of a low-energy shower is mostly
+    empty in Geant4, not a thin film of tiny deposits.
     """
 
     c_electron: float = C_ELECTRON
@@ -181,6 +184,7 @@ class MCTuning:
     halo_fraction: float = 0.0
     halo_mm: float = 50.0
     halo_spot_mev: float = 0.5
+    quantised_tail: bool = False
     source: str = "textbook defaults (PDG, GFlash)"
 
 
@@ -524,6 +528,11 @@ class MCEngine:
         kind = c.kind[c_idx]
         eps_g = np.where(kind == HAD, np.clip(HAD_EPS_FACTOR * tab.eps[s_idx], *EPS_G_RANGE_HAD),
                          np.clip(tab.eps[s_idx], *EPS_G_RANGE) if tab.tuning.spot_mev is None else tab.tuning.spot_mev)
+        if tab.tuning.quantised_tail:  # a slice expecting less than one spot holds one spot or nothing
+            small = np.flatnonzero((kind == EM) & (v < eps_g))
+            keep = rng.random(len(small)) * eps_g[small] < v[small]
+            v = v.copy()
+            v[small] = np.where(keep, eps_g[small], 0.0)
         n_sp = np.where(kind == MIP, 1, np.maximum(1, np.rint(v / eps_g))).astype(np.int64)
 
         # Radial parameters of each pair.
