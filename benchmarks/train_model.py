@@ -141,7 +141,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from calosim.train import checkpoint as ck
-    from calosim.train import load_run, train
+    from calosim.runs import load_run
+    from calosim.train import train
 
     torch.set_num_threads(args.threads)
     root = Path("out")

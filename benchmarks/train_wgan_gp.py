@@ -160,7 +160,8 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    from calosim.train import load_run, train
+    from calosim.runs import load_run
+    from calosim.train import train
 
     root = Path("out")
     data_dir = root / "bench_data"

@@ -18,7 +18,7 @@ def test_export_matches_torch(tmp_path, model, extra):
     import onnxruntime as ort
     import torch
 
-    from calosim.train import load_run
+    from calosim.runs import load_run
 
     run = train(model, write_toy_data(tmp_path / "d.h5", n=80), tmp_path / "run", steps=2, progress=False,
                 config={"batch_size": 16, "val_every": 1000, "log_every": 1, **extra})

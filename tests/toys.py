@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 
 from calosim.geometry import Geometry, Layer, Material, get_geometry
 from calosim.io import ShowerData, write_showers
-from calosim.models import ShowerModel, register_model
+from calosim.models import ShowerModel, TrainConfig, param, register_model
 
 
 def write_toy_data(path: Path, n: int = 240, seed: int = 0, conditions: bool = False, layout: str = "native") -> Path:
@@ -83,20 +84,31 @@ class ToyGAN(ShowerModel):
     """Tiny conditional GAN used by the training-framework tests."""
 
     name = "_test_toy_gan"
-    default_config = {"batch_size": 32, "lr": 2e-3, "hidden": 16, "latent": 4, "transform": "log",
-                      "log_every": 5, "val_every": 10, "checkpoint_every": 10, "val_size": 64}
     ema_modules = ("gen",)
+    cells_only = False  # works with any transform width
     crash_at: int | None = None  # tests set this to simulate a kill
 
-    def __init__(self, geometry: Any, cond_dim: int, config: dict[str, Any]) -> None:
-        super().__init__(geometry, cond_dim, config)
-        d, h, z = int(self.config.get("data_dim", geometry.n_cells)), int(self.config["hidden"]), int(self.config["latent"])
+    @dataclass
+    class Config(TrainConfig):
+        batch_size: int = 32
+        lr: float = 2e-3
+        hidden: int = param(16, ge=1, le=4096)
+        latent: int = param(4, ge=1)
+        transform: str = "log"
+        log_every: int = 5
+        val_every: int = 10
+        checkpoint_every: int = 10
+        val_size: int = 64
+
+    def __init__(self, geometry: Any, cond_dim: int, config: Any = None, *, data_dim: int | None = None) -> None:
+        super().__init__(geometry, cond_dim, config, data_dim=data_dim)
+        d, h, z = self.data_dim, self.config.hidden, self.config.latent
         self.latent = z
         self.gen = nn.Sequential(nn.Linear(z + cond_dim, h), nn.ReLU(), nn.Linear(h, d))
         self.disc = nn.Sequential(nn.Linear(d + cond_dim, h), nn.LeakyReLU(0.2), nn.Linear(h, 1))
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        lr = float(self.config["lr"])
+        lr = self.config.lr
         return {"gen": torch.optim.Adam(self.gen.parameters(), lr=lr, betas=(0.5, 0.9)),
                 "disc": torch.optim.Adam(self.disc.parameters(), lr=lr, betas=(0.5, 0.9))}
 

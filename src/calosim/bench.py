@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .io import write_text_atomic
-from .train.checkpoint import Run, load_run
+from .runs import Run, load_run
 from .train.conditions import sample_conditions
 
 __all__ = ["bench", "format_table", "write_json", "DEFAULT_BATCHES"]

@@ -241,27 +241,12 @@ def train_cmd(model: str, data: str, out: str, config_file: str | None, override
 
     Data-parallel: `torchrun --nproc_per_node 2 -m calosim train ...`.
     """
-    from .train import train
+    from .train import parse_overrides, train
 
-    cfg = _parse_overrides(overrides)
+    cfg = parse_overrides(overrides)
     run = train(model, data, out, config=cfg, config_file=config_file, epochs=epochs, steps=steps, device=device,
                 seed=seed, resume=resume, overwrite=overwrite, progress=True)
     click.echo(f"run directory: {run}")
-
-
-def _parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
-    import json
-
-    cfg: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            cfg[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            cfg[k.strip()] = v
-    return cfg
 
 
 # ---------------------------------------------------------------------------------------------

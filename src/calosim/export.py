@@ -26,11 +26,11 @@ def export_onnx(run_dir: str | Path, out: str | Path, *, overwrite: bool = False
     axis. With ``check``, onnxruntime output is compared with PyTorch on a random batch.
     """
     _require("onnx")
-    from .train import load_run
+    from .runs import load_run
 
     run = load_run(run_dir)
     module = run.model.export_module().eval()
-    latent = int(getattr(module, "latent_dim", run.model.config.get("latent_dim", 64)))
+    latent = int(module.latent_dim)  # part of the model contract (models/base.py)
     z = torch.randn(4, latent)
     cond = torch.zeros(4, run.model.cond_dim)
     out = Path(out)

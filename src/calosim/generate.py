@@ -31,7 +31,7 @@ import numpy as np
 
 from .io import CONDITION_SHAPES, ShowerFile, ShowerWriter, open_showers
 from .scaleout import dask_client, ordered_map, parse_shard, shard_attrs, shard_blocks, shard_label
-from .train.checkpoint import Run, load_run
+from .runs import Run, load_run
 from .train.conditions import particle_pdg, raw_conditions, sample_conditions
 
 __all__ = ["generate", "block_conditions", "block_seeds", "GEN_BLOCK"]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from calosim.train import RunError, load_run, train
+from calosim.runs import RunError, load_run
+from calosim.train import train
 from calosim.train.checkpoint import load_tensors
 
 from toys import ToyPretrain, write_toy_data  # noqa: E402

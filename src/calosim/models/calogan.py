@@ -6,13 +6,13 @@ works too) and fed to one LAGAN sub-network per calorimeter layer: dense -> 2D c
 locally-connected (LC) -> BN -> LC. Layer ``i`` is then mixed with layer ``i-1`` through the
 attentional transfer: the previous image is resampled onto this layer's grid (physical overlap
 of the cells) and a per-pixel learned sigmoid gate mixes it with the layer's own output. A ReLU
-(or softplus) keeps cells non-negative.
+(or CaloGAN's ReLU) keeps cells non-negative.
 
 Discriminator: per-layer conv/LC features with minibatch discrimination, and CaloGAN's energy
 block (per-layer energies / E_inc, total / E_inc, the "energy well" |E_tot - E_inc| and its
 too-big flag, per-layer sparsity) with its own minibatch discrimination, plus ``cond``.
 
-Losses: adversarial (``"ns"`` non-saturating as in the seed, ``"hinge"`` or ``"wgan-gp"``) plus
+Losses: adversarial (``"ns"`` non-saturating as in the seed, or ``"wgan-gp"``) plus
 CaloGAN's auxiliary energy term ``lambda_e * |E_inc - E_hat| / E_inc`` on generated showers,
 ``E_hat`` = sum of the generated cells in MeV (through ``ctx.transform.inverse``) divided by
 the detector response (mean visible / incident energy of the real batches: a sampling
@@ -45,7 +45,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -54,8 +55,9 @@ from torch import Tensor, nn
 
 from . import register_model
 from ._random import gumbel, normal_cdf, standard_normal
-from .base import ShowerModel, TrainContext
-from .energy import EnergyMDN, energy_fractions, energy_vector, fit_energy_mdn
+from .base import LRSchedule, ShowerModel, TrainContext
+from .config import MAX_STEPS, MAX_WIDTH, TrainConfig, param
+from .energy import EnergyMDN, energy_fractions, energy_target, fit_energy_mdn, hit_counts, layer_sums
 
 __all__ = ["CaloGAN", "LocallyConnected2d", "to_flat", "from_flat"]
 
@@ -280,35 +282,35 @@ def _gumbel(z: Tensor) -> Tensor:
 class _Generator(nn.Module):
     """``f(z (B, latent_dim), cond (B, cond_dim), floor_ab (2,)) -> x (B, n_cells)`` (transform space).
 
-    ``z`` = [global latent (``config["latent_dim"]``), per-position noise of every layer], all
+    ``z`` = [global latent (``config.latent_dim``), per-position noise of every layer], all
     standard normal. ``floor_ab``: the exp output's floor ``exp(a + b * cond[:, 0])``; kept
     outside this module (a model buffer) so that the EMA of the generator does not average it.
     """
 
-    def __init__(self, geometry: Any, cond_dim: int, cfg: dict[str, Any]) -> None:
+    def __init__(self, geometry: Any, cond_dim: int, cfg: Any) -> None:
         super().__init__()
-        self.global_dim = int(cfg["latent_dim"])
+        self.global_dim = cfg.latent_dim
         # CaloGAN feeds z * E/100; a learned (identity-initialised) gain of the whole cond vector.
         self.cond_gain = nn.Linear(cond_dim, self.global_dim)
         nn.init.zeros_(self.cond_gain.weight)
         nn.init.zeros_(self.cond_gain.bias)
         h_dim = self.global_dim + cond_dim
-        c0, c1, c2 = (int(c) for c in cfg["g_channels"])
+        c0, c1, c2 = (int(c) for c in cfg.g_channels)
         # last LC initialised small: cells start near the data scale, not at O(1) per cell
-        self.lagans = nn.ModuleList(_LaganG(h_dim, tuple(l.shape), c0, c1, c2, float(cfg["init_gain"]),
-                                            bool(cfg["g_batchnorm"]), bool(cfg["cell_noise"]))
+        self.lagans = nn.ModuleList(_LaganG(h_dim, tuple(l.shape), c0, c1, c2, cfg.init_gain,
+                                            cfg.g_batchnorm, cfg.cell_noise)
                                     for l in geometry.layers)
         self.noise_sizes = [m.n_noise for m in self.lagans]
         # Gumbel-top-k hits: one more standard normal per cell (-> a Gumbel variate)
-        gumbel = cfg["layer_energies"] == "mdn" and cfg["hit_counts"] and cfg["hit_sampling"] == "gumbel"
+        gumbel = cfg.layer_energies == "mdn" and cfg.hit_counts and cfg.hit_sampling == "gumbel"
         self.gumbel_sizes = [l.n_cells if gumbel else 0 for l in geometry.layers]
         self.latent_dim = self.global_dim + sum(self.noise_sizes) + sum(self.gumbel_sizes)
-        self.activation = cfg["output_activation"]
-        self.floor = float(cfg["output_floor"])
+        self.activation = cfg.output_activation
+        self.floor = cfg.output_floor
         pairs = zip(geometry.layers[:-1], geometry.layers[1:])
         log_domain = self.activation == "exp"
-        self.attention = nn.ModuleList(_AttentionTransfer(a, b, cfg["gate_bias"], log_domain) for a, b in pairs) \
-            if cfg["attention"] else None
+        self.attention = nn.ModuleList(_AttentionTransfer(a, b, cfg.gate_bias, log_domain) for a, b in pairs) \
+            if cfg.attention else None
         if self.activation == "exp":  # per-cell offset of log(cell); set to the mean real image at the first step
             self.log_bias = nn.ParameterList(nn.Parameter(torch.full((*l.shape, 1), -9.0)) for l in geometry.layers)
 
@@ -325,7 +327,7 @@ class _Generator(nn.Module):
                 return hard
             soft = v * torch.sigmoid(4.0 * (x - torch.log(floor)))
             return soft + (hard - soft).detach()
-        return F.softplus(x, beta=20.0) if self.activation == "softplus" else x
+        raise ValueError(f"calogan: unknown output_activation {self.activation!r}")
 
     def _with_hits(self, x: Tensor, f: Tensor, n: Tensor, floor: Tensor, gumbel: Tensor | None = None) -> Tensor:
         """Pre-activation ``x (P, B)`` -> cells ``(P, B)`` with exactly ``k`` hits summing to ``f``.
@@ -478,13 +480,13 @@ class _Discriminator(nn.Module):
 
     N_OCC = (0.1, 1.0, 10.0)  # soft occupancy thresholds, multiples of hit_scale
 
-    def __init__(self, geometry: Any, cond_dim: int, cfg: dict[str, Any]) -> None:
+    def __init__(self, geometry: Any, cond_dim: int, cfg: Any) -> None:
         super().__init__()
         self.shapes = [tuple(l.shape) for l in geometry.layers]
         self.offsets = [int(o) for o in geometry.layer_offsets]
-        self.image_gain = float(cfg["d_image_gain"])
-        c1, c2 = (int(c) for c in cfg["d_channels"])
-        self.lagans = nn.ModuleList(_LaganD(s, c1, c2, bool(cfg["d_batchnorm"])) for s in self.shapes)
+        self.image_gain = cfg.d_image_gain
+        c1, c2 = (int(c) for c in cfg.d_channels)
+        self.lagans = nn.ModuleList(_LaganD(s, c1, c2, cfg.d_batchnorm) for s in self.shapes)
         n_img = sum(m.n_features for m in self.lagans)
         n_layers = len(self.shapes)
         n_phys = 2 * n_layers + 3 + n_layers * len(self.N_OCC) + 4 * n_layers
@@ -492,10 +494,10 @@ class _Discriminator(nn.Module):
         xs, ys = geometry.cell_centers()
         self.register_buffer("cell_x", torch.tensor(xs, dtype=torch.float32))
         self.register_buffer("cell_y", torch.tensor(ys, dtype=torch.float32))
-        k = int(cfg["mbd_kernels"])
+        k = cfg.mbd_kernels
         self.mbd_images = _MinibatchDiscrimination(n_img, k) if k else None
         self.mbd_phys = _MinibatchDiscrimination(n_phys, k) if k else None
-        hidden = int(cfg["d_hidden"])
+        hidden = cfg.d_hidden
         self.head = nn.Sequential(
             nn.Linear(n_img + n_phys + cond_dim + (2 * k if k else 0), hidden), nn.LeakyReLU(0.2),
             nn.Linear(hidden, 1),
@@ -637,97 +639,90 @@ class CaloGAN(ShowerModel):
 
     name = "calogan"
     ema_modules = ("generator",)
-    default_config: dict[str, Any] = {
-        "transform": "scale",
+
+    @dataclass
+    class Config(TrainConfig):
+        """CaloGAN's hyper-parameters. "seed:" marks values kept only to reproduce the seed paper's design."""
+
+        transform: str = "scale"
         # the CPU recipe: ~10-15 min on one core of this 2-core machine for 50k showers. The
         # adversarial game drifts after ~1000-2000 steps on CPU budgets: validate often and
         # keep the best validation's weights as the run's model.
-        "batch_size": 128,
-        "steps": 3000,
-        "val_every": 250,
-        "final_weights": "best",
-        "lr_g": 2e-4,
-        "lr_d": 1e-4,
-        "betas": (0.5, 0.9),
-        "loss": "ns",  # "ns" (the seed's) | "hinge" | "wgan-gp"
-        "n_critic": 1,
-        "gp_lambda": 10.0,
-        "lambda_e": 0.2,
-        "lambda_fm": 1.0,  # feature matching on D's physics features (0: off, as the seed)
-        "energy_response": "data",  # E_vis / E_inc: "data" (measured on real batches) or a number
-        "latent_dim": 32,
-        "g_channels": (4, 4, 4),  # dense, conv, first LC
-        "g_batchnorm": True,
-        "cell_noise": True,  # per-position noise inputs (part of z)
-        "d_channels": (8, 8),  # conv, LC
-        "d_batchnorm": False,
-        "d_hidden": 64,
-        "mbd_kernels": 8,
-        "d_image_gain": 1e3,
-        "attention": True,
-        "gate_bias": -2.0,
-        "init_gain": 0.01,
-        # "relu" (CaloGAN) | "exp": floor * exp(o) where o > 0 else 0, floor = the smallest real
-        # deposit (calibrated) | "softplus" | "none" (for standardised transforms such as "log")
-        "output_activation": "exp",
-        "output_floor": 1e-5,
+        batch_size: int = param(128, ge=1)
+        steps: int | None = param(3000, ge=1)
+        val_every: int = param(250, ge=0)
+        final_weights: Literal["last", "best"] = "best"
+        lr_g: float = param(2e-4, gt=0.0)
+        lr_d: float = param(1e-4, gt=0.0)
+        betas: tuple[float, float] = param((0.5, 0.9), ge=0.0, lt=1.0)
+        loss: Literal["ns", "wgan-gp"] = "ns"  # "ns": the seed's non-saturating loss
+        n_critic: int = param(1, ge=1, le=100)
+        gp_lambda: float = param(10.0, ge=0.0)  # loss="wgan-gp"
+        lambda_e: float = param(0.2, ge=0.0)
+        lambda_fm: float = param(1.0, ge=0.0)  # feature matching on D's physics features (seed: 0)
+        # E_vis / E_inc: "data" (measured on real batches) or a number
+        energy_response: Literal["data"] | float = param("data", gt=0.0)
+        latent_dim: int = param(32, ge=1, le=MAX_WIDTH)
+        g_channels: tuple[int, int, int] = param((4, 4, 4), ge=1, le=1024)  # dense, conv, first LC
+        g_batchnorm: bool = True
+        cell_noise: bool = True  # per-position noise inputs (part of z)
+        d_channels: tuple[int, int] = param((8, 8), ge=1, le=1024)  # conv, LC
+        d_batchnorm: bool = False
+        d_hidden: int = param(64, ge=1, le=MAX_WIDTH)
+        mbd_kernels: int = param(8, ge=0, le=1024)
+        d_image_gain: float = param(1e3, gt=0.0)
+        attention: bool = True
+        gate_bias: float = -2.0
+        init_gain: float = param(0.01, gt=0.0)
+        # "exp": floor * exp(o) where o > 0 else 0, floor = the smallest real deposit (calibrated);
+        # "relu": the seed's
+        output_activation: Literal["exp", "relu"] = "exp"
+        output_floor: float = param(1e-5, gt=0.0)
         # "mdn": the layer energies come from a mixture-density network (trained first, by
         # likelihood) and G draws each layer's normalised shape conditioned on them (trained
         # against the real layer energies of the batch) | "generator": G draws the cells (the seed)
-        "layer_energies": "mdn",
-        "hit_counts": True,  # "mdn": the network also draws the hits per layer; G places exactly that many
-        "hit_sampling": "gumbel",  # hit cells drawn from G's shape ("gumbel": top-k) or its k largest ("top-k")
-        "mdn_components": 10,
-        "mdn_hidden": 64,
-        "mdn_steps": 2000,
-        "mdn_lr": 3e-3,
-        "mdn_batches": 4,  # training batches per MDN step
+        layer_energies: Literal["mdn", "generator"] = "mdn"
+        hit_counts: bool = True  # "mdn": the network also draws the hits per layer; G places exactly that many
+        # hit cells drawn from G's shape ("gumbel": top-k) or its k largest ("top-k", measured worse)
+        hit_sampling: Literal["gumbel", "top-k"] = "gumbel"
+        mdn_components: int = param(10, ge=1, le=256)
+        mdn_hidden: int = param(64, ge=1, le=MAX_WIDTH)
+        mdn_steps: int = param(2000, ge=0, le=MAX_STEPS)
+        mdn_lr: float = param(3e-3, gt=0.0)
+        mdn_batches: int = param(4, ge=1, le=1024)  # training batches per MDN step
         # reflect generated showers in x and y at random: "auto" = where the training data are
         # symmetric (Cartesian layers, energy/particle conditions only, centroids at 0) | True | False
-        "mirror": "auto",
-    }
+        mirror: Literal["auto"] | bool = "auto"
 
-    def __init__(self, geometry: Any, cond_dim: int, config: dict[str, Any]) -> None:
-        super().__init__(geometry, cond_dim, config)
+        def check(self) -> None:
+            super().check()
+            if self.layer_energies == "mdn":
+                if self.transform not in ("scale", "identity"):
+                    raise ValueError("calogan: layer_energies='mdn' needs a transform linear in the cells "
+                                     f"('scale' or 'identity'), got transform={self.transform!r}")
+                if self.hit_counts and self.output_activation != "exp":
+                    raise ValueError("calogan: hit_counts needs output_activation='exp' (hits get at least the floor)")
+
+    config: Config
+
+    def __init__(self, geometry: Any, cond_dim: int, config: Any = None, *, data_dim: int | None = None) -> None:
+        super().__init__(geometry, cond_dim, config, data_dim=data_dim)
         cfg = self.config
-        if cfg["loss"] not in ("ns", "hinge", "wgan-gp"):
-            raise ValueError(f"calogan: loss must be 'ns', 'hinge' or 'wgan-gp', got {cfg['loss']!r}")
-        if cfg["output_activation"] not in ("relu", "exp", "softplus", "none"):
-            raise ValueError("calogan: output_activation must be 'relu', 'exp', 'softplus' or 'none', "
-                             f"got {cfg['output_activation']!r}")
-        if cfg["layer_energies"] not in ("mdn", "generator"):
-            raise ValueError(f"calogan: layer_energies must be 'mdn' or 'generator', got {cfg['layer_energies']!r}")
-        self.mdn = cfg["layer_energies"] == "mdn"
-        if self.mdn and cfg.get("transform", "scale") not in ("scale", "identity"):
-            raise ValueError("calogan: layer_energies='mdn' needs a transform linear in the cells ('scale' or "
-                             f"'identity'), got transform={cfg.get('transform')!r}")
-        if self.mdn and cfg["output_activation"] == "none":
-            raise ValueError("calogan: layer_energies='mdn' needs a non-negative output_activation")
-        data_dim = int(cfg.get("data_dim", geometry.n_cells))
-        if data_dim != geometry.n_cells:
-            raise ValueError(f"calogan generates cell images: it needs a transform with one value per cell "
-                             f"(scale, identity, log, boxcox, logit), got data_dim={data_dim} for {geometry.n_cells} cells")
+        self.mdn = cfg.layer_energies == "mdn"
         n_layers = geometry.n_layers
-        self.hits = self.mdn and bool(cfg["hit_counts"])
-        if cfg["hit_sampling"] not in ("gumbel", "top-k"):
-            raise ValueError(f"calogan: hit_sampling must be 'gumbel' or 'top-k', got {cfg['hit_sampling']!r}")
-        if self.hits and cfg["output_activation"] != "exp":
-            raise ValueError("calogan: hit_counts needs output_activation='exp' (hits get at least the floor)")
+        self.hits = self.mdn and cfg.hit_counts
         n_t = n_layers * (2 if self.hits else 1)  # length of the energy vector
         self.generator = _Generator(geometry, cond_dim + (n_t if self.mdn else 0), cfg)
         self.discriminator = _Discriminator(geometry, cond_dim, cfg)
-        self.energy = EnergyMDN(cond_dim, n_t, int(cfg["mdn_components"]), int(cfg["mdn_hidden"])) \
+        self.energy = EnergyMDN(cond_dim, n_t, cfg.mdn_components, cfg.mdn_hidden) \
             if self.mdn else None
         # standardisation of the energy vector (set from the first real batch)
         self.register_buffer("t_mean", torch.zeros(n_t))
         self.register_buffer("t_std", torch.ones(n_t))
         self.register_buffer("n_cells_per_layer", torch.tensor([float(l.n_cells) for l in geometry.layers]))
-        if cfg["mirror"] not in ("auto", True, False):
-            raise ValueError(f"calogan: mirror must be 'auto', true or false, got {cfg['mirror']!r}")
-        self.mirror = _Mirror(geometry) if cfg["mirror"] and geometry.is_cartesian else None
-        self.register_buffer("calibrated", torch.tensor(False))
+        self.mirror = _Mirror(geometry) if cfg.mirror and geometry.is_cartesian else None
         # exp-output floor exp(a + b * cond[:, 0]) in the transform space (see _calibrate_floor)
-        self.register_buffer("floor_ab", torch.tensor([math.log(float(cfg["output_floor"])), 0.0]))
+        self.register_buffer("floor_ab", torch.tensor([math.log(cfg.output_floor), 0.0]))
 
     @property
     def latent_dim(self) -> int:
@@ -737,24 +732,11 @@ class CaloGAN(ShowerModel):
         return _Sampler(self.generator, self.energy, self.floor_ab, self.t_mean, self.t_std, self.n_cells_per_layer,
                         self.mirror)
 
-    def layer_sums(self, x: Tensor) -> Tensor:
-        """``x (B, n_cells) -> (B, L)`` per-layer sums (in the units of ``x``)."""
-        return torch.stack([x[:, s].sum(1) for s in self.geometry.layer_slices], 1)
-
-    def hit_counts(self, x: Tensor) -> Tensor:
-        """``x (B, n_cells) -> (B, L)`` number of cells with energy, per layer."""
-        return torch.stack([(x[:, s] > 0).sum(1) for s in self.geometry.layer_slices], 1).to(x.dtype)
-
     def energy_target(self, x: Tensor, u: Tensor | float = 0.5) -> Tensor:
-        """The energy vector of showers ``x (B, n_cells)``: :func:`energy_vector` of the layer
-        sums, then (``hit_counts``) ``log(n_l + u)`` of the hits per layer, ``u`` a uniform
-        dequantisation (0.5 where the value conditions G). ``(B, L)`` or ``(B, 2 L)``."""
-        return self._energy_t(self.layer_sums(x), self.hit_counts(x) if self.hits else None, u)
-
-    def _energy_t(self, f: Tensor, n: Tensor | None, u: Tensor | float = 0.5) -> Tensor:
-        """:meth:`energy_target` from layer sums ``f (B, L)`` and hit counts ``n (B, L)``."""
-        t = energy_vector(f)
-        return t if n is None else torch.cat([t, torch.log(n + u)], 1)
+        """The energy vector of showers ``x (B, n_cells)``: layer sums, then (``hit_counts``)
+        the hits per layer, see :func:`~calosim.models.energy.energy_target`. ``(B, L)`` or ``(B, 2 L)``."""
+        geo = self.geometry
+        return energy_target(layer_sums(x, geo), hit_counts(x, geo) if self.hits else None, u)
 
     def standardised_energy(self, x: Tensor) -> Tensor:
         """The standardised energy vector of showers ``x (B, n_cells)`` (G's extra condition)."""
@@ -762,14 +744,20 @@ class CaloGAN(ShowerModel):
 
     # -- training -------------------------------------------------------------------------
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        betas = tuple(self.config["betas"])
+        betas = tuple(self.config.betas)
         opts = {
-            "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=self.config["lr_d"], betas=betas),
-            "generator": torch.optim.Adam(self.generator.parameters(), lr=self.config["lr_g"], betas=betas),
+            "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=self.config.lr_d, betas=betas),
+            "generator": torch.optim.Adam(self.generator.parameters(), lr=self.config.lr_g, betas=betas),
         }
         if self.energy is not None:
-            opts["energy"] = torch.optim.Adam(self.energy.parameters(), lr=float(self.config["mdn_lr"]))
+            opts["energy"] = torch.optim.Adam(self.energy.parameters(), lr=self.config.mdn_lr)
         return opts
+
+    def lr_schedules(self, total_steps: int) -> dict[str, LRSchedule]:
+        return {"energy": LRSchedule("cosine", self.config.mdn_steps)} if self.energy is not None else {}
+
+    def pretrain_steps(self) -> int:
+        return self.config.mdn_steps if self.energy is not None else 0
 
     def pretrain(self, batches: Iterator[tuple[Tensor, Tensor]], ctx: TrainContext) -> dict[str, float]:
         """``layer_energies="mdn"``: fit the energy network by maximum likelihood, then freeze it.
@@ -777,31 +765,27 @@ class CaloGAN(ShowerModel):
         ``mdn_steps`` Adam steps on ``mdn_batches`` concatenated training batches, cosine
         learning-rate decay. Returns the final mean negative log-likelihood (per shower, in the
         standardised energy vector) and the response E_tot / E_inc (mean, std) of real showers
-        and of the network's samples for the first batch's conditions.
+        and of the network's samples for one batch's conditions.
         """
         if self.energy is None:
             return {}
         cfg = self.config
-        x, cond = next(batches)
-        if not bool(self.calibrated):
-            e_inc = ctx.conditions.incident_energy(cond)
-            self._calibrate(ctx.transform.inverse(x, e_inc), e_inc, cond, ctx)
 
         def target(x: Tensor) -> Tensor:
             u = torch.rand(len(x), self.geometry.n_layers, generator=ctx.generator,
                            device=ctx.generator.device).to(x.device) if self.hits else 0.5
             return (self.energy_target(x, u) - self.t_mean) / self.t_std
 
-        steps = int(cfg["mdn_steps"])
-        nll = fit_energy_mdn(self.energy, batches, target, ctx, steps, int(cfg["mdn_batches"]), float(cfg["mdn_lr"]))
-        out = {"mdn_nll": nll, "mdn_steps": float(steps)}
+        nll = fit_energy_mdn(self.energy, batches, target, ctx, cfg.mdn_steps, cfg.mdn_batches)
+        out = {"mdn_nll": nll, "mdn_steps": float(cfg.mdn_steps)}
+        x, cond = next(batches)
         with torch.no_grad():
             e_inc = ctx.conditions.incident_energy(cond)
             noise = torch.randn(len(cond), 1 + len(self.t_mean), generator=ctx.generator,
                                 device=ctx.generator.device).to(cond.device)
             t_gen = self.energy.sample(cond, noise) * self.t_std + self.t_mean
             f_gen = energy_fractions(t_gen[:, :self.geometry.n_layers])
-            for name, f in (("real", self.layer_sums(x)), ("mdn", f_gen)):
+            for name, f in (("real", layer_sums(x, self.geometry)), ("mdn", f_gen)):
                 r = ctx.transform.inverse(f, e_inc).sum(1) / e_inc[:, 0]  # linear transform: sums map like cells
                 out[f"response_mean_{name}"], out[f"response_std_{name}"] = float(r.mean()), float(r.std())
         return out
@@ -831,21 +815,22 @@ class CaloGAN(ShowerModel):
         return F.smooth_l1_loss(stats(f_fake), stats(f_real))  # Huber: bounded pull when far off
 
     @torch.no_grad()
-    def _calibrate(self, x_mev: Tensor, e_inc: Tensor, cond: Tensor | None = None,
-                   ctx: TrainContext | None = None) -> None:
-        """First real batch: detector response, typical small cell energy, feature scales."""
-        fixed = self.config["energy_response"]
+    def fit_statistics(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> None:
+        """First real batch: detector response, typical small cell energy, feature scales, the
+        energy vector's standardisation, the exp output's floor and starting image."""
+        e_inc = ctx.conditions.incident_energy(cond)
+        x_mev = ctx.transform.inverse(x, e_inc)
+        fixed = self.config.energy_response
         self.discriminator.calibrate(x_mev, e_inc, None if fixed == "data" else float(fixed))
-        if self.mirror is not None and self.config["mirror"] == "auto":
+        if self.mirror is not None and self.config.mirror == "auto":
             self.mirror.on.fill_(self._looks_symmetric(x_mev, ctx))
-        if self.mdn and ctx is not None:
-            t = self.energy_target(ctx.transform.forward(x_mev, e_inc))
+        if self.mdn:
+            t = self.energy_target(x)
             self.t_mean.copy_(t.mean(0))
             self.t_std.copy_(t.std(0).nan_to_num(1.0).clamp_min(1e-3))
-        if getattr(self.generator, "activation", None) == "exp" and cond is not None and ctx is not None:
+        if self.generator.activation == "exp":
             self._calibrate_floor(x_mev, cond, ctx)
-            self._init_mean_image(ctx.transform.forward(x_mev, e_inc))
-        self.calibrated.fill_(True)
+            self._init_mean_image(x)
 
     @torch.no_grad()
     def _looks_symmetric(self, x_mev: Tensor, ctx: TrainContext | None) -> bool:
@@ -910,15 +895,13 @@ class CaloGAN(ShowerModel):
         self.floor_ab.copy_(torch.stack([a, b]))
 
     def _d_loss(self, d_real: Tensor, d_fake: Tensor) -> Tensor:
-        loss = self.config["loss"]
+        loss = self.config.loss
         if loss == "ns":
             return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
-        if loss == "hinge":
-            return F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
         return d_fake.mean() - d_real.mean()
 
     def _g_adv(self, d_fake: Tensor) -> Tensor:
-        return F.softplus(-d_fake).mean() if self.config["loss"] == "ns" else -d_fake.mean()
+        return F.softplus(-d_fake).mean() if self.config.loss == "ns" else -d_fake.mean()
 
     def _reflect(self, x: Tensor, ctx: TrainContext) -> Tensor:
         return x if self.mirror is None else self.mirror(x, self._noise(len(x), ctx, x.device, 2))
@@ -935,23 +918,21 @@ class CaloGAN(ShowerModel):
         cfg, D, G = self.config, self.discriminator, self.generator
         e_inc = ctx.conditions.incident_energy(cond)
         x_mev = ctx.transform.inverse(x, e_inc)
-        if not bool(self.calibrated):
-            self._calibrate(x_mev, e_inc, cond, ctx)
         b = x.shape[0]
         # "mdn": G draws shapes for the real layer energies of the batch, so D judges shapes alone
-        f = self.layer_sums(x) if self.mdn else None
-        hits = self.hit_counts(x) if self.hits else None
-        g_cond = torch.cat([cond, (self._energy_t(f, hits) - self.t_mean) / self.t_std], 1) if self.mdn else cond
+        f = layer_sums(x, self.geometry) if self.mdn else None
+        hits = hit_counts(x, self.geometry) if self.hits else None
+        g_cond = torch.cat([cond, (energy_target(f, hits) - self.t_mean) / self.t_std], 1) if self.mdn else cond
 
         D.requires_grad_(True)
-        for _ in range(int(cfg["n_critic"])):
+        for _ in range(cfg.n_critic):
             with torch.no_grad():
                 fake = self._reflect(G(self._noise(b, ctx, x.device), g_cond, self.floor_ab, f, hits), ctx)
             d_real = D(x_mev, cond, e_inc)
             d_fake = D(ctx.transform.inverse(fake, e_inc), cond, e_inc)
             loss_d = self._d_loss(d_real, d_fake)
-            if cfg["loss"] == "wgan-gp":
-                loss_d = loss_d + cfg["gp_lambda"] * self._gradient_penalty(x, fake, cond, e_inc, ctx)
+            if cfg.loss == "wgan-gp":
+                loss_d = loss_d + cfg.gp_lambda * self._gradient_penalty(x, fake, cond, e_inc, ctx)
             ctx.backward_step(loss_d, "discriminator")
 
         D.requires_grad_(False)  # the G step needs no weight gradients of D
@@ -960,13 +941,13 @@ class CaloGAN(ShowerModel):
             fake_mev = ctx.transform.inverse(fake, e_inc)
             adv = self._g_adv(D(fake_mev, cond, e_inc))
             loss_e = self.energy_loss(fake_mev, e_inc, D.response)
-            loss_g = adv + (0.0 if self.mdn else cfg["lambda_e"]) * loss_e  # "mdn": energies are given
+            loss_g = adv + (0.0 if self.mdn else cfg.lambda_e) * loss_e  # "mdn": energies are given
             loss_fm = torch.zeros(())
-            if cfg["lambda_fm"]:
+            if cfg.lambda_fm:
                 with torch.no_grad():
                     f_real = D.standardised_features(x_mev, e_inc)
                 loss_fm = self.feature_matching(f_real, D.standardised_features(fake_mev, e_inc), cond[:, 0])
-                loss_g = loss_g + cfg["lambda_fm"] * loss_fm
+                loss_g = loss_g + cfg.lambda_fm * loss_fm
             ctx.backward_step(loss_g, "generator")
         finally:
             D.requires_grad_(True)

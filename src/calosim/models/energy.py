@@ -1,4 +1,5 @@
-"""Layer energies as one vector, and a mixture-density network for it (shared by the models).
+"""Layer energies as one vector, its bookkeeping, and a mixture-density network for it (shared
+by calogan and spots).
 
 A shower's layer energies ``f (B, L)`` map one-to-one to an unconstrained *energy vector*
 ``t (B, L)`` (:func:`energy_vector`, :func:`energy_fractions`); :class:`EnergyMDN` models
@@ -10,14 +11,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from ._random import normal_cdf
 
-__all__ = ["EnergyMDN", "energy_vector", "energy_fractions", "fit_energy_mdn"]
+if TYPE_CHECKING:
+    from ..geometry import Geometry
+
+__all__ = ["EnergyMDN", "energy_vector", "energy_fractions", "fit_energy_mdn", "layer_sums", "hit_counts",
+           "energy_target"]
 
 # ------------------------------------------------------------------------------------------
 _ALPHA = 1e-6  # clip of the stick-breaking fractions (an empty layer maps to logit(alpha))
@@ -108,15 +113,14 @@ class EnergyMDN(nn.Module):
 
 
 def fit_energy_mdn(mdn: EnergyMDN, batches: Iterator[tuple[Tensor, Tensor]], target: Callable[[Tensor], Tensor],
-                   ctx: Any, steps: int, batches_per_step: int, lr: float, optimizer: str = "energy") -> float:
+                   ctx: Any, steps: int, batches_per_step: int, optimizer: str = "energy") -> float:
     """Fit ``mdn`` by maximum likelihood, then freeze it; returns the final (smoothed) NLL per shower.
 
-    ``steps`` Adam steps of ``ctx.optimizers[optimizer]`` on ``batches_per_step`` concatenated
-    training batches with a cosine learning-rate decay from ``lr``; ``target(x)`` gives the
-    standardised energy vector ``(B, d)`` of showers ``x`` (it may draw dequantisation noise
-    from ``ctx.generator``).
+    ``steps`` steps of ``ctx.optimizers[optimizer]`` (through ``ctx.backward_step``, so its
+    declared learning-rate schedule applies) on ``batches_per_step`` concatenated training
+    batches; ``target(x)`` gives the standardised energy vector ``(B, d)`` of showers ``x`` (it
+    may draw dequantisation noise from ``ctx.generator``).
     """
-    opt = ctx.optimizers[optimizer] if hasattr(ctx, "optimizers") else None
     k = max(int(batches_per_step), 1)
     mdn.requires_grad_(True).train()
     nll = float("nan")
@@ -124,11 +128,29 @@ def fit_energy_mdn(mdn: EnergyMDN, batches: Iterator[tuple[Tensor, Tensor]], tar
         parts = [next(batches) for _ in range(k)]
         x = torch.cat([p[0] for p in parts])
         cond = torch.cat([p[1] for p in parts])
-        if opt is not None:
-            for g in opt.param_groups:
-                g["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * i / max(int(steps), 1)))
         loss = -mdn.log_prob(target(x), cond).mean()
         ctx.backward_step(loss, optimizer)
         nll = loss.item() if i == 0 or not math.isfinite(nll) else 0.98 * nll + 0.02 * loss.item()
     mdn.eval().requires_grad_(False)
     return nll
+
+
+# ------------------------------------------------------------------------------------------
+# the energy vector of showers (shared by calogan and spots)
+# ------------------------------------------------------------------------------------------
+def layer_sums(x: Tensor, geometry: "Geometry") -> Tensor:
+    """``x (B, n_cells) -> (B, L)`` per-layer sums (in the units of ``x``)."""
+    return torch.stack([x[:, s].sum(1) for s in geometry.layer_slices], 1)
+
+
+def hit_counts(x: Tensor, geometry: "Geometry") -> Tensor:
+    """``x (B, n_cells) -> (B, L)`` number of cells with energy (> 0), per layer, in ``x``'s dtype."""
+    return torch.stack([(x[:, s] > 0).sum(1) for s in geometry.layer_slices], 1).to(x.dtype)
+
+
+def energy_target(f: Tensor, n: Tensor | None = None, u: Tensor | float = 0.5) -> Tensor:
+    """The energy vector from layer sums ``f (B, L)`` and (optionally) hit counts ``n (B, L)``:
+    :func:`energy_vector` of ``f``, then ``log(n_l + u)`` with ``u`` a uniform dequantisation
+    (0.5 where the value is a condition). ``(B, L)`` or ``(B, 2 L)``."""
+    t = energy_vector(f)
+    return t if n is None else torch.cat([t, torch.log(n + u)], 1)

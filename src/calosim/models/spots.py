@@ -35,7 +35,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -44,8 +45,9 @@ from torch import Tensor, nn
 
 from . import register_model
 from ._random import gumbel, normal_cdf, standard_normal
-from .base import ShowerModel, TrainContext
-from .energy import EnergyMDN, energy_fractions, energy_vector, fit_energy_mdn
+from .base import LRSchedule, ShowerModel, TrainContext
+from .config import MAX_STEPS, MAX_WIDTH, TrainConfig, param
+from .energy import EnergyMDN, energy_fractions, energy_target, fit_energy_mdn, hit_counts, layer_sums
 
 __all__ = ["Spots", "spot_count"]
 
@@ -146,7 +148,7 @@ class _Sampler(nn.Module):
         self.register_buffer("t_std", model.t_std)
         self.register_buffer("n_cells_per_layer", model.n_cells_per_layer)
         self.sizes = list(model.shape.sizes)
-        self.spot_shape = float(model.config["spot_shape"])
+        self.spot_shape = model.config.spot_shape
         self.n_t = len(model.t_mean)
         self.latent_dim = model.latent_dim
 
@@ -176,73 +178,63 @@ class Spots(ShowerModel):
 
     name = "spots"
     ema_modules = ("shape",)
-    default_config: dict[str, Any] = {
+
+    @dataclass
+    class Config(TrainConfig):
         # the CPU recipe: a few minutes on one core for 50k showers (no adversarial game)
-        "transform": "scale",
-        "batch_size": 256,
-        "steps": 3000,
-        "val_every": 500,
-        "final_weights": "best",
-        "lr": 2e-3,
-        "hidden": 128,  # 256 measured the same AUC (0.660 vs 0.661, e+) and 25 % slower sampling
-        "depth": 2,
-        "spot_shape": 8.0,  # spot weights ~ Gamma(spot_shape): relative spread 1 / sqrt(spot_shape)
-        "mdn_components": 10,
-        "mdn_hidden": 64,
-        "mdn_steps": 2000,
-        "mdn_lr": 3e-3,
-        "mdn_batches": 4,  # training batches per MDN step
+        transform: Literal["scale", "identity"] = "scale"  # linear in the cells: layer sums map like cells
+        batch_size: int = param(256, ge=1)
+        steps: int | None = param(3000, ge=1)
+        val_every: int = param(500, ge=0)
+        final_weights: Literal["last", "best"] = "best"
+        lr: float = param(2e-3, gt=0.0)
+        hidden: int = param(128, ge=1, le=MAX_WIDTH)  # 256 measured the same AUC (0.660 vs 0.661, e+), 25 % slower sampling
+        depth: int = param(2, ge=0, le=16)
+        spot_shape: float = param(8.0, gt=0.0)  # spot weights ~ Gamma(spot_shape): relative spread 1 / sqrt(spot_shape)
+        mdn_components: int = param(10, ge=1, le=256)
+        mdn_hidden: int = param(64, ge=1, le=MAX_WIDTH)
+        mdn_steps: int = param(2000, ge=0, le=MAX_STEPS)
+        mdn_lr: float = param(3e-3, gt=0.0)
+        mdn_batches: int = param(4, ge=1, le=1024)  # training batches per MDN step
         # the energy network also draws each layer's centroid (x, y) and the shapes follow it:
         # for showers whose core wanders from shower to shower (hadrons: sub-showers with
         # transverse kicks); off for EM showers, whose centroid spread is the spots' own noise
-        "centroids": False,
-    }
+        centroids: bool = False
 
-    def __init__(self, geometry: Any, cond_dim: int, config: dict[str, Any]) -> None:
-        super().__init__(geometry, cond_dim, config)
+    config: Config
+
+    def __init__(self, geometry: Any, cond_dim: int, config: Any = None, *, data_dim: int | None = None) -> None:
+        super().__init__(geometry, cond_dim, config, data_dim=data_dim)
         cfg = self.config
-        if cfg.get("transform", "scale") not in ("scale", "identity"):
-            raise ValueError("spots: needs a transform linear in the cells ('scale' or 'identity'), "
-                             f"got transform={cfg.get('transform')!r}")
-        data_dim = int(cfg.get("data_dim", geometry.n_cells))
-        if data_dim != geometry.n_cells:
-            raise ValueError(f"spots: needs one value per cell, got data_dim={data_dim} for {geometry.n_cells} cells")
-        if float(cfg["spot_shape"]) <= 0:
-            raise ValueError(f"spots: spot_shape must be > 0, got {cfg['spot_shape']!r}")
         n_layers = geometry.n_layers
-        self.centroids = bool(cfg["centroids"])
+        self.centroids = cfg.centroids
         n_t = (4 if self.centroids else 2) * n_layers  # layer energies, hit counts[, centroids x, y]
         xs, ys = geometry.cell_centers()
         # (n_cells, 2) mm; derived from the geometry, so not saved with the weights
         self.register_buffer("cell_xy", torch.tensor(np.stack([xs, ys], 1), dtype=torch.float32), persistent=False)
-        self.energy = EnergyMDN(cond_dim, n_t, int(cfg["mdn_components"]), int(cfg["mdn_hidden"]))
-        self.shape = _Shape(cond_dim + n_t, [l.n_cells for l in geometry.layers], int(cfg["hidden"]), int(cfg["depth"]))
+        self.energy = EnergyMDN(cond_dim, n_t, cfg.mdn_components, cfg.mdn_hidden)
+        self.shape = _Shape(cond_dim + n_t, [l.n_cells for l in geometry.layers], cfg.hidden, cfg.depth)
         self.register_buffer("t_mean", torch.zeros(n_t))
         self.register_buffer("t_std", torch.ones(n_t))
         self.register_buffer("n_cells_per_layer", torch.tensor([float(l.n_cells) for l in geometry.layers]))
-        self.register_buffer("calibrated", torch.tensor(False))
 
     @property
     def latent_dim(self) -> int:
         return 1 + len(self.t_mean) + self.geometry.n_cells
 
     # -- the energy vector ----------------------------------------------------------------
-    def layer_sums(self, x: Tensor) -> Tensor:
-        """``x (B, n_cells) -> (B, L)`` per-layer sums (in the units of ``x``)."""
-        return torch.stack([x[:, s].sum(1) for s in self.geometry.layer_slices], 1)
-
     def energy_target(self, x: Tensor, u: Tensor | float = 0.5) -> Tensor:
-        """``(B, 2 L)``: :func:`energy_vector` of the layer sums, then ``log(n_l + u)`` of the hit
-        cells per layer (``u`` a uniform dequantisation; 0.5 where the value is a condition);
-        with ``centroids``, then the energy-weighted (x, y) per layer in mm: ``(B, 4 L)``."""
-        n = torch.stack([(x[:, s] > 0).sum(1) for s in self.geometry.layer_slices], 1).to(x.dtype)
-        parts = [energy_vector(self.layer_sums(x)), torch.log(n + u)]
+        """``(B, 2 L)``: :func:`~calosim.models.energy.energy_target` of the layer sums and hit
+        counts of ``x (B, n_cells)``; with ``centroids``, then the energy-weighted (x, y) per
+        layer in mm: ``(B, 4 L)``."""
+        geo = self.geometry
+        parts = [energy_target(layer_sums(x, geo), hit_counts(x, geo), u)]
         if self.centroids:
-            parts += [_normalised(x[:, s]) @ self.cell_xy[s] for s in self.geometry.layer_slices]
+            parts += [_normalised(x[:, s]) @ self.cell_xy[s] for s in geo.layer_slices]
         return torch.cat(parts, 1)
 
     @torch.no_grad()
-    def _calibrate(self, x: Tensor) -> None:
+    def fit_statistics(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> None:
         """First real batch: standardisation of ``t``, and the shape network starts at the mean image."""
         t = self.energy_target(x)
         self.t_mean.copy_(t.mean(0))
@@ -254,29 +246,33 @@ class Spots(ShowerModel):
             floor = float(pos.min()) / math.e if pos.numel() else 1.0
             biases.append(torch.log(mean.clamp_min(floor)))
         self.shape.log_bias.copy_(torch.cat(biases))
-        self.calibrated.fill_(True)
 
     # -- training -------------------------------------------------------------------------
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"energy": torch.optim.Adam(self.energy.parameters(), lr=float(self.config["mdn_lr"])),
-                "shape": torch.optim.Adam(self.shape.parameters(), lr=float(self.config["lr"]))}
+        return {"energy": torch.optim.Adam(self.energy.parameters(), lr=self.config.mdn_lr),
+                "shape": torch.optim.Adam(self.shape.parameters(), lr=self.config.lr)}
+
+    def lr_schedules(self, total_steps: int) -> dict[str, LRSchedule]:
+        """Cosine decays: the MDN over its fit, the shapes over the run (the likelihood keeps
+        improving as the lr falls)."""
+        return {"energy": LRSchedule("cosine", self.config.mdn_steps), "shape": LRSchedule("cosine", total_steps)}
+
+    def pretrain_steps(self) -> int:
+        return self.config.mdn_steps
 
     def pretrain(self, batches: Iterator[tuple[Tensor, Tensor]], ctx: TrainContext) -> dict[str, float]:
         """Fit the energy network by maximum likelihood (``mdn_steps`` Adam steps on ``mdn_batches``
-        concatenated batches, cosine learning rate), then freeze it. Returns its final NLL."""
+        concatenated batches, cosine learning rate from :meth:`lr_schedules`), then freeze it.
+        Returns its final NLL."""
         cfg = self.config
-        x, _ = next(batches)
-        if not bool(self.calibrated):
-            self._calibrate(x)
 
         def target(x: Tensor) -> Tensor:
             u = torch.rand(len(x), self.geometry.n_layers, generator=ctx.generator,
                            device=ctx.generator.device).to(x.device)
             return (self.energy_target(x, u) - self.t_mean) / self.t_std
 
-        steps = int(cfg["mdn_steps"])
-        nll = fit_energy_mdn(self.energy, batches, target, ctx, steps, int(cfg["mdn_batches"]), float(cfg["mdn_lr"]))
-        return {"mdn_nll": nll, "mdn_steps": float(steps)}
+        nll = fit_energy_mdn(self.energy, batches, target, ctx, cfg.mdn_steps, cfg.mdn_batches)
+        return {"mdn_nll": nll, "mdn_steps": cfg.mdn_steps}
 
     def shape_nll(self, x: Tensor, cond: Tensor) -> Tensor:
         """Mean cross-entropy ``-sum_i x_i / E_l log p_l(i)`` over the non-empty layers of ``x (B, n_cells)``."""
@@ -292,12 +288,6 @@ class Spots(ShowerModel):
 
     def train_step(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
         """One Adam step of the shape network on the real batch's deposits (``x (B, n_cells)``)."""
-        if not bool(self.calibrated):
-            self._calibrate(x)
-        total = int(self.config.get("steps") or 0)
-        if total:  # cosine decay over the run: the likelihood keeps improving as lr falls
-            for g in ctx.optimizers["shape"].param_groups if hasattr(ctx, "optimizers") else ():
-                g["lr"] = float(self.config["lr"]) * 0.5 * (1.0 + math.cos(math.pi * min(ctx.step / total, 1.0)))
         loss = self.shape_nll(x, cond)
         ctx.backward_step(loss, "shape")
         return {"loss_shape": loss.item()}

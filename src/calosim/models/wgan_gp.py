@@ -52,13 +52,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from . import register_model
-from .base import ShowerModel, TrainContext
+from .base import LRSchedule, ShowerModel, TrainContext
+from .config import MAX_STEPS, MAX_WIDTH, TrainConfig, param
 
 if TYPE_CHECKING:
     from ..geometry import Geometry
@@ -251,47 +253,46 @@ class WGANGP(ShowerModel):
     """Conditional WGAN-GP with a frozen pre-trained condition regressor (LHCb/BESIII/CEPC)."""
 
     name = "wgan-gp"
-    default_config: dict[str, Any] = {
-        "transform": "boxcox",
-        # CPU recipe: calogan, 50k e+ showers, <= 20 min on 2 shared cores (benchmarks/train_wgan_gp.py)
-        "batch_size": 64,
-        "steps": 5000,            # critic updates; generator updates = steps / n_critic
-        "lr_generator": 2e-4,
-        "lr_critic": 2e-4,
-        "betas": (0.5, 0.9),
-        "n_critic": 2,            # 5 in the WGAN-GP paper; 2 gives more generator updates per CPU minute
-        "lambda_gp": 10.0,
-        "lambda_reg": 1.0,
-        "lambda_obs": 10.0,        # generator: W2 between real/generated marginals of the observables
-        "drift": 1e-3,            # ε_drift·E[D(x_real)²] keeps critic scores near 0 (Karras et al.)
-        "latent_dim": 64,
-        "gen_hidden": 128,        # generator dense trunk width
-        "critic_hidden": 256,     # critic / regressor MLP width
-        "gen_channels": 32,       # at the base grid; halved per upsampling stage ...
-        "gen_min_channels": 8,    # ... down to this
-        "critic_channels": 8,     # first critic stage; doubled per stage ...
-        "critic_max_channels": 32,  # ... up to this
-        "critic_feat": 64,        # features per shape group after the critic encoder
-        "max_up": 3,              # ×2 resampling stages per axis at most
-        "layer_norm": True,       # LayerNorm (GroupNorm(1)) in critic and regressor encoders
-        "critic_observables": True,  # feed per-layer energies/centroids/widths (MeV space) to critic
-        "snap": 1.0,              # outputs below snap × (empty/non-empty gap) become empty cells
-        "leak": 0.5,              # straight-through gradient fraction for generated empty cells
-        "empty_margin": 0.01,     # sampled empty cells at h = -margin (exact 0 MeV after the clamp)
-        "regressor_steps": 600,
-        "regressor_lr": 1e-3,
-        "regressor_batches_val": 8,
-        "regressor_channels": 8,
-    }
     ema_modules = ("generator",)
 
-    def __init__(self, geometry: "Geometry", cond_dim: int, config: dict[str, Any]) -> None:
-        super().__init__(geometry, cond_dim, config)
+    @dataclass
+    class Config(TrainConfig):
+        transform: str = "boxcox"
+        # CPU recipe: calogan, 50k e+ showers, <= 20 min on 2 shared cores (benchmarks/train_wgan_gp.py)
+        batch_size: int = param(64, ge=1)
+        steps: int | None = param(5000, ge=1)  # critic updates; generator updates = steps / n_critic
+        lr_generator: float = param(2e-4, gt=0.0)
+        lr_critic: float = param(2e-4, gt=0.0)
+        betas: tuple[float, float] = param((0.5, 0.9), ge=0.0, lt=1.0)
+        n_critic: int = param(2, ge=1, le=100)  # 5 in the WGAN-GP paper; 2 gives more generator updates per CPU minute
+        lambda_gp: float = param(10.0, ge=0.0)
+        lambda_reg: float = param(1.0, ge=0.0)
+        lambda_obs: float = param(10.0, ge=0.0)  # generator: W2 between real/generated marginals of the observables
+        drift: float = param(1e-3, ge=0.0)  # eps_drift * E[D(x_real)^2] keeps critic scores near 0 (Karras et al.)
+        latent_dim: int = param(64, ge=1, le=MAX_WIDTH)
+        gen_hidden: int = param(128, ge=1, le=MAX_WIDTH)  # generator dense trunk width
+        critic_hidden: int = param(256, ge=2, le=MAX_WIDTH)  # critic / regressor MLP width
+        gen_channels: int = param(32, ge=1, le=1024)  # at the base grid; halved per upsampling stage ...
+        gen_min_channels: int = param(8, ge=1, le=1024)  # ... down to this
+        critic_channels: int = param(8, ge=1, le=1024)  # first critic stage; doubled per stage ...
+        critic_max_channels: int = param(32, ge=1, le=1024)  # ... up to this
+        critic_feat: int = param(64, ge=1, le=MAX_WIDTH)  # features per shape group after the critic encoder
+        max_up: int = param(3, ge=0, le=8)  # x2 resampling stages per axis at most
+        layer_norm: bool = True  # LayerNorm (GroupNorm(1)) in critic and regressor encoders
+        critic_observables: bool = True  # feed per-layer energies/centroids/widths (MeV space) to the critic
+        snap: float = param(1.0, ge=0.0)  # outputs below snap x (empty/non-empty gap) become empty cells
+        leak: float = param(0.5, ge=0.0, le=1.0)  # straight-through gradient fraction for generated empty cells
+        empty_margin: float = param(0.01, ge=0.0)  # sampled empty cells at h = -margin (exact 0 MeV after the clamp)
+        regressor_steps: int = param(600, ge=0, le=MAX_STEPS)
+        regressor_lr: float = param(1e-3, gt=0.0)
+        regressor_batches_val: int = param(8, ge=1, le=10000)
+        regressor_channels: int = param(8, ge=1, le=256)
+
+    config: Config
+
+    def __init__(self, geometry: "Geometry", cond_dim: int, config: Any = None, *, data_dim: int | None = None) -> None:
+        super().__init__(geometry, cond_dim, config, data_dim=data_dim)
         cfg = self.config
-        data_dim = int(cfg.get("data_dim", geometry.n_cells))
-        if data_dim != geometry.n_cells:
-            raise ValueError(f"wgan-gp: the transform must keep one value per cell (data_dim {data_dim} != "
-                             f"{geometry.n_cells} cells of {geometry.name!r}); use e.g. 'boxcox', 'log' or 'scale'")
         self.groups = shape_groups(geometry)
         offsets = geometry.layer_offsets
         gather: list[Tensor] = []
@@ -300,17 +301,17 @@ class WGANGP(ShowerModel):
         order = torch.cat(gather)  # group-order position → geometry cell index
         scatter = torch.empty_like(order)
         scatter[order] = torch.arange(len(order))  # geometry cell → group-order position
-        self.latent_dim = int(cfg["latent_dim"])
-        self.generator = Generator(self.groups, scatter, self.latent_dim, cond_dim, int(cfg["gen_hidden"]),
-                                   int(cfg["gen_channels"]), int(cfg["max_up"]), int(cfg["gen_min_channels"]))
-        feat = int(cfg["critic_feat"])
-        n_obs = self._n_observables() if cfg["critic_observables"] else 0
-        enc = _MultiEncoder(self.groups, gather, int(cfg["critic_channels"]), int(cfg["critic_max_channels"]),
-                            int(cfg["max_up"]), feat, bool(cfg["layer_norm"]))
-        self.critic = Critic(enc, feat * len(self.groups), cond_dim, n_obs, int(cfg["critic_hidden"]))
-        renc = _MultiEncoder(self.groups, gather, int(cfg["regressor_channels"]), 4 * int(cfg["regressor_channels"]),
-                             int(cfg["max_up"]), feat, bool(cfg["layer_norm"]))
-        self.regressor = Regressor(renc, feat * len(self.groups), cond_dim, int(cfg["critic_hidden"]) // 2)
+        self.latent_dim = cfg.latent_dim
+        self.generator = Generator(self.groups, scatter, self.latent_dim, cond_dim, cfg.gen_hidden,
+                                   cfg.gen_channels, cfg.max_up, cfg.gen_min_channels)
+        feat = cfg.critic_feat
+        n_obs = self._n_observables() if cfg.critic_observables else 0
+        enc = _MultiEncoder(self.groups, gather, cfg.critic_channels, cfg.critic_max_channels,
+                            cfg.max_up, feat, cfg.layer_norm)
+        self.critic = Critic(enc, feat * len(self.groups), cond_dim, n_obs, cfg.critic_hidden)
+        renc = _MultiEncoder(self.groups, gather, cfg.regressor_channels, 4 * cfg.regressor_channels,
+                             cfg.max_up, feat, cfg.layer_norm)
+        self.regressor = Regressor(renc, feat * len(self.groups), cond_dim, cfg.critic_hidden // 2)
 
         # Statistics of the preprocessed space, set in pretrain (the defaults suit an identity
         # transform of non-negative showers: h = x, a ReLU output).
@@ -322,7 +323,6 @@ class WGANGP(ShowerModel):
         self.register_buffer("h_empty", torch.zeros(n))  # sampled value of an empty cell (see _generate)
         self.register_buffer("obs_mean", torch.zeros(max(n_obs, 1)))
         self.register_buffer("obs_std", torch.ones(max(n_obs, 1)))
-        self.register_buffer("regressor_trained", torch.zeros((), dtype=torch.bool))
         # Cell centres (mm) for centroid/width observables.
         cx, cy = geometry.cell_centers()
         self.register_buffer("cell_x", torch.as_tensor(cx, dtype=torch.float32), persistent=False)
@@ -336,6 +336,7 @@ class WGANGP(ShowerModel):
         # the framework's per-interval averages stay finite.
         self._last_gen: dict[str, float] = {"loss_generator": 0.0, "loss_regression": 0.0, "loss_observables": 0.0}
         self._skipped = 0  # updates skipped because a loss was not finite (reported, should stay 0)
+        self._held_out: tuple[Tensor, Tensor] | None = None  # fit_statistics' batches, the regressor's validation
 
     # -- preprocessing helpers ---------------------------------------------------------------
     def _to_h(self, x: Tensor) -> Tensor:
@@ -414,17 +415,27 @@ class WGANGP(ShowerModel):
 
     # -- training -----------------------------------------------------------------------------
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """Adam for generator and critic (betas (0.5, 0.9) as usual for WGAN-GP); the regressor
-        has its own optimiser inside :meth:`pretrain` and is frozen afterwards."""
-        b = tuple(self.config["betas"])
+        """Adam for generator and critic (betas (0.5, 0.9) as usual for WGAN-GP) and for the
+        regressor (trained in :meth:`pretrain`, frozen afterwards)."""
+        cfg = self.config
         return {
-            "generator": torch.optim.Adam(self.generator.parameters(), lr=float(self.config["lr_generator"]), betas=b),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=float(self.config["lr_critic"]), betas=b),
+            "generator": torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_generator, betas=cfg.betas),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.lr_critic, betas=cfg.betas),
+            "regressor": torch.optim.Adam(self.regressor.parameters(), lr=cfg.regressor_lr),
         }
 
+    def lr_schedules(self, total_steps: int) -> dict[str, LRSchedule]:
+        return {"regressor": LRSchedule("onecycle", self.config.regressor_steps)}
+
+    def n_statistics_batches(self) -> int:
+        return self.config.regressor_batches_val
+
     @torch.no_grad()
-    def _fit_statistics(self, batches: list[tuple[Tensor, Tensor]], ctx: TrainContext) -> None:
-        xs = torch.cat([b[0] for b in batches])
+    def fit_statistics(self, xs: Tensor, cs: Tensor, ctx: TrainContext) -> None:
+        """Output range, per-cell scales and observable standardisation from the first
+        ``regressor_batches_val`` batches ``xs (B, n_cells)``, ``cs (B, cond_dim)`` (which are
+        also the regressor's held-out validation set)."""
+        self._held_out = (xs, cs)
         self.x_floor.copy_(xs.amin(0))
         self.x_ceil.copy_(xs.amax(0))
         # Why not standardise per cell: a rarely hit cell has a tiny std, so its hits become
@@ -447,11 +458,13 @@ class WGANGP(ShowerModel):
         self.x_scale.copy_(scale.clamp_min(1e-6))
         self._gap_h = (gap / self.x_scale).clamp(0, 1)
         if self.critic.n_obs:
-            cs = torch.cat([b[1] for b in batches])
             e_inc = ctx.conditions.incident_energy(cs)
             obs = torch.cat([self.observables(ctx.transform.inverse(xs, e_inc), e_inc), self.occupancy(self._to_h(xs))], 1)
             self.obs_mean.copy_(obs.mean(0))
             self.obs_std.copy_(obs.std(0).clamp_min(1e-3))
+
+    def pretrain_steps(self) -> int:
+        return self.config.regressor_steps
 
     def pretrain(self, batches: Iterator[tuple[Tensor, Tensor]], ctx: TrainContext) -> dict[str, float]:
         """Fit data statistics, train the condition regressor, report its validation MSE, freeze it.
@@ -463,18 +476,15 @@ class WGANGP(ShowerModel):
         ``regressor_val_r2`` (1 − MSE / variance of the encoded conditions).
         """
         cfg = self.config
-        n_val = max(int(cfg["regressor_batches_val"]), 1)
-        val = [next(batches) for _ in range(n_val)]
-        self._fit_statistics(val, ctx)
-        held = {(float(c), float(m)) for x, cnd in val for c, m in zip(cnd[:, 0].tolist(), x.amax(1).tolist())}
+        if self._held_out is None:
+            raise RuntimeError("wgan-gp: pretrain() needs fit_statistics() first (the framework calls it)")
+        xv, cv = self._held_out
+        held = {(c, m) for c, m in zip(cv[:, 0].tolist(), xv.amax(1).tolist())}
 
         reg = self.regressor
         reg.requires_grad_(True).train()
-        opt = torch.optim.Adam(reg.parameters(), lr=float(cfg["regressor_lr"]))
-        steps = int(cfg["regressor_steps"])
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(cfg["regressor_lr"]), total_steps=max(steps, 1))
         train_loss = float("nan")
-        for _ in range(steps):
+        for _ in range(cfg.regressor_steps):
             x, cond = next(batches)
             with torch.no_grad():  # the output range: from every showers pretraining sees
                 torch.minimum(self.x_floor, x.amin(0), out=self.x_floor)
@@ -484,21 +494,15 @@ class WGANGP(ShowerModel):
                 mask = torch.tensor(keep, device=x.device)
                 x, cond = x[mask], cond[mask]
             loss = nn.functional.mse_loss(reg(self._to_h(x)), cond)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            ctx.backward_step(loss, "regressor")  # all-reduced under DDP; OneCycle schedule
             train_loss = 0.9 * train_loss + 0.1 * loss.item() if math.isfinite(train_loss) else loss.item()
         reg.eval().requires_grad_(False)  # frozen: only provides gradients to the generator
-        self.h_snap.copy_(float(cfg["snap"]) * self._gap_h)
+        self.h_snap.copy_(cfg.snap * self._gap_h)
         # The empty value of a Box-Cox/log transform does not invert to exactly 0 MeV (float
         # rounding: +-1e-4 MeV), which would count as a hit in occupancy; sampled empty cells
         # sit a little below it so the framework's clamp at 0 makes them exact zeros.
-        self.h_empty.copy_(-float(cfg["empty_margin"]) * (self.x_floor != 0))
-        self.regressor_trained.fill_(True)
-
-        xv = torch.cat([b[0] for b in val])
-        cv = torch.cat([b[1] for b in val])
+        self.h_empty.copy_(-cfg.empty_margin * (self.x_floor != 0))
+        self._held_out = None
         with torch.no_grad():
             err = (reg(self._to_h(xv)) - cv) ** 2
         per_col = err.mean(0)
@@ -517,7 +521,7 @@ class WGANGP(ShowerModel):
         cfg = self.config
         B, dev = len(x), x.device
         gen = ctx.generator
-        leak = float(cfg["leak"])
+        leak = cfg.leak
 
         # ---- critic: E[D(fake)] - E[D(real)] + GP + drift -----------------------------------
         self.critic.requires_grad_(True)
@@ -529,9 +533,9 @@ class WGANGP(ShowerModel):
             return self.critic(h, cond, self._critic_obs(h, cond, ctx))
 
         d_real, d_fake = d(h_real), d(h_fake)
-        gp = gradient_penalty(d, h_real, h_fake, float(cfg["lambda_gp"]), gen)
+        gp = gradient_penalty(d, h_real, h_fake, cfg.lambda_gp, gen)
         w_dist = d_real.mean() - d_fake.mean()
-        loss_c = -w_dist + gp + float(cfg["drift"]) * (d_real**2).mean()
+        loss_c = -w_dist + gp + cfg.drift * (d_real**2).mean()
         out = {"loss_critic": loss_c.item(), "wasserstein": w_dist.item(), "gradient_penalty": gp.item()}
         if math.isfinite(out["loss_critic"]):  # one bad batch must not turn every weight into NaN
             ctx.backward_step(loss_c, "critic")
@@ -539,24 +543,24 @@ class WGANGP(ShowerModel):
             self._skipped += 1
 
         # ---- generator: -E[D(G(z, c))] + lambda_reg * MSE(R(G(z, c)), c) ----------------------
-        if (ctx.step + 1) % max(int(cfg["n_critic"]), 1) == 0:
+        if (ctx.step + 1) % max(cfg.n_critic, 1) == 0:
             self.critic.requires_grad_(False)  # no weight grads needed, only input grads
             h_fake = self._generate_h(self._noise(B, dev, gen), cond, leak)
             obs_fake = self._critic_obs(h_fake, cond, ctx)
             adv = -self.critic(h_fake, cond, obs_fake).mean()
             loss_g = adv
             reg_loss = torch.zeros((), device=dev)
-            if float(cfg["lambda_reg"]) > 0:
+            if cfg.lambda_reg > 0:
                 reg_loss = nn.functional.mse_loss(self.regressor(h_fake), cond)
-                loss_g = loss_g + float(cfg["lambda_reg"]) * reg_loss
+                loss_g = loss_g + cfg.lambda_reg * reg_loss
             obs_loss = torch.zeros((), device=dev)
-            if float(cfg["lambda_obs"]) > 0 and obs_fake is not None:
+            if cfg.lambda_obs > 0 and obs_fake is not None:
                 # Same conditions in both batches, so their observable marginals must agree:
                 # squared 1-D Wasserstein-2 distance per observable (sorted samples).
                 with torch.no_grad():
                     obs_real = self._critic_obs(h_real, cond, ctx)
                 obs_loss = ((obs_fake.sort(0).values - obs_real.sort(0).values) ** 2).mean()
-                loss_g = loss_g + float(cfg["lambda_obs"]) * obs_loss
+                loss_g = loss_g + cfg.lambda_obs * obs_loss
             if math.isfinite(loss_g.item()):
                 ctx.backward_step(loss_g, "generator")
             else:

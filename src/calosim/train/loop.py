@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from ..geometry import Geometry, get_geometry
 from ..io import read_showers
 from ..metrics.distances import separation_power
-from ..models import ShowerModel, get_model_class
+from ..models import ShowerModel, build_model, get_model_class
+from ..models.config import TrainConfig, config_dict, validate_config
 from . import checkpoint as ck
 from .conditions import ConditionEncoder, make_pool, raw_conditions, save_pool
 from .config import RESUMABLE_KEYS, config_diff, load_config_file, resolve_config
@@ -76,7 +77,8 @@ class TrainLoopContext:
 
     def __init__(self, device: torch.device, transform: ShowerTransform, conditions: ConditionEncoder,
                  generator: torch.Generator, optimizers: dict[str, torch.optim.Optimizer], env: DistEnv,
-                 clip_grad: float | None, scalers: dict[str, Any], amp_dtype: torch.dtype | None) -> None:
+                 clip_grad: float | None, scalers: dict[str, Any], amp_dtype: torch.dtype | None,
+                 schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] | None = None) -> None:
         self.device = device
         self.step = 0
         self.transform = transform
@@ -87,10 +89,13 @@ class TrainLoopContext:
         self.clip_grad = clip_grad
         self.scalers = scalers
         self.amp_dtype = amp_dtype
+        self.schedulers = dict(schedulers or {})
+        self.on_step: Any = None  # called with the optimiser name after each step (pretraining progress)
         self._params = {k: [p for g in o.param_groups for p in g["params"]] for k, o in optimizers.items()}
 
     def backward_step(self, loss: Tensor, optimizer: str, *, retain_graph: bool = False) -> None:
-        """zero_grad, backward (scaled under fp16 AMP), all-reduce grads over ranks, clip, step."""
+        """zero_grad, backward (scaled under fp16 AMP), all-reduce grads over ranks, clip, step,
+        then the optimiser's learning-rate schedule (if the model declared one)."""
         try:
             opt = self.optimizers[optimizer]
         except KeyError:
@@ -111,6 +116,11 @@ class TrainLoopContext:
             scaler.update()
         else:
             opt.step()
+        sched = self.schedulers.get(optimizer)
+        if sched is not None:
+            sched.step()
+        if self.on_step is not None:
+            self.on_step(optimizer)
 
 
 # ------------------------------------------------------------------------------------------
@@ -280,17 +290,14 @@ class Trainer:
         stored: dict[str, Any] | None = None
         if self.resumed:
             stored = ck.read_json(out / ck.CONFIG_FILE)
-            cfg = self._resume_config(stored, model_name, data_path, seed, val_fraction, config, config_file, epochs, steps)
+            cfg = self._resume_config(cls, stored, model_name, data_path, seed, val_fraction, config, config_file, epochs, steps)
             geometry: Geometry | str | None = Geometry.from_dict(stored["geometry"])
         else:
-            cfg = resolve_config(cls.default_config, config_file=config_file, config=config, epochs=epochs, steps=steps)
-            geometry = cfg.get("geometry")
+            cfg = resolve_config(cls.Config, config_file=config_file, config=config, epochs=epochs, steps=steps)
+            geometry = cfg.geometry
         self.cfg = cfg
-        cfg.setdefault("final_weights", "last")  # runs written before the key existed
-        if cfg["final_weights"] not in ("last", "best"):  # checked now, not after the training
-            raise ValueError(f"final_weights must be 'last' or 'best', got {cfg['final_weights']!r}")
-        if cfg.get("threads"):
-            torch.set_num_threads(int(cfg["threads"]))
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
 
         # ---- data: read, split, fit preprocessing, pre-transform -----------------------------
         t0 = time.perf_counter()
@@ -301,7 +308,7 @@ class Trainer:
             raise ValueError(f"{data_path}: needs at least 2 showers to train, found {n}")
         perm = np.random.default_rng(seed).permutation(n)
         n_val = min(max(int(round(val_fraction * n)), 1 if val_fraction > 0 else 0), n - 1)
-        val_idx = np.sort(perm[:n_val][: int(cfg["val_size"])])
+        val_idx = np.sort(perm[:n_val][: cfg.val_size])
         train_idx = np.sort(perm[n_val:])
         self.n_train, self.n_val = len(train_idx), n_val
         raw = raw_conditions(data)
@@ -312,34 +319,35 @@ class Trainer:
             pt, pm = ck.load_tensors(out / ck.PREPROCESSING_FILE)
             self.transform, self.encoder = ck.build_preprocessing(self.geometry, pt, pm, str(out / ck.PREPROCESSING_FILE))
         else:
-            self.transform = get_transform(cfg["transform"], self.geometry, **dict(cfg.get("transform_kw") or {}))
+            self.transform = get_transform(cfg.transform, self.geometry, **cfg.transform_kw)
             self.transform.fit(showers_t, e_t)
-            self.encoder = ConditionEncoder(cfg["conditions"]).fit(train_raw)
+            self.encoder = ConditionEncoder(cfg.conditions).fit(train_raw)
         with torch.no_grad():
             self.X = torch.empty(self.n_train, self.transform.out_dim)
             for a in range(0, self.n_train, 65536):
                 self.X[a:a + 65536] = self.transform(showers_t[a:a + 65536], e_t[a:a + 65536])
         if not torch.isfinite(self.X).all():
-            raise ValueError(f"transform {cfg['transform']!r} produced non-finite values on {data_path}")
+            raise ValueError(f"transform {cfg.transform!r} produced non-finite values on {data_path}")
         self.C = self.encoder.encode(train_raw)
         del showers_t, e_t
         self.val_showers = data.showers[val_idx]
         self.val_e = data.incident_energies[val_idx]
         self.val_cond = self.encoder.encode({k: v[val_idx] for k, v in raw.items()})
-        pool = make_pool(train_raw, int(cfg["pool_size"]), seed)
+        pool = make_pool(train_raw, cfg.pool_size, seed)
         particle = data.attrs.get("particle")
         del data, raw, train_raw
         self.load_time = time.perf_counter() - t0
 
         # ---- model, optimisers, EMA, context ---------------------------------------------------
         torch.manual_seed(seed)
-        self.model: ShowerModel = cls(self.geometry, self.encoder.cond_dim,
-                                      {**cfg, "data_dim": self.transform.out_dim}).to(self.device)
+        self.model: ShowerModel = build_model(cls, self.geometry, self.encoder.cond_dim, cfg,
+                                              self.transform.out_dim).to(self.device)
         broadcast_module(self.model, env)
         self.optimizers = self.model.make_optimizers()
         self.transform.to(self.device)
-        self.ema = EMA(self.model, tuple(cls.ema_modules), cfg["ema"], bool(cfg.get("ema_warmup", True)))
-        amp = cfg.get("amp")
+        # total steps are known only below; schedules are built once they are (see _build_schedules)
+        self.ema = EMA(self.model, tuple(cls.ema_modules), cfg.ema, cfg.ema_warmup)
+        amp = cfg.amp
         amp_dtype = None
         if amp and self.device.type == "cuda":
             amp_dtype = torch.bfloat16 if str(amp).lower() in ("bf16", "bfloat16") else torch.float16
@@ -348,7 +356,8 @@ class Trainer:
         self.amp_dtype = amp_dtype
         scalers = ({k: torch.amp.GradScaler("cuda") for k in self.optimizers} if amp_dtype == torch.float16 else {})
         self.ctx = TrainLoopContext(self.device, self.transform, self.encoder, torch.Generator(device=self.device),
-                                    self.optimizers, env, cfg.get("clip_grad"), scalers, amp_dtype)
+                                    self.optimizers, env, cfg.clip_grad, scalers, amp_dtype)
+        self._stat_hook = type(self.model).fit_statistics is not ShowerModel.fit_statistics
         # Per-rank training RNG streams (ranks must draw different noise; init weights were seeded above).
         torch.manual_seed(_mix(seed, env.rank, 1))
         np.random.seed(_mix(seed, env.rank, 2) % 2**32)
@@ -358,9 +367,9 @@ class Trainer:
             torch.cuda.manual_seed(_mix(seed, env.rank, 5))
 
         # ---- steps -------------------------------------------------------------------------------
-        bs = int(cfg["batch_size"]) // env.world_size
+        bs = cfg.batch_size // env.world_size
         if bs < 1:
-            raise ValueError(f"batch_size {cfg['batch_size']} is smaller than the number of ranks {env.world_size}")
+            raise ValueError(f"batch_size {cfg.batch_size} is smaller than the number of ranks {env.world_size}")
         shard_len = -(-self.n_train // env.world_size)
         if bs > shard_len:
             warnings.warn(f"batch size {bs} per rank exceeds the {shard_len} training showers per rank; using {shard_len}",
@@ -368,10 +377,12 @@ class Trainer:
             bs = shard_len
         self.batch = bs
         self.steps_per_epoch = shard_len // bs
-        self.total_steps = int(cfg["steps"]) if cfg.get("steps") is not None else int(cfg["epochs"]) * self.steps_per_epoch
+        self.total_steps = cfg.steps if cfg.steps is not None else int(cfg.epochs or 0) * self.steps_per_epoch
         if self.total_steps < 1:
             raise ValueError("the run has no steps (steps/epochs must be >= 1)")
+        self._build_schedules()
         self.step = 0
+        self.statistics_done = not self._stat_hook
         self.pretrain_done = False
         self.pretrain_summary: dict[str, float] = {}
         self.best_score = math.inf
@@ -384,7 +395,7 @@ class Trainer:
 
         # ---- files -------------------------------------------------------------------------------
         run_cfg = {
-            "model": model_name, "config": cfg, "geometry": self.geometry.to_dict(), "data_path": str(data_path.resolve()),
+            "model": model_name, "config": config_dict(cfg), "geometry": self.geometry.to_dict(), "data_path": str(data_path.resolve()),
             "conditions": self.encoder.names, "condition_columns": self.encoder.columns,
             "transform": self.transform.config(), "seed": seed, "val_fraction": val_fraction,
             "n_train": self.n_train, "n_val": self.n_val, "total_steps": self.total_steps,
@@ -408,21 +419,24 @@ class Trainer:
             self._load_checkpoint(out / ck.LAST_CKPT)
         barrier(env)
 
-    def _resume_config(self, stored: dict[str, Any], model_name: str, data_path: Path, seed: int, val_fraction: float,
-                       config: dict[str, Any] | None, config_file: str | Path | None, epochs: int | None,
-                       steps: int | None) -> dict[str, Any]:
+    def _resume_config(self, cls: type[ShowerModel], stored: dict[str, Any], model_name: str, data_path: Path,
+                       seed: int, val_fraction: float, config: dict[str, Any] | None, config_file: str | Path | None,
+                       epochs: int | None, steps: int | None) -> TrainConfig:
         where = self.out / ck.CONFIG_FILE
         try:
-            base = dict(stored["config"])
+            base = stored["config"]
             checks = [("model", stored["model"], model_name), ("seed", stored["seed"], seed),
                       ("val_fraction", stored["val_fraction"], val_fraction),
                       ("data_path", stored["data_path"], str(data_path.resolve()))]
-        except KeyError as exc:
+        except (KeyError, TypeError) as exc:
             raise ck.RunError(f"{where}: malformed run config (missing {exc})") from None
+        if not isinstance(base, dict):
+            raise ck.RunError(f"{where}: 'config' must be a table of keys and values, got {json.dumps(base)[:60]}")
         for name, old, new in checks:
             if old != new:
                 raise ValueError(f"cannot resume {self.out}: {name} was {old!r}, now {new!r}")
         overrides = {**(load_config_file(config_file) if config_file else {}), **(config or {})}
+        validate_config(cls.Config, overrides, str(config_file) if config_file and not config else "config")
         changed = config_diff(base, {**base, **json.loads(json.dumps(overrides, default=str))})
         if changed:
             raise ValueError(f"cannot resume {self.out}: config keys {changed} differ from the stored run "
@@ -432,7 +446,7 @@ class Trainer:
             cfg["steps"], cfg["epochs"] = int(steps), None
         elif epochs is not None:
             cfg["steps"], cfg["epochs"] = None, int(epochs)
-        return cfg
+        return validate_config(cls.Config, cfg, str(where))
 
     # ---- data order --------------------------------------------------------------------------
     def _epoch_order(self, epoch: int, stream: int) -> Tensor:
@@ -489,7 +503,9 @@ class Trainer:
         for r, (rt, rm) in enumerate(rngs):
             tensors.update(ck.prefixed(rt, f"rng/{r}"))
             rng_meta.append(rm)
-        meta = {"step": self.step, "pretrain_done": self.pretrain_done, "pretrain_summary": self.pretrain_summary,
+        sched = {k: ck.flatten_state(v.state_dict(), f"sched/{k}", tensors) for k, v in self.ctx.schedulers.items()}
+        meta = {"step": self.step, "pretrain_done": self.pretrain_done, "statistics_done": self.statistics_done,
+                "sched": sched, "pretrain_summary": self.pretrain_summary,
                 "best_score": self.best_score if math.isfinite(self.best_score) else None, "best_step": self.best_step,
                 "optim": optim, "scalers": scalers, "rng": rng_meta, "world_size": self.env.world_size,
                 "model": self.model_name, "seed": self.seed, "val": self.last_val,
@@ -523,7 +539,10 @@ class Trainer:
             r = self.env.rank % saved_world
             self._set_rng_state(ck.unprefixed(tensors, f"rng/{r}"), meta["rng"][r])
             self.step = int(meta["step"])
+            for k, sc in self.ctx.schedulers.items():
+                sc.load_state_dict(ck.unflatten_state(meta["sched"][k], tensors))
             self.pretrain_done = bool(meta["pretrain_done"])
+            self.statistics_done = bool(meta.get("statistics_done", True))
             self.pretrain_summary = dict(meta.get("pretrain_summary") or {})
             self.best_score = math.inf if meta.get("best_score") is None else float(meta["best_score"])
             self.best_step = meta.get("best_step")
@@ -554,7 +573,7 @@ class Trainer:
         t0 = time.perf_counter()
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         gen = torch.Generator(device=self.device).manual_seed(_mix(self.seed, 99))
-        vb = int(self.cfg.get("val_batch", 1024))
+        vb = self.cfg.val_batch
         outs, n_bad = [], 0
         # fork_rng: models that ignore `generator` must not shift the training RNG stream
         with torch.random.fork_rng(devices=devices), self.ema.swapped():
@@ -573,7 +592,7 @@ class Trainer:
         gen_showers = np.concatenate(outs)
         ref_obs = validation_observables(self.val_showers, self.val_e, self.geometry)
         gen_obs = validation_observables(gen_showers, self.val_e, self.geometry)
-        bins = int(self.cfg.get("val_bins", 30))
+        bins = self.cfg.val_bins
         res = {f"sp_{k}": separation_power(ref_obs[k], gen_obs[k], n_bins=bins, name=k) for k in ref_obs}
         res["score"] = float(np.mean(list(res.values())))
         res["etot_ratio_mean_gen"] = float(np.mean(gen_obs["etot_ratio"]))
@@ -586,22 +605,39 @@ class Trainer:
         return res
 
     # ---- main loop -----------------------------------------------------------------------------
-    def _pretrain(self) -> None:
+    def _build_schedules(self) -> None:
+        """The model's declared learning-rate schedules, one scheduler per optimiser name."""
+        declared = self.model.lr_schedules(self.total_steps)
+        unknown = sorted(set(declared) - set(self.optimizers))
+        if unknown:
+            raise ValueError(f"{self.model_name}: lr_schedules names optimisers {unknown}; the model made "
+                             f"{sorted(self.optimizers)}")
+        self.ctx.schedulers = {k: sched.build(self.optimizers[k]) for k, sched in declared.items()}
+
+    def _fit_statistics(self, batches: Iterator[tuple[Tensor, Tensor]]) -> None:
+        """The model's data statistics from the first training batches, once per run; rank 0's
+        are copied to every rank (each rank sees other batches)."""
+        self.model.train()
+        self.ctx.step = 0
+        parts = [next(batches) for _ in range(max(int(self.model.n_statistics_batches()), 1))]
+        self.model.fit_statistics(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), self.ctx)
+        broadcast_module(self.model, self.env)
+        self.statistics_done = True
+
+    def _pretrain(self, batches: Iterator[tuple[Tensor, Tensor]]) -> None:
         t0 = time.perf_counter()
         self.model.train()
         self.ctx.step = 0
-        # the pretraining stage (e.g. a likelihood fit) has no steps to show: a spinner, then its time
-        console = None
-        if self.progress:
-            from rich.console import Console
-
-            console = Console(stderr=True)
-        status = console.status(f"{self.model.name}: pretraining stage (before the main loop) ...") if console \
-            else contextlib.nullcontext()
-        with status:
-            summary = self.model.pretrain(self._pretrain_batches(), self.ctx) or {}
-        if console:
-            console.print(f"{self.model.name}: pretraining done in {time.perf_counter() - t0:.0f} s")
+        total = self.model.pretrain_steps()
+        bar = _progress(self.progress)
+        with bar:  # every optimiser step of the stage advances the bar: progress is visible
+            task = bar.add_task(f"{self.model_name} pretraining", total=total, completed=0, info="")
+            self.ctx.on_step = lambda name: bar.update(task, advance=1, info=name)
+            try:
+                summary = self.model.pretrain(batches, self.ctx) or {}
+            finally:
+                self.ctx.on_step = None
+        broadcast_module(self.model, self.env)  # statistics refined during the stage stay identical on all ranks
         self.pretrain_summary = {k: float(v) for k, v in summary.items()}
         self.pretrain_done = True
         self._log({"step": 0, "pretrain": self.pretrain_summary, "time_s": time.perf_counter() - t0})
@@ -610,11 +646,14 @@ class Trainer:
     def run(self) -> Path:
         """Run (or continue) training to ``total_steps``; write the final files; return the run dir."""
         cfg, env = self.cfg, self.env
-        log_every, val_every, ck_every = int(cfg["log_every"]), int(cfg.get("val_every") or 0), int(cfg["checkpoint_every"])
+        log_every, val_every, ck_every = cfg.log_every, cfg.val_every, cfg.checkpoint_every
         start_step = self.step
         t_start = time.perf_counter()
+        batches = self._pretrain_batches()  # statistics, then pretraining, on one stream
+        if not self.statistics_done:
+            self._fit_statistics(batches)
         if type(self.model).pretrain is not ShowerModel.pretrain and not self.pretrain_done:
-            self._pretrain()
+            self._pretrain(batches)
         self.model.train()
         t_interval, n_timed = time.perf_counter(), 0
         train_time = 0.0
@@ -676,13 +715,13 @@ class Trainer:
             return
         state, final_step = self.ema.model_state(), self.step
         best = self.out / ck.BEST_CKPT
-        if self.cfg["final_weights"] == "best" and self.best_step is not None and best.is_file():
+        if self.cfg.final_weights == "best" and self.best_step is not None and best.is_file():
             state = ck.ema_model_weights(ck.load_tensors(best)[0])  # the best validation's EMA weights
             final_step = int(self.best_step)
         tensors = ck.prefixed(state, "model")
         pt, pm = ck.preprocessing_tensors(self.transform, self.encoder)
         tensors.update(pt)
-        meta = {**pm, "model": self.model_name, "step": final_step, "config": self.cfg,
+        meta = {**pm, "model": self.model_name, "step": final_step, "config": config_dict(self.cfg),
                 "ema_modules": list(self.ema.names), "data_dim": self.transform.out_dim}
         ck.save_tensors(self.out / ck.MODEL_FILE, tensors, meta)
         n_steps = self.step - start_step
