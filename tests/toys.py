@@ -64,19 +64,29 @@ class IdentityTransform:
 class FakeCtx:
     """Minimal stand-in for calosim.train's context (the TrainContext protocol)."""
 
-    def __init__(self, model: ShowerModel, seed: int = 0, transform: Any = None) -> None:
+    def __init__(self, model: ShowerModel, seed: int = 0, transform: Any = None, total_steps: int = 100) -> None:
         self.device = torch.device("cpu")
         self.step = 0
         self.transform = transform or IdentityTransform()
         self.conditions = FakeConditions()
         self.generator = torch.Generator().manual_seed(seed)
         self.optimizers = model.make_optimizers()
+        self.schedulers = {k: s.build(self.optimizers[k]) for k, s in model.lr_schedules(total_steps).items()}
 
     def backward_step(self, loss: Tensor, optimizer: str, *, retain_graph: bool = False) -> None:
         opt = self.optimizers[optimizer]
         opt.zero_grad(set_to_none=True)
         loss.backward(retain_graph=retain_graph)
         opt.step()
+        if optimizer in self.schedulers:
+            self.schedulers[optimizer].step()
+
+
+def prepare(model: ShowerModel, batches: Iterator[tuple[Tensor, Tensor]], ctx: Any) -> dict[str, float]:
+    """What the framework does before the main loop: fit_statistics on the first batches, then pretrain."""
+    parts = [next(batches) for _ in range(model.n_statistics_batches())]
+    model.fit_statistics(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), ctx)
+    return model.pretrain(batches, ctx)
 
 
 @register_model

@@ -13,6 +13,7 @@ from torch import Tensor
 from calosim.geometry import Geometry, Layer, Material, get_geometry
 from calosim.models import get_model_class, list_models
 from calosim.models.wgan_gp import WGANGP, _activate, gradient_penalty, shape_groups
+from toys import prepare
 
 TINY = {"gen_channels": 8, "gen_min_channels": 4, "gen_hidden": 32, "critic_channels": 4, "critic_feat": 8,
         "critic_hidden": 32, "regressor_channels": 4, "latent_dim": 8, "batch_size": 32}
@@ -62,12 +63,15 @@ class FakeCtx:
 
     def __post_init__(self) -> None:
         self.optimizers = self.model.make_optimizers()
+        self.schedulers = {k: s.build(self.optimizers[k]) for k, s in self.model.lr_schedules(100).items()}
 
     def backward_step(self, loss: Tensor, optimizer: str, *, retain_graph: bool = False) -> None:
         opt = self.optimizers[optimizer]
         opt.zero_grad(set_to_none=True)
         loss.backward(retain_graph=retain_graph)
         opt.step()
+        if optimizer in self.schedulers:
+            self.schedulers[optimizer].step()
 
 
 def _toy_batches(geo: Geometry, cond_dim: int, batch: int = 32, seed: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
@@ -144,7 +148,7 @@ def test_regressor_learns_brightness() -> None:
             yield x, c
 
     model = WGANGP(geo, 2, {**TINY, "regressor_steps": 250, "regressor_lr": 3e-3, "critic_observables": False})
-    out = model.pretrain(batches(), FakeCtx(model))
+    out = prepare(model, batches(), FakeCtx(model))
     assert out["regressor_val_mse"] < 0.01, out  # variance of U(-1, 1) is 0.33
     assert out["regressor_val_r2"] > 0.95
     assert not any(p.requires_grad for p in model.regressor.parameters())  # frozen
@@ -158,7 +162,7 @@ def test_train_step_updates_generator_and_critic(geo: Geometry) -> None:
     model = WGANGP(geo, 2, {**TINY, "n_critic": 2, "regressor_steps": 3, "regressor_batches_val": 1})
     ctx = FakeCtx(model)
     data = _toy_batches(geo, 2)
-    model.pretrain(data, ctx)
+    prepare(model, data, ctx)
     assert float(model.x_floor.min()) >= 0
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, c = next(data)
@@ -194,14 +198,14 @@ def test_export_module_equals_sample() -> None:
 
 def test_rejects_non_per_cell_transform() -> None:
     with pytest.raises(ValueError, match="one value per cell"):
-        WGANGP(get_geometry("calogan"), 1, {"data_dim": 507})
+        WGANGP(get_geometry("calogan"), 1, data_dim=507)
 
 
 def test_state_dict_roundtrip_reproduces_samples() -> None:
     """Statistics fitted in pretrain are buffers: a fresh model loading the state samples identically."""
     geo = _stack_geometry(2, (6, 6))
     a = WGANGP(geo, 1, {**TINY, "regressor_steps": 2, "regressor_batches_val": 1})
-    a.pretrain(_toy_batches(geo, 1), FakeCtx(a))
+    prepare(a, _toy_batches(geo, 1), FakeCtx(a))
     b = WGANGP(geo, 1, TINY)
     b.load_state_dict(a.state_dict())
     cond = torch.rand(5, 1)
@@ -222,9 +226,11 @@ def test_end_to_end_train_and_load(tmp_path) -> None:  # type: ignore[no-untyped
     cfg = {**TINY, "batch_size": 16, "n_critic": 2, "regressor_steps": 3, "regressor_batches_val": 1,
            "val_every": 0, "val_size": 16, "log_every": 2, "checkpoint_every": 100}
     run_dir = train_mod.train("wgan-gp", path, tmp_path / "run", config=cfg, steps=4, seed=0, progress=False)
-    run = train_mod.load_run(run_dir)
-    assert run.model.config["transform"] == "boxcox"
-    assert bool(run.model.regressor_trained)
+    from calosim.runs import load_run
+
+    run = load_run(run_dir)
+    assert run.model.config.transform == "boxcox"
+    assert torch.isfinite(run.model.x_ceil).all()  # the fitted statistics were saved with the weights
     showers = run.sample({"incident_energies": np.full((10, 1), 2000.0, dtype=np.float32)}, generator=1)
     assert showers.shape == (10, geo.n_cells)
     assert np.isfinite(showers).all() and (showers >= 0).all()

@@ -828,7 +828,7 @@ class CaloGAN(ShowerModel):
             t = self.energy_target(x)
             self.t_mean.copy_(t.mean(0))
             self.t_std.copy_(t.std(0).nan_to_num(1.0).clamp_min(1e-3))
-        if self.generator.activation == "exp":
+        if self.config.output_activation == "exp":
             self._calibrate_floor(x_mev, cond, ctx)
             self._init_mean_image(x)
 
