@@ -82,11 +82,11 @@ def barrier(env: DistEnv) -> None:
 
 
 @torch.no_grad()
-def broadcast_module(module: nn.Module, env: DistEnv, src: int = 0) -> None:
-    """Copy ``src``'s parameters and buffers to every rank."""
+def broadcast_module(module: nn.Module, env: DistEnv, src: int = 0, *, parameters: bool = True) -> None:
+    """Copy ``src``'s parameters (unless ``parameters=False``) and buffers to every rank."""
     if not env.enabled:
         return
-    for t in [*module.parameters(), *module.buffers()]:
+    for t in [*(module.parameters() if parameters else ()), *module.buffers()]:
         dist.broadcast(t.data, src)
 
 

@@ -637,7 +637,9 @@ class Trainer:
                 summary = self.model.pretrain(batches, self.ctx) or {}
             finally:
                 self.ctx.on_step = None
-        broadcast_module(self.model, self.env)  # statistics refined during the stage stay identical on all ranks
+        # statistics refined during the stage (buffers) stay identical on all ranks; the weights
+        # are already, as every step all-reduced its gradients
+        broadcast_module(self.model, self.env, parameters=False)
         self.pretrain_summary = {k: float(v) for k, v in summary.items()}
         self.pretrain_done = True
         self._log({"step": 0, "pretrain": self.pretrain_summary, "time_s": time.perf_counter() - t0})
