@@ -135,10 +135,17 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, which: 
     mcfg = validate_config(cls.Config, config, str(run_dir / CONFIG_FILE))
     torch.manual_seed(0)  # construction may draw init weights; make it quiet and reproducible
     model = build_model(cls, geometry, encoder.cond_dim, mcfg, transform.out_dim)
+    # flags of runs written before the framework's fit_statistics hook (the statistics are in the weights)
+    weights = {k: v for k, v in weights.items() if k.rsplit(".", 1)[-1] not in ("calibrated", "regressor_trained")}
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        raise RunError(f"{path}: weights do not fit model {model_name!r}: {exc}") from None
+        raise RunError(f"{path}: weights do not fit model {model_name!r}: {str(exc).splitlines()[0]}") from None
+    bad = sorted(k for k, v in weights.items() if v.is_floating_point() and bool(torch.isnan(v).any()))
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise RunError(f"{path}: weights hold NaN ({bad[0]}{more}): the training diverged; "
+                       "load which='best' or retrain")
     model.to(device).eval()
     transform.to(device)
     pool = _read_pool(run_dir / POOL_FILE) if (run_dir / POOL_FILE).is_file() else {}

@@ -67,13 +67,16 @@ def build_model(cls: type[ShowerModel], geometry: "Geometry", cond_dim: int, con
     The size is measured on a weightless ("meta") copy first, so a huge geometry or width
     fails fast instead of exhausting the memory.
     """
-    need = _weights_bytes(cls, geometry, cond_dim, config, data_dim)
-    avail = _memory_bytes()
-    if need is not None and avail is not None and 4 * need > avail // 2:
-        raise ValueError(f"model {cls.name!r} on geometry {geometry.name!r} ({geometry.n_cells} cells) needs "
-                         f"{need / 2**30:.1f} GiB of weights (x4 when training), more than this machine's "
-                         f"{avail / 2**30:.1f} GiB allow; reduce the network widths in the config")
-    return cls(geometry, cond_dim, config, data_dim=data_dim)
+    where = f"model {cls.name!r} on geometry {geometry.name!r} ({geometry.n_cells} cells)"
+    try:
+        need = _weights_bytes(cls, geometry, cond_dim, config, data_dim)
+        avail = _memory_bytes()
+        if need is not None and avail is not None and 4 * need > avail // 2:
+            raise ValueError(f"{where} needs {need / 2**30:.1f} GiB of weights (x4 when training), more than this "
+                             f"machine's {avail / 2**30:.1f} GiB allow; reduce the network widths in the config")
+        return cls(geometry, cond_dim, config, data_dim=data_dim)
+    except MemoryError:
+        raise ValueError(f"{where}: out of memory while building it (is the geometry that large?)") from None
 
 
 def _weights_bytes(cls: type[ShowerModel], geometry: "Geometry", cond_dim: int, config: Any,
@@ -81,8 +84,8 @@ def _weights_bytes(cls: type[ShowerModel], geometry: "Geometry", cond_dim: int, 
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             m = cls(geometry, cond_dim, config, data_dim=data_dim)
-    except ValueError:
-        raise  # a config error: the same as the real construction would raise
+    except (ValueError, MemoryError):
+        raise  # a config error, or too large: the same as the real construction would raise
     except Exception:  # noqa: BLE001 - a model whose construction needs real data: skip the estimate
         return None
     return sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers()))

@@ -90,8 +90,9 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def validate_config(cls: type[C], values: Mapping[str, Any], source: str = "config") -> C:
-    """A validated ``cls`` instance from untyped ``values`` (defaults for missing keys).
+def validate_config(cls: type[C], values: Mapping[str, Any], source: str = "config", *, check: bool = True) -> C:
+    """A validated ``cls`` instance from untyped ``values`` (defaults for missing keys);
+    ``check=False`` skips the cross-field rules (for one source of a config still being merged).
 
     Raises ValueError with one line: ``"<source>: unknown key 'x' (did you mean 'y'?); valid keys: ..."``
     or ``"<source>: 'key' must be ..., got ...``.
@@ -113,6 +114,8 @@ def validate_config(cls: type[C], values: Mapping[str, Any], source: str = "conf
             _check_bounds(v, f.metadata, f"{source}: {f.name!r}")
             kwargs[f.name] = v
     cfg = cls(**kwargs)
+    if not check:
+        return cfg
     try:
         cfg.check()
     except ValueError as exc:

@@ -47,10 +47,10 @@ def resolve_config(config_cls: type[C], *, config_file: str | Path | None = None
     values: dict[str, Any] = {}
     if config_file is not None:
         file_values = load_config_file(config_file)
-        validate_config(config_cls, file_values, str(config_file))  # errors name the file
+        validate_config(config_cls, file_values, str(config_file), check=False)  # errors name the file
         values.update(file_values)
     if config:
-        validate_config(config_cls, config, "config")
+        validate_config(config_cls, config, "config", check=False)
         values.update(config)
     if steps is not None and epochs is not None:
         raise ValueError("give either steps or epochs, not both")

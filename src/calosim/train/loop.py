@@ -436,7 +436,7 @@ class Trainer:
             if old != new:
                 raise ValueError(f"cannot resume {self.out}: {name} was {old!r}, now {new!r}")
         overrides = {**(load_config_file(config_file) if config_file else {}), **(config or {})}
-        validate_config(cls.Config, overrides, str(config_file) if config_file and not config else "config")
+        validate_config(cls.Config, overrides, str(config_file) if config_file and not config else "config", check=False)
         changed = config_diff(base, {**base, **json.loads(json.dumps(overrides, default=str))})
         if changed:
             raise ValueError(f"cannot resume {self.out}: config keys {changed} differ from the stored run "
