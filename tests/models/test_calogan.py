@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from calosim.geometry import Geometry, get_geometry
 from calosim.models import get_model_class
-from calosim.models.calogan import CaloGAN, LocallyConnected2d, _gumbel, from_flat, to_flat
+from calosim.models.calogan import CaloGAN, _gumbel
+from calosim.models.layers import LocallyConnected2d, from_flat, to_flat
 from calosim.models.energy import EnergyMDN, energy_fractions, energy_vector, hit_counts, layer_sums
 from toys import FakeConditions, FakeCtx, IdentityTransform, two_layer_geometry
 

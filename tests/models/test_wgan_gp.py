@@ -12,7 +12,8 @@ from torch import Tensor
 
 from calosim.geometry import Geometry, Layer, Material, get_geometry
 from calosim.models import get_model_class, list_models
-from calosim.models.wgan_gp import WGANGP, _activate, gradient_penalty, shape_groups
+from calosim.models.layers import gradient_penalty
+from calosim.models.wgan_gp import WGANGP, _activate, shape_groups
 from toys import prepare
 
 TINY = {"gen_channels": 8, "gen_min_channels": 4, "gen_hidden": 32, "critic_channels": 4, "critic_feat": 8,

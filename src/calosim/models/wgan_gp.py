@@ -51,7 +51,7 @@ update sees a fresh real batch, as in the WGAN-GP algorithm.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -60,12 +60,13 @@ from torch import Tensor, nn
 
 from . import register_model
 from .base import LRSchedule, ShowerModel, TrainContext
+from .layers import gradient_penalty
 from .config import MAX_STEPS, MAX_WIDTH, TrainConfig, param
 
 if TYPE_CHECKING:
     from ..geometry import Geometry
 
-__all__ = ["WGANGP", "gradient_penalty", "shape_groups"]
+__all__ = ["WGANGP", "shape_groups"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -228,21 +229,6 @@ class Regressor(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.encoder(x))
-
-
-def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, lam: float,
-                     generator: torch.Generator | None = None) -> Tensor:
-    """``lam * E[(||∇_x̂ D(x̂)||₂ − 1)²]`` on random interpolates ``x̂ = ε·real + (1−ε)·fake``.
-
-    ``critic`` maps (B, n) → (B,) (conditions bound by the caller); ``real``/``fake`` (B, n).
-    One ε ~ U(0, 1) per sample, drawn with ``generator``.
-    """
-    eps = torch.rand((len(real), 1), generator=generator, device=generator.device if generator else real.device)
-    eps = eps.to(real.device, real.dtype)
-    x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
-    score = critic(x_hat)
-    (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
-    return lam * ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
 
 
 # ------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ Run directory layout::
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any

@@ -13,7 +13,6 @@ ends (on CPU) with bit-identical weights to an uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
