@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from calosim.geometry import Geometry, get_geometry
-from calosim.models import get_model_class
 from calosim.models.calogan import CaloGAN, _gumbel
 from calosim.models.layers import LocallyConnected2d, from_flat, to_flat
 from calosim.models.energy import EnergyMDN, energy_fractions, energy_vector, hit_counts, layer_sums
@@ -66,10 +65,6 @@ def first_step(model: CaloGAN, x: Tensor, cond: Tensor, ctx: Any) -> dict[str, f
 
 
 # ------------------------------------------------------------------------------------------
-def test_registered() -> None:
-    assert get_model_class("calogan") is CaloGAN
-    assert CaloGAN.ema_modules == ("generator",)
-    assert CaloGAN.default_config["transform"] == "scale"
 
 
 @pytest.mark.parametrize("kernel,shape", [((2, 2), (4, 6)), ((1, 2), (1, 5)), ((3, 2), (5, 4)), ((2, 1), (3, 1))])
@@ -192,21 +187,6 @@ def test_energy_loss_prefers_energy_conserving_generator() -> None:
     assert abs(losses[0.6] - 0.4) < 1e-4
     # the static form, with a detector response: sum = 0.9 E_inc is exact when response = 0.9
     assert float(CaloGAN.energy_loss(x, e, 0.9)) < 1e-5 < float(CaloGAN.energy_loss(x, e, 1.0))
-
-
-def test_export_module_equals_sample() -> None:
-    geo = get_geometry("calogan")
-    model = make(geo)
-    ctx = FakeCtx(model)
-    x, cond = fake_batch(geo, 16)
-    first_step(model, x, cond, ctx)  # non-trivial BN running statistics
-    model.train()
-    want = model.sample(cond, torch.Generator().manual_seed(3))
-    exported = model.export_module()
-    assert exported.latent_dim == model.latent_dim and not exported.training
-    z = model.latent(len(cond), torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        torch.testing.assert_close(exported(z, cond), want)
 
 
 def test_rejects_bad_config() -> None:

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import Tensor
 
-from calosim.models import get_model_class
 from calosim.models.energy import layer_sums
 from calosim.models.spots import Spots, spot_count, spot_layer
 from toys import FakeCtx, two_layer_geometry, prepare
@@ -17,8 +16,7 @@ from toys import FakeCtx, two_layer_geometry, prepare
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_registered_and_bad_config_is_named() -> None:
-    assert get_model_class("spots") is Spots
+def test_bad_config_is_named() -> None:
     geo = two_layer_geometry()
     with pytest.raises(ValueError, match="'transform' must be \"scale\" or \"identity\""):
         Spots(geo, 1, {"transform": "log"})
