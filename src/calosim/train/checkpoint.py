@@ -21,6 +21,7 @@ Run directory layout::
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,7 +39,7 @@ from .transforms import ShowerTransform, get_transform
 __all__ = [
     "RunError", "save_tensors", "load_tensors", "flatten_state", "unflatten_state",
     "CONFIG_FILE", "VERSIONS_FILE", "PREPROCESSING_FILE", "POOL_FILE", "LAST_CKPT", "BEST_CKPT",
-    "METRICS_FILE", "MODEL_FILE", "SUMMARY_FILE",
+    "METRICS_FILE", "MODEL_FILE", "SUMMARY_FILE", "LOCK_FILE", "data_fingerprint", "lock_run_dir",
 ]
 
 CONFIG_FILE = "config.json"
@@ -50,8 +51,9 @@ BEST_CKPT = "checkpoints/best.safetensors"
 METRICS_FILE = "metrics.jsonl"
 MODEL_FILE = "model.safetensors"
 SUMMARY_FILE = "train_summary.json"
+LOCK_FILE = ".lock"  # held (flock) by the one train writing the directory
 #: Every file a run writes (used by ``overwrite=True`` to clear only what is ours).
-RUN_FILES = (CONFIG_FILE, VERSIONS_FILE, PREPROCESSING_FILE, POOL_FILE, LAST_CKPT, BEST_CKPT,
+RUN_FILES = (LOCK_FILE, CONFIG_FILE, VERSIONS_FILE, PREPROCESSING_FILE, POOL_FILE, LAST_CKPT, BEST_CKPT,
              LAST_CKPT.replace(".safetensors", ".json"), BEST_CKPT.replace(".safetensors", ".json"),
              METRICS_FILE, MODEL_FILE, SUMMARY_FILE)
 FORMAT_VERSION = 1
@@ -170,3 +172,56 @@ def build_preprocessing(geometry: Geometry, tensors: Mapping[str, Tensor], meta:
     except (KeyError, RuntimeError, ValueError) as exc:
         raise RunError(f"{source}: preprocessing state missing or malformed: {exc}") from None
     return transform, encoder
+
+
+# ------------------------------------------------------------------------------------------
+# data fingerprint and the run-directory lock
+# ------------------------------------------------------------------------------------------
+def data_fingerprint(showers: np.ndarray, incident_energies: np.ndarray,
+                     conditions: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Shape and a BLAKE2b hash of the training data's content (showers, energies, conditions),
+    in 64 MiB chunks: a resume refuses a file that changed at the same path."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, arr in [("showers", showers), ("incident_energies", incident_energies), *sorted(conditions.items())]:
+        a = np.ascontiguousarray(arr)
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        flat = a.reshape(-1).view(np.uint8)
+        for lo in range(0, flat.size, 1 << 26):
+            h.update(flat[lo:lo + (1 << 26)])
+    return {"n_showers": int(len(showers)), "n_cells": int(showers.shape[1]), "blake2b": h.hexdigest()}
+
+
+class RunLock:
+    """An exclusive, non-blocking ``flock`` on ``<run>/.lock`` (released and removed by :meth:`release`)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        import fcntl
+
+        self.path = run_dir / LOCK_FILE
+        self._f = open(self.path, "a+")
+        try:
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._f.close()
+            raise RunError(f"{run_dir}: another train is writing to this run directory ({LOCK_FILE} is locked)") \
+                from None
+
+    def release(self) -> None:
+        if self._f.closed:
+            return
+        self.path.unlink(missing_ok=True)
+        self._f.close()
+
+
+def lock_run_dir(run_dir: Path) -> tuple[RunLock, bool]:
+    """Create ``run_dir`` if needed and lock it; returns the lock and whether the directory was created."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir}: exists and is not a directory")
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return RunLock(run_dir), created
+    except RunError:
+        if created:
+            run_dir.rmdir()
+        raise

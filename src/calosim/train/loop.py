@@ -13,6 +13,7 @@ ends (on CPU) with bit-identical weights to an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -64,6 +65,9 @@ def train(model_name: str, data_path: str | Path, out_dir: str | Path, *, config
                       val_fraction=val_fraction, overwrite=overwrite)
     try:
         return trainer.run()
+    except BaseException:
+        trainer.discard()
+        raise
     finally:
         trainer.close()
 
@@ -249,19 +253,23 @@ class Trainer:
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.env = init_distributed(device)
+        self.out, self.resumed = Path(out_dir), False
+        self._lock: ck.RunLock | None = None
+        self._created_dir = False
         try:
             self._setup(model_name, Path(data_path), Path(out_dir), config, config_file, epochs, steps,
                         int(seed), resume, progress, float(val_fraction), overwrite)
         except BaseException:
-            shutdown_distributed(self.env)
+            self.discard()
+            self.close()
             raise
 
     # ---- setup ----------------------------------------------------------------------------
     def _prepare_dir(self, out: Path, resume: bool, overwrite: bool) -> str:
         """'fresh' or 'resume'; raises if ``out`` holds something we must not touch."""
-        entries = sorted(out.iterdir()) if out.is_dir() else []
         if out.exists() and not out.is_dir():
             raise ck.RunError(f"{out}: exists and is not a directory")
+        entries = sorted(e for e in out.iterdir() if e.name != ck.LOCK_FILE) if out.is_dir() else []
         ours = {Path(f).parts[0] for f in ck.RUN_FILES}
         if resume and (out / ck.LAST_CKPT).is_file():
             return "resume"
@@ -278,11 +286,14 @@ class Trainer:
         env = self.env
         self.out, self.seed, self.device = out, seed, env.device
         self.progress = progress and env.is_main
+        if env.is_main:  # one train per run directory: a second one would interleave its files
+            self._lock, self._created_dir = ck.lock_run_dir(out)
         mode = self._prepare_dir(out, resume, overwrite)
         barrier(env)  # every rank has looked at the directory before rank 0 changes it
         if mode == "clear" and env.is_main:
             for f in ck.RUN_FILES:
-                (out / f).unlink(missing_ok=True)
+                if f != ck.LOCK_FILE:
+                    (out / f).unlink(missing_ok=True)
         self.resumed = mode == "resume"
         cls = get_model_class(model_name)
         self.model_name = model_name
@@ -311,6 +322,10 @@ class Trainer:
         train_idx = np.sort(perm[n_val:])
         self.n_train, self.n_val = len(train_idx), n_val
         raw = raw_conditions(data)
+        fingerprint = ck.data_fingerprint(data.showers, data.incident_energies, data.conditions)
+        if self.resumed and stored is not None and stored.get("data_fingerprint") not in (None, fingerprint):
+            raise ValueError(f"cannot resume {out}: the data at {data_path} changed since the run started "
+                             f"(content fingerprint {stored['data_fingerprint']} -> {fingerprint})")
         train_raw = {k: v[train_idx] for k, v in raw.items()}
         showers_t = torch.from_numpy(data.showers[train_idx])
         e_t = torch.from_numpy(data.incident_energies[train_idx])
@@ -399,8 +414,10 @@ class Trainer:
             "transform": self.transform.config(), "seed": seed, "val_fraction": val_fraction,
             "n_train": self.n_train, "n_val": self.n_val, "total_steps": self.total_steps,
             "steps_per_epoch": self.steps_per_epoch, "world_size": env.world_size, "particle": particle,
-            "n_parameters": self.model.n_parameters,
+            "n_parameters": self.model.n_parameters, "data_fingerprint": fingerprint,
         }
+        if self.resumed:  # first the checkpoint: a resume that fails must leave the run's files as they were
+            self._load_checkpoint(out / ck.LAST_CKPT)
         if env.is_main:
             out.mkdir(parents=True, exist_ok=True)
             (out / "checkpoints").mkdir(exist_ok=True)
@@ -414,8 +431,6 @@ class Trainer:
                 prov = ck.read_json(out / ck.VERSIONS_FILE) if (out / ck.VERSIONS_FILE).is_file() else {}
                 prov.setdefault("resumes", []).append(provenance(seed, env, str(self.device)))
                 ck.write_json(out / ck.VERSIONS_FILE, prov)
-        if self.resumed:
-            self._load_checkpoint(out / ck.LAST_CKPT)
         barrier(env)
 
     def _resume_config(self, cls: type[ShowerModel], stored: dict[str, Any], model_name: str, data_path: Path,
@@ -741,7 +756,24 @@ class Trainer:
         }
         ck.write_json(self.out / ck.SUMMARY_FILE, summary)
 
+    def discard(self) -> None:
+        """After a failure: remove what a fresh run wrote unless a checkpoint makes it resumable
+        (a failed resume leaves the directory as it found it)."""
+        if not self.env.is_main or self.resumed or self._lock is None or (self.out / ck.LAST_CKPT).is_file():
+            return
+        for f in ck.RUN_FILES:
+            if f != ck.LOCK_FILE:
+                (self.out / f).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (self.out / "checkpoints").rmdir()  # only if empty
+        self._lock.release()
+        if self._created_dir:
+            with contextlib.suppress(OSError):
+                self.out.rmdir()
+
     def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
         shutdown_distributed(self.env)
 
 
