@@ -296,3 +296,49 @@ def test_single_layer_geometry_has_no_depth_observables():
     assert "s_d" not in o and "E_layer_0" not in o and "f_layer_0" not in o
     assert o["x_center_0"][0] == pytest.approx(0.0) and o["E_ratio_0"][0] == 1.0
     assert highlevel_columns(o) == []  # all constant
+
+
+def test_highlevel_matrix_is_the_challenges_30_features():
+    """prepare_high_data_for_classifier of the challenge's evaluate.py, written out, after its voxel cut."""
+    from calosim.features import apply_threshold
+
+    g = get_geometry("calochallenge-1-photons")
+    rng = np.random.default_rng(5)
+    n = 40
+    e_inc = np.exp(rng.uniform(np.log(256.0), np.log(4e6), n))
+    raw = (rng.gamma(0.3, 20.0, (n, g.n_cells)) * (rng.random((n, g.n_cells)) < 0.5)).astype(np.float32)
+    raw[0, g.layer_slices[0]] = 0.0  # an empty layer: log10(0 + 1e-8)
+    data = np.where(raw < 1.0, 0.0, raw).astype(np.float64)  # args.min_energy = 1 MeV for dataset 1
+    cols_ref = [np.log10(e_inc)[:, None]]
+    layers = [data[:, s] for s in g.layer_slices]
+    e_layer = np.stack([l.sum(1) for l in layers], 1)
+    cols_ref.append(np.log10(e_layer + 1e-8))
+    binned = [i for i, l in enumerate(g.layers) if l.shape[0] > 1]
+    ec, wd = {}, {}
+    for i in binned:
+        xs, ys = g.layers[i].cell_centers()
+        den = layers[i].sum(1) + 1e-16
+        for key, c in (("eta", xs), ("phi", ys)):
+            m1 = (layers[i] * c).sum(1) / den
+            ec[key, i] = m1
+            wd[key, i] = np.sqrt(((layers[i] * c * c).sum(1) / den - m1**2).clip(min=0))
+    for d in (ec, wd):
+        for key in ("eta", "phi"):
+            cols_ref.append(np.stack([d[key, i] for i in binned], 1) / 1e2)
+    cols_ref.append(np.log10(data.sum(1) + 1e-8)[:, None])
+    cols_ref.append(np.stack([1.0 - (l > 0).mean(1) for l in layers], 1))
+    r_ec, r_wd = [], []
+    for i, l in enumerate(layers):
+        r = g.layers[i].cell_radius()
+        den = l.sum(1) + 1e-16
+        m1 = (l * r).sum(1) / den
+        r_ec.append(m1)
+        r_wd.append(np.sqrt(((l * r * r).sum(1) / den - m1**2).clip(min=0)))
+    cols_ref += [np.stack(r_ec, 1) / 1e2, np.stack(r_wd, 1) / 1e2]
+    ref = np.concatenate(cols_ref, 1)
+    assert ref.shape == (n, 30)
+
+    o = compute_observables(apply_threshold(raw, g), e_inc, g)
+    cols = highlevel_columns(o)
+    assert len(cols) == 30 and cols[0] == "E_inc" and cols[-1] == "r_width_12"
+    np.testing.assert_allclose(highlevel_matrix(o, cols), ref, rtol=1e-9, atol=1e-12)

@@ -337,7 +337,6 @@ _LABELS = {
     "E_inc": (r"$E_\mathrm{inc}$", "MeV"),
     "E_tot": (r"$E_\mathrm{tot}$", "MeV"), "E_ratio_inc": (r"$E_\mathrm{tot}/E_\mathrm{inc}$", ""),
     "E_vis": (r"$E_\mathrm{vis}$", "MeV"), "n_hits": (r"$N_\mathrm{hits}$", ""),
-    "r_rms": (r"RMS distance from the axis $\sqrt{\langle d^2\rangle}$", "mm"),
     "d": (r"deepest layer $d$", ""), "l_d": (r"$l_d$", "MeV"),
     "s_d": (r"shower depth $s_d$", "layers"), "sigma_sd": (r"$\sigma_{s_d}$", "layers"),
     "s_d_x0": (r"shower depth", "$X_0$"), "E_layer": (r"$E_{%s}$", "MeV"), "f_layer": (r"$f_{%s}$", ""),
@@ -346,7 +345,7 @@ _LABELS = {
     "x_center": (r"$\langle x\rangle_{%s}$", "mm"), "y_center": (r"$\langle y\rangle_{%s}$", "mm"),
     "x_width": (r"$\sigma_{x,%s}$", "mm"), "y_width": (r"$\sigma_{y,%s}$", "mm"),
     "r_center": (r"$\langle r\rangle_{%s}$", "mm"), "r_width": (r"$\sigma_{r,%s}$", "mm"),
-    "r_rms": (r"$\sqrt{\langle d^2\rangle}_{%s}$", "mm"),
+    "r_rms": (r"RMS distance from the axis $\sqrt{\langle d^2\rangle}_{%s}$", "mm"),
     "asymmetry": (r"asymmetry$_{%s}$", ""), "asymmetry_perp": (r"asymmetry$_{\perp,%s}$", ""),
 }
 
@@ -363,8 +362,8 @@ def observable_label(name: str) -> str:
     """Axis label (matplotlib mathtext) with unit for an observable name."""
     fam, lab = split_name(name)
     text, unit = _LABELS.get(fam, (name.replace("_", r"\_"), ""))
-    if lab is not None and "%s" in text:
-        text = text % lab
+    if "%s" in text:  # a family shared by a global and per-layer observables (r_rms)
+        text = text % lab if lab is not None else text.replace(",%s", "").replace("_{%s}", "")
     return f"{text} [{unit}]" if unit else text
 
 
