@@ -192,9 +192,9 @@ def layer_energies(x: A, geometry: Geometry) -> A:
         if geometry.is_regular:
             return x.reshape(len(x), geometry.n_layers, -1).sum(-1)
         return torch.stack([x[:, s].sum(1) for s in geometry.layer_slices], 1)
-    if not len(x):
-        return np.zeros((0, geometry.n_layers))
-    return np.add.reduceat(x, geometry.layer_offsets[:-1], axis=1, dtype=np.float64)
+    if geometry.is_regular:  # a view, summed with buffered casting: no float64 copy of the input
+        return x.reshape(len(x), geometry.n_layers, -1).sum(-1, dtype=np.float64)
+    return np.stack([x[:, s].sum(1, dtype=np.float64) for s in geometry.layer_slices], 1)
 
 
 def hit_counts(x: A, geometry: Geometry, threshold: float = 0.0) -> A:
@@ -203,7 +203,11 @@ def hit_counts(x: A, geometry: Geometry, threshold: float = 0.0) -> A:
     numpy: float64; torch: the input's dtype (a count, no gradient).
     """
     x = _check(x, geometry)
-    return layer_energies(x > threshold if not _is_torch(x) else (x > threshold).to(x.dtype), geometry)
+    if _is_torch(x):
+        return layer_energies((x > threshold).to(x.dtype), geometry)
+    # per layer, so the boolean mask is one layer at a time
+    return np.stack([np.count_nonzero(x[:, s] > threshold, axis=1) for s in geometry.layer_slices], 1
+                    ).astype(np.float64).reshape(len(x), geometry.n_layers)
 
 
 def occupancy(x: A, geometry: Geometry, threshold: float = 0.0) -> A:

@@ -268,7 +268,9 @@ def compute_observables(
     wid = feat.widths_from_moments(mom)
     r_cen = feat.radial_centroids_from_moments(mom)
     r_wid = feat.radial_widths_from_moments(mom)
-    e_vis = feat.layer_energies(np.where(a > thr, a, 0), geometry).sum(axis=1) if thr > 0 else e_layers.sum(axis=1)
+    e_vis = e_layers.sum(axis=1)
+    if thr > 0:  # per layer, so the masked copy is one layer at a time
+        e_vis = sum(np.where(a[:, s] > thr, a[:, s], 0).sum(axis=1, dtype=np.float64) for s in geometry.layer_slices)
 
     per: dict[str, list[tuple[int, np.ndarray]]] = {k: [] for k in (
         "E_ratio", "occupancy", "x_center", "y_center", "x_width", "y_width", "asymmetry", "asymmetry_perp",
