@@ -151,7 +151,7 @@ def layer_moments(x: A, geometry: Geometry) -> A:
         import torch
 
         mats = _torch_moments(geometry, x.device, x.dtype)
-        if len(mats) == 1 and geometry.is_regular:
+        if geometry.is_regular:
             m = mats[0]  # (L, n, K)
             return torch.einsum("bln,lnk->blk", x.reshape(len(x), m.shape[0], m.shape[1]), m)
         return torch.stack([x[:, t.sl] @ m for t, m in zip(layer_table(geometry), mats)], 1)
@@ -206,8 +206,8 @@ def hit_counts(x: A, geometry: Geometry, threshold: float = 0.0) -> A:
     if _is_torch(x):
         return layer_energies((x > threshold).to(x.dtype), geometry)
     # per layer, so the boolean mask is one layer at a time
-    return np.stack([np.count_nonzero(x[:, s] > threshold, axis=1) for s in geometry.layer_slices], 1
-                    ).astype(np.float64).reshape(len(x), geometry.n_layers)
+    counts = [np.count_nonzero(x[:, s] > threshold, axis=1) for s in geometry.layer_slices]
+    return np.stack(counts, 1).astype(np.float64)
 
 
 def occupancy(x: A, geometry: Geometry, threshold: float = 0.0) -> A:
@@ -246,7 +246,7 @@ def widths(x: A, geometry: Geometry, eps: Any = CHALLENGE_EPS, var_floor: float 
 
 
 def radial_centroids(x: A, geometry: Geometry, eps: Any = CHALLENGE_EPS) -> A:
-    """Energy-weighted mean distance from the axis per layer ``<R>_l``, ``(N, n_layers)`` mm (the challenge's ``EC_r``)."""
+    """Energy-weighted mean distance from the axis per layer ``<R>_l``, ``(N, n_layers)`` mm (the challenge's EC_r)."""
     return radial_centroids_from_moments(layer_moments(x, geometry), eps)
 
 

@@ -268,8 +268,9 @@ def classifier_two_sample_test(
                 if rep == 0:
                     prob_oof[test] = p_te
                 jsd = _jsd_bits(p_te, y_te)
-                folds.append({"repeat": rep, "fold": k, "auc": auc, "jsd": jsd, "n_train": len(train), "n_val": len(val),
-                              "n_test": len(test), "epochs": ep, "best_epoch": best_epoch, "val_loss": best})
+                folds.append({"repeat": rep, "fold": k, "auc": auc, "jsd": jsd, "n_train": len(train),
+                              "n_val": len(val), "n_test": len(test), "epochs": ep, "best_epoch": best_epoch,
+                              "val_loss": best})
                 if progress:
                     print(f"[c2st] repeat {rep + 1}/{n_repeats} fold {k + 1}/{n_folds}: AUC {auc:.4f} JSD {jsd:.4f}",
                           file=sys.stderr, flush=True)
