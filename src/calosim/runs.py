@@ -135,8 +135,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", *, which: 
     mcfg = validate_config(cls.Config, config, str(run_dir / CONFIG_FILE))
     torch.manual_seed(0)  # construction may draw init weights; make it quiet and reproducible
     model = build_model(cls, geometry, encoder.cond_dim, mcfg, transform.out_dim)
-    # flags of runs written before the framework's fit_statistics hook (the statistics are in the weights)
-    weights = {k: v for k, v in weights.items() if k.rsplit(".", 1)[-1] not in ("calibrated", "regressor_trained")}
+    # buffers of runs written before the fit_statistics hook and calosim.features (now derived or gone)
+    legacy = ("calibrated", "regressor_trained", "discriminator.cell_x", "discriminator.cell_y")
+    weights = {k: v for k, v in weights.items() if not k.endswith(legacy)}
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

@@ -17,7 +17,9 @@ from torch import Tensor, nn
 from calosim.geometry import Geometry, get_geometry
 from calosim.models.calogan import CaloGAN, _gumbel
 from calosim.models.layers import LocallyConnected2d, from_flat, to_flat
-from calosim.models.energy import EnergyMDN, energy_fractions, energy_vector, hit_counts, layer_sums
+from calosim.features import hit_counts
+from calosim.features import layer_energies as layer_sums
+from calosim.models.energy import EnergyMDN, energy_fractions, energy_vector
 from toys import FakeConditions, FakeCtx, IdentityTransform, two_layer_geometry
 
 # the seed's design (G draws every cell); the MDN tests below switch layer_energies to "mdn"

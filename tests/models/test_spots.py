@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from calosim.models.energy import layer_sums
+from calosim.features import layer_energies as layer_sums
 from calosim.models.spots import Spots, spot_count, spot_layer
 from toys import FakeCtx, two_layer_geometry, prepare
 

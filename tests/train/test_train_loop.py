@@ -161,7 +161,7 @@ def test_validation_observables_on_a_hand_made_shower() -> None:
     obs = validation_observables(x, np.array([[4000.0]]), geo)
     assert obs["etot_ratio"][0] == pytest.approx(0.5)
     assert obs["frac_0"][0] == pytest.approx(0.5) and obs["frac_1"][0] == pytest.approx(0.5)
-    assert obs["sparsity_1"][0] == pytest.approx(2 / 144) and obs["sparsity_2"][0] == 0.0
+    assert obs["occupancy_1"][0] == pytest.approx(2 / 144) and obs["occupancy_2"][0] == 0.0
     assert obs["width_1"][0] == pytest.approx(lay.cell_mm[1])  # +-1 pitch around the centroid
     assert obs["width_0"][0] == 0.0 and obs["width_2"][0] == 0.0
 

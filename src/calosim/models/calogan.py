@@ -56,7 +56,8 @@ from . import register_model
 from ._random import gumbel, normal_cdf, standard_normal
 from .base import LRSchedule, ShowerModel, TrainContext
 from .config import MAX_STEPS, MAX_WIDTH, TrainConfig, param
-from .energy import EnergyMDN, energy_fractions, energy_target, fit_energy_mdn, hit_counts, layer_sums
+from .. import features
+from .energy import EnergyMDN, energy_fractions, energy_target, fit_energy_mdn
 from .layers import (AttentionTransfer, LocallyConnected2d, MinibatchDiscrimination, Mirror, bn_affine, from_flat,
                      gradient_penalty, to_flat)
 
@@ -342,10 +343,7 @@ class _Discriminator(nn.Module):
         n_img = sum(m.n_features for m in self.lagans)
         n_layers = len(self.shapes)
         n_phys = 2 * n_layers + 3 + n_layers * len(self.N_OCC) + 4 * n_layers
-        # cell centres (mm) for the per-layer centroids and widths
-        xs, ys = geometry.cell_centers()
-        self.register_buffer("cell_x", torch.tensor(xs, dtype=torch.float32))
-        self.register_buffer("cell_y", torch.tensor(ys, dtype=torch.float32))
+        self.geometry = geometry  # per-layer moments from calosim.features
         k = cfg.mbd_kernels
         self.mbd_images = MinibatchDiscrimination(n_img, k) if k else None
         self.mbd_phys = MinibatchDiscrimination(n_phys, k) if k else None
@@ -371,21 +369,18 @@ class _Discriminator(nn.Module):
         """
         x_mev = x_mev.clamp_min(0.0)
         frac = x_mev / e_inc
-        layers = [slice(a, b) for a, b in zip(self.offsets[:-1], self.offsets[1:])]
-        e_layer = torch.stack([frac[:, s].sum(1) for s in layers], 1)  # (B, L)
+        m = features.layer_moments(frac, self.geometry)  # (B, L, K)
+        e_layer = m[..., 0]  # (B, L)
         e_tot = e_layer.sum(1, keepdim=True)
         well = (e_tot / self.response - 1.0).abs()
         too_big = torch.sigmoid((well - 0.2) * 20.0)
-        occ, mom = [], []
-        for s in layers:
-            cells = x_mev[:, s]
-            occ += [torch.tanh(cells / (self.hit_scale * t)).mean(1) for t in self.N_OCC]
-            w = frac[:, s] / (frac[:, s].sum(1, keepdim=True) + 1e-9)
-            for c in (self.cell_x[s], self.cell_y[s]):
-                m1 = w @ c
-                mom += [m1, torch.sqrt((w @ (c * c) - m1 * m1).clamp_min(0.0) + 1e-2)]
-        return torch.cat([e_layer, torch.log(e_layer + 1e-4), e_tot, well, too_big,
-                          torch.stack(occ, 1), torch.stack(mom, 1)], 1)
+        occ = [torch.tanh(x_mev[:, s] / (self.hit_scale * t)).mean(1) for s in self.geometry.layer_slices
+               for t in self.N_OCC]
+        # smoothing: 1e-9 guards empty layers, a 0.1 mm width floor keeps the root differentiable
+        c = features.centroids_from_moments(m, eps=1e-9)
+        w = features.widths_from_moments(m, eps=1e-9, var_floor=1e-2)
+        mom = torch.stack([c[..., 0], w[..., 0], c[..., 1], w[..., 1]], -1).flatten(1)  # per layer: x, wx, y, wy
+        return torch.cat([e_layer, torch.log(e_layer + 1e-4), e_tot, well, too_big, torch.stack(occ, 1), mom], 1)
 
     @torch.no_grad()
     def calibrate(self, x_mev: Tensor, e_inc: Tensor, response: float | None) -> None:
@@ -561,7 +556,7 @@ class CaloGAN(ShowerModel):
         """The energy vector of showers ``x (B, n_cells)``: layer sums, then (``hit_counts``)
         the hits per layer, see :func:`~calosim.models.energy.energy_target`. ``(B, L)`` or ``(B, 2 L)``."""
         geo = self.geometry
-        return energy_target(layer_sums(x, geo), hit_counts(x, geo) if self.hits else None, u)
+        return energy_target(features.layer_energies(x, geo), features.hit_counts(x, geo) if self.hits else None, u)
 
     def standardised_energy(self, x: Tensor) -> Tensor:
         """The standardised energy vector of showers ``x (B, n_cells)`` (G's extra condition)."""
@@ -610,7 +605,7 @@ class CaloGAN(ShowerModel):
                                 device=ctx.generator.device).to(cond.device)
             t_gen = self.energy.sample(cond, noise) * self.t_std + self.t_mean
             f_gen = energy_fractions(t_gen[:, :self.geometry.n_layers])
-            for name, f in (("real", layer_sums(x, self.geometry)), ("mdn", f_gen)):
+            for name, f in (("real", features.layer_energies(x, self.geometry)), ("mdn", f_gen)):
                 r = ctx.transform.inverse(f, e_inc).sum(1) / e_inc[:, 0]  # linear transform: sums map like cells
                 out[f"response_mean_{name}"], out[f"response_std_{name}"] = float(r.mean()), float(r.std())
         return out
@@ -664,15 +659,14 @@ class CaloGAN(ShowerModel):
         names = list(getattr(getattr(ctx, "conditions", None), "names", ["energy"]))
         if any(n not in ("energy", "pdg") for n in names):
             return False
-        xs, ys = (torch.tensor(a, dtype=x_mev.dtype, device=x_mev.device) for a in self.geometry.cell_centers())
-        for s, lay in zip(self.geometry.layer_slices, self.geometry.layers):
-            e = x_mev[:, s]
-            tot = e.sum(1)
-            ok = tot > 0
+        centre = features.centroids(x_mev, self.geometry)  # (B, L, 2)
+        hit = features.layer_energies(x_mev, self.geometry) > 0
+        for i, lay in enumerate(self.geometry.layers):
+            ok = hit[:, i]
             if ok.sum() < 10:
                 continue
-            for c, pitch in ((xs[s], lay.cell_mm[1]), (ys[s], lay.cell_mm[0])):
-                m = (e[ok] @ c) / tot[ok]
+            for j, pitch in ((0, lay.cell_mm[1]), (1, lay.cell_mm[0])):
+                m = centre[ok, i, j]
                 if abs(float(m.mean())) > 0.1 * max(float(m.std()), float(pitch)):
                     return False
         return True
@@ -745,8 +739,8 @@ class CaloGAN(ShowerModel):
         x_mev = ctx.transform.inverse(x, e_inc)
         b = x.shape[0]
         # "mdn": G draws shapes for the real layer energies of the batch, so D judges shapes alone
-        f = layer_sums(x, self.geometry) if self.mdn else None
-        hits = hit_counts(x, self.geometry) if self.hits else None
+        f = features.layer_energies(x, self.geometry) if self.mdn else None
+        hits = features.hit_counts(x, self.geometry) if self.hits else None
         g_cond = torch.cat([cond, (energy_target(f, hits) - self.t_mean) / self.t_std], 1) if self.mdn else cond
 
         D.requires_grad_(True)

@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ._random import normal_cdf
 
-if TYPE_CHECKING:
-    from ..geometry import Geometry
-
-__all__ = ["EnergyMDN", "energy_vector", "energy_fractions", "fit_energy_mdn", "layer_sums", "hit_counts",
-           "energy_target"]
+__all__ = ["EnergyMDN", "energy_vector", "energy_fractions", "fit_energy_mdn", "energy_target"]
 
 # ------------------------------------------------------------------------------------------
 _ALPHA = 1e-6  # clip of the stick-breaking fractions (an empty layer maps to logit(alpha))
@@ -138,18 +134,9 @@ def fit_energy_mdn(mdn: EnergyMDN, batches: Iterator[tuple[Tensor, Tensor]], tar
 # ------------------------------------------------------------------------------------------
 # the energy vector of showers (shared by calogan and spots)
 # ------------------------------------------------------------------------------------------
-def layer_sums(x: Tensor, geometry: "Geometry") -> Tensor:
-    """``x (B, n_cells) -> (B, L)`` per-layer sums (in the units of ``x``)."""
-    return torch.stack([x[:, s].sum(1) for s in geometry.layer_slices], 1)
-
-
-def hit_counts(x: Tensor, geometry: "Geometry") -> Tensor:
-    """``x (B, n_cells) -> (B, L)`` number of cells with energy (> 0), per layer, in ``x``'s dtype."""
-    return torch.stack([(x[:, s] > 0).sum(1) for s in geometry.layer_slices], 1).to(x.dtype)
-
-
 def energy_target(f: Tensor, n: Tensor | None = None, u: Tensor | float = 0.5) -> Tensor:
-    """The energy vector from layer sums ``f (B, L)`` and (optionally) hit counts ``n (B, L)``:
+    """The energy vector from layer sums ``f (B, L)`` and (optionally) hit counts ``n (B, L)``
+    (:func:`calosim.features.layer_energies`, :func:`calosim.features.hit_counts`):
     :func:`energy_vector` of ``f``, then ``log(n_l + u)`` with ``u`` a uniform dequantisation
     (0.5 where the value is a condition). ``(B, L)`` or ``(B, 2 L)``."""
     t = energy_vector(f)

@@ -38,7 +38,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -47,7 +46,8 @@ from . import register_model
 from ._random import gumbel, normal_cdf, standard_normal
 from .base import LRSchedule, ShowerModel, TrainContext
 from .config import MAX_STEPS, MAX_WIDTH, TrainConfig, param
-from .energy import EnergyMDN, energy_fractions, energy_target, fit_energy_mdn, hit_counts, layer_sums
+from .. import features
+from .energy import EnergyMDN, energy_fractions, energy_target, fit_energy_mdn
 
 __all__ = ["Spots", "spot_count"]
 
@@ -209,9 +209,6 @@ class Spots(ShowerModel):
         n_layers = geometry.n_layers
         self.centroids = cfg.centroids
         n_t = (4 if self.centroids else 2) * n_layers  # layer energies, hit counts[, centroids x, y]
-        xs, ys = geometry.cell_centers()
-        # (n_cells, 2) mm; derived from the geometry, so not saved with the weights
-        self.register_buffer("cell_xy", torch.tensor(np.stack([xs, ys], 1), dtype=torch.float32), persistent=False)
         self.energy = EnergyMDN(cond_dim, n_t, cfg.mdn_components, cfg.mdn_hidden)
         self.shape = _Shape(cond_dim + n_t, [l.n_cells for l in geometry.layers], cfg.hidden, cfg.depth)
         self.register_buffer("t_mean", torch.zeros(n_t))
@@ -228,9 +225,9 @@ class Spots(ShowerModel):
         counts of ``x (B, n_cells)``; with ``centroids``, then the energy-weighted (x, y) per
         layer in mm: ``(B, 4 L)``."""
         geo = self.geometry
-        parts = [energy_target(layer_sums(x, geo), hit_counts(x, geo), u)]
-        if self.centroids:
-            parts += [_normalised(x[:, s]) @ self.cell_xy[s] for s in geo.layer_slices]
+        parts = [energy_target(features.layer_energies(x, geo), features.hit_counts(x, geo), u)]
+        if self.centroids:  # (B, L, 2) -> (B, 2 L), x then y per layer; 0 for an empty layer
+            parts.append(features.centroids(x, geo).flatten(1))
         return torch.cat(parts, 1)
 
     @torch.no_grad()

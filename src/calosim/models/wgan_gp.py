@@ -59,6 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from . import register_model
+from .. import features
 from .base import LRSchedule, ShowerModel, TrainContext
 from .layers import gradient_penalty
 from .config import MAX_STEPS, MAX_WIDTH, TrainConfig, param
@@ -309,10 +310,6 @@ class WGANGP(ShowerModel):
         self.register_buffer("h_empty", torch.zeros(n))  # sampled value of an empty cell (see _generate)
         self.register_buffer("obs_mean", torch.zeros(max(n_obs, 1)))
         self.register_buffer("obs_std", torch.ones(max(n_obs, 1)))
-        # Cell centres (mm) for centroid/width observables.
-        cx, cy = geometry.cell_centers()
-        self.register_buffer("cell_x", torch.as_tensor(cx, dtype=torch.float32), persistent=False)
-        self.register_buffer("cell_y", torch.as_tensor(cy, dtype=torch.float32), persistent=False)
         self.register_buffer("cell_layer", torch.as_tensor(geometry.cell_layer, dtype=torch.long), persistent=False)
         self.register_buffer("layer_cells", torch.tensor([l.n_cells for l in geometry.layers], dtype=torch.float32),
                              persistent=False)
@@ -369,24 +366,17 @@ class WGANGP(ShowerModel):
         ``x_mev`` (B, n_cells), ``e_inc`` (B, 1) MeV → (B, 5 L + 1): per layer log(E_l/E_inc),
         centroids and widths in x and y (in units of the layer half-size), then log(E_tot/E_inc).
         """
-        B, L = len(x_mev), self.geometry.n_layers
-        x_mev = x_mev.clamp_min(0)
-        idx = self.cell_layer.expand(B, -1)
-        zeros = x_mev.new_zeros(B, L)
-        e_l = zeros.scatter_add(1, idx, x_mev)
-        ex = zeros.scatter_add(1, idx, x_mev * self.cell_x)
-        ey = zeros.scatter_add(1, idx, x_mev * self.cell_y)
-        exx = zeros.scatter_add(1, idx, x_mev * self.cell_x**2)
-        eyy = zeros.scatter_add(1, idx, x_mev * self.cell_y**2)
-        # A small energy floor keeps centroids of (nearly) empty layers at 0 with bounded gradients.
-        den = e_l + 1e-4 * e_inc
-        mx, my = ex / den, ey / den
-        ext = self.layer_extent
-        wx = (exx / den - mx**2).clamp_min(0).add(1.0).sqrt() / ext
-        wy = (eyy / den - my**2).clamp_min(0).add(1.0).sqrt() / ext
+        m = features.layer_moments(x_mev.clamp_min(0), self.geometry)  # (B, L, K)
+        e_l = m[..., 0]
+        # smoothing: an energy floor of 1e-4 E_inc keeps centroids of (nearly) empty layers at 0
+        # with bounded gradients, a 1 mm width floor keeps the root differentiable
+        eps = 1e-4 * e_inc
+        ext = self.layer_extent[:, None]  # (L, 1): x and y
+        c = features.centroids_from_moments(m, eps) / ext
+        w = features.widths_from_moments(m, eps, var_floor=1.0) / ext
         frac = torch.log(e_l / e_inc + 1e-5)
         tot = torch.log(e_l.sum(1, keepdim=True) / e_inc + 1e-5)
-        return torch.cat([frac, mx / ext, my / ext, wx, wy, tot], 1)
+        return torch.cat([frac, c[..., 0], c[..., 1], w[..., 0], w[..., 1], tot], 1)
 
     def _critic_obs(self, h: Tensor, cond: Tensor, ctx: TrainContext) -> Tensor | None:
         """Standardised observables (B, n_obs) of showers in network units, or None if disabled."""

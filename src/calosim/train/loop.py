@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import features
 from ..geometry import Geometry, get_geometry
 from ..io import read_showers
 from ..metrics.distances import separation_power
@@ -207,27 +208,20 @@ class EMA:
 # ------------------------------------------------------------------------------------------
 def validation_observables(showers: np.ndarray, e_inc: np.ndarray, geometry: Geometry) -> dict[str, np.ndarray]:
     """Cheap per-shower observables, each ``(N,)``: ``etot_ratio`` = E_tot / E_inc,
-    ``frac_<i>`` = E_layer / E_tot, ``sparsity_<i>`` = fraction of the layer's cells above the
+    ``frac_<i>`` = E_layer / E_tot, ``occupancy_<i>`` = fraction of the layer's cells above the
     threshold and ``width_<i>`` = energy-weighted RMS distance (mm) of the cells from the
     layer's centroid, for every layer ``i`` (shapes as well as energies, so the best
-    checkpoint is not chosen on energies alone)."""
-    showers = np.asarray(showers, dtype=np.float64)
-    layers = geometry.layer_energies(showers).astype(np.float64)
+    checkpoint is not chosen on energies alone). Features from :mod:`calosim.features`."""
+    layers = features.layer_energies(showers, geometry)
     etot = layers.sum(1)
     out = {"etot_ratio": etot / np.asarray(e_inc, dtype=np.float64).ravel()}
     frac = np.divide(layers, etot[:, None], out=np.zeros_like(layers), where=etot[:, None] > 0)
+    occ = features.occupancy(showers, geometry, geometry.threshold_mev)
+    width = np.sqrt((features.widths(showers, geometry) ** 2).sum(-1))  # (N, L): x and y in quadrature
     for i in range(geometry.n_layers):
         out[f"frac_{i}"] = frac[:, i]
-    xs, ys = geometry.cell_centers()
-    for i, s in enumerate(geometry.layer_slices):
-        cells = showers[:, s]
-        out[f"sparsity_{i}"] = (cells > geometry.threshold_mev).mean(1)
-        w = np.divide(cells, layers[:, i:i + 1], out=np.zeros_like(cells), where=layers[:, i:i + 1] > 0)
-        var = np.zeros(len(cells))
-        for c in (xs[s], ys[s]):
-            m1 = w @ c
-            var += np.clip(w @ (c * c) - m1 * m1, 0.0, None)
-        out[f"width_{i}"] = np.sqrt(var)
+        out[f"occupancy_{i}"] = occ[:, i]
+        out[f"width_{i}"] = width[:, i]
     return out
 
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import features
+
 if TYPE_CHECKING:
     from ..geometry import Geometry
 
@@ -341,7 +343,7 @@ class LayerNormTransform(ShowerTransform):
         return self.n_cells + self.n_layers
 
     def _layer_sums(self, x: Tensor) -> Tensor:  # (B, n_cells) -> (B, n_layers)
-        return torch.stack([x[:, s].sum(1) for s in self.slices], dim=1)
+        return features.layer_energies(x, self.geometry)
 
     def _expand(self, per_layer: Tensor) -> Tensor:  # (B, n_layers) -> (B, n_cells)
         return torch.cat([per_layer[:, i:i + 1].expand(-1, s.stop - s.start) for i, s in enumerate(self.slices)], dim=1)
