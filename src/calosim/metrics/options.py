@@ -36,7 +36,8 @@ class EvaluateOptions:
                            cli=True)
     geometry: Any = _opt(None, "Geometry (preset name, .json or CaloChallenge binning .xml) for files that carry "
                                "none, e.g. CaloChallenge files with a custom binning.", cli=True)
-    plots: Any = _opt(True, "True (all), False (none) or a list of kinds from calosim.metrics.plots.PLOT_KINDS.")
+    plots: Any = _opt(True, "Write the PNG plots (Python: True = all, False = none, or a list of kinds from "
+                            "calosim.metrics.plots.PLOT_KINDS).", cli=True)
     progress: bool = _opt(True, "Progress bars and one line per sample on stderr.")
     n_boot: int = _opt(100, "Bootstrap replicas of the per-observable distances.")
     max_classifier_showers: int = _opt(50_000, "Cap of the raw-shower subset of the classifier test (also capped "
