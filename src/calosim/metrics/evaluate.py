@@ -181,9 +181,7 @@ def _evaluate(reference: Any, generated: list[Any], labels: list[str], train: An
                 res = _evaluate_one(ref, gen, train_scan, opts, rng, mem_cap, prog, clf_threads)
                 results.append(res)
                 timings["samples"][src.name] = res.timings
-                prog.log(_one_line(res.entry, res.timings))
-                for w in res.entry["warnings"]:
-                    prog.log(f"  ! {src.name}: {w}")
+                prog.log(_one_line(res.entry, res.timings))  # its warnings follow the summary table
     finally:
         for s in [ref_src, *sources, *([train_src] if train_src else [])]:
             s.close()
