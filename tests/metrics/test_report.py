@@ -173,3 +173,13 @@ def test_report_directory_follows_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "r").stat().st_mode & 0o777 == 0o755
+
+
+def test_symlinked_report_directory_is_replaced_at_its_target(tmp_path):
+    ref, gen = _toy(100, 0), _toy(100, 1)
+    target = tmp_path / "real"
+    evaluate(ref, gen, out_dir=target, plots=False, **FAST)
+    (tmp_path / "link").symlink_to(target)
+    evaluate(ref, gen, out_dir=tmp_path / "link", plots=False, overwrite=True, seed=3, **FAST)
+    assert (tmp_path / "link").is_symlink() and json.loads((target / "metrics.json").read_text())["seed"] == 3
+    assert _leftovers(tmp_path) == []

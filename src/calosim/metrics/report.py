@@ -288,25 +288,29 @@ class ReportDirectory:
     """
 
     def __init__(self, out: str | Path, overwrite: bool = False) -> None:
-        self.out = Path(out)
+        self.shown = Path(out)  # as the user wrote it, for messages
+        self.out = Path(os.path.realpath(out))  # a symlinked report directory is replaced at its target
         self.overwrite = overwrite
         self.tmp: Path | None = None
 
     def check(self) -> None:
-        """Raise ``FileExistsError`` / ``ValueError`` (one line, naming the file) if ``out`` may not be replaced."""
-        out = self.out
+        """Raise ``FileExistsError`` / ``OSError`` (one line, naming the file) if ``out`` may not be replaced."""
+        out, shown = self.out, self.shown
         if out.exists() and not out.is_dir():
-            raise FileExistsError(f"{out}: exists and is not a directory; the report needs a directory")
+            raise FileExistsError(f"{shown}: exists and is not a directory; the report needs a directory")
         if not out.is_dir():
             return
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise OSError(f"{shown}: cannot write the report there (the directory is not writable)")
         entries = sorted(out.iterdir())
         foreign = [p for p in entries if not _is_report_file(p)]
         if foreign:
-            raise FileExistsError(f"{foreign[0]}: the report directory {out} holds files that are not part of a "
-                                  "calosim report; choose a new or empty directory (nothing was replaced)")
+            raise FileExistsError(f"{shown / foreign[0].name}: the report directory {shown} holds files that are not "
+                                  "part of a calosim report; choose a new or empty directory (nothing was replaced)")
         existing = [p for p in entries if p.name in REPORT_FILES] or entries
         if existing and not self.overwrite:
-            raise FileExistsError(f"{existing[0]}: exists; pass --overwrite (overwrite=True) to replace the report")
+            raise FileExistsError(f"{shown / existing[0].name}: exists; pass --overwrite (overwrite=True) to replace "
+                                  "the report")
 
     def __enter__(self) -> Path:
         self.check()
@@ -316,7 +320,7 @@ class ReportDirectory:
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=parent))
             os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a report directory follows the umask
         except OSError as exc:
-            raise OSError(f"{self.out}: cannot write the report there ({exc.strerror or exc})") from None
+            raise OSError(f"{self.shown}: cannot write the report there ({exc.strerror or exc})") from None
         return self.tmp
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -342,7 +346,7 @@ class ReportDirectory:
                 shutil.rmtree(old, ignore_errors=True)
 
     def __repr__(self) -> str:
-        return f"ReportDirectory({str(self.out)!r}, overwrite={self.overwrite})"
+        return f"ReportDirectory({str(self.shown)!r}, overwrite={self.overwrite})"
 
 
 def _umask() -> int:
