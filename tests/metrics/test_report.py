@@ -183,3 +183,22 @@ def test_symlinked_report_directory_is_replaced_at_its_target(tmp_path):
     evaluate(ref, gen, out_dir=tmp_path / "link", plots=False, overwrite=True, seed=3, **FAST)
     assert (tmp_path / "link").is_symlink() and json.loads((target / "metrics.json").read_text())["seed"] == 3
     assert _leftovers(tmp_path) == []
+
+
+def test_bad_option_values_are_one_line_errors(tmp_path):
+    for bad, words in ((["--max-showers", "0"], "max_showers (--max-showers) must be a positive"),
+                       (["--threshold", "-2"], "threshold (--threshold) must be a finite voxel cut >= 0 MeV")):
+        res = CliRunner().invoke(main, ["evaluate", "-r", "a.h5", "-g", "b.h5", "-o", str(tmp_path / "r"), *bad])
+        assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_scan_is_immutable():
+    from dataclasses import FrozenInstanceError
+
+    from calosim.metrics.scan import scan
+
+    s = scan(_toy(20, 0), name="x", max_subset=5)
+    with pytest.raises(FrozenInstanceError):
+        s.n = 3
+    assert s.sub_showers.shape == (5, 504) and s.without_subset().sub_showers.shape == (0, 504) and s.n == 20
