@@ -36,7 +36,8 @@ def test_known_answers_on_two_cells() -> None:
     assert F.sparsity(s, geo)[0, 1] == pytest.approx(1 - 2 / lay.n_cells)
     cx, cy = (xi + 3 * xj) / 4, (yi + 3 * yj) / 4
     np.testing.assert_allclose(F.centroids(s, geo)[0, 1], [cx, cy])
-    np.testing.assert_allclose(F.widths(s, geo)[0, 1], [math.sqrt(3) / 4 * abs(xj - xi), math.sqrt(3) / 4 * abs(yj - yi)])
+    w = math.sqrt(3) / 4
+    np.testing.assert_allclose(F.widths(s, geo)[0, 1], [w * abs(xj - xi), w * abs(yj - yi)])
     ri, rj = math.hypot(xi, yi), math.hypot(xj, yj)
     assert F.radial_centroids(s, geo)[0, 1] == pytest.approx((ri + 3 * rj) / 4)
     assert F.radial_widths(s, geo)[0, 1] == pytest.approx(math.sqrt(3) / 4 * abs(rj - ri))

@@ -43,6 +43,7 @@ __all__ = [
     "LayerTable",
     "apply_threshold",
     "centroids",
+    "centroids_from_moments",
     "hit_counts",
     "layer_energies",
     "layer_labels",
@@ -50,9 +51,12 @@ __all__ = [
     "layer_table",
     "occupancy",
     "radial_centroids",
+    "radial_centroids_from_moments",
     "radial_widths",
+    "radial_widths_from_moments",
     "sparsity",
     "widths",
+    "widths_from_moments",
 ]
 
 #: The CaloChallenge's guard against empty layers in the centre/width quotients.
@@ -147,7 +151,7 @@ def layer_moments(x: A, geometry: Geometry) -> A:
         import torch
 
         mats = _torch_moments(geometry, x.device, x.dtype)
-        if len(mats) == 1 and geometry.is_regular:
+        if geometry.is_regular:
             m = mats[0]  # (L, n, K)
             return torch.einsum("bln,lnk->blk", x.reshape(len(x), m.shape[0], m.shape[1]), m)
         return torch.stack([x[:, t.sl] @ m for t, m in zip(layer_table(geometry), mats)], 1)
@@ -188,9 +192,9 @@ def layer_energies(x: A, geometry: Geometry) -> A:
         if geometry.is_regular:
             return x.reshape(len(x), geometry.n_layers, -1).sum(-1)
         return torch.stack([x[:, s].sum(1) for s in geometry.layer_slices], 1)
-    if not len(x):
-        return np.zeros((0, geometry.n_layers))
-    return np.add.reduceat(x, geometry.layer_offsets[:-1], axis=1, dtype=np.float64)
+    if geometry.is_regular:  # a view, summed with buffered casting: no float64 copy of the input
+        return x.reshape(len(x), geometry.n_layers, -1).sum(-1, dtype=np.float64)
+    return np.stack([x[:, s].sum(1, dtype=np.float64) for s in geometry.layer_slices], 1)
 
 
 def hit_counts(x: A, geometry: Geometry, threshold: float = 0.0) -> A:
@@ -199,7 +203,11 @@ def hit_counts(x: A, geometry: Geometry, threshold: float = 0.0) -> A:
     numpy: float64; torch: the input's dtype (a count, no gradient).
     """
     x = _check(x, geometry)
-    return layer_energies(x > threshold if not _is_torch(x) else (x > threshold).to(x.dtype), geometry)
+    if _is_torch(x):
+        return layer_energies((x > threshold).to(x.dtype), geometry)
+    # per layer, so the boolean mask is one layer at a time
+    counts = [np.count_nonzero(x[:, s] > threshold, axis=1) for s in geometry.layer_slices]
+    return np.stack(counts, 1).astype(np.float64)
 
 
 def occupancy(x: A, geometry: Geometry, threshold: float = 0.0) -> A:
@@ -225,9 +233,7 @@ def centroids(x: A, geometry: Geometry, eps: Any = CHALLENGE_EPS) -> A:
     without angular bins (their cells are centred on the axis). ``eps`` default the
     challenge's 1e-16 (``EC_etas``, ``EC_phis``).
     """
-    m = layer_moments(x, geometry)
-    den = m[..., _COL["e"]] + eps
-    return _stack2(m[..., _COL["ex"]] / den, m[..., _COL["ey"]] / den)
+    return centroids_from_moments(layer_moments(x, geometry), eps)
 
 
 def widths(x: A, geometry: Geometry, eps: Any = CHALLENGE_EPS, var_floor: float = 0.0) -> A:
@@ -236,7 +242,31 @@ def widths(x: A, geometry: Geometry, eps: Any = CHALLENGE_EPS, var_floor: float 
     Moments as in :func:`centroids` (same ``eps``); the challenge's ``width_etas`` /
     ``width_phis`` at the defaults.
     """
-    m = layer_moments(x, geometry)
+    return widths_from_moments(layer_moments(x, geometry), eps, var_floor)
+
+
+def radial_centroids(x: A, geometry: Geometry, eps: Any = CHALLENGE_EPS) -> A:
+    """Energy-weighted mean distance from the axis per layer ``<R>_l``, ``(N, n_layers)`` mm (the challenge's EC_r)."""
+    return radial_centroids_from_moments(layer_moments(x, geometry), eps)
+
+
+def radial_widths(x: A, geometry: Geometry, eps: Any = CHALLENGE_EPS, var_floor: float = 0.0) -> A:
+    """Energy-weighted spread of ``R`` per layer ``sqrt(max(<R^2> - <R>^2, 0) + var_floor)``, ``(N, n_layers)`` mm.
+
+    The challenge's ``width_r`` (a spread around ``<R>``, not the RMS distance from the axis).
+    """
+    return radial_widths_from_moments(layer_moments(x, geometry), eps, var_floor)
+
+
+# the same from a precomputed :func:`layer_moments` ``m (N, L, K)``, so several features share one pass
+def centroids_from_moments(m: A, eps: Any = CHALLENGE_EPS) -> A:
+    """:func:`centroids` from ``m = layer_moments(x, geometry)``, ``(N, L, 2)``."""
+    den = m[..., _COL["e"]] + eps
+    return _stack2(m[..., _COL["ex"]] / den, m[..., _COL["ey"]] / den)
+
+
+def widths_from_moments(m: A, eps: Any = CHALLENGE_EPS, var_floor: float = 0.0) -> A:
+    """:func:`widths` from ``m = layer_moments(x, geometry)``, ``(N, L, 2)``."""
     den = m[..., _COL["e"]] + eps
     out = []
     for c1, c2 in (("ex", "exx"), ("ey", "eyy")):
@@ -245,18 +275,13 @@ def widths(x: A, geometry: Geometry, eps: Any = CHALLENGE_EPS, var_floor: float 
     return _stack2(*out)
 
 
-def radial_centroids(x: A, geometry: Geometry, eps: Any = CHALLENGE_EPS) -> A:
-    """Energy-weighted mean distance from the axis per layer ``<R>_l``, ``(N, n_layers)`` mm (the challenge's ``EC_r``)."""
-    m = layer_moments(x, geometry)
+def radial_centroids_from_moments(m: A, eps: Any = CHALLENGE_EPS) -> A:
+    """:func:`radial_centroids` from ``m = layer_moments(x, geometry)``, ``(N, L)``."""
     return m[..., _COL["er"]] / (m[..., _COL["e"]] + eps)
 
 
-def radial_widths(x: A, geometry: Geometry, eps: Any = CHALLENGE_EPS, var_floor: float = 0.0) -> A:
-    """Energy-weighted spread of ``R`` per layer ``sqrt(max(<R^2> - <R>^2, 0) + var_floor)``, ``(N, n_layers)`` mm.
-
-    The challenge's ``width_r`` (a spread around ``<R>``, not the RMS distance from the axis).
-    """
-    m = layer_moments(x, geometry)
+def radial_widths_from_moments(m: A, eps: Any = CHALLENGE_EPS, var_floor: float = 0.0) -> A:
+    """:func:`radial_widths` from ``m = layer_moments(x, geometry)``, ``(N, L)``."""
     den = m[..., _COL["e"]] + eps
     mu = m[..., _COL["er"]] / den
     return _sqrt0(m[..., _COL["err"]] / den - mu * mu + var_floor)

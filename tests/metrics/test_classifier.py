@@ -79,3 +79,21 @@ def test_input_validation():
         classifier_two_sample_test(ok, np.zeros((100, 4)))
     with pytest.raises(ValueError, match="at least"):
         classifier_two_sample_test(ok[:20], ok[:20])
+
+
+def test_auc_err_covers_the_spread_between_seeds():
+    # identical distributions, one data set, four seeds: auc_err (std over folds) must not be
+    # smaller than the AUC's spread between seeds (std/sqrt(k) was, by ~2x on such toys)
+    tiny = {"n_folds": 4, "epochs": 4, "hidden": (16,), "batch": 128, "patience": 2, "lr": 3e-3, "n_threads": 1}
+    rng = np.random.default_rng(3)
+    ref, gen = rng.standard_normal((400, 4)), rng.standard_normal((400, 4))
+    runs = [classifier_two_sample_test(ref, gen, seed=s, **tiny) for s in range(4)]
+    aucs = np.array([r["auc"] for r in runs])
+    errs = np.array([r["auc_err"] for r in runs])
+    assert np.all(np.abs(aucs - 0.5) < 3 * errs)
+    assert errs.mean() >= aucs.std(ddof=1)
+    for r in runs:  # the error is the plain std of the per-fold AUCs
+        assert r["auc_err"] == pytest.approx(np.std([f["auc"] for f in r["folds"]], ddof=1))
+    rep = classifier_two_sample_test(ref, gen, seed=0, n_repeats=2, **tiny)
+    assert len(rep["folds"]) == 8 and {f["repeat"] for f in rep["folds"]} == {0, 1}
+    assert [f["auc"] for f in rep["folds"][:4]] == [f["auc"] for f in runs[0]["folds"]]  # repeat 0 = n_repeats=1

@@ -80,3 +80,25 @@ def test_fpd_input_validation():
         kernel_physics_distance(ok, np.zeros((100, 2)))
     with pytest.raises(ValueError, match="too few"):
         frechet_physics_distance(np.zeros((12, 10)), np.zeros((12, 10)))
+
+
+def test_challenge_convention_known_answers():
+    rng = np.random.default_rng(6)
+    ref = rng.standard_normal((20_000, 3)) + 5.0
+    same = rng.standard_normal((20_000, 3)) + 5.0
+    shifted = rng.standard_normal((20_000, 3)) + 5.3
+    kw = {"min_samples": 2_000, "max_samples": 5_000, "num_batches": 5, "num_points": 4, "convention": "challenge"}
+    v0, e0 = frechet_physics_distance(ref, same, seed=1, **kw)
+    v1, e1 = frechet_physics_distance(ref, shifted, seed=1, **kw)
+    top = np.abs(ref).max(axis=0)  # jetnet scales every feature by the reference's max |x|
+    expected = 1e3 * np.sum((0.3 / top) ** 2)  # equal covariances: only |delta mu|^2, in units of 1e-3
+    assert v0 >= 0 and v0 < 0.05 * expected  # the fit's intercept is bounded at 0, as in jetnet
+    assert v1 == pytest.approx(expected, rel=0.15) and e1 > 0
+    # the same numbers in the calosim convention are not scaled by 1e3 nor by max |x|
+    c1, _ = frechet_physics_distance(ref, shifted, seed=1, min_samples=2_000, max_samples=5_000, num_batches=5)
+    assert c1 == pytest.approx(3 * 0.3**2, rel=0.15)
+    k0, ke0 = kernel_physics_distance(ref, same, seed=2, num_batches=5, batch_size=1_000, convention="challenge")
+    k1, ke1 = kernel_physics_distance(ref, shifted, seed=2, num_batches=5, batch_size=1_000, convention="challenge")
+    assert abs(k0) < 3 * ke0 + 1e-6 and k1 > 5 * ke1 and k1 > 20 * abs(k0)
+    with pytest.raises(ValueError, match="convention"):
+        kernel_physics_distance(ref, same, convention="jetnet")

@@ -91,7 +91,8 @@ def load_calochallenge_xml(
         ))
     geo = Geometry(
         name=name or path.stem, layers=tuple(layers), description=description or f"from {path.name}",
-        threshold_mev=threshold_mev, readout_threshold_mev=readout_threshold_mev, meta={"binning_file": path.name, "layer_ids": [int(l.name[6:]) for l in layers]},
+        threshold_mev=threshold_mev, readout_threshold_mev=readout_threshold_mev,
+        meta={"binning_file": path.name, "layer_ids": [int(l.name[6:]) for l in layers]},
     )
     return geo
 

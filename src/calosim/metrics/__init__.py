@@ -3,12 +3,15 @@
 Public API (imported lazily, so ``import calosim.metrics`` stays cheap and does not pull in
 torch or matplotlib until a name is used):
 
-* observables: :func:`compute_observables`, :func:`highlevel_matrix`, :func:`highlevel_columns`,
-  :func:`response_vs_energy`, :func:`energy_bins`, :class:`ShowerSummary`, profile functions;
+* observables: :func:`compute_observables`, :func:`highlevel_matrix`, :func:`highlevel_columns`
+  (the CaloChallenge's high-level feature set), :func:`response_vs_energy`, :func:`energy_bins`,
+  :class:`ShowerSummary`, profile functions; the per-layer features themselves (and the
+  readout threshold, :func:`calosim.features.apply_threshold`) live in :mod:`calosim.features`;
 * distances: :func:`compare_observable`, :func:`separation_power`, :func:`chi2_distance`,
   :func:`wasserstein1`, :func:`ks_statistic`, :func:`reference_bins`;
 * classifier test: :func:`classifier_two_sample_test`, :func:`lowlevel_features`;
-* FPD/KPD: :func:`frechet_physics_distance`, :func:`kernel_physics_distance`;
+* FPD/KPD: :func:`frechet_physics_distance`, :func:`kernel_physics_distance` (``convention=
+  "calosim"``, the default, or ``"challenge"``: jetnet's numbers x 10^3 as the challenge quotes);
 * memorisation: :func:`memorization_test`, :func:`nearest_neighbour_distances`, :func:`diversity`;
 * the whole pipeline: :func:`evaluate` (metrics dict + ``metrics.json`` + plots + HTML report),
   :func:`write_report`, :func:`format_terminal_table`, :func:`make_plots`.
