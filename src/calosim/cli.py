@@ -322,9 +322,12 @@ def _evaluate_params() -> list[click.Parameter]:
     from .metrics.options import cli_fields
 
     params: list[click.Parameter] = []
-    for name, default, help_text in cli_fields():
+    for name, default, help_text, choices in cli_fields():
         flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool):
+        if choices:
+            params.append(click.Option([flag, name], type=click.Choice(choices), default=default, show_default=True,
+                                       help=help_text))
+        elif isinstance(default, bool):
             decls = [f"{flag}/--no-{name.replace('_', '-')}"] if default else [flag]
             params.append(click.Option([*decls, name], is_flag=True, default=default, show_default=default,
                                        help=help_text))

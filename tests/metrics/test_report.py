@@ -160,7 +160,7 @@ def test_cli_options_are_the_dataclass_fields():
     cmd.get_params(click.Context(cmd))  # the generated options are added on first use
     params = {p.name for p in cmd.params if isinstance(p, click.Option)}
     inputs = {"reference", "generated", "names", "train_file", "out"}
-    assert params - inputs == {name for name, _, _ in cli_fields()}
+    assert params - inputs == {f[0] for f in cli_fields()}
     assert {"classifier", "threshold", "overwrite", "geometry", "seed", "max_showers"} <= params
     with pytest.raises(TypeError, match="unknown option.*n_bot.*valid:.*n_boot"):
         evaluate(_toy(10, 0), _toy(10, 1), n_bot=3)
@@ -202,3 +202,16 @@ def test_scan_is_immutable():
     with pytest.raises(FrozenInstanceError):
         s.n = 3
     assert s.sub_showers.shape == (5, 504) and s.without_subset().sub_showers.shape == (0, 504) and s.n == 20
+
+
+def test_fpd_convention_is_recorded_and_shown(tmp_path):
+    ref, gen = _toy(300, 0), _toy(300, 1)
+    fast = {**FAST, "fpd": True}
+    m = evaluate(ref, gen, fpd_convention="challenge", out_dir=tmp_path / "r", plots=False, **fast)
+    s = m["samples"][0]
+    assert s["fpd"]["convention"] == s["kpd"]["convention"] == "challenge"
+    assert "FPD x10^3 (challenge)" in format_terminal_table(m, width=400)
+    assert "FPD x10^3 (challenge)" in (tmp_path / "r" / "index.html").read_text()
+    assert evaluate(ref, gen, **fast)["samples"][0]["fpd"]["convention"] == "calosim"
+    with pytest.raises(ValueError, match="fpd_convention must be one of calosim, challenge"):
+        EvaluateOptions(fpd_convention="jetnet")

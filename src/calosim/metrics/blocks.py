@@ -140,18 +140,19 @@ def classifier_block(ref: SampleScan, gen: SampleScan, columns: list[str], seed:
     return ClassifierResult(levels, preds)
 
 
-def fpd_block(ref: SampleScan, gen: SampleScan, columns: list[str], seed: int
-              ) -> tuple[dict[str, float] | None, dict[str, float] | None]:
-    """FPD and KPD ``{"value", "err"}`` on the high-level observables (None without columns)."""
+def fpd_block(ref: SampleScan, gen: SampleScan, columns: list[str], seed: int, convention: str = "calosim"
+              ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """FPD and KPD ``{"value", "err", "convention"}`` on the high-level observables (None without columns)."""
     from .fpd import frechet_physics_distance, kernel_physics_distance
 
     if not columns:
         return None, None
-    # both standardise the features with the reference mean / std themselves
+    # both scale the features with reference statistics themselves (per the convention)
     xr, xg = highlevel_matrix(ref.obs, columns), highlevel_matrix(gen.obs, columns)
-    fv, fe = frechet_physics_distance(xr, xg, seed=seed)
-    kv, ke = kernel_physics_distance(xr, xg, seed=seed)
-    return {"value": float(fv), "err": float(fe)}, {"value": float(kv), "err": float(ke)}
+    fv, fe = frechet_physics_distance(xr, xg, seed=seed, convention=convention)
+    kv, ke = kernel_physics_distance(xr, xg, seed=seed, convention=convention)
+    return ({"value": float(fv), "err": float(fe), "convention": convention},
+            {"value": float(kv), "err": float(ke), "convention": convention})
 
 
 def response_block(ref: SampleScan, gen: SampleScan) -> dict[str, Any]:

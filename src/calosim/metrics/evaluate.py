@@ -28,7 +28,8 @@ metrics.json schema (``schema_version`` 1; every float may be ``null`` when unde
         "name": str, "file": str | null, "n": int,
         "classifier": null | {"low": {"auc", "auc_err", "jsd", "jsd_err", "n_used"},
                               "high": {... same ...}},
-        "fpd": {"value", "err"} | null, "kpd": {"value", "err"} | null,
+        "fpd": {"value", "err", "convention"} | null, "kpd": {... same ...} | null,
+               (convention "calosim", or "challenge": jetnet's numbers x 10^3 as the challenge quotes)
         "observables": {"<name>": {"separation_power", "chi2", "w1", "ks",
                                     "<metric>_err", "<metric>_null", "n_ref", "n_gen"}},
         "mean_separation_power": float, "mean_separation_power_err": float,
@@ -258,7 +259,7 @@ def _evaluate_one(ref: SampleScan, gen: SampleScan, train: SampleScan | None, op
     fpd_res = kpd_res = None
     if opts.fpd:
         try:
-            fpd_res, kpd_res = fpd_block(ref, gen, columns, opts.seed)
+            fpd_res, kpd_res = fpd_block(ref, gen, columns, opts.seed, opts.fpd_convention)
         except (ImportError, ValueError) as exc:  # e.g. too few showers for the FPD extrapolation
             warnings.append(f"FPD/KPD not computed: {exc}")
     lap("fpd_kpd", t)

@@ -13,8 +13,8 @@ from typing import Any
 __all__ = ["EvaluateOptions", "cli_fields"]
 
 
-def _opt(default: Any, help: str, cli: bool = False, **kw: Any) -> Any:
-    meta = {"help": help, "cli": cli}
+def _opt(default: Any, help: str, cli: bool = False, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
+    meta = {"help": help, "cli": cli, "choices": choices}
     if callable(default) and not isinstance(default, (bool, int, float, str)):
         return field(default_factory=default, metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -27,6 +27,10 @@ class EvaluateOptions:
     classifier: bool = _opt(True, "Run the classifier two-sample tests (low- and high-level inputs; the slow part).",
                             cli=True)
     fpd: bool = _opt(True, "Compute FPD and KPD on the high-level observables.")
+    fpd_convention: str = _opt(
+        "calosim", "FPD/KPD convention: calosim (standardised features, as computed) or challenge (jetnet's "
+                   "numbers x 10^3, as the CaloChallenge tables quote them).", cli=True,
+        choices=("calosim", "challenge"))
     seed: int = _opt(0, "Seeds the bootstrap, the subsets and the classifier / FPD / KPD.", cli=True)
     max_showers: int | None = _opt(None, "Use at most this many showers of every file (the first ones).", cli=True)
     threshold: float | None = _opt(
@@ -61,6 +65,10 @@ class EvaluateOptions:
             raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
         if float(self.chunk_mb) <= 0:
             raise ValueError(f"chunk_mb must be > 0, got {self.chunk_mb}")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
 
     @classmethod
     def build(cls, options: EvaluateOptions | None = None, **overrides: Any) -> EvaluateOptions:
@@ -74,11 +82,11 @@ class EvaluateOptions:
         return replace(options or cls(), **overrides)
 
 
-def cli_fields() -> list[tuple[str, Any, str]]:
-    """``(name, default, help)`` of the options the command line exposes, in declaration order."""
+def cli_fields() -> list[tuple[str, Any, str, tuple[str, ...] | None]]:
+    """``(name, default, help, choices)`` of the options the command line exposes, in declaration order."""
     out = []
     for f in fields(EvaluateOptions):
         if f.metadata.get("cli"):
             default = f.default if f.default is not MISSING else None
-            out.append((f.name, default, str(f.metadata["help"])))
+            out.append((f.name, default, str(f.metadata["help"]), f.metadata.get("choices")))
     return out

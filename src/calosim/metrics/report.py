@@ -85,6 +85,14 @@ _COLS = [("sample", "sample"), ("n", "showers"), ("auc_low", "AUC low-level"), (
          ("worst", "3 worst observables")]
 
 
+def _columns(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """The summary columns; FPD/KPD headed with their convention when it is the challenge's."""
+    conv = {(s.get("fpd") or {}).get("convention") for s in metrics.get("samples", [])}
+    if "challenge" not in conv:
+        return _COLS
+    return [(k, f"{h} x10^3 (challenge)" if k in ("fpd", "kpd") else h) for k, h in _COLS]
+
+
 def format_terminal_table(metrics: dict[str, Any], *, width: int = 160) -> str:
     """The summary table as text for the CLI (rich box drawing, no colour codes)."""
     from rich.console import Console
@@ -92,10 +100,11 @@ def format_terminal_table(metrics: dict[str, Any], *, width: int = 160) -> str:
 
     t = Table(title=f"calosim evaluation vs reference ({metrics.get('reference', {}).get('n', '?')} showers, "
                     f"geometry {metrics.get('geometry', '?')})", title_justify="left")
-    for key, head in _COLS:
+    cols = _columns(metrics)
+    for key, head in cols:
         t.add_column(head, justify="left" if key in ("sample", "worst") else "right", overflow="fold")
     for r in summary_rows(metrics):
-        t.add_row(*[r[k] for k, _ in _COLS])
+        t.add_row(*[r[k] for k, _ in cols])
     con = Console(width=width, record=True, file=io.StringIO(), color_system=None)
     con.print(t)
     warn = [f"  ! {s['name']}: {w}" for s in metrics.get("samples", []) for w in s.get("warnings", [])]
@@ -116,7 +125,8 @@ def _sp_class(v: Any) -> str:
 
 def _summary_table(metrics: dict[str, Any]) -> str:
     e = html.escape
-    head = "".join(f'<th class="{"l" if k in ("sample", "worst") else ""}">{e(h)}</th>' for k, h in _COLS)
+    cols = _columns(metrics)
+    head = "".join(f'<th class="{"l" if k in ("sample", "worst") else ""}">{e(h)}</th>' for k, h in cols)
     body = []
     for s, r in zip(metrics.get("samples", []), summary_rows(metrics)):
         c = s.get("classifier") or {}
@@ -124,7 +134,7 @@ def _summary_table(metrics: dict[str, Any]) -> str:
                "auc_high": _auc_class((c.get("high") or {}).get("auc")),
                "sp": _sp_class(s.get("mean_separation_power"))}
         cells = "".join(
-            f'<td class="{"l " if k in ("sample", "worst") else ""}{cls.get(k, "")}">{e(r[k])}</td>' for k, _ in _COLS)
+            f'<td class="{"l " if k in ("sample", "worst") else ""}{cls.get(k, "")}">{e(r[k])}</td>' for k, _ in cols)
         body.append(f'<tr class="{"warn" if s.get("warnings") else ""}">{cells}</tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
