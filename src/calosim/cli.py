@@ -289,24 +289,70 @@ def generate_cmd(run_dir: str, n: int, energy: str | None, particle: str | None,
 
 
 # ---------------------------------------------------------------------------------------------
-@main.command("evaluate")
+class _EvaluateCommand(click.Command):
+    """`evaluate` with the options generated from the fields of EvaluateOptions marked `cli`.
+
+    Generated on first use (parsing or --help), so the other commands do not import the
+    metrics package at start-up.
+    """
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not getattr(self, "_options_added", False):
+            self._options_added = True
+            self.params.extend(_evaluate_params())
+        return super().get_params(ctx)
+
+
+def _evaluate_params() -> list[click.Parameter]:
+    from .metrics.options import cli_fields
+
+    params: list[click.Parameter] = []
+    for name, default, help_text, choices in cli_fields():
+        flag = "--" + name.replace("_", "-")
+        if choices:
+            params.append(click.Option([flag, name], type=click.Choice(choices), default=default, show_default=True,
+                                       help=help_text))
+        elif isinstance(default, bool):
+            decls = [f"{flag}/--no-{name.replace('_', '-')}"] if default else [flag]
+            params.append(click.Option([*decls, name], is_flag=True, default=default, show_default=default,
+                                       help=help_text))
+        elif name == "threshold":
+            params.append(click.Option([flag, name], type=float, default=None, metavar="MEV", help=help_text))
+        elif name == "geometry":
+            params.append(click.Option([flag, name], default=None, metavar="SPEC", help=help_text))
+        else:
+            params.append(click.Option([flag, name], type=type(default) if default is not None else int,
+                                       default=default, show_default=default is not None, help=help_text))
+    return params
+
+
+@main.command("evaluate", cls=_EvaluateCommand)
 @click.option("--reference", "-r", required=True, type=click.Path(dir_okay=False), help="Reference showers.")
 @click.option("--generated", "-g", required=True, multiple=True, type=click.Path(dir_okay=False), help="Generated showers (repeatable).")
 @click.option("--name", "names", multiple=True, help="Display name per --generated (repeatable, same order).")
 @click.option("--train", "train_file", default=None, type=click.Path(dir_okay=False), help="Training showers, for the memorisation test.")
-@click.option("--no-classifier", is_flag=True, help="Skip the classifier two-sample tests (much faster).")
-@click.option("--max-showers", type=int, default=None, help="Use at most this many showers per file.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Report directory.")
-@SEED
 @_friendly
 def evaluate_cmd(reference: str, generated: tuple[str, ...], names: tuple[str, ...], train_file: str | None,
-                 no_classifier: bool, max_showers: int | None, out: str, seed: int) -> None:
-    """Compare generated showers with reference showers: HTML report, PNG plots, metrics.json."""
+                 out: str, **options: Any) -> None:
+    """Compare generated showers with reference showers: HTML report, PNG plots, metrics.json.
+
+    The report directory is written as a whole (an interrupted run leaves the old one); the
+    geometry's official voxel cut is applied to every sample (--threshold to change it).
+    """
     from .metrics import evaluate
+    from .metrics.options import EvaluateOptions
     from .metrics.report import format_terminal_table
 
-    metrics = evaluate(reference, list(generated), names=list(names) or None, train=train_file, out_dir=out,
-                       classifier=not no_classifier, seed=seed, max_showers=max_showers, progress=True)
+    if options.get("geometry") is not None:
+        options["geometry"] = _geometry(options["geometry"])  # the same -g resolution as every command
+    try:
+        metrics = evaluate(reference, list(generated), names=list(names) or None, train=train_file, out_dir=out,
+                           options=EvaluateOptions(**options))
+    except OSError as exc:  # unwritable report directory and the like: one line, no traceback
+        if isinstance(exc, (FileExistsError, FileNotFoundError)):
+            raise
+        raise ValueError(str(exc)) from None
     click.echo(format_terminal_table(metrics))
     click.echo(f"report: {Path(out) / 'index.html'}")
 

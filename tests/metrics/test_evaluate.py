@@ -116,19 +116,23 @@ def test_file_layouts(tmp_path, geo, layout):
 
 
 def test_polar_plots(tmp_path):
-    from calosim.metrics.evaluate import EvaluationContext, scan
+    from calosim.metrics.blocks import SampleResult
     from calosim.metrics.plots import (
+        EvaluationContext,
         plot_lateral_profiles,
         plot_mean_images,
         plot_profiles,
     )
+    from calosim.metrics.scan import scan
 
     geo = get_geometry("calochallenge-1-pions")
     ref, gen = scan(_sim(geo, "pi+", 200, 1), name="reference"), scan(_sim(geo, "pi+", 200, 2), name="gen")
-    ctx = EvaluationContext(geo, ref, [gen], {"samples": []})
-    for p in (plot_mean_images(ctx, gen, tmp_path / "images_gen.png"), plot_profiles(ctx, tmp_path / "profiles.png"),
-              plot_lateral_profiles(ctx, "x", tmp_path / "profiles_x.png")):
-        assert p.exists() and p.stat().st_size > 10_000
+    ctx = EvaluationContext(geo, ref, [SampleResult(scan=gen, entry={})])
+    for fig in (plot_mean_images(ctx, gen, tmp_path / "images_gen.png"), plot_profiles(ctx, tmp_path / "profiles.png"),
+                plot_lateral_profiles(ctx, "x", tmp_path / "profiles_x.png")):
+        path, caption = fig  # a (path, caption) record: the report needs no file-name parsing
+        assert path.exists() and path.stat().st_size > 10_000 and len(caption) > 40
+    assert "gen" in plot_mean_images(ctx, gen, tmp_path / "images_gen.png").caption
 
 
 def test_geometry_mismatch_is_a_clear_error(tmp_path):

@@ -72,3 +72,57 @@ def test_diversity_detects_collapse():
     c = diversity(mean_like, ref)
     assert c["ratio"] < 0.2 and c["nn_ratio"] < 0.2
     assert c["pairwise_gen"].ndim == 1 and c["nn_gen"].shape == (2000,)
+
+
+def test_exact_copies_are_memorisation_not_under_dispersion():
+    rng = np.random.default_rng(4)
+    train, held = _showers(2000, rng), _showers(800, rng)
+    r = memorization_test(train, train[rng.choice(2000, 800, replace=False)], held)
+    assert r["memorization"] and r["flagged"] and not r["under_dispersion"]
+    assert r["diagnosis"] == "memorisation"
+    assert r["copy_ratio"] < 0.05 and r["ratio_unseen"] == pytest.approx(1.0, abs=0.1)
+    assert r["spread_ratio"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_shrunk_samples_are_under_dispersion_not_memorisation():
+    """Showers pulled towards the mean shower (no copies): close to every real shower, seen or not."""
+    rng = np.random.default_rng(5)
+    train, held, fresh = _showers(2000, rng), _showers(800, rng), _showers(800, rng)
+    mean = train.mean(axis=0)
+    shrunk = mean + 0.7 * (fresh - mean)
+    r = memorization_test(train, shrunk, held)
+    assert r["frac_exact"] == 0.0 and r["ratio"] < 0.95 and r["frac_close"] > 0.03  # what used to be "memorising"
+    assert r["under_dispersion"] and not r["memorization"] and not r["flagged"]
+    assert r["diagnosis"] == "under-dispersion"
+    assert r["copy_ratio"] == pytest.approx(1.0, abs=0.1) and r["spread_ratio"] < 0.8
+
+
+def test_evaluate_reports_the_two_diagnoses_separately(tmp_path):
+    from calosim.geometry import get_geometry
+    from calosim.io import ShowerData
+    from calosim.metrics.evaluate import evaluate
+
+    g = get_geometry("calogan")
+    rng = np.random.default_rng(6)
+
+    def sample(n):
+        e = rng.uniform(1e4, 5e4, (n, 1))
+        x = rng.gamma(1.0, 1.0, (n, g.n_cells)) * np.exp(-np.arange(g.n_cells) / 100.0)
+        return ShowerData((x * 0.9 * e / x.sum(1, keepdims=True)).astype(np.float32), e, g)
+
+    train, ref, fresh = sample(600), sample(600), sample(300)
+    shape = fresh.showers / fresh.showers.sum(1, keepdims=True)
+    mean = (train.showers / train.showers.sum(1, keepdims=True)).mean(0)
+    shrunk = ShowerData(((mean + 0.6 * (shape - mean)) * 0.9 * fresh.incident_energies).astype(np.float32),
+                        fresh.incident_energies, g)
+    m = evaluate(ref, [train.subset(slice(0, 300)), shrunk], names=["copies", "shrunk"], train=train,
+                 out_dir=tmp_path / "r", plots=False, classifier=False, fpd=False, n_boot=5, progress=False)
+    copies, under = (s["memorization"] for s in m["samples"])
+    assert copies["diagnosis"] == "memorisation" and under["diagnosis"] == "under-dispersion"
+    w_copies, w_under = (s["warnings"] for s in m["samples"])
+    assert any(w.startswith("memorisation") for w in w_copies) and not any("under-dispersion" in w for w in w_copies)
+    assert any(w.startswith("under-dispersion") for w in w_under) and not any(w.startswith("memorisation")
+                                                                             for w in w_under)
+    html = (tmp_path / "r" / "index.html").read_text()
+    assert "memorisation (copies / near-copies of training showers): YES" in html
+    assert "under-dispersion (showers too close to the typical one): YES" in html

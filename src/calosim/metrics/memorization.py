@@ -1,9 +1,12 @@
-"""Memorisation and mode-collapse checks based on nearest-neighbour distances.
+"""Memorisation, under-dispersion and mode-collapse checks based on nearest-neighbour distances.
 
 * Memorisation: a model that copies its training showers produces samples much closer to
   a training shower than an independent shower is. The reference for "independent" is a
   held-out sample of the same simulation: compare NN distances generated->train with
-  heldout->train (same train set, so the same density of training points).
+  heldout->train (same train set, so the same density of training points). Samples that are
+  merely under-dispersed (too close to the typical shower) are also close to training showers,
+  but equally close to unseen ones: :func:`memorization_test` asks the mirrored question
+  (generated->heldout vs train->heldout) to tell the two apart.
 * Mode collapse: a collapsed model produces too similar showers. Compare distances *within*
   the generated sample with distances within a reference sample of the same size.
 
@@ -124,6 +127,22 @@ def _median_ratio_err(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, n_
     return float(np.std(rat, ddof=1)) if len(rat) > 1 else float("nan")
 
 
+def _mean_pairwise(x: np.ndarray, rng: np.random.Generator, n_pairs: int = 20_000) -> float:
+    """Mean distance of ``n_pairs`` random pairs of distinct rows (the sample's spread)."""
+    n = len(x)
+    if n < 2:
+        return float("nan")
+    i = rng.integers(0, n, n_pairs)
+    j = (i + rng.integers(1, n, n_pairs)) % n  # j != i
+    return float(np.mean(np.sqrt(np.sum((x[i] - x[j]) ** 2, axis=1))))
+
+
+def _excess(frac: float, base: float, n: int, factor: float) -> bool:
+    """``frac`` (of ``n`` events) significantly (> 5 sigma binomial) and ``factor`` x above ``base``."""
+    sigma = math.sqrt(max(base, 1.0 / n) * (1.0 - min(base, 0.5)) / n)
+    return frac > max(factor * base, base + 5.0 * sigma)
+
+
 def memorization_test(
     train: ArrayLike,
     generated: ArrayLike,
@@ -132,28 +151,40 @@ def memorization_test(
     transform: str = "sum",
     quantile: float = 0.01,
     ratio_cut: float = 0.8,
+    spread_cut: float = 0.9,
     max_events: int | None = 20_000,
     seed: int | np.random.Generator | None = 0,
 ) -> dict[str, Any]:
-    """Is the model copying its training set?
+    """Is the model copying its training set, or are its samples under-dispersed?
 
     ``train`` ``(M, D)``: showers the model was trained on; ``generated`` ``(N, D)``;
     ``heldout`` ``(K, D)``: showers from the same simulation *not* used for training.
-    ``generated`` and ``heldout`` are randomly subsampled to at most ``max_events`` each
-    (the cost is (N + K) * M * D).
+    ``generated``, ``heldout`` and the training queries are randomly subsampled to at most
+    ``max_events`` each (the cost is ~(N + K) * M * D + (M + N) * K * D).
 
-    Returns a dict with
+    Two diagnoses that short nearest-neighbour (NN) distances alone would confuse:
 
-    * ``gen_to_train`` ``(N,)``, ``heldout_to_train`` ``(K,)``: NN distances (for histograms);
-    * ``median_gen``, ``median_heldout`` and ``ratio = median_gen / median_heldout`` with
-      ``ratio_err`` (bootstrap): ~1 for a healthy model, << 1 if it reproduces training events
-      (values somewhat above 1 are normal for an imperfect model);
-    * ``threshold``: the ``quantile`` (default 1%) quantile of heldout->train distances;
-      ``frac_close``: fraction of generated events closer to a training event than that
-      (expected ~``quantile`` for a healthy model), ``expected_frac`` = ``quantile``;
-    * ``frac_exact``: fraction of generated events identical (distance < 1e-9) to a training one;
-    * ``flagged``: ``ratio < ratio_cut`` or ``frac_close`` significantly (> 5 sigma binomial)
-      and at least 3x above ``quantile``.
+    * **memorisation** (copies / near-copies): generated showers are closer to the *training*
+      showers than to unseen ones. Compared: generated->train vs heldout->train (``ratio``) and
+      generated->heldout vs train->heldout (``ratio_unseen``); ``copy_ratio = ratio /
+      ratio_unseen`` is ~1 unless the model copies. Flagged if ``copy_ratio < ratio_cut``, or
+      exact (distance < 1e-9) or close copies (closer than the ``quantile`` quantile of the
+      heldout->train distances) are significantly (> 5 sigma binomial) and 3x more frequent
+      than among held-out showers / than against unseen showers.
+    * **under-dispersion**: generated showers sit too near the typical shower, so they are close
+      to *any* real shower, seen or not (``ratio`` and ``ratio_unseen`` both < ``ratio_cut``), or
+      the sample's spread (mean pairwise distance) is below ``spread_cut`` of the held-out's
+      (``spread_ratio``).
+
+    Returns a dict with the distance arrays ``gen_to_train`` ``(N,)``, ``heldout_to_train``
+    ``(K,)``, ``gen_to_heldout`` ``(N,)``, ``train_to_heldout`` ``(min(M, max_events),)`` and the
+    scalars ``median_gen``, ``median_heldout``, ``ratio`` (+ ``ratio_err``, bootstrap),
+    ``ratio_unseen``, ``copy_ratio``, ``threshold``, ``frac_close`` (generated closer to a training
+    shower than ``threshold``), ``frac_close_unseen`` (closer to a held-out shower than the same
+    quantile of train->heldout), ``expected_frac`` (= ``quantile``), ``frac_exact``,
+    ``frac_exact_heldout``, ``spread_ratio``, ``memorization``, ``under_dispersion``,
+    ``diagnosis`` (``"memorisation"``, ``"under-dispersion"``, both joined by " and ", or
+    ``"none"``), ``flagged`` (= ``memorization``), ``n_train``, ``n_gen``, ``n_heldout``.
     """
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     t = transform_showers(train, transform, which="train")
@@ -163,31 +194,61 @@ def memorization_test(
         raise ValueError(
             f"feature dimension differs: train {t.shape[1]}, generated {gen.shape[1]}, heldout {held.shape[1]}"
         )
+    t_query = t
     if max_events is not None:
         if len(gen) > max_events:
             gen = gen[rng.choice(len(gen), max_events, replace=False)]
         if len(held) > max_events:
             held = held[rng.choice(len(held), max_events, replace=False)]
+        if len(t) > max_events:
+            t_query = t[rng.choice(len(t), max_events, replace=False)]
     d_gen, _ = _nn(gen, t, 1024, exclude_self=False)
     d_held, _ = _nn(held, t, 1024, exclude_self=False)
+    # the mirror image: the same questions asked against showers the model never saw
+    d_gen_u, _ = _nn(gen, held, 1024, exclude_self=False)
+    d_train_u, _ = _nn(t_query, held, 1024, exclude_self=False)
+
+    def med_ratio(a: np.ndarray, b: np.ndarray) -> float:
+        mb = float(np.median(b))
+        return float(np.median(a)) / mb if mb > 0 else float("nan")
+
     med_g, med_h = float(np.median(d_gen)), float(np.median(d_held))
-    ratio = med_g / med_h if med_h > 0 else float("nan")
+    ratio, ratio_u = med_ratio(d_gen, d_held), med_ratio(d_gen_u, d_train_u)
+    copy_ratio = ratio / ratio_u if ratio_u > 0 else float("nan")
     thr = float(np.quantile(d_held, quantile))
+    thr_u = float(np.quantile(d_train_u, quantile))
     frac = float(np.mean(d_gen < thr)) if thr > 0 else float(np.mean(d_gen <= thr))
-    sigma = math.sqrt(quantile * (1.0 - quantile) / len(d_gen))
-    excess = frac > max(3.0 * quantile, quantile + 5.0 * sigma)
+    frac_u = float(np.mean(d_gen_u < thr_u)) if thr_u > 0 else float(np.mean(d_gen_u <= thr_u))
+    exact, exact_h = float(np.mean(d_gen < 1e-9)), float(np.mean(d_held < 1e-9))
+    n = len(d_gen)
+    near_copies = _excess(frac, quantile, n, 3.0) and _excess(frac, frac_u, n, 3.0)
+    copies = _excess(exact, exact_h, n, 3.0)
+    memorized = bool((np.isfinite(copy_ratio) and copy_ratio < ratio_cut) or near_copies or copies)
+    spread = _mean_pairwise(gen, rng) / _mean_pairwise(held, rng)
+    under = bool((ratio < ratio_cut and ratio_u < ratio_cut) or (np.isfinite(spread) and spread < spread_cut))
+    diagnosis = " and ".join(w for w, on in (("memorisation", memorized), ("under-dispersion", under)) if on)
     return {
         "gen_to_train": d_gen,
         "heldout_to_train": d_held,
+        "gen_to_heldout": d_gen_u,
+        "train_to_heldout": d_train_u,
         "median_gen": med_g,
         "median_heldout": med_h,
         "ratio": ratio,
         "ratio_err": _median_ratio_err(d_gen, d_held, rng),
+        "ratio_unseen": ratio_u,
+        "copy_ratio": copy_ratio,
         "threshold": thr,
         "frac_close": frac,
+        "frac_close_unseen": frac_u,
         "expected_frac": float(quantile),
-        "frac_exact": float(np.mean(d_gen < 1e-9)),
-        "flagged": bool((np.isfinite(ratio) and ratio < ratio_cut) or excess),
+        "frac_exact": exact,
+        "frac_exact_heldout": exact_h,
+        "spread_ratio": float(spread),
+        "memorization": memorized,
+        "under_dispersion": under,
+        "diagnosis": diagnosis or "none",
+        "flagged": memorized,
         "n_train": len(t),
         "n_gen": len(gen),
         "n_heldout": len(held),

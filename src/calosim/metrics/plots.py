@@ -1,8 +1,9 @@
 """Plots of an evaluation: PNG files for the HTML report (matplotlib Agg, mplhep HEP style).
 
-:func:`make_plots` writes every figure of an :class:`~calosim.metrics.evaluate.EvaluationContext`
-and returns the paths; :func:`caption_for` gives the report caption of a plot file from its
-name. Each figure is closed right after saving (long evaluations must not accumulate figures).
+:func:`make_plots` writes every figure of an :class:`EvaluationContext` (the reference scan and
+the :class:`~calosim.metrics.blocks.SampleResult` records) and returns :class:`Figure` records
+``(path, caption)`` in report order: each plot function states its own caption. Each figure is
+closed right after saving (long evaluations must not accumulate figures).
 
 Files: ``sp_overview.png``, ``obs_<group>.png`` (one page per observable family, reference vs
 generated histograms with ratio panels), ``images_<sample>.png`` (mean shower images),
@@ -15,8 +16,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 import matplotlib
 
@@ -26,15 +28,16 @@ import numpy as np
 from matplotlib.colors import LogNorm, TwoSlopeNorm
 from matplotlib.ticker import FixedLocator, MaxNLocator
 
+from ..geometry import Geometry
+from .blocks import SampleResult
 from .distances import reference_bins
 from .observables import layer_labels, observable_groups, observable_label
-
-if TYPE_CHECKING:
-    from .evaluate import EvaluationContext, SampleScan
+from .scan import SampleScan
 
 __all__ = [
     "PLOT_KINDS",
-    "caption_for",
+    "EvaluationContext",
+    "Figure",
     "hep_style",
     "make_plots",
     "plot_classifier_scores",
@@ -52,6 +55,22 @@ REF_COLOR = "#555555"
 COLORS = ["#e42536", "#5790fc", "#f89c20", "#964a8b", "#7a21dd", "#2ca02c", "#9c9ca1"]
 MAX_PANELS = 12  # per observable page; families with more layers show an even subset
 MAX_IMAGE_LAYERS = 8
+
+
+class Figure(NamedTuple):
+    """One written plot: its PNG file and the caption the report prints under it."""
+
+    path: Path
+    caption: str
+
+
+@dataclass(frozen=True)
+class EvaluationContext:
+    """What the plots read: the geometry, the reference scan and one result per generated sample."""
+
+    geometry: Geometry
+    reference: SampleScan
+    samples: Sequence[SampleResult]
 
 
 def hep_style() -> dict[str, Any]:
@@ -74,17 +93,18 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "sample"
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, path: Path, caption: str) -> Figure:
     fig.savefig(path)
     plt.close(fig)  # always: a long evaluation must not accumulate open figures
-    return path
+    return Figure(Path(path), caption)
 
 
 _GROUP_TEXT = {
     "global": "global observables (total, visible and deposited/incident energy, hits, depth, radial width)",
     "E_layer": "energy per layer", "f_layer": "fraction of the deposited energy per layer",
     "E_ratio": "CaloGAN E_ratio per layer (highest minus second-highest cell over their sum)",
-    "sparsity": "occupancy (fraction of cells above threshold, the 'sparsity' of the CaloChallenge) per layer",
+    "sparsity": "occupancy (fraction of cells above threshold) per layer",
+    "occupancy": "occupancy (fraction of cells above threshold) per layer",
     "x_center": "centre of energy in x (CaloChallenge eta) per layer",
     "y_center": "centre of energy in y (CaloChallenge phi) per layer",
     "x_width": "shower width in x (CaloChallenge eta) per layer", "y_width": "shower width in y (phi) per layer",
@@ -94,39 +114,41 @@ _GROUP_TEXT = {
 }
 
 
-def caption_for(path: str | Path) -> str:
-    """Caption of a plot file written by :func:`make_plots` (from its file name)."""
-    stem = Path(path).stem
-    if stem.startswith("obs_"):
-        g = stem[4:]
-        what = _GROUP_TEXT.get(g, g)
-        return (f"Distributions of the {what}: reference (grey, filled) vs generated (lines), normalised to unit "
-                "area; lower panels: generated / reference with statistical errors. Each panel lists the separation "
-                "power SP of every sample. Families with many layers show an evenly spaced subset of layers "
-                "(all layers are in the metrics table and the separation-power overview).")
-    if stem.startswith("images_"):
-        return (f"Mean shower image per layer (log colour scale, MeV): reference (top), {stem[7:]} (middle) and the "
-                "relative difference (generated - reference) / reference (bottom, clipped to +-100 %; cells without "
-                "reference energy blank). Polar (CaloChallenge) layers are drawn in polar coordinates.")
-    return {
-        "sp_overview": ("Separation power of every observable per sample: global observables (bars, with bootstrap "
-                        "errors and the same-distribution noise floor as an open diamond) and per-layer families (heat "
-                        "map, rows = family, columns = layer). 0 = identical histograms, 1 = disjoint."),
-        "profiles": ("Mean longitudinal profile (energy per layer), radial profile (mean energy per shower vs distance "
-                     "of the cell centre from the nominal axis) and the spectrum of cell energies (all cells above "
-                     "threshold); lower panels: generated / reference."),
-        "profiles_x": "Mean energy profile along x (CaloChallenge eta) per layer, reference vs generated.",
-        "profiles_y": "Mean energy profile along y (CaloChallenge phi) per layer, reference vs generated.",
-        "response": ("Energy response <E_dep / E_inc> and resolution sigma/mu per incident-energy bin, with "
-                     "statistical errors. Open markers / shaded bins: no reference showers in that bin "
-                     "(extrapolation outside the reference energy range)."),
-        "nn_distances": ("Memorisation test: distance of each generated shower to its nearest neighbour in the "
-                         "training sample, compared with the same distance for held-out reference showers. A "
-                         "generated distribution shifted to smaller distances indicates copied training showers."),
-        "classifier_scores": ("Classifier output (calibrated probability of being a reference shower) on the test "
-                              "folds, for reference and generated showers; overlapping histograms mean the classifier "
-                              "cannot tell the samples apart (AUC 0.5)."),
-    }.get(stem, stem.replace("_", " "))
+def _observable_caption(group: str) -> str:
+    return (f"Distributions of the {_GROUP_TEXT.get(group, group)}: reference (grey, filled) vs generated (lines), "
+            "normalised to unit area; lower panels: generated / reference with statistical errors. Each panel lists "
+            "the separation power SP of every sample. Families with many layers show an evenly spaced subset of layers "
+            "(all layers are in the metrics table and the separation-power overview).")
+
+
+def _images_caption(name: str) -> str:
+    return (f"Mean shower image per layer (log colour scale, MeV): reference (top), {name} (middle) and the "
+            "relative difference (generated - reference) / reference (bottom, clipped to +-100 %; cells without "
+            "reference energy blank). Polar (CaloChallenge) layers are drawn in polar coordinates.")
+
+
+_CAPTIONS = {
+    "sp_overview": ("Separation power of every observable per sample: global observables (bars, with bootstrap "
+                    "errors and the same-distribution noise floor as an open diamond) and per-layer families (heat "
+                    "map, rows = family, columns = layer). 0 = identical histograms, 1 = disjoint."),
+    "profiles": ("Mean longitudinal profile (energy per layer), radial profile (mean energy per shower vs distance "
+                 "of the cell centre from the nominal axis) and the spectrum of cell energies (all cells above "
+                 "threshold); lower panels: generated / reference."),
+    "profiles_x": "Mean energy profile along x (CaloChallenge eta) per layer, reference vs generated.",
+    "profiles_y": "Mean energy profile along y (CaloChallenge phi) per layer, reference vs generated.",
+    "response": ("Energy response <E_dep / E_inc> and resolution sigma/mu per incident-energy bin, with "
+                 "statistical errors. Open markers / shaded bins: no reference showers in that bin "
+                 "(extrapolation outside the reference energy range)."),
+    "nn_distances": ("Memorisation and dispersion test: distance of each generated shower to its nearest neighbour "
+                     "in the training sample, compared with the same distance for held-out reference showers. "
+                     "Generated showers at distance ~0 (exact copies) or piled up below the held-out curve while "
+                     "being no closer to unseen showers indicate copied training showers (memorisation); a shift to "
+                     "smaller distances that is the same against unseen showers means under-dispersed samples "
+                     "(too close to the typical shower), not copying."),
+    "classifier_scores": ("Classifier output (calibrated probability of being a reference shower) on the test "
+                          "folds, for reference and generated showers; overlapping histograms mean the classifier "
+                          "cannot tell the samples apart (AUC 0.5)."),
+}
 
 
 # ------------------------------------------------------------------------------------------
@@ -169,7 +191,7 @@ def _pick_layers(names: list[str], k: int) -> list[str]:
 
 def plot_observable_page(names: Sequence[str], ref: dict[str, np.ndarray], gens: Sequence[dict[str, np.ndarray]],
                          labels: Sequence[str], path: Path, metrics: Sequence[dict[str, Any]] | None = None,
-                         title: str = "") -> Path | None:
+                         title: str = "", caption: str = "") -> Figure | None:
     """Grid of reference-vs-generated histograms with ratio panels, one cell per observable.
 
     ``ref`` / ``gens[j]``: ``{name: (N,)}``; ``metrics[j]``: the sample's per-observable
@@ -242,12 +264,12 @@ def plot_observable_page(names: Sequence[str], ref: dict[str, np.ndarray], gens:
                    bbox_to_anchor=(0.98, 1 - 0.05 / (3.7 * nrow + 0.6)))
         if title:
             fig.suptitle(title, fontsize=12, x=0.06, ha="left", y=1 - 0.12 / (3.7 * nrow + 0.6))
-        return _save(fig, path)
+        return _save(fig, path, caption)
 
 
-def plot_sp_overview(ctx: EvaluationContext, path: Path) -> Path:
+def plot_sp_overview(ctx: EvaluationContext, path: Path) -> Figure:
     """Separation power of all observables: bars for global ones, heat map for per-layer families."""
-    samples = ctx.metrics["samples"]
+    samples = [s.entry for s in ctx.samples]
     names = list(samples[0]["observables"]) if samples else []
     groups = observable_groups(names)
     glob = groups.pop("global", [])
@@ -299,7 +321,7 @@ def plot_sp_overview(ctx: EvaluationContext, path: Path) -> Path:
                 ax2.set_title(f"{s['name']}: per-layer observables", loc="left")
                 fig.colorbar(im, ax=ax2, label="separation power", pad=0.01)
         fig.tight_layout()
-        return _save(fig, path)
+        return _save(fig, path, _CAPTIONS["sp_overview"])
 
 
 # ------------------------------------------------------------------------------------------
@@ -336,7 +358,7 @@ def _draw_layer(fig: Any, spec: Any, lay: Any, img: np.ndarray, norm: Any, cmap:
     return ax, m
 
 
-def plot_mean_images(ctx: EvaluationContext, scan: SampleScan, path: Path) -> Path:
+def plot_mean_images(ctx: EvaluationContext, scan: SampleScan, path: Path) -> Figure:
     """Mean image per layer: reference, generated and their relative difference."""
     geo = ctx.geometry
     layers = _image_layers(ctx)
@@ -370,7 +392,7 @@ def plot_mean_images(ctx: EvaluationContext, scan: SampleScan, path: Path) -> Pa
         fig.colorbar(m1, cax=fig.add_subplot(gs[0:2, nc]), label="mean energy [MeV]")
         fig.colorbar(m3, cax=fig.add_subplot(gs[2, nc]), label="rel. difference")
         fig.suptitle(f"Mean shower images: reference vs {scan.name}", x=0.07, ha="left", fontsize=12)
-        return _save(fig, path)
+        return _save(fig, path, _images_caption(scan.name))
 
 
 def _ratio_axes(fig: Any, spec: Any) -> tuple[Any, Any]:
@@ -404,11 +426,11 @@ def _profile_panel(ax: Any, axr: Any, x: np.ndarray, ref: np.ndarray, gens: list
     axr.set_ylim(0.5, 1.5)
 
 
-def plot_profiles(ctx: EvaluationContext, path: Path) -> Path:
+def plot_profiles(ctx: EvaluationContext, path: Path) -> Figure:
     """Longitudinal profile, radial profile and cell-energy spectrum (with ratio panels)."""
     geo = ctx.geometry
     ref = ctx.reference.summary
-    gens = [s.summary for s in ctx.samples]
+    gens = [s.scan.summary for s in ctx.samples]
     labels = [s.name for s in ctx.samples]
     with plt.style.context(hep_style()):
         fig = plt.figure(figsize=(15, 4.8))
@@ -451,15 +473,15 @@ def plot_profiles(ctx: EvaluationContext, path: Path) -> Path:
         axr.set_xlabel("cell energy [MeV]")
         ax.set_ylabel("cells per shower")
         ax.set_title("cell-energy spectrum", loc="left")
-        return _save(fig, path)
+        return _save(fig, path, _CAPTIONS["profiles"])
 
 
-def plot_lateral_profiles(ctx: EvaluationContext, axis: str, path: Path) -> Path:
+def plot_lateral_profiles(ctx: EvaluationContext, axis: str, path: Path) -> Figure:
     """Mean energy profile along ``axis`` ("x" or "y") for (a subset of) the layers."""
     geo = ctx.geometry
     layers = _image_layers(ctx)
     ref = ctx.reference.summary.lateral_profiles(axis)
-    gens = [s.summary.lateral_profiles(axis) for s in ctx.samples]
+    gens = [s.scan.summary.lateral_profiles(axis) for s in ctx.samples]
     labels = [s.name for s in ctx.samples]
     labs = layer_labels(geo)
     ncol = min(4, len(layers))
@@ -482,21 +504,19 @@ def plot_lateral_profiles(ctx: EvaluationContext, axis: str, path: Path) -> Path
                 ax.set_ylabel("mean energy [MeV]")
                 ax.legend(fontsize=8)
         fig.suptitle(f"Mean energy profile along {axis}", x=0.07, ha="left", fontsize=12, y=1 - 0.12 / h)
-        return _save(fig, path)
+        return _save(fig, path, _CAPTIONS[f"profiles_{axis}"])
 
 
 # ------------------------------------------------------------------------------------------
 # response, memorisation, classifier
 # ------------------------------------------------------------------------------------------
-def plot_response(ctx: EvaluationContext, path: Path) -> Path:
+def plot_response(ctx: EvaluationContext, path: Path) -> Figure:
     """Mean response and resolution vs incident energy, reference vs each generated sample."""
     with plt.style.context(hep_style()):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
         ref_done = False
         for j, s in enumerate(ctx.samples):
             resp = s.response
-            if resp is None:
-                continue
             x = np.asarray(resp["e_mean"], dtype=float) / 1000.0  # GeV on the axis
             edges = np.asarray(resp["edges"], dtype=float) / 1000.0
             has = np.asarray(resp["has_reference"], bool)
@@ -520,8 +540,8 @@ def plot_response(ctx: EvaluationContext, path: Path) -> Path:
                 if (~has).any():
                     a.errorbar(x[~has], y[~has], yerr=ye[~has], fmt="s", color=col, ms=4, mfc="none",
                                label=f"{s.name} (no reference)")
-        e_all = np.concatenate([np.asarray(s.response["edges"], float) for s in ctx.samples if s.response]) / 1000.0 \
-            if any(s.response for s in ctx.samples) else np.array([1.0, 10.0])
+        e_all = np.concatenate([np.asarray(s.response["edges"], float) for s in ctx.samples]) / 1000.0 \
+            if ctx.samples else np.array([1.0, 10.0])
         for a in (a1, a2):
             if e_all.min() > 0 and e_all.max() / e_all.min() > 20:  # log axis only for wide ranges
                 a.set_xscale("log")
@@ -534,16 +554,16 @@ def plot_response(ctx: EvaluationContext, path: Path) -> Path:
         a1.set_title("energy response", loc="left")
         a2.set_title("energy resolution", loc="left")
         fig.tight_layout()
-        return _save(fig, path)
+        return _save(fig, path, _CAPTIONS["response"])
 
 
-def plot_nn_distances(ctx: EvaluationContext, path: Path) -> Path | None:
+def plot_nn_distances(ctx: EvaluationContext, path: Path) -> Figure | None:
     """Nearest-neighbour distance histograms (generated->train vs held-out->train).
 
     Fractions per log bin (of all entries); exact copies (distance 0) cannot sit on a log
     axis and are counted in the legend instead.
     """
-    have = [s for s in ctx.samples if s.nn_distances]
+    have = [s for s in ctx.samples if s.memorization is not None]
     if not have:
         return None
 
@@ -557,32 +577,32 @@ def plot_nn_distances(ctx: EvaluationContext, path: Path) -> Path | None:
 
     with plt.style.context(hep_style()):
         fig, ax = plt.subplots(figsize=(7.5, 5))
-        allv = np.concatenate([np.ravel(v) for s in have for v in s.nn_distances.values()])
+        allv = np.concatenate([np.ravel(s.memorization.distances[k]) for s in have
+                               for k in ("gen_to_train", "heldout_to_train")])
         allv = allv[np.isfinite(allv) & (allv > 1e-12)]
         log = bool(allv.size) and allv.max() > 1.01 * allv.min()
         edges: Any = np.geomspace(allv.min(), allv.max() * 1.001, 50) if log else 40
         ref_done = False
         for j, s in enumerate(have):
-            d = s.nn_distances
-            gk = next((k for k in d if k.startswith("gen")), None)
-            hk = next((k for k in d if k.startswith("held")), None)
-            if hk is not None and not ref_done:
-                draw(ax, d[hk], edges, "held-out reference", histtype="stepfilled", color=REF_COLOR, alpha=0.35)
+            d = s.memorization.distances
+            if not ref_done:
+                draw(ax, d["heldout_to_train"], edges, "held-out reference", histtype="stepfilled", color=REF_COLOR,
+                     alpha=0.35)
                 ref_done = True
-            if gk is not None:
-                draw(ax, d[gk], edges, s.name, histtype="step", color=COLORS[j % len(COLORS)], lw=1.5)
+            draw(ax, d["gen_to_train"], edges, s.name, histtype="step", color=COLORS[j % len(COLORS)], lw=1.5)
         if log:
             ax.set_xscale("log")
         ax.set_xlabel("distance to the nearest training shower")
         ax.set_ylabel("fraction of showers")
         ax.legend(fontsize=9)
         fig.tight_layout()
-        return _save(fig, path)
+        return _save(fig, path, _CAPTIONS["nn_distances"])
 
 
-def plot_classifier_scores(ctx: EvaluationContext, path: Path) -> Path | None:
+def plot_classifier_scores(ctx: EvaluationContext, path: Path) -> Figure | None:
     """Histogram of the classifier output for reference and generated showers (test folds)."""
-    have = [(s, lvl) for s in ctx.samples for lvl in ("low", "high") if lvl in s.classifier_predictions]
+    have = [(s, lvl) for s in ctx.samples for lvl in ("low", "high")
+            if s.classifier is not None and lvl in s.classifier.predictions]
     if not have:
         return None
     ncol = min(4, len(have))
@@ -591,14 +611,14 @@ def plot_classifier_scores(ctx: EvaluationContext, path: Path) -> Path | None:
         fig, axes = plt.subplots(nrow, ncol, figsize=(4.3 * ncol, 3.6 * nrow), squeeze=False)
         for i, (s, lvl) in enumerate(have):
             ax = axes[i // ncol, i % ncol]
-            p = s.classifier_predictions[lvl]
+            p = s.classifier.predictions[lvl]
             prob, lab = np.asarray(p["prob"], float), np.asarray(p["label"])
             bins = np.linspace(0, 1, 41)
             ax.hist(prob[lab == 1], bins=bins, histtype="stepfilled", color=REF_COLOR, alpha=0.35, density=True,
                     label="reference")
             ax.hist(prob[lab == 0], bins=bins, histtype="step", color=COLORS[i // 2 % len(COLORS)], lw=1.5,
                     density=True, label=s.name)
-            auc = ctx.metrics["samples"][ctx.samples.index(s)]["classifier"][lvl]["auc"]
+            auc = s.classifier.levels[lvl]["auc"]
             ax.set_title(f"{s.name}, {lvl}-level (AUC {auc:.3f})", loc="left", fontsize=10)
             ax.set_xlabel("classifier output p(reference)")
             ax.set_ylabel("density")
@@ -606,7 +626,7 @@ def plot_classifier_scores(ctx: EvaluationContext, path: Path) -> Path | None:
         for k in range(len(have), nrow * ncol):
             axes[k // ncol, k % ncol].set_visible(False)
         fig.tight_layout()
-        return _save(fig, path)
+        return _save(fig, path, _CAPTIONS["classifier_scores"])
 
 
 # ------------------------------------------------------------------------------------------
@@ -614,8 +634,8 @@ def plot_classifier_scores(ctx: EvaluationContext, path: Path) -> Path | None:
 PLOT_KINDS = ("sp_overview", "observables", "profiles", "images", "response", "classifier", "nn_distances")
 
 
-def make_plots(ctx: EvaluationContext, out_dir: str | Path, only: Sequence[str] | None = None) -> list[Path]:
-    """Write the plots of an evaluation into ``out_dir``; returns the PNG paths in report order.
+def make_plots(ctx: EvaluationContext, out_dir: str | Path, only: Sequence[str] | None = None) -> list[Figure]:
+    """Write the plots of an evaluation into ``out_dir``; returns the figures in report order.
 
     ``only``: a subset of :data:`PLOT_KINDS` (default all). The observable pages dominate the
     cost (about one second per page).
@@ -626,13 +646,13 @@ def make_plots(ctx: EvaluationContext, out_dir: str | Path, only: Sequence[str] 
         raise ValueError(f"unknown plot kinds {sorted(unknown)}; valid: {', '.join(PLOT_KINDS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    if ctx.metrics.get("samples") and "sp_overview" in kinds:
-        paths.append(plot_sp_overview(ctx, out / "sp_overview.png"))
+    figs: list[Figure | None] = []
+    if ctx.samples and "sp_overview" in kinds:
+        figs.append(plot_sp_overview(ctx, out / "sp_overview.png"))
     groups = observable_groups(list(ctx.reference.obs)) if "observables" in kinds else {}
-    gens = [s.obs for s in ctx.samples]
+    gens = [s.scan.obs for s in ctx.samples]
     labels = [s.name for s in ctx.samples]
-    mets = [m["observables"] for m in ctx.metrics["samples"]]
+    mets = [s.entry["observables"] for s in ctx.samples]
     for g, names in groups.items():
         names = [nm for nm in names if not _degenerate(nm, ctx.reference.obs, gens)]
         if not names:
@@ -641,25 +661,19 @@ def make_plots(ctx: EvaluationContext, out_dir: str | Path, only: Sequence[str] 
         title = _GROUP_TEXT.get(g, g)
         if len(shown) < len(names):
             title += f" ({len(shown)} of {len(names)} layers)"
-        p = plot_observable_page(shown, ctx.reference.obs, gens, labels, out / f"obs_{slug(g)}.png", mets,
-                                 title=title[0].upper() + title[1:])
-        if p is not None:
-            paths.append(p)
+        figs.append(plot_observable_page(shown, ctx.reference.obs, gens, labels, out / f"obs_{slug(g)}.png", mets,
+                                         title=title[0].upper() + title[1:], caption=_observable_caption(g)))
     if "profiles" in kinds:
-        paths.append(plot_profiles(ctx, out / "profiles.png"))
-        paths.append(plot_lateral_profiles(ctx, "x", out / "profiles_x.png"))
-        paths.append(plot_lateral_profiles(ctx, "y", out / "profiles_y.png"))
+        figs.append(plot_profiles(ctx, out / "profiles.png"))
+        figs.append(plot_lateral_profiles(ctx, "x", out / "profiles_x.png"))
+        figs.append(plot_lateral_profiles(ctx, "y", out / "profiles_y.png"))
     if "images" in kinds:
         for s in ctx.samples:
-            paths.append(plot_mean_images(ctx, s, out / f"images_{slug(s.name)}.png"))
+            figs.append(plot_mean_images(ctx, s.scan, out / f"images_{slug(s.name)}.png"))
     if "response" in kinds:
-        paths.append(plot_response(ctx, out / "response.png"))
+        figs.append(plot_response(ctx, out / "response.png"))
     if "classifier" in kinds:
-        p = plot_classifier_scores(ctx, out / "classifier_scores.png")
-        if p is not None:
-            paths.append(p)
+        figs.append(plot_classifier_scores(ctx, out / "classifier_scores.png"))
     if "nn_distances" in kinds:
-        p = plot_nn_distances(ctx, out / "nn_distances.png")
-        if p is not None:
-            paths.append(p)
-    return paths
+        figs.append(plot_nn_distances(ctx, out / "nn_distances.png"))
+    return [f for f in figs if f is not None]

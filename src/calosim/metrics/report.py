@@ -1,20 +1,32 @@
 """Human-readable output of an evaluation: a self-contained HTML page and a terminal table.
 
 ``index.html`` opens offline: inline CSS, no scripts, no web fonts, images referenced by
-relative file names (the PNGs sit beside it).
+relative file names (the PNGs sit beside it). The report only renders records: the metrics
+dict and the ``(path, caption)`` figure records of :mod:`calosim.metrics.plots`.
+
+:class:`ReportDirectory` writes a report as a whole: into a temporary sibling directory that
+replaces the target only when everything is written, so a killed evaluation never leaves new
+plots beside an old ``metrics.json``.
 """
 
 from __future__ import annotations
 
 import html
 import io
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..io import write_text_atomic
 
-__all__ = ["format_terminal_table", "summary_rows", "write_report"]
+__all__ = ["REPORT_FILES", "ReportDirectory", "format_terminal_table", "memorization_lines", "summary_rows",
+           "write_report"]
+
+#: The files a report directory holds besides its ``*.png`` plots.
+REPORT_FILES = ("index.html", "metrics.json")
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
@@ -73,6 +85,14 @@ _COLS = [("sample", "sample"), ("n", "showers"), ("auc_low", "AUC low-level"), (
          ("worst", "3 worst observables")]
 
 
+def _columns(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """The summary columns; FPD/KPD headed with their convention when it is the challenge's."""
+    conv = {(s.get("fpd") or {}).get("convention") for s in metrics.get("samples", [])}
+    if "challenge" not in conv:
+        return _COLS
+    return [(k, f"{h} x10^3 (challenge)" if k in ("fpd", "kpd") else h) for k, h in _COLS]
+
+
 def format_terminal_table(metrics: dict[str, Any], *, width: int = 160) -> str:
     """The summary table as text for the CLI (rich box drawing, no colour codes)."""
     from rich.console import Console
@@ -80,10 +100,11 @@ def format_terminal_table(metrics: dict[str, Any], *, width: int = 160) -> str:
 
     t = Table(title=f"calosim evaluation vs reference ({metrics.get('reference', {}).get('n', '?')} showers, "
                     f"geometry {metrics.get('geometry', '?')})", title_justify="left")
-    for key, head in _COLS:
+    cols = _columns(metrics)
+    for key, head in cols:
         t.add_column(head, justify="left" if key in ("sample", "worst") else "right", overflow="fold")
     for r in summary_rows(metrics):
-        t.add_row(*[r[k] for k, _ in _COLS])
+        t.add_row(*[r[k] for k, _ in cols])
     con = Console(width=width, record=True, file=io.StringIO(), color_system=None)
     con.print(t)
     warn = [f"  ! {s['name']}: {w}" for s in metrics.get("samples", []) for w in s.get("warnings", [])]
@@ -104,7 +125,8 @@ def _sp_class(v: Any) -> str:
 
 def _summary_table(metrics: dict[str, Any]) -> str:
     e = html.escape
-    head = "".join(f'<th class="{"l" if k in ("sample", "worst") else ""}">{e(h)}</th>' for k, h in _COLS)
+    cols = _columns(metrics)
+    head = "".join(f'<th class="{"l" if k in ("sample", "worst") else ""}">{e(h)}</th>' for k, h in cols)
     body = []
     for s, r in zip(metrics.get("samples", []), summary_rows(metrics)):
         c = s.get("classifier") or {}
@@ -112,7 +134,7 @@ def _summary_table(metrics: dict[str, Any]) -> str:
                "auc_high": _auc_class((c.get("high") or {}).get("auc")),
                "sp": _sp_class(s.get("mean_separation_power"))}
         cells = "".join(
-            f'<td class="{"l " if k in ("sample", "worst") else ""}{cls.get(k, "")}">{e(r[k])}</td>' for k, _ in _COLS)
+            f'<td class="{"l " if k in ("sample", "worst") else ""}{cls.get(k, "")}">{e(r[k])}</td>' for k, _ in cols)
         body.append(f'<tr class="{"warn" if s.get("warnings") else ""}">{cells}</tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -132,7 +154,10 @@ error (a value compatible with 0 within the error shows no difference).</li>
 <li>The <b>response</b> plot shows &lang;E<sub>dep</sub>/E<sub>inc</sub>&rang; and &sigma;/&mu; per incident-energy bin;
 bins without reference showers (extrapolation) are shaded.</li>
 <li>The <b>memorisation</b> test (if a training sample was given) compares nearest-neighbour distances of generated
-showers to the training set with those of held-out reference showers.</li>
+showers to the training set with those of held-out reference showers, and asks the same question against showers the
+model never saw. It reports two diagnoses: <b>memorisation</b> (generated showers are copies or near-copies of
+training showers: closer to them than to unseen ones) and <b>under-dispersion</b> (generated showers are too close to
+the typical shower, so close to <i>any</i> real shower: a lack of variety, not copying).</li>
 </ul></div>
 """
 
@@ -174,9 +199,7 @@ def _sample_section(s: dict[str, Any]) -> str:
         parts.append('<div class="warnings">' + "<br>".join("&#9888; " + e(w) for w in s["warnings"]) + "</div>")
     mem = s.get("memorization")
     if mem:
-        items = ", ".join(f"{e(str(k))} = {e(_f(v, '.4g') if isinstance(v, float) else str(v))}"
-                          for k, v in mem.items() if not isinstance(v, (list, dict)))
-        parts.append(f'<div class="meta">memorisation: {items}</div>')
+        parts.append('<div class="meta">' + "<br>".join(e(x) for x in memorization_lines(mem)) + "</div>")
     n_obs = len(s.get("observables") or {})
     parts.append(f"<details open><summary>10 observables with the largest separation power</summary>"
                  f"{_observable_table(s, 10)}</details>")
@@ -184,26 +207,37 @@ def _sample_section(s: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def write_report(metrics: dict[str, Any], plots: Sequence[Path | str | tuple[Path | str, str]], out_dir: str | Path
-                 ) -> Path:
+def memorization_lines(mem: dict[str, Any]) -> list[str]:
+    """The two diagnoses of the memorisation test as plain-text lines (report and terminal)."""
+
+    def pct(v: Any) -> str:
+        return "–" if v is None else f"{100 * v:.1f} %"
+
+    lines = [
+        f"memorisation (copies / near-copies of training showers): {'YES' if mem.get('memorization') else 'no'} "
+        f"- copy ratio {_f(mem.get('copy_ratio'))} (~1 without copying), exact copies {pct(mem.get('frac_exact'))}, "
+        f"closer than the held-out {pct(mem.get('expected_frac'))} quantile: {pct(mem.get('frac_close'))} "
+        f"(against unseen showers {pct(mem.get('frac_close_unseen'))})",
+        f"under-dispersion (showers too close to the typical one): {'YES' if mem.get('under_dispersion') else 'no'} "
+        f"- NN distance ratio to training showers {_f(mem.get('ratio'))}, to unseen showers "
+        f"{_f(mem.get('ratio_unseen'))} (~1 healthy), spread ratio {_f(mem.get('spread_ratio'))}",
+    ]
+    return lines
+
+
+def write_report(metrics: dict[str, Any], figures: Sequence[tuple[Path | str, str]], out_dir: str | Path) -> Path:
     """Write ``out_dir/index.html`` for a metrics dict (schema of :mod:`calosim.metrics.evaluate`).
 
-    ``plots``: PNG paths (inside ``out_dir``; referenced by relative name) or
-    ``(path, caption)`` pairs; without a caption :func:`calosim.metrics.plots.caption_for`
-    names it. Returns the path of ``index.html``.
+    ``figures``: ``(path, caption)`` records (:class:`calosim.metrics.plots.Figure`), the PNGs
+    inside ``out_dir`` (referenced by relative name). Returns the path of ``index.html``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     e = html.escape
     ref = metrics.get("reference") or {}
     figs = []
-    for i, item in enumerate(plots):
-        path, cap = (item if isinstance(item, tuple) else (item, None))
+    for i, (path, cap) in enumerate(figures):
         path = Path(path)
-        if cap is None:
-            from .plots import caption_for
-
-            cap = caption_for(path)
         try:
             rel = path.resolve().relative_to(out.resolve()).as_posix()
         except ValueError:
@@ -217,6 +251,9 @@ def write_report(metrics: dict[str, Any], plots: Sequence[Path | str | tuple[Pat
             f"calosim {e(str(metrics.get('calosim_version', '?')))}", f"seed {metrics.get('seed', '?')}"]
     if ref.get("e_inc_min") is not None:
         meta.append(f"E<sub>inc</sub> {ref['e_inc_min'] / 1000:.3g}–{ref['e_inc_max'] / 1000:.3g} GeV")
+    if "threshold_mev" in metrics:
+        thr = metrics["threshold_mev"]
+        meta.append(f"voxel cut {thr:g} MeV" if thr else "no voxel cut")
     if total is not None:
         meta.append(f"evaluated in {total:.1f} s")
     doc = f"""<!DOCTYPE html>
@@ -240,3 +277,89 @@ def write_report(metrics: dict[str, Any], plots: Sequence[Path | str | tuple[Pat
     path = out / "index.html"
     write_text_atomic(path, doc)
     return path
+
+
+# ------------------------------------------------------------------------------------------
+# the report directory, written as a whole
+# ------------------------------------------------------------------------------------------
+def _is_report_file(p: Path) -> bool:
+    return p.is_file() and (p.name in REPORT_FILES or p.suffix == ".png")
+
+
+class ReportDirectory:
+    """Write a report into a temporary sibling of ``out`` and swap it in whole on success.
+
+    ``with ReportDirectory(out, overwrite) as tmp: write(tmp)``. Checked on entering, before
+    any work: an existing report (``index.html`` / ``metrics.json``) is replaced only with
+    ``overwrite``; a directory holding anything but a report's files is never replaced (its
+    files would be lost); the parent must be writable (the temporary directory is created
+    there). On an exception the temporary directory is removed and ``out`` is untouched.
+    The swap is two renames (old report aside, new one in), then the old one is deleted.
+    """
+
+    def __init__(self, out: str | Path, overwrite: bool = False) -> None:
+        self.shown = Path(out)  # as the user wrote it, for messages
+        self.out = Path(os.path.realpath(out))  # a symlinked report directory is replaced at its target
+        self.overwrite = overwrite
+        self.tmp: Path | None = None
+
+    def check(self) -> None:
+        """Raise ``FileExistsError`` / ``OSError`` (one line, naming the file) if ``out`` may not be replaced."""
+        out, shown = self.out, self.shown
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(f"{shown}: exists and is not a directory; the report needs a directory")
+        if not out.is_dir():
+            return
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise OSError(f"{shown}: cannot write the report there (the directory is not writable)")
+        entries = sorted(out.iterdir())
+        foreign = [p for p in entries if not _is_report_file(p)]
+        if foreign:
+            raise FileExistsError(f"{shown / foreign[0].name}: the report directory {shown} holds files that are not "
+                                  "part of a calosim report; choose a new or empty directory (nothing was replaced)")
+        existing = [p for p in entries if p.name in REPORT_FILES] or entries
+        if existing and not self.overwrite:
+            raise FileExistsError(f"{shown / existing[0].name}: exists; pass --overwrite (overwrite=True) to replace "
+                                  "the report")
+
+    def __enter__(self) -> Path:
+        self.check()
+        parent = self.out.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=parent))
+            os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a report directory follows the umask
+        except OSError as exc:
+            raise OSError(f"{self.shown}: cannot write the report there ({exc.strerror or exc})") from None
+        return self.tmp
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self.tmp is not None
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        try:
+            self.check()  # nothing appeared meanwhile that must not be replaced
+            if self.out.is_dir():
+                old = self.out.with_name(f".{self.out.name}.{os.getpid()}.old.tmp")
+                os.replace(self.out, old)
+            os.replace(self.tmp, self.out)
+        except BaseException:
+            if old is not None and not self.out.exists():
+                os.replace(old, self.out)  # put the previous report back
+                old = None
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        return f"ReportDirectory({str(self.shown)!r}, overwrite={self.overwrite})"
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
