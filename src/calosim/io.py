@@ -15,15 +15,23 @@ CaloChallenge layout: ``incident_energies``
 (N, 1) MeV and ``showers`` (N, n_voxels) MeV, with the geometry given by the binning XML or a preset.
 
 Writes go to a temporary file beside the target and are renamed at the end, so an interrupted
-run never leaves a half-written output.
+run never leaves a half-written output. Output safety (:func:`check_writable`, :class:`atomic_path`):
+the target directory is checked before any work; a lock file (``.NAME.lock``, ``flock``)
+stops two processes writing one output; without ``overwrite`` the final step is an exclusive
+link, so an output that appeared meanwhile is never replaced; outputs get the umask's mode;
+SIGINT/SIGTERM (with :func:`install_interrupt_handlers`) remove the temporary files.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +44,8 @@ from .geometry import Geometry, GeometryError, get_geometry
 
 __all__ = [
     "ShowerData", "ShowerFile", "ShowerWriter", "ShowerFileError", "open_showers", "read_showers",
-    "write_showers", "CONDITION_SHAPES", "atomic_path",
+    "write_showers", "CONDITION_SHAPES", "atomic_path", "check_writable", "OutputError", "Interrupted",
+    "install_interrupt_handlers", "check_free_space", "estimate_file_bytes",
 ]
 
 #: Optional per-shower condition datasets and their shape after the leading N.
@@ -137,11 +146,118 @@ def _finite_nonneg(a: np.ndarray, source: str, name: str, strictly_positive: boo
 # ------------------------------------------------------------------------------------------
 # atomic writes
 # ------------------------------------------------------------------------------------------
-class atomic_path:
-    """Context manager yielding a temporary path that is renamed to ``path`` on success.
+class OutputError(ValueError):
+    """An output cannot be written (read-only or missing directory, a directory in the way, no space)."""
 
-    ``with atomic_path("out.h5", overwrite=False) as tmp: write(tmp)``. On an exception the
-    temporary file is removed and ``path`` is left untouched.
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived (``signum``); temporary files have been removed."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+#: Temporary files being written by this process (removed on SIGINT/SIGTERM).
+_LIVE_TMP: set[Path] = set()
+_LIVE_LOCK = threading.RLock()  # re-entrant: the signal handler may run while the main thread holds it
+_INTERRUPTED = threading.Event()
+
+
+def _umask() -> int:
+    with _LIVE_LOCK:  # os.umask can only be read by setting it
+        old = os.umask(0o022)
+        os.umask(old)
+    return old
+
+
+def remove_temp_files() -> list[Path]:
+    """Remove every temporary output file of this process still open; return them."""
+    with _LIVE_LOCK:
+        paths, _ = list(_LIVE_TMP), _LIVE_TMP.clear()
+    for p in paths:
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:
+            pass
+    return paths
+
+
+def install_interrupt_handlers() -> None:
+    """Make SIGINT and SIGTERM raise :class:`Interrupted` (after removing temporary outputs).
+
+    The flag it sets is checked again when an output is finalised, so an interrupt that a
+    library swallowed (e.g. inside a ``__del__``) still aborts the write (the CLI exits 130/143).
+    Call from the main thread (the CLI does).
+    """
+    _INTERRUPTED.clear()
+
+    def handler(signum: int, frame: Any) -> None:
+        _INTERRUPTED.set()
+        remove_temp_files()
+        raise Interrupted(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def check_writable(path: str | Path, *, overwrite: bool = False, directory: bool = False) -> Path:
+    """Check, before any work, that ``path`` can be written; return it.
+
+    Raises ``FileExistsError`` (exists, no ``overwrite``) or :class:`OutputError` with one line
+    naming the path: a directory (or file) in the way, a parent that cannot be created, or a
+    directory where no file can be created (read-only, immutable, no permission). Creates
+    missing parent directories. ``directory=True`` checks an output directory instead of a file.
+    """
+    path = Path(path)
+    if directory:
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"{path}: exists and is not a directory")
+        where = path
+    else:
+        if path.is_dir():
+            raise OutputError(f"{path}: is a directory; give a file name")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path}: exists; pass --overwrite (overwrite=True) to replace it")
+        where = path.parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".calosim-write-check.", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write to {where}: {exc.strerror or exc}") from None
+    return path
+
+
+def estimate_file_bytes(n: int, n_cells: int) -> int:
+    """Conservative size (bytes) of a gzip-compressed native file of ``n`` showers of ``n_cells`` cells.
+
+    Measured compression of simulated showers is 3-10x; a 3x estimate plus conditions is
+    used so a space check errs on the safe side without refusing plausible runs.
+    """
+    return int(n) * (4 * int(n_cells) // 3 + 40)
+
+
+def check_free_space(path: str | Path, need_bytes: int) -> None:
+    """Raise :class:`OutputError` if the file system of ``path`` has less than ``need_bytes`` free."""
+    where = Path(path).parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need_bytes > free:
+        raise OutputError(f"{path}: needs about {need_bytes / 1e9:,.3g} GB, but only {free / 1e9:,.3g} GB are free "
+                          f"in {where}; ask for fewer showers (-n)")
+
+
+class atomic_path:
+    """Context manager yielding a temporary path that becomes ``path`` on success.
+
+    ``with atomic_path("out.h5", overwrite=False) as tmp: write(tmp)``. On an exception (or an
+    interrupt, even one swallowed meanwhile) the temporary file is removed and ``path`` is left
+    untouched. A lock file beside ``path`` (``flock``) makes a second writer of the same output
+    fail at once; without ``overwrite`` the result is linked into place exclusively, so a file
+    that appeared at ``path`` meanwhile is never replaced. The file gets mode ``0666 & ~umask``.
     """
 
     def __init__(self, path: str | Path, overwrite: bool = False, suffix: str | None = None) -> None:
@@ -149,22 +265,87 @@ class atomic_path:
         self.overwrite = overwrite
         self.suffix = suffix if suffix is not None else self.path.suffix
         self.tmp: Path | None = None
+        self._lock_fd: int | None = None
+        self._lock_path = self.path.parent / f".{self.path.name}.lock"
 
     def __enter__(self) -> Path:
-        if self.path.exists() and not self.overwrite:
-            raise FileExistsError(f"{self.path}: exists; pass --overwrite (overwrite=True) to replace it")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=self.suffix + ".tmp", dir=self.path.parent)
-        os.close(fd)
+        check_writable(self.path, overwrite=self.overwrite)
+        self._lock()
+        try:
+            if self.path.exists() and not self.overwrite:  # appeared while we waited for nothing: recheck
+                raise FileExistsError(f"{self.path}: exists; pass --overwrite (overwrite=True) to replace it")
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=self.suffix + ".tmp", dir=self.path.parent)
+                os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would ignore the umask
+                os.close(fd)
+            except OSError as exc:
+                raise OutputError(f"{self.path}: cannot create a file in {self.path.parent}: {exc.strerror or exc}") from None
+        except BaseException:
+            self._unlock()
+            raise
         self.tmp = Path(tmp)
+        with _LIVE_LOCK:
+            _LIVE_TMP.add(self.tmp)
         return self.tmp
+
+    def _lock(self) -> None:
+        import fcntl
+
+        try:
+            fd = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o666)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot create the lock file {self._lock_path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise FileExistsError(f"{self.path}: another process is writing this output (lock {self._lock_path})") from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            try:
+                self._lock_path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         assert self.tmp is not None
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        tmp = self.tmp
+        try:
+            if exc_type is None and _INTERRUPTED.is_set():  # an interrupt was swallowed on the way
+                raise Interrupted()
+            if exc_type is None:
+                self._finalise(tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+            with _LIVE_LOCK:
+                _LIVE_TMP.discard(tmp)
+            self._unlock()
+
+    def _finalise(self, tmp: Path) -> None:
+        try:
+            if self.overwrite:
+                os.replace(tmp, self.path)
+                return
+            try:
+                os.link(tmp, self.path)  # fails if path exists: never replaces a file we did not own
+            except FileExistsError:
+                raise FileExistsError(f"{self.path}: appeared while this run was writing it; "
+                                      "pass --overwrite to replace it (nothing was written)") from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    raise
+                if self.path.exists():  # a file system without hard links: best effort
+                    raise FileExistsError(f"{self.path}: appeared while this run was writing it; "
+                                          "pass --overwrite to replace it") from None
+                os.replace(tmp, self.path)
+        except OSError as exc:
+            if isinstance(exc, FileExistsError):
+                raise
+            raise OutputError(f"{self.path}: could not move the finished output into place: {exc.strerror or exc}") from None
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
