@@ -101,8 +101,8 @@ def check_particle(run: Run, particle: str | int) -> int:
     trained = run.particle_pdgs
     names = ", ".join(particle_label(p) for p in trained)
     if trained and pdg not in trained:
-        raise ValueError(f"--particle {particle!r} (PDG {pdg}): the run {run.run_dir} was trained on {names} only; "
-                         "it cannot generate other particles")
+        raise ValueError(f"--particle {particle!r} (PDG {pdg}) was not in the training data of {run.run_dir} "
+                         f"(trained on {names} only); the model cannot generate other particles")
     if not trained:
         warnings.warn(f"the run {run.run_dir} records no training particle; --particle {particle!r} is written "
                       "as the label unchecked", UserWarning, stacklevel=3)

@@ -115,8 +115,8 @@ def _check_seed(seed: int) -> int:
     return int(seed)
 
 
-def _geometry(geometry: Geometry | str) -> Geometry:
-    return get_geometry(geometry) if isinstance(geometry, str) else geometry
+def _geometry(geometry: Geometry | str | Path) -> Geometry:
+    return get_geometry(geometry)  # the package resolver: preset name, .json or CaloChallenge .xml
 
 
 def _momentum(pdg: int, energy: np.ndarray, theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
@@ -358,8 +358,9 @@ def simulate_to_file(path: str | Path, geometry: Geometry | str, particle: str |
                      energy: str | float = "1:100", theta: str | float = "0", phi: str | float = "0",
                      position: str | float = "0", seed: int = 0, chunk: int = 10000, overwrite: bool = False,
                      progress: bool = True, engine: str = "mc", attrs: dict[str, Any] | None = None,
-                     workers: int = 1, shard: str | tuple[int, int] | None = None, dask: Any = None) -> Path:
-    """Simulate ``n`` showers straight into a native HDF5 file with bounded memory.
+                     workers: int = 1, shard: str | tuple[int, int] | None = None, dask: Any = None,
+                     layout: str = "native") -> Path:
+    """Simulate ``n`` showers straight into an HDF5 file with bounded memory (any ``layout``).
 
     Same arguments and same showers as :func:`simulate` (for equal ``seed`` and ``n``); chunks
     of about ``chunk`` showers are appended through :class:`~calosim.io.ShowerWriter`, so the
@@ -367,7 +368,8 @@ def simulate_to_file(path: str | Path, geometry: Geometry | str, particle: str |
     :class:`~calosim.scaleout.EngineError`) the temporary file is removed. ``workers`` /
     ``dask`` run blocks in parallel (same file); ``shard="K/N"`` writes shard K with its shard
     attributes, for :func:`calosim.scaleout.merge`. ``attrs`` adds provenance attributes.
-    Returns the path.
+    ``layout``: ``native`` (default), ``calogan`` or ``calochallenge`` (these two carry no
+    conditions or provenance; a shard must be native). Returns the path.
     """
     geo = _geometry(geometry)
     pdg = resolve_particle(particle)
@@ -378,11 +380,14 @@ def simulate_to_file(path: str | Path, geometry: Geometry | str, particle: str |
         raise ValueError(f"number of showers must be a non-negative integer, got {n!r}")
     run_attrs = {**_run_attrs(get_engine(engine), pdg, seed, spec, geo),
                  **shard_attrs(sh, shard_blocks(sh, _n_blocks(n)), int(n)), **(attrs or {})}
+    if sh is not None and layout != "native":
+        raise ValueError("--shard writes native files (they carry the shard attributes `calosim merge` needs); "
+                         "drop --layout or convert the merged file")
     path = Path(path)
     kw = dict(energy=energy, theta=theta, phi=phi, position=position, seed=seed, chunk=chunk, engine=engine,
               workers=workers, shard=sh, dask=dask)
     with ShowerWriter(path, geo, conditions=list(CONDITIONS), overflow=geo.overflow, attrs=run_attrs,
-                      overwrite=overwrite) as w:
+                      overwrite=overwrite, layout=layout) as w:
         def write(part: ShowerData) -> None:
             w.append(part.showers, part.incident_energies, overflow=part.overflow, **part.conditions)
 
