@@ -58,6 +58,6 @@ def _from_xml(path: Path) -> Geometry:
     try:
         return load_calochallenge_xml(path)
     except GeometryError as exc:
-        raise GeometryError(f"{path}: {exc}") from None
+        raise GeometryError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
     except (ET.ParseError, KeyError, ValueError, TypeError, IndexError) as exc:
         raise GeometryError(f"{path}: not a CaloChallenge binning XML ({type(exc).__name__}: {exc})") from None
