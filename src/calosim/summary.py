@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .features import layer_energies, occupancy
 from .geometry import Geometry
 from .io import open_showers
 from .simulate.conditions import particle_label
@@ -25,7 +26,6 @@ def summarize(path: str | Path, geometry: Geometry | str | None = None, chunk: i
         geo = f.geometry
         thr = max(geo.threshold_mev, 0.0)
         n_layers = geo.n_layers
-        sizes = np.array([l.n_cells for l in geo.layers], dtype=float)
         e_min, e_max, e_sum = np.inf, -np.inf, 0.0
         r_sum = r_sq = 0.0
         lay_e = np.zeros(n_layers)
@@ -35,15 +35,14 @@ def summarize(path: str | Path, geometry: Geometry | str | None = None, chunk: i
         for d in f.iter_chunks(chunk):
             e = d.incident_energies[:, 0].astype(np.float64)
             e_min, e_max, e_sum = min(e_min, e.min()), max(e_max, e.max()), e_sum + e.sum()
-            le = geo.layer_energies(d.showers).astype(np.float64)
+            le = layer_energies(d.showers, geo)
             dep = le.sum(1)
             resp = dep / e
             r_sum += resp.sum()
             r_sq += (resp**2).sum()
             lay_e += le.sum(0)
             tot += dep.sum()
-            hits = np.add.reduceat((d.showers > thr).astype(np.float64), geo.layer_offsets[:-1], axis=1)
-            occ += (hits / sizes).sum(0)
+            occ += occupancy(d.showers, geo, thr).sum(0)
             if "pdg" in d.conditions:
                 ids, counts = np.unique(d.conditions["pdg"], return_counts=True)
                 for i, c in zip(ids, counts):

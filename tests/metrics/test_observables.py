@@ -51,9 +51,11 @@ def test_single_cell_calogan():
     assert o["s_d"][0] == 1.0 and o["sigma_sd"][0] == 0.0 and o["d"][0] == 1 and o["l_d"][0] == 100.0
     assert o["E_tot"][0] == 100.0 and o["E_ratio_inc"][0] == pytest.approx(0.1)
     assert o["f_layer_1"][0] == 1.0 and o["f_layer_0"][0] == 0.0
-    assert o["sparsity_1"][0] == pytest.approx(1 / 144) and o["sparsity_0"][0] == 0.0
+    assert o["occupancy_1"][0] == pytest.approx(1 / 144) and o["occupancy_0"][0] == 0.0
     assert o["n_hits"][0] == 1 and o["E_vis"][0] == 100.0
-    assert o["r_width_1"][0] == pytest.approx(math.hypot(x, y))
+    assert o["r_rms_1"][0] == pytest.approx(math.hypot(x, y))
+    assert o["r_center_1"][0] == pytest.approx(math.hypot(x, y)) and o["r_width_1"][0] == pytest.approx(0, abs=1e-6)
+    assert o["E_inc"][0] == 1000.0
     assert o["asymmetry_1"][0] == 1.0 and o["asymmetry_perp_1"][0] == -1.0  # x > 0, y < 0
     for k, v in o.items():
         assert v.shape == (1,) and np.isfinite(v).all(), k
@@ -93,7 +95,7 @@ def test_two_cells_centre_width_eratio():
     assert o["y_center_1"][0] == pytest.approx(y1) and o["y_width_1"][0] == pytest.approx(0, abs=1e-6)
     assert o["E_ratio_1"][0] == pytest.approx((30 - 10) / 40)
     assert o["asymmetry_1"][0] == pytest.approx((10 - 30) / 40)  # x1 < 0 < x2
-    assert o["n_hits"][0] == 2 and o["sparsity_1"][0] == pytest.approx(2 / 144)
+    assert o["n_hits"][0] == 2 and o["occupancy_1"][0] == pytest.approx(2 / 144)
 
 
 def test_e_ratio_ties_and_shapes():
@@ -112,7 +114,7 @@ def test_threshold_defines_hits():
     assert o["n_hits"].tolist() == [2, 3]
     np.testing.assert_allclose(o["E_vis"], [3.0, 1.8], rtol=1e-6)
     np.testing.assert_allclose(o["E_tot"], [3.3, 1.8], rtol=1e-6)
-    assert o["sparsity_0"][0] == pytest.approx(2 / 900)
+    assert o["occupancy_0"][0] == pytest.approx(2 / 900)
 
 
 def test_asymmetry_follows_momentum_direction():
@@ -131,7 +133,7 @@ def test_asymmetry_follows_momentum_direction():
     cond = {"position": np.array([[x + 5.0, 0.0]])}
     o = compute_observables(s, [[1e3]], g, conditions=cond)
     assert o["asymmetry_0"][0] == -1.0
-    assert o["r_width_0"][0] == pytest.approx(math.hypot(5.0, y))
+    assert o["r_rms_0"][0] == pytest.approx(math.hypot(5.0, y))
 
 
 def _challenge_features(showers, path):
@@ -193,7 +195,7 @@ def test_polar_centre_at_alpha_bin_angle():
         r_mid = 0.5 * (lay.r_edges_mm[4] + lay.r_edges_mm[5])
         assert math.atan2(o["y_center_10"][0], o["x_center_10"][0]) == pytest.approx(angle)
         assert math.hypot(o["x_center_10"][0], o["y_center_10"][0]) == pytest.approx(r_mid)
-        assert o["r_width_10"][0] == pytest.approx(r_mid)
+        assert o["r_rms_10"][0] == pytest.approx(r_mid) and o["r_center_10"][0] == pytest.approx(r_mid)
     # a ring of equal energy in all alpha bins at one radius: centred on the axis
     s = sum(_one(g, 10, j, 4) for j in range(n_alpha))
     o = compute_observables(s, [[1e3]], g)
@@ -270,11 +272,15 @@ def test_highlevel_matrix_columns():
     x[x < 1.0] = 0.0
     o = compute_observables(x, np.full((30, 1), 1e5), g)
     cols = highlevel_columns(o)
-    assert "E_layer_0" in cols and "E_ratio_inc" in cols and "sparsity_2" in cols and "x_width_1" in cols
-    assert "d" not in cols and "asymmetry_0" not in cols
+    assert "E_layer_0" in cols and "E_tot" in cols and "sparsity_2" in cols and "x_width_1" in cols
+    assert "r_center_0" in cols and "r_width_2" in cols
+    assert "d" not in cols and "asymmetry_0" not in cols and "E_ratio_inc" not in cols
+    assert "E_inc" not in cols  # one incident energy: a constant column
     m = highlevel_matrix(o, cols)
     assert m.shape == (30, len(cols)) and np.isfinite(m).all()
-    np.testing.assert_allclose(m[:, cols.index("E_layer_1")], np.log10(o["E_layer_1"] + 1e-3))
+    np.testing.assert_allclose(m[:, cols.index("E_layer_1")], np.log10(o["E_layer_1"] + 1e-8))
+    np.testing.assert_allclose(m[:, cols.index("sparsity_2")], 1 - o["occupancy_2"])
+    np.testing.assert_allclose(m[:, cols.index("r_width_1")], o["r_width_1"] / 100)
     # a constant column is dropped only if constant in every sample
     ref = {"E_layer_0": np.ones(5), "E_layer_1": np.arange(5.0)}
     gen = {"E_layer_0": np.arange(5.0), "E_layer_1": np.arange(5.0)}
@@ -290,3 +296,49 @@ def test_single_layer_geometry_has_no_depth_observables():
     assert "s_d" not in o and "E_layer_0" not in o and "f_layer_0" not in o
     assert o["x_center_0"][0] == pytest.approx(0.0) and o["E_ratio_0"][0] == 1.0
     assert highlevel_columns(o) == []  # all constant
+
+
+def test_highlevel_matrix_is_the_challenges_30_features():
+    """prepare_high_data_for_classifier of the challenge's evaluate.py, written out, after its voxel cut."""
+    from calosim.features import apply_threshold
+
+    g = get_geometry("calochallenge-1-photons")
+    rng = np.random.default_rng(5)
+    n = 40
+    e_inc = np.exp(rng.uniform(np.log(256.0), np.log(4e6), n))
+    raw = (rng.gamma(0.3, 20.0, (n, g.n_cells)) * (rng.random((n, g.n_cells)) < 0.5)).astype(np.float32)
+    raw[0, g.layer_slices[0]] = 0.0  # an empty layer: log10(0 + 1e-8)
+    data = np.where(raw < 1.0, 0.0, raw).astype(np.float64)  # args.min_energy = 1 MeV for dataset 1
+    cols_ref = [np.log10(e_inc)[:, None]]
+    layers = [data[:, s] for s in g.layer_slices]
+    e_layer = np.stack([l.sum(1) for l in layers], 1)
+    cols_ref.append(np.log10(e_layer + 1e-8))
+    binned = [i for i, l in enumerate(g.layers) if l.shape[0] > 1]
+    ec, wd = {}, {}
+    for i in binned:
+        xs, ys = g.layers[i].cell_centers()
+        den = layers[i].sum(1) + 1e-16
+        for key, c in (("eta", xs), ("phi", ys)):
+            m1 = (layers[i] * c).sum(1) / den
+            ec[key, i] = m1
+            wd[key, i] = np.sqrt(((layers[i] * c * c).sum(1) / den - m1**2).clip(min=0))
+    for d in (ec, wd):
+        for key in ("eta", "phi"):
+            cols_ref.append(np.stack([d[key, i] for i in binned], 1) / 1e2)
+    cols_ref.append(np.log10(data.sum(1) + 1e-8)[:, None])
+    cols_ref.append(np.stack([1.0 - (l > 0).mean(1) for l in layers], 1))
+    r_ec, r_wd = [], []
+    for i, l in enumerate(layers):
+        r = g.layers[i].cell_radius()
+        den = l.sum(1) + 1e-16
+        m1 = (l * r).sum(1) / den
+        r_ec.append(m1)
+        r_wd.append(np.sqrt(((l * r * r).sum(1) / den - m1**2).clip(min=0)))
+    cols_ref += [np.stack(r_ec, 1) / 1e2, np.stack(r_wd, 1) / 1e2]
+    ref = np.concatenate(cols_ref, 1)
+    assert ref.shape == (n, 30)
+
+    o = compute_observables(apply_threshold(raw, g), e_inc, g)
+    cols = highlevel_columns(o)
+    assert len(cols) == 30 and cols[0] == "E_inc" and cols[-1] == "r_width_12"
+    np.testing.assert_allclose(highlevel_matrix(o, cols), ref, rtol=1e-9, atol=1e-12)

@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 from .core import Geometry, GeometryError, Layer, Material
 
-__all__ = ["load_calochallenge_xml", "SIW_CALOCHALLENGE"]
+__all__ = ["load_calochallenge_xml", "SIW_CALOCHALLENGE", "OFFICIAL_READOUT_THRESHOLD_MEV"]
+
+#: The challenge's voxel cut per official binning file (its evaluate.py, ``args.min_energy``:
+#: "ds1: 10 from Michele, ds2/3: 0.5 keV / 0.033 scaling factor", set to 1 MeV for dataset 1).
+OFFICIAL_READOUT_THRESHOLD_MEV = {
+    "binning_dataset_1_photons.xml": 1.0, "binning_dataset_1_pions.xml": 1.0,
+    "binning_dataset_2.xml": 0.5e-3 / 0.033, "binning_dataset_3.xml": 0.5e-3 / 0.033,
+}
 
 # Datasets 2/3: 1.4 mm W + 0.3 mm Si, read out in pairs -> 3.4 mm ~ 0.8 X0; R_M ~ 9.3 mm.
 SIW_CALOCHALLENGE = Material(
@@ -57,14 +66,19 @@ def load_calochallenge_xml(
     layer_z_mm: Callable[[int], tuple[float, float, Material]] | None = None,
     description: str = "",
     threshold_mev: float = 0.0,
+    readout_threshold_mev: float | None = None,
 ) -> Geometry:
     """Build a polar :class:`Geometry` from a CaloChallenge binning XML.
 
     ``layer_z_mm(layer_id) -> (z_mm, thickness_mm, material)`` places each active layer;
     by default layer ``i`` sits at ``3.4 * i`` mm in the dataset-2 Si-W stack.
+    ``readout_threshold_mev`` default: the challenge's voxel cut if the binning is one of the
+    official files (compared by content, so a renamed copy is recognised), else 0.
     """
     path = Path(path)
     _, spec = read_binning(path)
+    if readout_threshold_mev is None:
+        readout_threshold_mev = _official_threshold(tuple(spec))
     place = layer_z_mm or (lambda lid: (3.4 * lid, 3.4, SIW_CALOCHALLENGE))
     layers: list[Layer] = []
     for lid, edges, n_alpha in spec:
@@ -77,9 +91,20 @@ def load_calochallenge_xml(
         ))
     geo = Geometry(
         name=name or path.stem, layers=tuple(layers), description=description or f"from {path.name}",
-        threshold_mev=threshold_mev, meta={"binning_file": path.name, "layer_ids": [int(l.name[6:]) for l in layers]},
+        threshold_mev=threshold_mev, readout_threshold_mev=readout_threshold_mev, meta={"binning_file": path.name, "layer_ids": [int(l.name[6:]) for l in layers]},
     )
     return geo
+
+
+@lru_cache(maxsize=8)
+def _official_threshold(spec: tuple[tuple[int, tuple[float, ...], int], ...]) -> float:
+    """The official voxel cut of the packaged binning file with this content, else 0."""
+    data = resources.files("calosim") / "data"
+    for fname, thr in OFFICIAL_READOUT_THRESHOLD_MEV.items():
+        with resources.as_file(data / fname) as p:
+            if tuple(read_binning(p)[1]) == spec:
+                return thr
+    return 0.0
 
 
 def active_layer_ids(geo: Geometry) -> Sequence[int]:

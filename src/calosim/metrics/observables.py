@@ -1,7 +1,10 @@
 """Physics observables of calorimeter showers, vectorised over ``(N, n_cells)`` arrays.
 
 Every function works for any :class:`~calosim.geometry.Geometry` (Cartesian and polar
-layers). Energies are in MeV, lengths in mm. Notation used in the docstrings:
+layers). Energies are in MeV, lengths in mm. The per-layer features (energies, hit counts,
+centroids, widths and their radial variants) are defined once in :mod:`calosim.features`;
+this module names them, adds the shower-level observables and builds the high-level matrix.
+Notation used in the docstrings:
 
 * ``I_{l,c}``: energy of cell ``c`` of layer ``l`` (one shower); ``E_l = sum_c I_{l,c}``;
   ``E_tot = sum_l E_l``; ``E_inc`` the incident energy.
@@ -12,33 +15,35 @@ layers). Energies are in MeV, lengths in mm. Notation used in the docstrings:
   observable names carry the layer *label* (:func:`layer_labels`, the CaloChallenge layer id
   for ``calochallenge-*`` geometries, so ``E_layer_12`` is the challenge's layer 12).
 * ``thr``: the hit threshold, by default ``geometry.threshold_mev`` (a cell is a hit if
-  ``I > thr``).
+  ``I > thr``). The readout threshold (the challenge's voxel cut,
+  :func:`calosim.features.apply_threshold`) is applied to the showers *before* these
+  functions, by the caller.
 
 :func:`compute_observables` returns the scalar-per-shower observables with stable names;
-:func:`highlevel_matrix` turns them into the feature matrix of the classifier and FPD tests;
-:class:`ShowerSummary` accumulates the profiles, mean images and the cell spectrum chunk by
-chunk; :func:`response_vs_energy` gives the energy response and resolution per energy bin.
+:func:`highlevel_matrix` turns them into the feature matrix of the classifier and FPD tests
+(the CaloChallenge's high-level set, :data:`HIGHLEVEL_FEATURES`); :class:`ShowerSummary`
+accumulates the profiles, mean images and the cell spectrum chunk by chunk;
+:func:`response_vs_energy` gives the energy response and resolution per energy bin.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .. import features as feat
+from ..features import LayerTable, layer_labels
 from ..geometry import Geometry
 
 __all__ = [
     "CALOCHALLENGE_NAMES",
-    "HIGHLEVEL_FAMILIES",
+    "HIGHLEVEL_FEATURES",
     "SPECTRUM_BINS",
     "ShowerSummary",
     "cell_energy_spectrum",
-    "centre_of_energy",
     "cluster_asymmetry",
     "compute_observables",
     "e_ratio",
@@ -49,102 +54,41 @@ __all__ = [
     "layer_labels",
     "longitudinal_profile",
     "mean_images",
-    "n_hits",
     "observable_groups",
     "observable_label",
-    "occupancy",
     "radial_profile",
-    "radial_width",
     "response_vs_energy",
     "shower_depth",
-    "shower_width",
 ]
-
-_EPS = 1e-16  # the CaloChallenge's guard against empty layers in the centre/width quotients
 
 #: Log bins (MeV) of the cell-energy spectrum: 10 per decade from 0.1 keV to 10 TeV.
 SPECTRUM_BINS = np.logspace(-4, 7, 111)
 
-#: Per-layer observable families of the high-level matrix (CaloChallenge-like set).
-HIGHLEVEL_FAMILIES = ("E_layer", "x_center", "y_center", "x_width", "y_width", "sparsity")
+#: The high-level feature set of the classifier and FPD/KPD, in the order and with the
+#: transforms of the CaloChallenge's ``prepare_high_data_for_classifier`` (evaluate.py):
+#: ``(family, transform)``; per-layer families expand to every layer that has them (the
+#: centres/widths only for layers that resolve x and y). For dataset 1 photons
+#: (5 layers, 2 binned in alpha) that is 1 + 5 + 4 x 2 + 1 + 5 + 5 + 5 = 30 features.
+#: ``sparsity`` is the challenge's, ``1 - occupancy``.
+HIGHLEVEL_FEATURES: tuple[tuple[str, str], ...] = (
+    ("E_inc", "log10"), ("E_layer", "log10"), ("x_center", "/100"), ("y_center", "/100"),
+    ("x_width", "/100"), ("y_width", "/100"), ("E_tot", "log10"), ("sparsity", "1-occupancy"),
+    ("r_center", "/100"), ("r_width", "/100"),
+)
 
 #: calosim name -> name of the same quantity in the CaloChallenge's HighLevelFeatures.py.
 CALOCHALLENGE_NAMES = {
     "E_tot": "Etot (GetEtot)", "E_ratio_inc": "Etot / Einc", "E_layer_{i}": "E_layers[i] (GetElayers)",
     "x_center_{i}": "EC_etas[i] (GetECEtas)", "y_center_{i}": "EC_phis[i] (GetECPhis)",
     "x_width_{i}": "width_etas[i] (GetWidthEtas)", "y_width_{i}": "width_phis[i] (GetWidthPhis)",
-    "sparsity_{i}": "sparsity of layer i (fraction of voxels with energy)",
+    "r_center_{i}": "EC_r[i] (GetECR)", "r_width_{i}": "width_r[i] (GetWidthR)",
+    "occupancy_{i}": "1 - sparsity[i] (GetSparsity: the challenge's sparsity is the fraction of empty voxels)",
 }
-
-
-# ------------------------------------------------------------------------------------------
-# geometry look-up tables (cached per geometry; Geometry is a frozen, hashable dataclass)
-# ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _LayerInfo:
-    pos: int  # position in the geometry
-    label: int  # name suffix (CaloChallenge layer id or position)
-    sl: slice
-    x: np.ndarray  # (n_l,) cell centre x, mm
-    y: np.ndarray  # (n_l,) cell centre y, mm
-    r: np.ndarray  # (n_l,) distance of the cell centre from the axis, mm
-    has_xy: bool  # cells resolve a 2-D position (Cartesian, or polar with >1 alpha bin)
-    z_mid: float  # depth of the layer centre, mm
-    moments: np.ndarray  # (n_l, 8) columns 1, x, x^2, y, y^2, R^2, sign(x), sign(y): one matmul
-
-
-def layer_labels(geometry: Geometry) -> list[int]:
-    """Integer label of each layer used in observable names, ``(n_layers,)`` list.
-
-    CaloChallenge geometries carry the challenge's layer ids in ``geometry.meta["layer_ids"]``
-    (dataset 1 skips inactive layers: photons have ids 0, 1, 2, 3, 12); otherwise the layer
-    position 0..L-1.
-    """
-    ids = geometry.meta.get("layer_ids") if isinstance(geometry.meta, dict) else None
-    if ids is not None and len(ids) == geometry.n_layers and len(set(ids)) == len(ids):
-        return [int(i) for i in ids]
-    return list(range(geometry.n_layers))
-
-
-@lru_cache(maxsize=16)
-def _layer_info(geometry: Geometry) -> tuple[_LayerInfo, ...]:
-    out = []
-    for pos, (lay, sl, lab) in enumerate(zip(geometry.layers, geometry.layer_slices, layer_labels(geometry))):
-        x, y = lay.cell_centers()
-        r = lay.cell_radius()
-        has_xy = lay.kind == "cartesian" or lay.shape[0] > 1
-        mom = np.stack([np.ones_like(x), x, x * x, y, y * y, r * r, np.sign(x), np.sign(y)], axis=1).astype(np.float64)
-        out.append(_LayerInfo(pos, lab, sl, x.astype(np.float64), y.astype(np.float64), r.astype(np.float64),
-                              has_xy, lay.z_mm + 0.5 * lay.thickness_mm, mom))
-    return tuple(out)
 
 
 # ------------------------------------------------------------------------------------------
 # single-observable functions (each on one layer image or on per-layer energies)
 # ------------------------------------------------------------------------------------------
-def centre_of_energy(energy: ArrayLike, coord: ArrayLike) -> np.ndarray:
-    """Centre of energy ``<x> = sum_c x_c I_c / (sum_c I_c + 1e-16)``.
-
-    ``energy`` (N, n) cell energies of one layer, ``coord`` (n,) cell centre coordinate;
-    returns (N,). 0 for an empty layer (the CaloChallenge's ``_calculate_EC``).
-    """
-    e = np.asarray(energy, dtype=np.float64)
-    return (e @ np.asarray(coord, dtype=np.float64)) / (e.sum(axis=-1) + _EPS)
-
-
-def shower_width(energy: ArrayLike, coord: ArrayLike) -> np.ndarray:
-    """Energy-weighted width ``sqrt(max(<x^2> - <x>^2, 0))`` with the 1e-16 guard of :func:`centre_of_energy`.
-
-    ``energy`` (N, n), ``coord`` (n,) -> (N,). Identical to the CaloChallenge's
-    ``GetECandWidths`` (``width_etas``/``width_phis``).
-    """
-    e = np.asarray(energy, dtype=np.float64)
-    c = np.asarray(coord, dtype=np.float64)
-    s = e.sum(axis=-1) + _EPS
-    m1, m2 = (e @ c) / s, (e @ (c * c)) / s
-    return np.sqrt(np.clip(m2 - m1 * m1, 0.0, None))
-
-
 def e_ratio(energy: ArrayLike) -> np.ndarray:
     """CaloGAN ``E_ratio = (I_(1) - I_(2)) / (I_(1) + I_(2))`` of one layer.
 
@@ -200,22 +144,7 @@ def shower_depth(layer_energies: ArrayLike, depths: ArrayLike | None = None) -> 
     return {"d": d.astype(np.float64), "l_d": l_d, "s_d": s_d, "sigma_sd": sigma}
 
 
-def occupancy(energy: ArrayLike, threshold: float = 0.0) -> np.ndarray:
-    """Fraction of cells with ``I > threshold``: ``(1/n) sum_c [I_c > thr]``; (N, n) -> (N,).
-
-    This is what the CaloChallenge and the CaloGAN seed plot as the "sparsity" of a layer
-    (fraction of voxels with non-zero energy; 1 = all cells hit).
-    """
-    e = np.asarray(energy)
-    return (e > threshold).sum(axis=-1) / max(e.shape[-1], 1)
-
-
-def n_hits(showers: ArrayLike, threshold: float = 0.0) -> np.ndarray:
-    """Number of hits ``sum_c [I_c > thr]`` (ILD "number of hits"); (N, n) -> (N,)."""
-    return (np.asarray(showers) > threshold).sum(axis=-1).astype(np.float64)
-
-
-def _axis(info: _LayerInfo, n: int, conditions: dict[str, np.ndarray] | None
+def _axis(info: LayerTable, n: int, conditions: dict[str, np.ndarray] | None
           ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Per-shower axis ``(x0, y0)`` at the layer centre and transverse direction ``(ux, uy)``.
 
@@ -273,27 +202,12 @@ def cluster_asymmetry(energy: ArrayLike, x: ArrayLike, y: ArrayLike, *, axis: Ar
     return np.divide(num, tot, out=np.zeros_like(tot), where=tot > 0)
 
 
-def radial_width(energy: ArrayLike, x: ArrayLike, y: ArrayLike, r: ArrayLike, axis: ArrayLike | None = None) -> np.ndarray:
-    """Energy-weighted RMS distance from the shower axis, ``sqrt(sum_c I_c d_c^2 / sum_c I_c)``.
-
-    ``d_c^2 = R_c^2 - 2 (x0 x_c + y0 y_c) + x0^2 + y0^2`` with ``R_c`` the cell's distance from
-    the nominal axis and ``(x0, y0)`` = ``axis`` (N, 2) (default 0). For polar rings without
-    angular binning (``x_c = y_c = 0``) this is the ring average of ``d^2``. ``energy`` (N, n);
-    ``x``, ``y``, ``r`` (n,). Returns (N,), 0 for an empty layer.
-    """
-    e = np.asarray(energy, dtype=np.float64)
-    tot = e.sum(axis=-1)
-    m = e @ (np.asarray(r, dtype=np.float64) ** 2)
-    if axis is not None:
-        a = np.asarray(axis, dtype=np.float64).reshape(len(e), 2)
-        m = m - 2 * (a[:, 0] * (e @ np.asarray(x, dtype=np.float64)) + a[:, 1] * (e @ np.asarray(y, dtype=np.float64)))
-        m = m + (a * a).sum(axis=1) * tot
-    return np.sqrt(np.clip(np.divide(m, tot, out=np.zeros_like(tot), where=tot > 0), 0.0, None))
-
-
 # ------------------------------------------------------------------------------------------
 # all scalar observables
 # ------------------------------------------------------------------------------------------
+_M = {k: i for i, k in enumerate(feat.MOMENT_COLUMNS)}
+
+
 def compute_observables(
     showers: ArrayLike,
     incident_energies: ArrayLike,
@@ -306,15 +220,16 @@ def compute_observables(
 
     ``showers`` (N, n_cells) MeV, ``incident_energies`` (N,) or (N, 1) MeV. ``conditions``
     (optional ``position`` (N, 2), ``momentum`` (N, 3)) define the shower axis for
-    ``asymmetry_*`` and ``r_width_*`` (nominal axis (0, 0) and the x direction without them).
+    ``asymmetry_*`` and ``r_rms*`` (nominal axis (0, 0) and the x direction without them).
     ``threshold`` (MeV, default ``geometry.threshold_mev``) defines hits (``I > thr``).
 
     Global observables:
 
-    * ``E_tot = sum_l E_l``; ``E_ratio_inc = E_tot / E_inc`` (CaloChallenge "Etot/Einc");
+    * ``E_inc`` (the condition, a member of the high-level set); ``E_tot = sum_l E_l``;
+      ``E_ratio_inc = E_tot / E_inc`` (CaloChallenge "Etot/Einc");
     * ``n_hits = #{c : I_c > thr}``; ``E_vis = sum_{I_c > thr} I_c`` (ILD visible energy);
-    * ``r_width``: RMS distance of the energy from the shower axis over all layers
-      (:func:`radial_width`);
+    * ``r_rms``: RMS distance of the energy from the shower axis over all layers,
+      ``sqrt(sum I d^2 / E_tot)``;
     * only for geometries with more than one layer: ``d``, ``l_d``, ``s_d``, ``sigma_sd``
       (CaloGAN, in units of layer position, :func:`shower_depth`) and ``s_d_x0`` (energy-
       weighted depth of the layer centres in radiation lengths).
@@ -322,17 +237,19 @@ def compute_observables(
     Per layer, named ``<family>_<label>`` (label from :func:`layer_labels`):
 
     * ``E_layer`` = E_l (CaloChallenge ``E_layers``; only if L > 1), ``f_layer = E_l / E_tot``
-      (only if L > 1), ``E_ratio`` (:func:`e_ratio`), ``sparsity`` (:func:`occupancy`);
+      (only if L > 1), ``E_ratio`` (:func:`e_ratio`), ``occupancy`` = fraction of hit cells
+      (:func:`calosim.features.occupancy`; the challenge's ``sparsity`` is ``1 - occupancy``);
+    * ``r_center`` = ``<R>``, ``r_width`` = ``sqrt(<R^2> - <R>^2)`` (the challenge's ``EC_r``,
+      ``width_r``) and ``r_rms`` = RMS distance of the energy from the shower axis;
     * if the layer resolves x and y (Cartesian, or polar with more than one alpha bin; the
       CaloChallenge's ``layersBinnedInAlpha``): ``x_center``, ``y_center`` (centres of energy,
       the challenge's ``EC_etas``/``EC_phis``), ``x_width``, ``y_width`` (the challenge's
       ``width_etas``/``width_phis``), ``asymmetry`` and ``asymmetry_perp`` (LHCb cluster
-      asymmetry along / across the transverse momentum, :func:`cluster_asymmetry`);
-    * ``r_width``: RMS distance from the shower axis (:func:`radial_width`).
+      asymmetry along / across the transverse momentum, :func:`cluster_asymmetry`).
 
-    For ``calochallenge-*`` geometries ``E_layer_*``, ``E_ratio_inc``, ``x/y_center_*`` and
-    ``x/y_width_*`` are numerically the challenge's ``HighLevelFeatures`` (same voxel centres,
-    same 1e-16 guard and clipping).
+    For ``calochallenge-*`` geometries ``E_layer_*``, ``E_ratio_inc``, ``x/y_center_*``,
+    ``x/y_width_*`` and ``r_center/r_width_*`` are numerically the challenge's
+    ``HighLevelFeatures`` (same voxel centres, same 1e-16 guard and clipping).
     """
     a = geometry.check(showers)
     n = len(a)
@@ -340,62 +257,63 @@ def compute_observables(
     if e_inc.shape != (n,):
         raise ValueError(f"incident_energies: expected {n} values, got shape {np.shape(incident_energies)}")
     thr = float(geometry.threshold_mev if threshold is None else threshold)
-    infos = _layer_info(geometry)
-    n_layers = len(infos)
+    tabs = feat.layer_table(geometry)
+    labels = [t.label for t in tabs]
 
-    e_layers = np.empty((n, n_layers))
+    mom = feat.layer_moments(a, geometry)  # (N, L, K) float64: one pass for all the moments
+    e_layers = mom[..., _M["e"]]
+    hits = feat.hit_counts(a, geometry, thr)
+    occ = feat.occupancy(a, geometry, thr)
+    cen = feat.centroids_from_moments(mom)
+    wid = feat.widths_from_moments(mom)
+    r_cen = feat.radial_centroids_from_moments(mom)
+    r_wid = feat.radial_widths_from_moments(mom)
+    e_vis = feat.layer_energies(np.where(a > thr, a, 0), geometry).sum(axis=1) if thr > 0 else e_layers.sum(axis=1)
+
     per: dict[str, list[tuple[int, np.ndarray]]] = {k: [] for k in (
-        "E_ratio", "sparsity", "x_center", "y_center", "x_width", "y_width", "asymmetry", "asymmetry_perp", "r_width")}
-    hits = np.zeros(n)
-    e_vis = np.zeros(n)
+        "E_ratio", "occupancy", "x_center", "y_center", "x_width", "y_width", "asymmetry", "asymmetry_perp",
+        "r_center", "r_width", "r_rms")}
     r2_sum = np.zeros(n)
-    for info in infos:
-        raw = a[:, info.sl]  # (N, n_l) view in the input dtype
-        img = np.asarray(raw, dtype=np.float64)  # float64 so that <x^2> - <x>^2 does not cancel
-        # (N, 8): sum I, sum I x, sum I x^2, sum I y, sum I y^2, sum I R^2, sum I sgn x, sum I sgn y
-        mom = img @ info.moments
-        e = mom[:, 0]
-        e_layers[:, info.pos] = e
-        hit = raw > thr
-        h = hit.sum(axis=1)
-        hits += h
-        e_vis += np.where(hit, img, 0.0).sum(axis=1) if thr > 0 else e
-        per["E_ratio"].append((info.label, e_ratio(raw)))
-        per["sparsity"].append((info.label, h / img.shape[1]))
-        x0u = _axis(info, n, conditions)
-        ax, u = x0u
-        r2 = mom[:, 5]
+    for t in tabs:
+        raw = a[:, t.sl]  # (N, n_l) view in the input dtype
+        m = mom[:, t.pos]
+        e = m[:, _M["e"]]
+        per["E_ratio"].append((t.label, e_ratio(raw)))
+        per["occupancy"].append((t.label, occ[:, t.pos]))
+        per["r_center"].append((t.label, r_cen[:, t.pos]))
+        per["r_width"].append((t.label, r_wid[:, t.pos]))
+        ax, u = _axis(t, n, conditions)
+        r2 = m[:, _M["err"]]  # sum I d^2 about the axis (x0, y0): R^2 - 2 (x0 x + y0 y) + |x0|^2
         if ax is not None:
-            r2 = r2 - 2 * (ax[:, 0] * mom[:, 1] + ax[:, 1] * mom[:, 3]) + (ax * ax).sum(axis=1) * e
+            r2 = r2 - 2 * (ax[:, 0] * m[:, _M["ex"]] + ax[:, 1] * m[:, _M["ey"]]) + (ax * ax).sum(axis=1) * e
         r2_sum += r2
-        per["r_width"].append((info.label, np.sqrt(np.clip(np.divide(r2, e, out=np.zeros(n), where=e > 0), 0, None))))
-        if info.has_xy:
-            s = e + _EPS  # exactly the challenge's denominators
-            cx, cy = mom[:, 1] / s, mom[:, 3] / s
-            per["x_center"].append((info.label, cx))
-            per["y_center"].append((info.label, cy))
-            per["x_width"].append((info.label, np.sqrt(np.clip(mom[:, 2] / s - cx * cx, 0.0, None))))
-            per["y_width"].append((info.label, np.sqrt(np.clip(mom[:, 4] / s - cy * cy, 0.0, None))))
-            if ax is None:  # nominal axis and x direction: the signed sums are in the matmul
-                asym = np.divide(mom[:, 6], e, out=np.zeros(n), where=e > 0)
-                asym_p = np.divide(mom[:, 7], e, out=np.zeros(n), where=e > 0)
+        per["r_rms"].append((t.label, np.sqrt(np.clip(np.divide(r2, e, out=np.zeros(n), where=e > 0), 0, None))))
+        if t.has_xy:
+            per["x_center"].append((t.label, cen[:, t.pos, 0]))
+            per["y_center"].append((t.label, cen[:, t.pos, 1]))
+            per["x_width"].append((t.label, wid[:, t.pos, 0]))
+            per["y_width"].append((t.label, wid[:, t.pos, 1]))
+            if ax is None:  # nominal axis and x direction: the signed sums are in the moments
+                asym = np.divide(m[:, _M["esx"]], e, out=np.zeros(n), where=e > 0)
+                asym_p = np.divide(m[:, _M["esy"]], e, out=np.zeros(n), where=e > 0)
             else:
-                asym = cluster_asymmetry(img, info.x, info.y, axis=ax, direction=u)
-                asym_p = cluster_asymmetry(img, info.x, info.y, axis=ax, direction=u, orthogonal=True)
-            per["asymmetry"].append((info.label, asym))
-            per["asymmetry_perp"].append((info.label, asym_p))
+                img = np.asarray(raw, dtype=np.float64)
+                asym = cluster_asymmetry(img, t.x, t.y, axis=ax, direction=u)
+                asym_p = cluster_asymmetry(img, t.x, t.y, axis=ax, direction=u, orthogonal=True)
+            per["asymmetry"].append((t.label, asym))
+            per["asymmetry_perp"].append((t.label, asym_p))
 
     e_tot = e_layers.sum(axis=1)
     ok = e_tot > 0
     out: dict[str, np.ndarray] = {
+        "E_inc": e_inc,
         "E_tot": e_tot,
         "E_ratio_inc": e_tot / e_inc,
         "E_vis": e_vis,
-        "n_hits": hits,
-        "r_width": np.sqrt(np.clip(np.divide(r2_sum, e_tot, out=np.zeros(n), where=ok), 0, None)),
+        "n_hits": hits.sum(axis=1),
+        "r_rms": np.sqrt(np.clip(np.divide(r2_sum, e_tot, out=np.zeros(n), where=ok), 0, None)),
     }
-    labels = [i.label for i in infos]
-    if n_layers > 1:
+    if len(tabs) > 1:
         out.update(shower_depth(e_layers))
         x0_depth = geometry.layer_depth_centers_x0()
         out["s_d_x0"] = np.where(ok, (e_layers @ x0_depth) / np.where(ok, e_tot, 1.0), 0.0)
@@ -416,14 +334,18 @@ def compute_observables(
 _PER_LAYER = re.compile(r"^(?P<fam>.+)_(?P<lab>\d+)$")
 
 _LABELS = {
+    "E_inc": (r"$E_\mathrm{inc}$", "MeV"),
     "E_tot": (r"$E_\mathrm{tot}$", "MeV"), "E_ratio_inc": (r"$E_\mathrm{tot}/E_\mathrm{inc}$", ""),
     "E_vis": (r"$E_\mathrm{vis}$", "MeV"), "n_hits": (r"$N_\mathrm{hits}$", ""),
-    "r_width": (r"$\sigma_r$", "mm"), "d": (r"deepest layer $d$", ""), "l_d": (r"$l_d$", "MeV"),
+    "d": (r"deepest layer $d$", ""), "l_d": (r"$l_d$", "MeV"),
     "s_d": (r"shower depth $s_d$", "layers"), "sigma_sd": (r"$\sigma_{s_d}$", "layers"),
     "s_d_x0": (r"shower depth", "$X_0$"), "E_layer": (r"$E_{%s}$", "MeV"), "f_layer": (r"$f_{%s}$", ""),
-    "E_ratio": (r"$E_{\mathrm{ratio},%s}$", ""), "sparsity": (r"occupancy layer %s", ""),
+    "E_ratio": (r"$E_{\mathrm{ratio},%s}$", ""), "occupancy": (r"occupancy layer %s", ""),
+    "sparsity": (r"sparsity (1 - occupancy) layer %s", ""),
     "x_center": (r"$\langle x\rangle_{%s}$", "mm"), "y_center": (r"$\langle y\rangle_{%s}$", "mm"),
     "x_width": (r"$\sigma_{x,%s}$", "mm"), "y_width": (r"$\sigma_{y,%s}$", "mm"),
+    "r_center": (r"$\langle r\rangle_{%s}$", "mm"), "r_width": (r"$\sigma_{r,%s}$", "mm"),
+    "r_rms": (r"RMS distance from the axis $\sqrt{\langle d^2\rangle}_{%s}$", "mm"),
     "asymmetry": (r"asymmetry$_{%s}$", ""), "asymmetry_perp": (r"asymmetry$_{\perp,%s}$", ""),
 }
 
@@ -440,8 +362,8 @@ def observable_label(name: str) -> str:
     """Axis label (matplotlib mathtext) with unit for an observable name."""
     fam, lab = split_name(name)
     text, unit = _LABELS.get(fam, (name.replace("_", r"\_"), ""))
-    if lab is not None and "%s" in text:
-        text = text % lab
+    if "%s" in text:  # a family shared by a global and per-layer observables (r_rms)
+        text = text % lab if lab is not None else text.replace(",%s", "").replace("_{%s}", "")
     return f"{text} [{unit}]" if unit else text
 
 
@@ -454,27 +376,36 @@ def observable_groups(names: list[str]) -> dict[str, list[str]]:
     return {k: v for k, v in groups.items() if v}
 
 
+def _source(column: str) -> str:
+    """The observable a high-level column is computed from (``sparsity_i`` from ``occupancy_i``)."""
+    fam, lab = split_name(column)
+    return f"occupancy_{lab}" if fam == "sparsity" else column
+
+
 def highlevel_columns(*obs: dict[str, np.ndarray], rel_tol: float = 1e-9) -> list[str]:
     """Columns of the high-level matrix shared by all ``obs`` dicts and not constant in all.
 
-    The CaloChallenge-like set: ``E_layer_*`` (or ``E_tot`` for one-layer geometries),
-    ``E_ratio_inc``, ``x/y_center_*``, ``x/y_width_*``, ``sparsity_*``. A column is dropped
-    only if it is constant (within ``rel_tol``) in *every* sample and all constants agree, so a
-    column constant in the reference but varying in a generated sample (a real difference)
-    is kept.
+    :data:`HIGHLEVEL_FEATURES` in its order: ``E_inc``, ``E_layer_*`` (L > 1), ``x/y_center_*``,
+    ``x/y_width_*``, ``E_tot``, ``sparsity_*`` (= 1 - ``occupancy_*``), ``r_center_*``,
+    ``r_width_*``; for the CaloChallenge's dataset 1 photons the challenge's 30. A column is
+    dropped only if it is constant (within ``rel_tol``) in *every* sample and all constants
+    agree (so a fixed-energy sample has no ``E_inc`` column, and a column constant in the
+    reference but varying in a generated sample, a real difference, is kept).
     """
     if not obs:
         return []
     names = [k for k in obs[0] if all(k in o for o in obs[1:])]
-    cand = []
-    has_layers = any(split_name(k)[0] == "E_layer" for k in names)
+    by_family: dict[str, list[str]] = {}
     for k in names:
         fam, lab = split_name(k)
-        if (lab is not None and fam in HIGHLEVEL_FAMILIES) or k == "E_ratio_inc" or (k == "E_tot" and not has_layers):
-            cand.append(k)
+        if fam == "occupancy" and lab is not None:
+            fam, k = "sparsity", f"sparsity_{lab}"
+        by_family.setdefault(fam, []).append(k)
+    cand = [k for fam, _ in HIGHLEVEL_FEATURES for k in by_family.get(fam, [])]
     keep = []
     for k in cand:
-        vals = [np.asarray(o[k], dtype=np.float64) for o in obs if len(o[k])]
+        src = _source(k)
+        vals = [np.asarray(o[src], dtype=np.float64) for o in obs if len(o[src])]
         if not vals:
             continue
         lo = min(float(v.min()) for v in vals)
@@ -485,23 +416,33 @@ def highlevel_columns(*obs: dict[str, np.ndarray], rel_tol: float = 1e-9) -> lis
 
 
 def highlevel_matrix(obs: dict[str, np.ndarray], columns: list[str] | None = None, *,
-                     log_floor_mev: float = 1e-3) -> np.ndarray:
+                     log_floor_mev: float = 1e-8) -> np.ndarray:
     """High-level feature matrix ``(N, D)`` float64 for the classifier and FPD/KPD.
 
     ``columns`` default :func:`highlevel_columns` of ``obs`` alone (pass the columns chosen
-    from all compared samples so every matrix has the same D). Energies (``E_layer_*``,
-    ``E_tot``) enter as ``log10(E + log_floor_mev)`` (empty layers stay finite);
-    everything else as is.
+    from all compared samples so every matrix has the same D). The transforms of
+    :data:`HIGHLEVEL_FEATURES`, as the CaloChallenge's evaluate.py: ``log10(E_inc)``,
+    energies as ``log10(E + log_floor_mev)`` (its 1e-8: empty layers stay finite), lengths
+    in units of 100 mm, ``sparsity = 1 - occupancy``; any other column as is.
     """
     cols = highlevel_columns(obs) if columns is None else list(columns)
     n = len(next(iter(obs.values()))) if obs else 0
     if not cols:
         return np.zeros((n, 0))
+    how = dict(HIGHLEVEL_FEATURES)
     out = np.empty((n, len(cols)))
     for j, k in enumerate(cols):
-        v = np.asarray(obs[k], dtype=np.float64)
-        if split_name(k)[0] == "E_layer" or k == "E_tot":
+        fam = split_name(k)[0]
+        v = np.asarray(obs[_source(k)], dtype=np.float64)
+        t = how.get(fam)
+        if fam == "E_inc":
+            v = np.log10(v)
+        elif t == "log10":
             v = np.log10(v + log_floor_mev)
+        elif t == "/100":
+            v = v / 100.0
+        elif t == "1-occupancy":
+            v = 1.0 - v
         out[:, j] = v
     return out
 
