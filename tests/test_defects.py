@@ -363,3 +363,42 @@ def test_interrupt_removes_temp_files_and_exits_nonzero(sig: int, code: int, tmp
     assert proc.returncode == code, err.decode()
     assert b"Traceback" not in err and b"Interrupted" in err
     assert list(tmp_path.iterdir()) == []  # neither the output nor temp or lock files
+
+
+def test_simulator_applies_the_readout_threshold() -> None:
+    from calosim.simulate import BLOCK, READOUT_FLOOR_MEV, block_rngs, get_engine, parse_conditions, simulate
+
+    for name in ("calochallenge-1-photons", "ild-hcal"):  # 1 MeV cut; no cut (the 1 eV floor)
+        geo = get_geometry(name)
+        thr = max(geo.readout_threshold_mev, READOUT_FLOOR_MEV)
+        s = simulate(geo, "gamma", 60, energy="1:50", seed=4).showers
+        assert np.all((s == 0) | (s >= thr)), name
+        # the engine's own output above the threshold is unchanged, cell for cell
+        spec = parse_conditions("1:50")
+        rc, rp = block_rngs(4, 0)
+        c = spec.sample(60, rc)
+        raw, _ = get_engine("mc").simulate_block(geo, 22, c["energy"], c["theta"], c["phi"], c["position"], rp)
+        assert BLOCK >= 60 and (raw[(raw > 0) & (raw < thr)]).size > 0
+        np.testing.assert_array_equal(s, np.where(raw < thr, 0, raw))
+
+
+def test_generate_applies_the_readout_threshold(eplus_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from calosim.generate import generate
+    from calosim.train.checkpoint import Run
+
+    orig = Run.sample
+    monkeypatch.setattr(Run, "sample", lambda self, *a, **k: orig(self, *a, **k) * 0 + 0.3)  # all cells 0.3 MeV
+    import calosim.generate as gen_mod
+
+    real_load = gen_mod.load_run
+
+    def load(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        run = real_load(*a, **k)
+        run.geometry = dataclasses.replace(run.geometry, readout_threshold_mev=0.5)
+        return run
+
+    monkeypatch.setattr(gen_mod, "load_run", load)
+    out = generate(eplus_run, tmp_path / "g.h5", 5, progress=False)
+    assert np.all(read_showers(out).showers == 0)

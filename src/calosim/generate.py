@@ -33,6 +33,7 @@ import numpy as np
 from .io import CONDITION_SHAPES, ShowerFile, ShowerWriter, open_showers
 from .scaleout import dask_client, ordered_map, parse_shard, shard_attrs, shard_blocks, shard_label
 from .train.checkpoint import Run, load_run
+from .simulate import readout
 from .simulate.conditions import particle_label, particle_pdg
 from .train.conditions import raw_conditions, sample_conditions
 
@@ -233,6 +234,7 @@ def generate(run_dir: str | Path, out_path: str | Path, n: int, *, energy: str |
                                    describe=lambda it: f"{label}block {it[0]} (showers {it[0] * GEN_BLOCK}:"
                                                        f"{min(n, (it[0] + 1) * GEN_BLOCK)})"):
             raw = conds_q.popleft()
+            showers = readout(showers, run.geometry)  # the readout threshold, as for simulated showers
             for lo in range(0, len(showers), batch):
                 hi = lo + batch
                 w.append(showers[lo:hi], raw["incident_energies"][lo:hi], **{c: raw[c][lo:hi] for c in out_conds})

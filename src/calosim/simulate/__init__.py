@@ -46,7 +46,7 @@ __all__ = [
     "simulate", "simulate_to_file", "iter_simulate", "Engine", "ENGINES", "register_engine", "get_engine",
     "PARTICLES", "CANONICAL_PARTICLES", "resolve_particle", "particle_name", "parse_range", "parse_position",
     "parse_conditions", "RangeSpec", "PositionSpec", "ConditionSpec", "BLOCK", "block_rngs", "EnginePool",
-    "simulate_block", "shard_size", "EngineError",
+    "simulate_block", "shard_size", "EngineError", "readout",
 ]
 
 #: Showers per random-stream block (fixed: changing it changes the showers of a seed).
@@ -215,8 +215,22 @@ def simulate_block(geometry: Geometry, pdg: int, spec: ConditionSpec, seed: int,
         raise EngineError(f"{label}block {block} (showers {lo}:{hi}) failed in engine {pool.name!r}: {exc}") from exc
     finally:
         pool.release(eng)
-    return (np.asarray(showers, np.float32), np.asarray(overflow, np.float32), cond["energy"], cond["theta"],
-            cond["phi"], cond["position"])
+    return (readout(np.asarray(showers, np.float32), geometry), np.asarray(overflow, np.float32), cond["energy"],
+            cond["theta"], cond["phi"], cond["position"])
+
+
+#: Smallest cell energy any readout records (1 eV), applied when a geometry has no (or a lower)
+#: readout threshold: the engines' exponential tails otherwise leave cells down to 1e-45 MeV.
+READOUT_FLOOR_MEV = 1e-6
+
+
+def readout(showers: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The detector's readout of true cell energies ``(n, n_cells)`` MeV: cells below
+    ``geometry.readout_threshold_mev`` (:func:`calosim.features.apply_threshold`), and below
+    :data:`READOUT_FLOOR_MEV`, read 0. Cells above are untouched, so is the random stream."""
+    from ..features import apply_threshold
+
+    return apply_threshold(showers, geometry, max(geometry.readout_threshold_mev, READOUT_FLOOR_MEV))
 
 
 def _n_blocks(n: int) -> int:
