@@ -402,3 +402,8 @@ def test_generate_applies_the_readout_threshold(eplus_run: Path, tmp_path: Path,
     monkeypatch.setattr(gen_mod, "load_run", load)
     out = generate(eplus_run, tmp_path / "g.h5", 5, progress=False)
     assert np.all(read_showers(out).showers == 0)
+
+
+def test_generate_refuses_runs_the_disk_cannot_hold(eplus_run: Path, tmp_path: Path) -> None:
+    line = _one_line_error(*_cli("generate", "--run", str(eplus_run), "-n", str(10**12), "-o", str(tmp_path / "g.h5")))
+    assert "GB" in line and "free" in line

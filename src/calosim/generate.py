@@ -193,6 +193,9 @@ def generate(run_dir: str | Path, out_path: str | Path, n: int, *, energy: str |
     e_spec = None if energy is None else str(energy)
     mb = min(batch, GEN_BLOCK)
     n_rows = sum(min(n, (b + 1) * GEN_BLOCK) - b * GEN_BLOCK for b in blocks)
+    from .io import check_free_space, estimate_file_bytes
+
+    check_free_space(out_path, estimate_file_bytes(n_rows, run.geometry.n_cells))
     label = shard_label(sh)
 
     with ExitStack() as stack:
