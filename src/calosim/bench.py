@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .io import write_text_atomic
+from .io import atomic_path
 from .runs import Run, load_run
 from .train.conditions import sample_conditions
 
@@ -201,13 +201,15 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def write_json(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write ``{"rows": rows, "environment": {...}}`` atomically to ``path``."""
+def write_json(rows: Sequence[dict[str, Any]], path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``{"rows": rows, "environment": {...}}`` atomically to ``path`` (an existing file only
+    with ``overwrite``: ``--json data.h5`` must not turn a shower file into JSON)."""
     from . import __version__
 
     env = {"calosim": __version__, "torch": torch.__version__, "python": platform.python_version(),
            "machine": platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     path = Path(path)
-    write_text_atomic(path, json.dumps({"rows": list(rows), "environment": env}, indent=2, default=str) + "\n")
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps({"rows": list(rows), "environment": env}, indent=2, default=str) + "\n")
     return path

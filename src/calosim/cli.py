@@ -1,7 +1,9 @@
 """The ``calosim`` command line: a thin layer over the Python API.
 
 Every sub-command that draws random numbers takes ``--seed``. Errors a user can cause (bad
-file, unknown name, bad range) are printed as one line, without a traceback, exit code 2.
+file, unknown name, bad range, an output that cannot be written) are printed as one line,
+without a traceback, exit code 2; SIGINT/SIGTERM remove temporary outputs and exit 130/143.
+Outputs are checked for writability before any work is done.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ import click
 from . import __version__
 from .scaleout import EngineError
 
-SEED = click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed -> same output).")
+SEED = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                    help="Random seed, >= 0 (same seed -> same output).")
 OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 DEVICE = click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda, cuda:1, ...")
+THREADS = click.option("--threads", type=click.IntRange(min=1), default=None,
+                       help="torch intra-op threads (default: the run's `threads` setting, else torch's choice; "
+                            "1 is faster on a busy machine).")
 SHARD = click.option("--shard", default=None, metavar="K/N",
                      help="Run only shard K of N (K = 0..N-1: a contiguous range of the run's seeded blocks, "
                           "e.g. one per Slurm/HTCondor array task); join the files with `calosim merge`.")
@@ -28,18 +34,65 @@ DASK = click.option("--dask", "dask_address", default=None, metavar="ADDRESS",
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's user-facing errors into a one-line message and exit code 2."""
+    """Turn the library's user-facing errors into a one-line message and exit code 2.
+
+    An ``OSError`` (read-only directory, disk full, ...) names its file; an interrupt removes
+    the temporary outputs and exits 130 (SIGINT) or 143 (SIGTERM), also when a library
+    swallowed the ``KeyboardInterrupt`` on the way.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .io import Interrupted, _INTERRUPTED, remove_temp_files
+
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            remove_temp_files()
+            signum = exc.signum if isinstance(exc, Interrupted) else 2
+            click.secho(f"Interrupted ({'SIGTERM' if signum == 15 else 'SIGINT'}); no output was written "
+                        "(files finished before the interrupt are kept)", fg="red", err=True)
+            sys.exit(128 + signum)
         except (ValueError, KeyError, FileExistsError, FileNotFoundError, ImportError, EngineError) as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             click.secho(f"Error: {msg}", fg="red", err=True)
             sys.exit(2)
+        except OSError as exc:  # file systems: permissions, immutable, full, ...
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.secho(f"Error: {where}{exc.strerror or exc}", fg="red", err=True)
+            sys.exit(2)
+        if _INTERRUPTED.is_set():  # a KeyboardInterrupt swallowed by a library: still not a success
+            remove_temp_files()
+            click.secho("Interrupted", fg="red", err=True)
+            sys.exit(130)
+        return result
 
     return wrapper
+
+
+def _warning_line(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    click.secho(f"Warning: {message}", fg="yellow", err=True)
+
+
+def _device(spec: str) -> str:
+    """Check a ``--device`` before any work: a valid torch device that exists on this machine."""
+    import torch
+
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {spec!r}: not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec}: CUDA is not available on this machine (no GPU or a CPU-only torch); "
+                             "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {spec}: MPS is not available on this machine; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {spec!r}: unsupported device type {dev.type!r}; use cpu, cuda, cuda:N or mps")
+    return spec
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -47,12 +100,22 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 def main() -> None:
     """calosim: fast calorimeter simulation with deep generative models.
 
+    Also runs as `python -m calosim` (and `torchrun ... -m calosim train ...`).
+
     \b
     Data flows one way:
       geometry -> `simulate` reference showers (HDF5) -> `train` a model (run directory)
       -> `generate` showers (HDF5) -> `evaluate` (HTML report + metrics.json) -> `bench` speed.
     Start with `calosim demo`, which runs the whole loop on the built-in simulator.
     """
+    import threading
+    import warnings
+
+    from .io import install_interrupt_handlers
+
+    warnings.showwarning = _warning_line  # one line, no source excerpt
+    if threading.current_thread() is threading.main_thread():
+        install_interrupt_handlers()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,24 +149,31 @@ def models_cmd() -> None:
 # ---------------------------------------------------------------------------------------------
 @main.command("info")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--geometry", default=None, help="Geometry preset, for CaloChallenge files with a custom binning.")
+@click.option("--geometry", "-g", default=None,
+              help="Geometry (preset, .json or binning .xml), for CaloChallenge files with a custom binning.")
 @_friendly
 def info_cmd(file: str, geometry: str | None) -> None:
     """Physics-aware summary of a shower FILE (any supported layout)."""
     from .summary import file_summary
 
-    click.echo(file_summary(file, geometry))
+    click.echo(file_summary(file, _geometry(geometry) if geometry else None))
 
 
 # ---------------------------------------------------------------------------------------------
 @main.command("simulate")
-@click.option("--geometry", "-g", default="calogan", show_default=True, help="Geometry preset (see `calosim geometries`) or a CaloChallenge binning .xml.")
-@click.option("--particle", "-p", default="e+", show_default=True, help="e-, e+, gamma, pi+, pi-, proton (proton: --engine geant4 only).")
-@click.option("--energy", "-e", default="1:100", show_default=True, help="Incident energy in GeV: 50, 1:100 (uniform) or log:1:100.")
+@click.option("--geometry", "-g", default="calogan", show_default=True,
+              help="Geometry: a preset (see `calosim geometries`), a geometry .json or a CaloChallenge binning .xml.")
+@click.option("--particle", "-p", default="e+", show_default=True,
+              help="e-, e+, gamma, pi+, pi-, proton (aliases: electron, positron, photon, pion+, ...; "
+                   "proton: --engine geant4 only).")
+@click.option("--energy", "-e", default="1:100", show_default=True,
+              help="Incident energy in GeV: 50 (fixed), 1:100 (uniform), log:1:100 (log-uniform), "
+                   "discrete:1,2,4 (equal shares of the listed energies) or calochallenge-1 (the challenge's "
+                   "15 powers of two, 0.256 ... 4194.304 GeV).")
 @click.option("--theta", default="0", show_default=True, help="Polar angle of incidence in degrees: fixed or lo:hi.")
 @click.option("--phi", default="0", show_default=True, help="Azimuth of the incidence direction in degrees: fixed or lo:hi.")
 @click.option("--position", default="0", show_default=True, help="Impact position in mm: fixed, lo:hi (both x and y) or x,y.")
-@click.option("-n", "n", type=int, default=10000, show_default=True, help="Number of showers.")
+@click.option("-n", "n", type=int, default=10000, show_default=True, help="Number of showers (> 0).")
 @click.option("--engine", default="mc", show_default=True, help="Simulation engine: mc (built-in) or geant4 (extra).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Output HDF5 file.")
 @click.option("--layout", default="native", show_default=True, type=click.Choice(["native", "calogan", "calochallenge"]))
@@ -127,8 +197,9 @@ def simulate_cmd(geometry: str, particle: str, energy: str, theta: str, phi: str
     """
     import time
 
+    from .io import check_free_space, check_writable, estimate_file_bytes
     from .scaleout import parse_shard
-    from .simulate import shard_size, simulate, simulate_to_file
+    from .simulate import parse_conditions, resolve_particle, shard_size, simulate_to_file
 
     geo = _geometry(geometry)
     if n <= 0:
@@ -139,6 +210,10 @@ def simulate_cmd(geometry: str, particle: str, energy: str, theta: str, phi: str
     if sh is not None and layout != "native":
         raise ValueError("--shard writes native files (they carry the shard attributes `calosim merge` needs); "
                          "drop --layout or convert the merged file")
+    resolve_particle(particle)
+    parse_conditions(energy, theta, phi, position)
+    check_writable(out, overwrite=overwrite)
+    check_free_space(out, estimate_file_bytes(shard_size(n, sh), geo.n_cells))
     t0 = time.perf_counter()
     kw: dict[str, Any] = dict(energy=energy, theta=theta, phi=phi, position=position, seed=seed)
     if engine != "mc":
@@ -149,12 +224,7 @@ def simulate_cmd(geometry: str, particle: str, energy: str, theta: str, phi: str
         kw["shard"] = sh
     if dask_address is not None:
         kw["dask"] = dask_address
-    if layout == "native":
-        path = simulate_to_file(out, geo, particle, n, overwrite=overwrite, progress=True, **kw)
-    else:
-        from .io import write_showers
-
-        path = write_showers(out, simulate(geo, particle, n, progress=True, **kw), overwrite=overwrite, layout=layout)
+    path = simulate_to_file(out, geo, particle, n, overwrite=overwrite, progress=True, layout=layout, **kw)
     dt = time.perf_counter() - t0
     m = shard_size(n, sh)
     what = f"shard {sh[0]}/{sh[1]}: {m} of {n}" if sh else f"{n}"
@@ -174,8 +244,10 @@ def merge_cmd(files: tuple[str, ...], out: str, overwrite: bool) -> None:
     seed, particle, shard count, ...), that every shard is there exactly once, then writes them in
     block order (streamed, atomic). Example: calosim merge part_*.h5 -o all.h5
     """
+    from .io import check_writable
     from .scaleout import merge
 
+    check_writable(out, overwrite=overwrite)
     path = merge(list(files), out, overwrite=overwrite, progress=True)
     click.echo(f"merged {len(files)} shards into {path}")
 
@@ -210,15 +282,9 @@ def geant4_data_cmd(path: str | None, action: str) -> None:
 
 
 def _geometry(spec: str):  # noqa: ANN202
-    from .geometry import get_geometry, load_calochallenge_xml
+    from .geometry import resolve_geometry
 
-    if spec.endswith(".xml"):
-        return load_calochallenge_xml(spec)
-    if spec.endswith(".json"):
-        from .geometry import Geometry
-
-        return Geometry.from_json(Path(spec).read_text())
-    return get_geometry(spec)
+    return resolve_geometry(spec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,19 +297,28 @@ def _geometry(spec: str):  # noqa: ANN202
 @click.option("--epochs", type=int, default=None, help="Train for this many epochs ...")
 @click.option("--steps", type=int, default=None, help="... or this many optimiser steps (default: the model's recipe).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
+@click.option("--geometry", "-g", default=None,
+              help="Geometry of the training file (preset, .json or CaloChallenge binning .xml), for CaloChallenge "
+                   "files with a custom binning; default: the file's own.")
 @DEVICE
 @SEED
 @OVERWRITE
 @_friendly
 def train_cmd(model: str, data: str, out: str, config_file: str | None, overrides: tuple[str, ...], epochs: int | None,
-              steps: int | None, resume: bool, device: str, seed: int, overwrite: bool) -> None:
+              steps: int | None, resume: bool, geometry: str | None, device: str, seed: int, overwrite: bool) -> None:
     """Train a generative model on reference showers; writes a run directory.
 
     Data-parallel: `torchrun --nproc_per_node 2 -m calosim train ...`.
     """
+    from .io import check_writable
     from .train import parse_overrides, train
 
+    _device(device)
+    check_writable(out, directory=True)
     cfg = parse_overrides(overrides)
+    if geometry is not None:
+        _geometry(geometry)  # a bad spec fails now, naming the file
+        cfg["geometry"] = str(Path(geometry).resolve()) if Path(geometry).suffix.lower() in (".json", ".xml") else geometry
     run = train(model, data, out, config=cfg, config_file=config_file, epochs=epochs, steps=steps, device=device,
                 seed=seed, resume=resume, overwrite=overwrite, progress=True)
     click.echo(f"run directory: {run}")
@@ -252,21 +327,26 @@ def train_cmd(model: str, data: str, out: str, config_file: str | None, override
 # ---------------------------------------------------------------------------------------------
 @main.command("generate")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Trained run directory.")
-@click.option("-n", "n", type=int, default=10000, show_default=True, help="Number of showers.")
-@click.option("--energy", "-e", default=None, help="Incident energy in GeV (50, 1:100, log:1:100); default: training range.")
-@click.option("--particle", "-p", default=None, help="Particle, for models conditioned on it.")
+@click.option("-n", "n", type=click.IntRange(min=1), default=10000, show_default=True, help="Number of showers.")
+@click.option("--energy", "-e", default=None,
+              help="Incident energy in GeV (50, 1:100, log:1:100, 10,20,50); default: the training distribution. "
+                   "Energies outside the training range give a warning.")
+@click.option("--particle", "-p", default=None,
+              help="Particle (name or PDG code); must be one the run was trained on.")
 @click.option("--conditions-from", default=None, type=click.Path(dir_okay=False), help="Copy incident energies/conditions from this file.")
-@click.option("--batch", type=int, default=1024, show_default=True,
+@click.option("--batch", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Showers per model call and per write (the showers of a seed depend on it below 1024).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False))
 @SHARD
 @DASK
 @DEVICE
+@THREADS
 @SEED
 @OVERWRITE
 @_friendly
 def generate_cmd(run_dir: str, n: int, energy: str | None, particle: str | None, conditions_from: str | None, batch: int,
-                 out: str, shard: str | None, dask_address: str | None, device: str, seed: int, overwrite: bool) -> None:
+                 out: str, shard: str | None, dask_address: str | None, device: str, threads: int | None, seed: int,
+                 overwrite: bool) -> None:
     """Sample showers from a trained run into an HDF5 file (native layout, streamed).
 
     -n is the whole run's size; with --shard K/N only shard K's rows are written (bit-identical to
@@ -278,9 +358,11 @@ def generate_cmd(run_dir: str, n: int, energy: str | None, particle: str | None,
     from .scaleout import parse_shard, shard_blocks
 
     sh = parse_shard(shard)
+    _device(device)
     t0 = time.perf_counter()
     path = generate(run_dir, out, n, energy=energy, particle=particle, conditions_from=conditions_from, batch=batch,
-                    device=device, seed=seed, overwrite=overwrite, progress=True, shard=sh, dask=dask_address)
+                    device=device, seed=seed, overwrite=overwrite, progress=True, shard=sh, dask=dask_address,
+                    threads=threads)
     dt = time.perf_counter() - t0
     blocks = shard_blocks(sh, -(-max(n, 0) // GEN_BLOCK))
     m = max(0, min(n, blocks.stop * GEN_BLOCK) - blocks.start * GEN_BLOCK) if len(blocks) else 0
@@ -365,17 +447,23 @@ def evaluate_cmd(reference: str, generated: tuple[str, ...], names: tuple[str, .
 @click.option("--no-geant4", is_flag=True,
               help="Do not time Geant4 (timed by default when calosim[geant4] is installed and the geometry has a "
                    "Geant4 description).")
-@click.option("--geant4-n", type=int, default=20, show_default=True, help="Geant4 showers timed per run.")
-@click.option("--threads", type=int, default=None,
+@click.option("--geant4-n", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Geant4 showers timed per run.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads (default: torch's choice; 1 is faster on a busy machine).")
 @DEVICE
 @SEED
+@OVERWRITE
 @_friendly
 def bench_cmd(runs: tuple[str, ...], json_path: str | None, no_reference: bool, no_geant4: bool, geant4_n: int,
-              threads: int | None, device: str, seed: int) -> None:
+              threads: int | None, device: str, seed: int, overwrite: bool) -> None:
     """Time sampling (ms/shower at batch 1, 4, 10, 128, 512, 1024) against the reference simulator and Geant4."""
     from .bench import bench, format_table, write_json
+    from .io import check_writable
 
+    _device(device)
+    if json_path:
+        check_writable(json_path, overwrite=overwrite)  # before minutes of timing, not after
     if threads is not None:
         import torch
 
@@ -385,7 +473,7 @@ def bench_cmd(runs: tuple[str, ...], json_path: str | None, no_reference: bool, 
                  geant4=False if no_geant4 else None, geant4_n=geant4_n)
     click.echo(format_table(rows))
     if json_path:
-        write_json(rows, json_path)
+        write_json(rows, json_path, overwrite=overwrite)
         click.echo(f"wrote {json_path}")
 
 
@@ -398,7 +486,9 @@ def bench_cmd(runs: tuple[str, ...], json_path: str | None, no_reference: bool, 
 def export_cmd(run_dir: str, out: str, overwrite: bool) -> None:
     """Export a trained generator to ONNX (needs `pip install calosim[export]`)."""
     from .export import export_onnx
+    from .io import check_writable
 
+    check_writable(out, overwrite=overwrite)
     path = export_onnx(run_dir, out, overwrite=overwrite)
     click.echo(f"wrote {path}")
 
@@ -409,12 +499,13 @@ def export_cmd(run_dir: str, out: str, overwrite: bool) -> None:
 @click.option("--quick", is_flag=True, help="Tiny sizes (seconds): a smoke test of the whole loop.")
 @click.option("--model", "-m", default=None, help="Model to train (default: spots, the better one; see `calosim models`).")
 @SEED
+@click.option("--overwrite", is_flag=True, help="Replace the files of an earlier demo in --out.")
 @_friendly
-def demo_cmd(out: str, quick: bool, model: str | None, seed: int) -> None:
+def demo_cmd(out: str, quick: bool, model: str | None, seed: int, overwrite: bool) -> None:
     """Run the whole loop on the built-in simulator: simulate, train, generate, evaluate."""
     from .demo import DEMO_MODEL, run_demo
 
-    run_demo(Path(out), quick=quick, seed=seed, model=model or DEMO_MODEL)
+    run_demo(Path(out), quick=quick, seed=seed, model=model or DEMO_MODEL, overwrite=overwrite)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -108,8 +108,17 @@ def plot_particle_overview(samples: dict[str, Path], geometry: Geometry, out_dir
     return paths
 
 
-def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str = DEMO_MODEL) -> dict:
-    """Run the demo into ``out``; returns the evaluation metrics dict."""
+#: What the demo writes in its output directory (checked before it replaces anything).
+DEMO_OUTPUTS = ("data", "run", "report", "mean_showers.png", "response.png", "demo_summary.json")
+
+
+def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str = DEMO_MODEL, overwrite: bool = False) -> dict:
+    """Run the demo into ``out``; returns the evaluation metrics dict.
+
+    Refuses (before any work) an ``out`` that holds an earlier demo's files unless ``overwrite``,
+    a negative ``seed``, and an ``out`` that cannot be written.
+    """
+    from .io import check_writable, write_text_atomic
     from .metrics import evaluate
     from .metrics.report import format_terminal_table
     from .models import get_model_class
@@ -117,10 +126,17 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str = DEMO
     from .summary import file_summary
 
     model_cls = get_model_class(model)  # an unknown name fails before any work, listing the valid ones
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
+    out = Path(out)
+    check_writable(out, directory=True)
+    present = [name for name in DEMO_OUTPUTS if (out / name).exists()]
+    if present and not overwrite:
+        raise FileExistsError(f"{out}: holds an earlier demo's {', '.join(present)}; pass --overwrite to replace them "
+                              "or choose another --out")
 
     sizes = QUICK if quick else FULL
     t_start = time.perf_counter()
-    out = Path(out)
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     geo = get_geometry("calogan")
@@ -168,7 +184,7 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0, model: str = DEMO
                        out_dir=out / "report", classifier=sizes.classifier, seed=seed, progress=True)
     print(format_terminal_table(metrics))
     minutes = (time.perf_counter() - t_start) / 60
-    (out / "demo_summary.json").write_text(json.dumps({"minutes": minutes, "model": model, "steps": steps,
-                                                       "quick": quick}, indent=1))
+    write_text_atomic(out / "demo_summary.json", json.dumps({"minutes": minutes, "model": model, "steps": steps,
+                                                            "quick": quick}, indent=1))
     _say(f"done in {minutes:.1f} min — open {out / 'report' / 'index.html'}")
     return metrics

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import atomic_path
+from .io import atomic_path, check_writable
 
 __all__ = ["export_onnx"]
 
@@ -26,6 +26,7 @@ def export_onnx(run_dir: str | Path, out: str | Path, *, overwrite: bool = False
     axis. With ``check``, onnxruntime output is compared with PyTorch on a random batch.
     """
     _require("onnx")
+    check_writable(out, overwrite=overwrite)  # before loading and tracing the model
     from .runs import load_run
 
     run = load_run(run_dir)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -32,9 +33,14 @@ import numpy as np
 from .io import CONDITION_SHAPES, ShowerFile, ShowerWriter, open_showers
 from .scaleout import dask_client, ordered_map, parse_shard, shard_attrs, shard_blocks, shard_label
 from .runs import Run, load_run
-from .train.conditions import particle_pdg, raw_conditions, sample_conditions
+from .simulate import readout
+from .simulate.conditions import particle_label, particle_pdg
+from .train.conditions import raw_conditions, sample_conditions
 
-__all__ = ["generate", "block_conditions", "block_seeds", "GEN_BLOCK"]
+__all__ = ["generate", "block_conditions", "block_seeds", "check_particle", "check_energy_range", "GEN_BLOCK"]
+
+#: Relative slack on the training energy range before ``generate`` warns about extrapolation.
+ENERGY_SLACK = 0.05
 
 
 #: Showers per random-stream block of ``generate`` (fixed: changing it changes a seed's showers).
@@ -85,10 +91,42 @@ def _dask_sample(run_dir: str, device: str, which: str, batch: int,
     return run.sample(item[1], item[2], batch=batch)
 
 
+def check_particle(run: Run, particle: str | int) -> int:
+    """PDG id of ``particle`` after checking that ``run`` was trained on it (one-line ``ValueError``).
+
+    A model that is not conditioned on the particle still only knows the particle(s) of its
+    training data: asking it for another one would write showers of the training particle
+    under a wrong label, so that is refused too.
+    """
+    pdg = particle_pdg(particle)
+    trained = run.particle_pdgs
+    names = ", ".join(particle_label(p) for p in trained)
+    if trained and pdg not in trained:
+        raise ValueError(f"--particle {particle!r} (PDG {pdg}) was not in the training data of {run.run_dir} "
+                         f"(trained on {names} only); the model cannot generate other particles")
+    if not trained:
+        warnings.warn(f"the run {run.run_dir} records no training particle; --particle {particle!r} is written "
+                      "as the label unchecked", UserWarning, stacklevel=3)
+    return pdg
+
+
+def check_energy_range(run: Run, lo_mev: float, hi_mev: float, what: str) -> None:
+    """Warn when incident energies ``[lo_mev, hi_mev]`` leave the run's training range (extrapolation)."""
+    enc = run.conditions
+    if not getattr(enc, "fitted", False):
+        return
+    t_lo, t_hi = enc.energy_range_mev
+    if lo_mev < t_lo * (1 - ENERGY_SLACK) or hi_mev > t_hi * (1 + ENERGY_SLACK):
+        warnings.warn(f"{what}: incident energies {lo_mev / 1e3:.4g}-{hi_mev / 1e3:.4g} GeV leave the training range "
+                      f"{t_lo / 1e3:.4g}-{t_hi / 1e3:.4g} GeV; the model extrapolates there and its showers are "
+                      "not validated", UserWarning, stacklevel=3)
+
+
 def generate(run_dir: str | Path, out_path: str | Path, n: int, *, energy: str | float | None = None,
              particle: str | int | None = None, conditions_from: str | Path | None = None, batch: int = 1024,
              device: str = "cpu", seed: int = 0, overwrite: bool = False, progress: bool = True,
-             which: str = "final", shard: str | tuple[int, int] | None = None, dask: Any = None) -> Path:
+             which: str = "final", shard: str | tuple[int, int] | None = None, dask: Any = None,
+             threads: int | None = None) -> Path:
     """Generate ``n`` showers with the run in ``run_dir`` into ``out_path`` (native layout); return the path.
 
     ``energy``: GeV spec; ``particle``: name or PDG code (must be one the model was trained on
@@ -99,7 +137,11 @@ def generate(run_dir: str | Path, out_path: str | Path, n: int, *, energy: str |
     so a seed's showers depend on ``batch`` only below ``GEN_BLOCK``). ``shard="K/N"`` writes
     only shard K's blocks (see :mod:`calosim.scaleout`; :func:`calosim.scaleout.merge` of all
     shards equals the full run); ``dask`` (address or Client) samples the blocks on a Dask
-    cluster whose workers can read ``run_dir`` (the conditions are drawn here).
+    cluster whose workers can read ``run_dir`` (the conditions are drawn here). ``threads``:
+    torch intra-op threads while sampling (default: the run's ``threads`` setting, else torch's).
+
+    Warns (``UserWarning``) when the requested incident energies leave the training range, and
+    refuses a ``particle`` the run was not trained on.
     """
     n, batch = int(n), int(batch)
     if n < 1:
@@ -108,23 +150,31 @@ def generate(run_dir: str | Path, out_path: str | Path, n: int, *, energy: str |
         raise ValueError(f"batch must be >= 1, got {batch}")
     if energy is not None and conditions_from is not None:
         raise ValueError("give either energy or conditions_from, not both")
+    if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
+        raise ValueError(f"--threads must be a positive integer, got {threads}")
     sh = parse_shard(shard)
     out_path = Path(out_path)
-    if out_path.exists() and not overwrite:
-        raise FileExistsError(f"{out_path}: exists; pass --overwrite (overwrite=True) to replace it")
-    run = load_run(run_dir, device=device, which=which)
-    if particle is not None and run.conditions.pdgs and particle_pdg(particle) not in run.conditions.pdgs:
-        raise ValueError(f"particle {particle!r} (PDG {particle_pdg(particle)}) was not in the training data "
-                         f"(trained on {run.conditions.pdgs})")
+    from .io import check_writable
+
+    check_writable(out_path, overwrite=overwrite)  # before loading the model, not after the work
     if energy is not None:  # fail on a bad spec before any work
         from .train.conditions import parse_energy_spec
         parse_energy_spec(energy)
+    run = load_run(run_dir, device=device, which=which)
+    if particle is not None:
+        particle = check_particle(run, particle)
+    if energy is not None:
+        e_lo, e_hi = _spec_bounds_mev(energy)
+        check_energy_range(run, e_lo, e_hi, f"--energy {energy}")
+    threads = threads if threads is not None else run.config.get("threads")
 
     out_conds = [c for c in run.conditions.names if c in CONDITION_SHAPES]
     if conditions_from is not None:
         with open_showers(conditions_from) as ref:
             if len(ref) == 0:
                 raise ValueError(f"{conditions_from}: reference file has no showers")
+            e_ref = ref.incident_energies()
+            check_energy_range(run, float(e_ref.min()), float(e_ref.max()), f"{conditions_from}")
             out_conds = sorted(set(out_conds) | set(ref.conditions), key=list(CONDITION_SHAPES).index)
     if particle is not None and "pdg" not in out_conds:
         out_conds.append("pdg")
@@ -142,10 +192,19 @@ def generate(run_dir: str | Path, out_path: str | Path, n: int, *, energy: str |
         attrs["conditions_from"] = str(Path(conditions_from).resolve())
     e_spec = None if energy is None else str(energy)
     mb = min(batch, GEN_BLOCK)
-    n_rows = sum(min(n, (b + 1) * GEN_BLOCK) - b * GEN_BLOCK for b in blocks)
+    # blocks is a contiguous range: its rows in closed form (a sum over 10^9 blocks would take minutes)
+    n_rows = max(0, min(n, blocks.stop * GEN_BLOCK) - blocks.start * GEN_BLOCK) if len(blocks) else 0
+    from .io import check_free_space, estimate_file_bytes
+
+    check_free_space(out_path, estimate_file_bytes(n_rows, run.geometry.n_cells))
     label = shard_label(sh)
 
     with ExitStack() as stack:
+        if threads:
+            import torch
+
+            stack.callback(torch.set_num_threads, torch.get_num_threads())
+            torch.set_num_threads(int(threads))
         ref = stack.enter_context(open_showers(conditions_from)) if conditions_from is not None else None
 
         def items() -> Iterator[tuple[int, dict[str, np.ndarray], int]]:
@@ -179,11 +238,23 @@ def generate(run_dir: str | Path, out_path: str | Path, n: int, *, energy: str |
                                    describe=lambda it: f"{label}block {it[0]} (showers {it[0] * GEN_BLOCK}:"
                                                        f"{min(n, (it[0] + 1) * GEN_BLOCK)})"):
             raw = conds_q.popleft()
+            showers = readout(showers, run.geometry)  # the readout threshold, as for simulated showers
             for lo in range(0, len(showers), batch):
                 hi = lo + batch
                 w.append(showers[lo:hi], raw["incident_energies"][lo:hi], **{c: raw[c][lo:hi] for c in out_conds})
                 update(len(showers[lo:hi]))
     return out_path
+
+
+def _spec_bounds_mev(energy: str | float) -> tuple[float, float]:
+    """(min, max) MeV an energy spec (GeV) can produce."""
+    from .simulate.conditions import parse_range
+
+    text = str(energy).strip()
+    if "," in text and not text.lower().startswith("discrete:"):  # generate's list form "10,20,50"
+        text = "discrete:" + text
+    r = parse_range(text, "--energy (GeV)", scale=1000.0, min_value=0.0, min_inclusive=False)
+    return r.low * 1000.0, r.high * 1000.0
 
 
 class _progress:

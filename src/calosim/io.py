@@ -15,15 +15,23 @@ CaloChallenge layout: ``incident_energies``
 (N, 1) MeV and ``showers`` (N, n_voxels) MeV, with the geometry given by the binning XML or a preset.
 
 Writes go to a temporary file beside the target and are renamed at the end, so an interrupted
-run never leaves a half-written output.
+run never leaves a half-written output. Output safety (:func:`check_writable`, :class:`atomic_path`):
+the target directory is checked before any work; a lock file (``.NAME.lock``, ``flock``)
+stops two processes writing one output; without ``overwrite`` the final step is an exclusive
+link, so an output that appeared meanwhile is never replaced; outputs get the umask's mode;
+SIGINT/SIGTERM (with :func:`install_interrupt_handlers`) remove the temporary files.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +44,8 @@ from .geometry import Geometry, GeometryError, get_geometry
 
 __all__ = [
     "ShowerData", "ShowerFile", "ShowerWriter", "ShowerFileError", "open_showers", "read_showers",
-    "write_showers", "CONDITION_SHAPES", "atomic_path",
+    "write_showers", "CONDITION_SHAPES", "atomic_path", "check_writable", "OutputError", "Interrupted",
+    "install_interrupt_handlers", "check_free_space", "estimate_file_bytes",
 ]
 
 #: Optional per-shower condition datasets and their shape after the leading N.
@@ -44,6 +53,15 @@ CONDITION_SHAPES: dict[str, tuple[int, ...]] = {
     "pdg": (), "momentum": (3,), "position": (2,), "theta": (), "phi": (),
 }
 CALOGAN_LAYERS = ("layer_0", "layer_1", "layer_2")
+#: Largest plausible energy (MeV) of a cell or an incident particle (10 PeV): larger values
+#: (e.g. 3e38, the float32 limit) are a corrupt or mis-scaled file, and would overflow sums.
+MAX_ENERGY_MEV = 1e10
+
+
+def _check_dtype(dtype: np.dtype, source: str, name: str) -> None:
+    """Energies must be real numbers: refuse boolean, complex, string and compound data."""
+    if np.dtype(dtype).kind not in "fiu":
+        raise ShowerFileError(f"{source}: field {name!r} has data type {np.dtype(dtype)}, expected real numbers (float)")
 
 
 class ShowerFileError(ValueError):
@@ -66,8 +84,13 @@ class ShowerData:
     attrs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        ie = np.asarray(self.incident_energies)
+        _check_dtype(np.asarray(self.showers).dtype, "<memory>", "showers")
+        _check_dtype(ie.dtype, "<memory>", "incident_energies")
+        if ie.ndim not in (1, 2) or (ie.ndim == 2 and ie.shape[1] != 1):
+            raise ShowerFileError(f"<memory>: field 'incident_energies' has shape {ie.shape}, expected (N,) or (N, 1)")
         self.showers = np.asarray(self.showers, dtype=np.float32)
-        self.incident_energies = np.asarray(self.incident_energies, dtype=np.float32).reshape(-1, 1)
+        self.incident_energies = ie.astype(np.float32).reshape(-1, 1)
         validate(self, "<memory>")
 
     def __len__(self) -> int:
@@ -112,8 +135,16 @@ def validate(data: ShowerData, source: str) -> None:
         want = (n, *CONDITION_SHAPES[key])
         if tuple(arr.shape) != want:
             raise ShowerFileError(f"{source}: field {key!r} has shape {tuple(arr.shape)}, expected {want}")
+        if np.asarray(arr).dtype.kind not in "fiu":
+            raise ShowerFileError(f"{source}: field {key!r} has data type {np.asarray(arr).dtype}, expected real numbers")
         if not np.all(np.isfinite(arr)):
             raise ShowerFileError(f"{source}: field {key!r} contains NaN or inf")
+        if key == "pdg":
+            codes = np.asarray(arr, dtype=np.float64).ravel()
+            wrong = (codes != np.round(codes)) | (codes == 0)
+            if wrong.any():
+                raise ShowerFileError(f"{source}: field 'pdg' must hold non-zero integer PDG codes, "
+                                      f"found {codes[wrong][0]:g} (row {int(np.argmax(wrong))})")
     if data.overflow is not None:
         want = (n, data.geometry.n_layers)
         if tuple(data.overflow.shape) != want:
@@ -127,6 +158,11 @@ def _finite_nonneg(a: np.ndarray, source: str, name: str, strictly_positive: boo
     if not np.all(np.isfinite(a)):
         bad = int(np.argwhere(~np.isfinite(a))[0][0])
         raise ShowerFileError(f"{source}: field {name!r} contains NaN or inf (first at row {bad})")
+    hi = float(a.max())
+    if hi > MAX_ENERGY_MEV:
+        bad = int(np.argwhere(a > MAX_ENERGY_MEV)[0][0])
+        raise ShowerFileError(f"{source}: field {name!r} holds {hi:g} MeV (row {bad}), above the plausible "
+                              f"{MAX_ENERGY_MEV:g} MeV: corrupt or not in MeV?")
     lo = float(a.min())
     if lo < 0 or (strictly_positive and lo <= 0):
         bad = int(np.argwhere(a < 0 if not strictly_positive else a <= 0)[0][0])
@@ -137,11 +173,123 @@ def _finite_nonneg(a: np.ndarray, source: str, name: str, strictly_positive: boo
 # ------------------------------------------------------------------------------------------
 # atomic writes
 # ------------------------------------------------------------------------------------------
-class atomic_path:
-    """Context manager yielding a temporary path that is renamed to ``path`` on success.
+class OutputError(ValueError):
+    """An output cannot be written (read-only or missing directory, a directory in the way, no space)."""
 
-    ``with atomic_path("out.h5", overwrite=False) as tmp: write(tmp)``. On an exception the
-    temporary file is removed and ``path`` is left untouched.
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived (``signum``); temporary files have been removed."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+#: Temporary files being written by this process (removed on SIGINT/SIGTERM).
+_LIVE_TMP: set[Path] = set()
+_LIVE_LOCK = threading.RLock()  # re-entrant: the signal handler may run while the main thread holds it
+_INTERRUPTED = threading.Event()
+
+
+def _umask() -> int:
+    with _LIVE_LOCK:  # os.umask can only be read by setting it
+        old = os.umask(0o022)
+        os.umask(old)
+    return old
+
+
+def remove_temp_files() -> list[Path]:
+    """Remove every temporary output file of this process still open; return them."""
+    with _LIVE_LOCK:
+        paths, _ = list(_LIVE_TMP), _LIVE_TMP.clear()
+    for p in paths:
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:
+            pass
+    return paths
+
+
+def install_interrupt_handlers() -> None:
+    """Make SIGINT and SIGTERM raise :class:`Interrupted` (after removing temporary outputs).
+
+    The flag it sets is checked again when an output is finalised, so an interrupt that a
+    library swallowed (e.g. inside a ``__del__``) still aborts the write (the CLI exits 130/143).
+    Call from the main thread (the CLI does).
+    """
+    _INTERRUPTED.clear()
+
+    def handler(signum: int, frame: Any) -> None:
+        _INTERRUPTED.set()
+        remove_temp_files()
+        raise Interrupted(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def check_writable(path: str | Path, *, overwrite: bool = False, directory: bool = False) -> Path:
+    """Check, before any work, that ``path`` can be written; return it. Creates nothing.
+
+    Raises ``FileExistsError`` (a file exists, no ``overwrite``) or :class:`OutputError` with
+    one line naming the path: a directory (or file) in the way, or a directory where no file
+    can be created (read-only, immutable, no permission; tested by creating and removing a probe
+    file in the nearest existing directory). ``directory=True`` checks an output directory
+    instead of a file (whether an existing one may be reused is the caller's business).
+    """
+    path = Path(path)
+    if directory:
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"{path}: exists and is not a directory")
+        where = path
+    else:
+        if path.is_dir():
+            raise OutputError(f"{path}: is a directory; give a file name")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path}: exists; pass --overwrite (overwrite=True) to replace it")
+        where = path.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise OutputError(f"{path}: cannot create it: {where} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".calosim-write-check.", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write in {where}: {exc.strerror or exc}") from None
+    return path
+
+
+def estimate_file_bytes(n: int, n_cells: int) -> int:
+    """Conservative size (bytes) of a gzip-compressed native file of ``n`` showers of ``n_cells`` cells.
+
+    Measured gzip compression of ``mc`` showers (e+, log:1:1000 GeV): 2.5x on ``calogan``
+    (796 bytes/shower), 5x on ``calochallenge-2``; a 2x estimate plus conditions errs on the
+    safe side without refusing plausible runs.
+    """
+    return int(n) * (2 * int(n_cells) + 64)
+
+
+def check_free_space(path: str | Path, need_bytes: int) -> None:
+    """Raise :class:`OutputError` if the file system of ``path`` has less than ``need_bytes`` free."""
+    where = Path(path).parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need_bytes > free:
+        raise OutputError(f"{path}: needs about {need_bytes / 1e9:,.3g} GB, but only {free / 1e9:,.3g} GB are free "
+                          f"in {where}; ask for fewer showers (-n)")
+
+
+class atomic_path:
+    """Context manager yielding a temporary path that becomes ``path`` on success.
+
+    ``with atomic_path("out.h5", overwrite=False) as tmp: write(tmp)``. On an exception (or an
+    interrupt, even one swallowed meanwhile) the temporary file is removed and ``path`` is left
+    untouched. A lock file beside ``path`` (``flock``) makes a second writer of the same output
+    fail at once; without ``overwrite`` the result is linked into place exclusively, so a file
+    that appeared at ``path`` meanwhile is never replaced. The file gets mode ``0666 & ~umask``.
     """
 
     def __init__(self, path: str | Path, overwrite: bool = False, suffix: str | None = None) -> None:
@@ -149,22 +297,91 @@ class atomic_path:
         self.overwrite = overwrite
         self.suffix = suffix if suffix is not None else self.path.suffix
         self.tmp: Path | None = None
+        self._lock_fd: int | None = None
+        self._lock_path = self.path.parent / f".{self.path.name}.lock"
 
     def __enter__(self) -> Path:
-        if self.path.exists() and not self.overwrite:
-            raise FileExistsError(f"{self.path}: exists; pass --overwrite (overwrite=True) to replace it")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=self.suffix + ".tmp", dir=self.path.parent)
-        os.close(fd)
+        check_writable(self.path, overwrite=self.overwrite)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot create {self.path.parent}: {exc.strerror or exc}") from None
+        self._lock()
+        try:
+            if self.path.exists() and not self.overwrite:  # appeared while we waited for nothing: recheck
+                raise FileExistsError(f"{self.path}: exists; pass --overwrite (overwrite=True) to replace it")
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=self.suffix + ".tmp", dir=self.path.parent)
+                os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would ignore the umask
+                os.close(fd)
+            except OSError as exc:
+                raise OutputError(f"{self.path}: cannot create a file in {self.path.parent}: {exc.strerror or exc}") from None
+        except BaseException:
+            self._unlock()
+            raise
         self.tmp = Path(tmp)
+        with _LIVE_LOCK:
+            _LIVE_TMP.add(self.tmp)
         return self.tmp
+
+    def _lock(self) -> None:
+        import fcntl
+
+        try:
+            fd = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o666)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot create the lock file {self._lock_path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise FileExistsError(f"{self.path}: another process is writing this output (lock {self._lock_path})") from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            try:
+                self._lock_path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         assert self.tmp is not None
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        tmp = self.tmp
+        try:
+            if exc_type is None and _INTERRUPTED.is_set():  # an interrupt was swallowed on the way
+                raise Interrupted()
+            if exc_type is None:
+                self._finalise(tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+            with _LIVE_LOCK:
+                _LIVE_TMP.discard(tmp)
+            self._unlock()
+
+    def _finalise(self, tmp: Path) -> None:
+        try:
+            if self.overwrite:
+                os.replace(tmp, self.path)
+                return
+            try:
+                os.link(tmp, self.path)  # fails if path exists: never replaces a file we did not own
+            except FileExistsError:
+                raise FileExistsError(f"{self.path}: appeared while this run was writing it; "
+                                      "pass --overwrite to replace it (nothing was written)") from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    raise
+                if self.path.exists():  # a file system without hard links: best effort
+                    raise FileExistsError(f"{self.path}: appeared while this run was writing it; "
+                                          "pass --overwrite to replace it") from None
+                os.replace(tmp, self.path)
+        except OSError as exc:
+            if isinstance(exc, FileExistsError):
+                raise
+            raise OutputError(f"{self.path}: could not move the finished output into place: {exc.strerror or exc}") from None
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -176,19 +393,28 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 # ------------------------------------------------------------------------------------------
 # writing
 # ------------------------------------------------------------------------------------------
+LAYOUTS = ("native", "calogan", "calochallenge")
+
+
 class ShowerWriter:
-    """Stream showers into a native HDF5 file with bounded memory.
+    """Stream showers into an HDF5 file with bounded memory (any layout; native by default).
 
     >>> with ShowerWriter("out.h5", geometry, conditions=["pdg"], attrs={"engine": "mc"}) as w:
     ...     w.append(showers, incident_energies, pdg=pdg)
 
     Datasets are chunked and gzip-compressed and grow as chunks are appended. The file appears
-    under its final name only when the ``with`` block ends without an error.
+    under its final name only when the ``with`` block ends without an error. The ``calogan`` and
+    ``calochallenge`` layouts hold no conditions or provenance: those given are checked, not written.
     """
 
     def __init__(self, path: str | Path, geometry: Geometry, *, conditions: list[str] | tuple[str, ...] = (),
                  overflow: bool = False, attrs: dict[str, Any] | None = None, overwrite: bool = False,
-                 chunk_rows: int = 1024, compression: int = 4) -> None:
+                 chunk_rows: int = 1024, compression: int = 4, layout: str = "native") -> None:
+        if layout not in LAYOUTS:
+            raise ShowerFileError(f"{path}: unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+        if layout == "calogan" and [l.shape for l in geometry.layers] != [(3, 96), (12, 12), (12, 6)]:
+            raise ShowerFileError(f"{path}: the CaloGAN layout needs the 'calogan' geometry, got {geometry.name!r}")
+        self.layout = layout
         for c in conditions:
             if c not in CONDITION_SHAPES:
                 raise ShowerFileError(f"{path}: unknown condition {c!r}; known: {', '.join(CONDITION_SHAPES)}")
@@ -210,8 +436,18 @@ class ShowerWriter:
             n_cells = self.geometry.n_cells
             cr = max(1, min(self.chunk_rows, (1 << 20) // max(n_cells, 1)))  # ~4 MB float32 chunks
             opts = {"compression": "gzip", "compression_opts": self.compression, "shuffle": True}
+            if self.layout == "calogan":
+                f.create_dataset("energy", (0, 1), maxshape=(None, 1), dtype="f4", chunks=(4096, 1), **opts)
+                for i, lay in enumerate(self.geometry.layers):
+                    shp = tuple(lay.shape)
+                    f.create_dataset(f"layer_{i}", (0, *shp), maxshape=(None, *shp), dtype="f4",
+                                     chunks=(max(1, cr), *shp), **opts)
+                f.create_dataset("overflow", (0, 3), maxshape=(None, 3), dtype="f4", chunks=(4096, 3), **opts)
+                return self
             f.create_dataset("showers", (0, n_cells), maxshape=(None, n_cells), dtype="f4", chunks=(cr, n_cells), **opts)
             f.create_dataset("incident_energies", (0, 1), maxshape=(None, 1), dtype="f4", chunks=(4096, 1), **opts)
+            if self.layout == "calochallenge":
+                return self
             for c in self.conditions:
                 shp = CONDITION_SHAPES[c]
                 dt = "i4" if c == "pdg" else "f4"
@@ -247,9 +483,17 @@ class ShowerWriter:
         m = len(data)
         lo, hi = self.n, self.n + m
         f = self._f
-        for name, arr in [("showers", data.showers), ("incident_energies", data.incident_energies),
-                          *[(c, data.conditions[c]) for c in self.conditions],
-                          *([("overflow", data.overflow)] if self.has_overflow else [])]:
+        if self.layout == "calogan":
+            ov = data.overflow if data.overflow is not None else np.zeros((m, 3), np.float32)
+            items = [("energy", data.incident_energies / 1000.0),  # GeV
+                     *[(f"layer_{i}", img) for i, img in enumerate(self.geometry.images(data.showers))], ("overflow", ov)]
+        elif self.layout == "calochallenge":
+            items = [("showers", data.showers), ("incident_energies", data.incident_energies)]
+        else:
+            items = [("showers", data.showers), ("incident_energies", data.incident_energies),
+                     *[(c, data.conditions[c]) for c in self.conditions],
+                     *([("overflow", data.overflow)] if self.has_overflow else [])]
+        for name, arr in items:
             ds = f[name]
             ds.resize(hi, axis=0)
             ds[lo:hi] = arr
@@ -269,29 +513,12 @@ def write_showers(path: str | Path, data: ShowerData, *, overwrite: bool = False
                   layout: str = "native", chunk: int = 65536) -> Path:
     """Write ``data`` to ``path`` in the ``native``, ``calogan`` or ``calochallenge`` layout."""
     path = Path(path)
-    if layout == "native":
-        with ShowerWriter(path, data.geometry, conditions=list(data.conditions), overflow=data.overflow is not None,
-                          attrs={**data.attrs, **(attrs or {})}, overwrite=overwrite) as w:
-            for lo in range(0, max(len(data), 1), chunk):
-                sub = data.subset(slice(lo, lo + chunk))
-                if len(sub):
-                    w.append(sub.showers, sub.incident_energies, overflow=sub.overflow, **sub.conditions)
-        return path
-    with atomic_path(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
-        if layout == "calogan":
-            g = data.geometry
-            if [l.shape for l in g.layers] != [(3, 96), (12, 12), (12, 6)]:
-                raise ShowerFileError(f"{path}: the CaloGAN layout needs the 'calogan' geometry, got {g.name!r}")
-            f.create_dataset("energy", data=data.incident_energies / 1000.0)  # GeV
-            for i, img in enumerate(g.images(data.showers)):
-                f.create_dataset(f"layer_{i}", data=img, compression="gzip")
-            ov = data.overflow if data.overflow is not None else np.zeros((len(data), 3), np.float32)
-            f.create_dataset("overflow", data=ov)
-        elif layout == "calochallenge":
-            f.create_dataset("incident_energies", data=data.incident_energies, compression="gzip")
-            f.create_dataset("showers", data=data.showers, compression="gzip")
-        else:
-            raise ShowerFileError(f"{path}: unknown layout {layout!r}; valid: native, calogan, calochallenge")
+    with ShowerWriter(path, data.geometry, conditions=list(data.conditions), overflow=data.overflow is not None,
+                      attrs={**data.attrs, **(attrs or {})}, overwrite=overwrite, layout=layout) as w:
+        for lo in range(0, max(len(data), 1), chunk):
+            sub = data.subset(slice(lo, lo + chunk))
+            if len(sub):
+                w.append(sub.showers, sub.incident_energies, overflow=sub.overflow, **sub.conditions)
     return path
 
 
@@ -322,7 +549,8 @@ def _guess_calochallenge_geometry(n_cells: int, source: str) -> Geometry:
     if n_cells not in by_cells:
         raise ShowerFileError(
             f"{source}: CaloChallenge-layout file with {n_cells} voxels matches no known binning "
-            "(368, 533, 6480, 40500); pass geometry= (or --geometry / --binning FILE.xml)"
+            "(368, 533, 6480, 40500); give its binning: --geometry FILE.xml (or a preset / geometry .json; "
+            "Python: geometry=)"
         )
     return get_geometry(by_cells[n_cells])
 
@@ -352,13 +580,29 @@ class ShowerFile:
         f, src = self._f, str(self.path)
         self.layout = detect_layout(f)
         self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        if isinstance(geometry, str):
+        if isinstance(geometry, (str, Path)):
             geometry = get_geometry(geometry)
+        required = (*CALOGAN_LAYERS, "energy") if self.layout == "calogan" else ("showers", "incident_energies")
+        for key in required:
+            if key not in f:
+                raise ShowerFileError(f"{src}: {self.layout} file has no dataset {key!r} (found {sorted(f.keys())})")
+        for key in (*required, *[k for k in (*CONDITION_SHAPES, "overflow") if k in f]):
+            if not isinstance(f[key], h5py.Dataset):
+                raise ShowerFileError(f"{src}: {key!r} is an HDF5 {type(f[key]).__name__.lower()}, expected a dataset")
+            if f[key].ndim == 0:
+                raise ShowerFileError(f"{src}: field {key!r} is a scalar, expected one row per shower")
+        for key in ("showers", "incident_energies", "energy", *CALOGAN_LAYERS, "overflow"):
+            if key in f:
+                _check_dtype(f[key].dtype, src, key)
         if self.layout == "native":
+            raw_geo = self.attrs.get("geometry")
+            if not isinstance(raw_geo, str):
+                got = "missing" if raw_geo is None else f"a {type(raw_geo).__name__}, not JSON text"
+                raise ShowerFileError(f"{src}: attribute 'geometry' is {got}; expected the geometry's JSON description")
             try:
-                file_geo = Geometry.from_json(self.attrs["geometry"])
-            except (KeyError, GeometryError) as exc:
-                raise ShowerFileError(f"{src}: attribute 'geometry' missing or malformed ({exc})") from None
+                file_geo = Geometry.from_json(raw_geo)
+            except (KeyError, TypeError, AttributeError, GeometryError) as exc:
+                raise ShowerFileError(f"{src}: attribute 'geometry' is malformed ({exc})") from None
             if geometry is not None and geometry.n_cells != file_geo.n_cells:
                 raise ShowerFileError(f"{src}: file geometry {file_geo.name!r} ({file_geo.n_cells} cells) does not match requested {geometry.name!r} ({geometry.n_cells} cells)")
             self.geometry = geometry or file_geo
@@ -386,6 +630,8 @@ class ShowerFile:
             raise ShowerFileError(f"{src}: field 'showers' has shape {s.shape}, expected (N, {self.geometry.n_cells}) for geometry {self.geometry.name!r}")
         n = s.shape[0]
         ie = f["incident_energies"]
+        if ie.ndim > 2 or (ie.ndim == 2 and ie.shape[1] != 1):
+            raise ShowerFileError(f"{src}: field 'incident_energies' has shape {ie.shape}, expected ({n},) or ({n}, 1)")
         if ie.shape[0] != n:
             raise ShowerFileError(f"{src}: field 'incident_energies' has {ie.shape[0]} rows, 'showers' has {n}")
         for k in (*CONDITION_SHAPES, "overflow"):
@@ -433,6 +679,12 @@ class ShowerFile:
             raise ShowerFileError(f"{src}: could not read rows {start}:{stop} (truncated or corrupt file?): {exc}") from None
         validate(data, src)
         return data
+
+    def incident_energies(self) -> np.ndarray:
+        """All incident energies ``(N,)`` MeV, reading only that dataset."""
+        if self.layout == "calogan":
+            return np.asarray(self._f["energy"][:], dtype=np.float64).reshape(-1) * 1000.0
+        return np.asarray(self._f["incident_energies"][:], dtype=np.float64).reshape(-1)
 
     def iter_chunks(self, size: int = 65536) -> Iterator[ShowerData]:
         for lo in range(0, self.n, size):

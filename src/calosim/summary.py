@@ -9,10 +9,10 @@ import numpy as np
 from .features import layer_energies, occupancy
 from .geometry import Geometry
 from .io import open_showers
+from .simulate.conditions import particle_label
 
 __all__ = ["file_summary", "summarize"]
 
-_PDG_NAMES = {11: "e-", -11: "e+", 22: "gamma", 211: "pi+", -211: "pi-"}
 
 
 def summarize(path: str | Path, geometry: Geometry | str | None = None, chunk: int = 50000) -> dict:
@@ -51,7 +51,7 @@ def summarize(path: str | Path, geometry: Geometry | str | None = None, chunk: i
         mean_r = r_sum / max(n, 1)
         return {
             "file": str(path), "n": n, "layout": f.layout, "geometry": geo.summary(),
-            "particles": {_PDG_NAMES.get(k, str(k)): v for k, v in pdg.items()} or {"(not recorded)": n},
+            "particles": {particle_label(k): v for k, v in pdg.items()} or {"(not recorded)": n},
             "incident_energy_mev": {"min": float(e_min) if n else None, "max": float(e_max) if n else None,
                                     "mean": e_sum / max(n, 1)},
             "response_mean": mean_r,

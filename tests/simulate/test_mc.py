@@ -224,7 +224,9 @@ def test_errors_are_clear():
         simulate("calogan", "e-", 5, position="1,2,3")
     with pytest.raises(ValueError, match=r"e-, e\+, gamma, pi\+, pi- only .*2212.*geant4"):
         simulate("calogan", "proton", 5)
-    with pytest.raises(ValueError, match=r"unknown particle 'kaon'.*proton"):
+    with pytest.raises(ValueError, match=r"unknown particle 'graviton'.*proton"):
+        simulate("calogan", "graviton", 5)
+    with pytest.raises(ValueError, match=r"cannot be simulated 'kaon'.*proton"):  # known, not simulated
         simulate("calogan", "kaon", 5)
     with pytest.raises(ValueError, match="valid: .*mc"):
         get_engine("geant5")

@@ -46,7 +46,7 @@ __all__ = [
     "simulate", "simulate_to_file", "iter_simulate", "Engine", "ENGINES", "register_engine", "get_engine",
     "PARTICLES", "CANONICAL_PARTICLES", "resolve_particle", "particle_name", "parse_range", "parse_position",
     "parse_conditions", "RangeSpec", "PositionSpec", "ConditionSpec", "BLOCK", "block_rngs", "EnginePool",
-    "simulate_block", "shard_size", "EngineError",
+    "simulate_block", "shard_size", "EngineError", "readout",
 ]
 
 #: Showers per random-stream block (fixed: changing it changes the showers of a seed).
@@ -115,8 +115,8 @@ def _check_seed(seed: int) -> int:
     return int(seed)
 
 
-def _geometry(geometry: Geometry | str) -> Geometry:
-    return get_geometry(geometry) if isinstance(geometry, str) else geometry
+def _geometry(geometry: Geometry | str | Path) -> Geometry:
+    return get_geometry(geometry)  # the package resolver: preset name, .json or CaloChallenge .xml
 
 
 def _momentum(pdg: int, energy: np.ndarray, theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
@@ -215,8 +215,22 @@ def simulate_block(geometry: Geometry, pdg: int, spec: ConditionSpec, seed: int,
         raise EngineError(f"{label}block {block} (showers {lo}:{hi}) failed in engine {pool.name!r}: {exc}") from exc
     finally:
         pool.release(eng)
-    return (np.asarray(showers, np.float32), np.asarray(overflow, np.float32), cond["energy"], cond["theta"],
-            cond["phi"], cond["position"])
+    return (readout(np.asarray(showers, np.float32), geometry), np.asarray(overflow, np.float32), cond["energy"],
+            cond["theta"], cond["phi"], cond["position"])
+
+
+#: Smallest cell energy any readout records (1 eV), applied when a geometry has no (or a lower)
+#: readout threshold: the engines' exponential tails otherwise leave cells down to 1e-45 MeV.
+READOUT_FLOOR_MEV = 1e-6
+
+
+def readout(showers: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """The detector's readout of true cell energies ``(n, n_cells)`` MeV: cells below
+    ``geometry.readout_threshold_mev`` (:func:`calosim.features.apply_threshold`), and below
+    :data:`READOUT_FLOOR_MEV`, read 0. Cells above are untouched, so is the random stream."""
+    from ..features import apply_threshold
+
+    return apply_threshold(showers, geometry, max(geometry.readout_threshold_mev, READOUT_FLOOR_MEV))
 
 
 def _n_blocks(n: int) -> int:
@@ -358,8 +372,9 @@ def simulate_to_file(path: str | Path, geometry: Geometry | str, particle: str |
                      energy: str | float = "1:100", theta: str | float = "0", phi: str | float = "0",
                      position: str | float = "0", seed: int = 0, chunk: int = 10000, overwrite: bool = False,
                      progress: bool = True, engine: str = "mc", attrs: dict[str, Any] | None = None,
-                     workers: int = 1, shard: str | tuple[int, int] | None = None, dask: Any = None) -> Path:
-    """Simulate ``n`` showers straight into a native HDF5 file with bounded memory.
+                     workers: int = 1, shard: str | tuple[int, int] | None = None, dask: Any = None,
+                     layout: str = "native") -> Path:
+    """Simulate ``n`` showers straight into an HDF5 file with bounded memory (any ``layout``).
 
     Same arguments and same showers as :func:`simulate` (for equal ``seed`` and ``n``); chunks
     of about ``chunk`` showers are appended through :class:`~calosim.io.ShowerWriter`, so the
@@ -367,7 +382,8 @@ def simulate_to_file(path: str | Path, geometry: Geometry | str, particle: str |
     :class:`~calosim.scaleout.EngineError`) the temporary file is removed. ``workers`` /
     ``dask`` run blocks in parallel (same file); ``shard="K/N"`` writes shard K with its shard
     attributes, for :func:`calosim.scaleout.merge`. ``attrs`` adds provenance attributes.
-    Returns the path.
+    ``layout``: ``native`` (default), ``calogan`` or ``calochallenge`` (these two carry no
+    conditions or provenance; a shard must be native). Returns the path.
     """
     geo = _geometry(geometry)
     pdg = resolve_particle(particle)
@@ -378,11 +394,14 @@ def simulate_to_file(path: str | Path, geometry: Geometry | str, particle: str |
         raise ValueError(f"number of showers must be a non-negative integer, got {n!r}")
     run_attrs = {**_run_attrs(get_engine(engine), pdg, seed, spec, geo),
                  **shard_attrs(sh, shard_blocks(sh, _n_blocks(n)), int(n)), **(attrs or {})}
+    if sh is not None and layout != "native":
+        raise ValueError("--shard writes native files (they carry the shard attributes `calosim merge` needs); "
+                         "drop --layout or convert the merged file")
     path = Path(path)
     kw = dict(energy=energy, theta=theta, phi=phi, position=position, seed=seed, chunk=chunk, engine=engine,
               workers=workers, shard=sh, dask=dask)
     with ShowerWriter(path, geo, conditions=list(CONDITIONS), overflow=geo.overflow, attrs=run_attrs,
-                      overwrite=overwrite) as w:
+                      overwrite=overwrite, layout=layout) as w:
         def write(part: ShowerData) -> None:
             w.append(part.showers, part.incident_energies, overflow=part.overflow, **part.conditions)
 

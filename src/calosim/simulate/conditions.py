@@ -5,7 +5,9 @@ Spec strings are what the command line accepts, in command-line units:
 ==============  ==========  ===================================================
 spec            unit        forms
 ==============  ==========  ===================================================
-``energy``      GeV         ``"50"`` fixed, ``"1:100"`` uniform, ``"log:1:100"`` log-uniform
+``energy``      GeV         ``"50"`` fixed, ``"1:100"`` uniform, ``"log:1:100"`` log-uniform,
+                            ``"discrete:1,2,4"`` (equal shares of listed values) or a named
+                            spectrum, ``"calochallenge-1"`` (the 15 powers of two 256 MeV ... 4.19 TeV)
 ``theta``       degrees     same forms; polar angle to the calorimeter normal, ``0 <= theta <= 80``
 ``phi``         degrees     same forms; azimuth of the incidence direction in the x-y plane
 ``position``    mm          one range for both x and y (``"0"``, ``"-20:20"``; x and y drawn
@@ -26,7 +28,8 @@ import numpy as np
 
 __all__ = [
     "RangeSpec", "PositionSpec", "ConditionSpec", "parse_range", "parse_position", "parse_conditions",
-    "PARTICLES", "CANONICAL_PARTICLES", "MAX_THETA_DEG", "PARTICLE_MASS_MEV", "resolve_particle", "particle_name",
+    "SPECTRA", "PARTICLES", "CANONICAL_PARTICLES", "KNOWN_PARTICLES", "MAX_THETA_DEG", "PARTICLE_MASS_MEV", "resolve_particle",
+    "particle_name", "particle_pdg", "particle_label",
 ]
 
 #: Largest accepted polar angle (degrees): beyond it the shower no longer fits the picture of
@@ -36,74 +39,131 @@ MAX_THETA_DEG = 80.0
 # ------------------------------------------------------------------------------------------
 # particles
 # ------------------------------------------------------------------------------------------
-#: Canonical particle names -> PDG id.
-CANONICAL_PARTICLES: dict[str, int] = {"e-": 11, "e+": -11, "gamma": 22, "pi+": 211, "pi-": -211, "proton": 2212}
+# The one particle table of calosim: every command (simulate, generate, train, info, bench)
+# resolves names through it, so a name accepted by one is accepted by all.
 
-#: Every accepted name (canonical names and aliases) -> PDG id.
+#: Canonical names of every known particle -> PDG id.
+KNOWN_PARTICLES: dict[str, int] = {
+    "e-": 11, "e+": -11, "gamma": 22, "pi+": 211, "pi-": -211, "proton": 2212,
+    "mu-": 13, "mu+": -13, "pi0": 111, "neutron": 2112, "k+": 321, "k-": -321, "k0l": 130,
+}
+
+#: Canonical names of the particles the simulation engines can shoot -> PDG id.
+CANONICAL_PARTICLES: dict[str, int] = {k: KNOWN_PARTICLES[k] for k in ("e-", "e+", "gamma", "pi+", "pi-", "proton")}
+
+#: Every accepted name (canonical names and aliases, lower case) -> PDG id.
 PARTICLES: dict[str, int] = {
-    **CANONICAL_PARTICLES,
-    "electron": 11, "positron": -11, "photon": 22, "pion+": 211, "pion-": -211, "p": 2212,
+    **KNOWN_PARTICLES,
+    "electron": 11, "positron": -11, "photon": 22, "pion+": 211, "pion-": -211, "pion": 211, "p": 2212,
+    "muon": 13, "muon-": 13, "muon+": -13, "antimuon": -13, "n": 2112, "kaon": 321, "kaon+": 321, "kaon-": -321,
 }
 
 #: Rest masses (MeV) by PDG id (PDG Review of Particle Physics).
-PARTICLE_MASS_MEV: dict[int, float] = {11: 0.51099895, -11: 0.51099895, 22: 0.0, 211: 139.57039, -211: 139.57039,
-                                       2212: 938.27208816}
+PARTICLE_MASS_MEV: dict[int, float] = {
+    11: 0.51099895, -11: 0.51099895, 22: 0.0, 211: 139.57039, -211: 139.57039, 2212: 938.27208816,
+    13: 105.6583755, -13: 105.6583755, 111: 134.9768, 2112: 939.56542052, 321: 493.677, -321: 493.677,
+    130: 497.611,
+}
+
+
+def _lookup(name: str | int | float) -> int | None:
+    """PDG id of a name, alias or integer code (as int or text); None if it is none of these."""
+    if isinstance(name, bool):
+        return None
+    if isinstance(name, (int, np.integer)):
+        return int(name)
+    if isinstance(name, (float, np.floating)):
+        return int(name) if float(name).is_integer() else None
+    key = str(name).strip().lower()
+    if key in PARTICLES:
+        return PARTICLES[key]
+    try:  # "11", "-211" as text
+        return int(key)
+    except ValueError:
+        return None
+
+
+def particle_pdg(name: str | int) -> int:
+    """PDG id of any known particle name or alias (case-insensitive), or of an integer PDG code.
+
+    For labels and conditions (``generate --particle``, training data); what can be *simulated*
+    is narrower, see :func:`resolve_particle`.
+
+    >>> particle_pdg("pion+"), particle_pdg("muon"), particle_pdg("-11")
+    (211, 13, -11)
+    """
+    pdg = _lookup(name)
+    if pdg is None or pdg == 0:
+        raise ValueError(f"unknown particle {name!r}; valid: {', '.join(KNOWN_PARTICLES)} "
+                         f"(aliases: {', '.join(sorted(set(PARTICLES) - set(KNOWN_PARTICLES)))}) or an integer PDG code")
+    return pdg
 
 
 def resolve_particle(name: str | int) -> int:
-    """PDG id for a particle name or alias (case-insensitive) or a supported PDG id.
+    """PDG id for a particle the simulation engines support (name, alias, case-insensitive, or PDG id).
 
     >>> resolve_particle("photon"), resolve_particle("e+"), resolve_particle(-211)
     (22, -11, -211)
     """
-    if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
-        if int(name) in PARTICLE_MASS_MEV:
-            return int(name)
-    else:
-        key = str(name).strip().lower()
-        if key in PARTICLES:
-            return PARTICLES[key]
-        try:  # "11", "-211" as text
-            if int(key) in PARTICLE_MASS_MEV:
-                return int(key)
-        except ValueError:
-            pass
-    aliases = sorted(set(PARTICLES) - set(CANONICAL_PARTICLES))
+    pdg = _lookup(name)
+    if pdg is not None and pdg in CANONICAL_PARTICLES.values():
+        return pdg
+    aliases = sorted(k for k, v in PARTICLES.items() if v in CANONICAL_PARTICLES.values() and k not in CANONICAL_PARTICLES)
+    what = "unknown particle" if pdg is None else "particle that cannot be simulated"
     raise ValueError(
-        f"unknown particle {name!r}; valid: {', '.join(CANONICAL_PARTICLES)} "
-        f"(aliases: {', '.join(aliases)}; or a PDG id: {', '.join(str(p) for p in PARTICLE_MASS_MEV)})"
+        f"{what} {name!r}; valid: {', '.join(CANONICAL_PARTICLES)} "
+        f"(aliases: {', '.join(aliases)}; or a PDG id: {', '.join(str(p) for p in CANONICAL_PARTICLES.values())})"
     )
 
 
 def particle_name(pdg: int) -> str:
-    """Canonical name of a supported PDG id (``11 -> "e-"``)."""
-    for k, v in CANONICAL_PARTICLES.items():
+    """Canonical name of a known PDG id (``11 -> "e-"``)."""
+    for k, v in KNOWN_PARTICLES.items():
         if v == pdg:
             return k
-    raise ValueError(f"unsupported PDG id {pdg}; valid: {', '.join(map(str, CANONICAL_PARTICLES.values()))}")
+    raise ValueError(f"unknown PDG id {pdg}; known: {', '.join(map(str, KNOWN_PARTICLES.values()))}")
+
+
+def particle_label(pdg: int) -> str:
+    """Canonical name of a PDG id, or ``"pdg <id>"`` for a code outside the table (for summaries)."""
+    try:
+        return particle_name(int(pdg))
+    except ValueError:
+        return f"pdg {int(pdg)}"
 
 
 # ------------------------------------------------------------------------------------------
 # ranges
 # ------------------------------------------------------------------------------------------
+#: Named discrete spectra (values in GeV) accepted where a range is: the CaloChallenge dataset-1
+#: energies are the 15 powers of two from 2^8 to 2^22 MeV (256 MeV ... 4.19 TeV).
+SPECTRA: dict[str, tuple[float, ...]] = {
+    "calochallenge-1": tuple(0.256 * 2.0 ** k for k in range(15)),
+}
+
+
 @dataclass(frozen=True)
 class RangeSpec:
-    """A fixed value or a uniform / log-uniform range, in the spec's own unit.
+    """A fixed value, a uniform / log-uniform range or a discrete set, in the spec's own unit.
 
     ``sample(n, rng)`` returns ``(n,)`` float64 values multiplied by ``scale`` (the conversion
-    to library units, e.g. 1000 for GeV -> MeV).
+    to library units, e.g. 1000 for GeV -> MeV). ``discrete`` picks each of ``values`` with
+    equal probability.
     """
 
-    kind: Literal["fixed", "uniform", "log"]
+    kind: Literal["fixed", "uniform", "log", "discrete"]
     low: float
     high: float
     text: str = ""
     what: str = "value"
     scale: float = 1.0
+    values: tuple[float, ...] = ()
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``(n,)`` samples in library units (value * scale)."""
-        if self.kind == "fixed" or self.low == self.high:
+        if self.kind == "discrete" and len(self.values) > 1:
+            v = np.asarray(self.values, dtype=np.float64)[rng.integers(0, len(self.values), size=n)]
+        elif self.kind in ("fixed", "discrete") or self.low == self.high:
             v = np.full(n, self.low, dtype=np.float64)
         elif self.kind == "uniform":
             v = rng.uniform(self.low, self.high, size=n)
@@ -116,6 +176,8 @@ class RangeSpec:
         return self.kind == "fixed" or self.low == self.high
 
     def __str__(self) -> str:
+        if self.kind == "discrete" and not self.text:
+            return "discrete:" + ",".join(f"{v:g}" for v in self.values)
         return self.text or (f"{self.low:g}" if self.is_fixed else f"{'log:' if self.kind == 'log' else ''}{self.low:g}:{self.high:g}")
 
 
@@ -132,7 +194,8 @@ def _number(tok: str, text: str, what: str) -> float:
 
 def parse_range(text: str | float | int, what: str, *, scale: float = 1.0, min_value: float | None = None,
                 max_value: float | None = None, min_inclusive: bool = True, max_inclusive: bool = True) -> RangeSpec:
-    """Parse ``"50"`` (fixed), ``"1:100"`` (uniform) or ``"log:1:100"`` (log-uniform).
+    """Parse ``"50"`` (fixed), ``"1:100"`` (uniform), ``"log:1:100"`` (log-uniform),
+    ``"discrete:1,2,4"`` (equal shares of the listed values) or a name in :data:`SPECTRA`.
 
     ``what`` names the quantity in error messages (e.g. ``"--energy (GeV)"``); ``min_value`` /
     ``max_value`` bound the allowed values (in the spec's unit). Numbers are accepted as fixed
@@ -148,7 +211,15 @@ def parse_range(text: str | float | int, what: str, *, scale: float = 1.0, min_v
     s = text.strip().lower()
     if not s:
         raise ValueError(f"{what}: empty value (expected '50', '1:100' or 'log:1:100')")
-    kind: Literal["fixed", "uniform", "log"]
+    kind: Literal["fixed", "uniform", "log", "discrete"]
+    if s in SPECTRA or s.startswith("discrete:"):
+        toks = SPECTRA[s] if s in SPECTRA else [t for t in s[len("discrete:"):].split(",") if t.strip()]
+        if not toks:
+            raise ValueError(f"{what}: cannot read {raw!r}: a discrete spectrum is 'discrete:V1,V2,...', e.g. 'discrete:1,2,4'")
+        vals = sorted({_number(str(t), raw, what) for t in toks})
+        for v in vals:
+            _check_bounds(v, raw, what, min_value, max_value, min_inclusive, max_inclusive)
+        return RangeSpec("discrete", vals[0], vals[-1], raw.strip(), what, scale, tuple(vals))
     if s.startswith("log:"):
         parts = s[4:].split(":")
         if len(parts) != 2:
@@ -166,13 +237,18 @@ def parse_range(text: str | float | int, what: str, *, scale: float = 1.0, min_v
     if kind == "log" and lo <= 0:
         raise ValueError(f"{what}: {raw!r}: a log range needs 0 < LOW <= HIGH")
     for v in (lo, hi):
-        if min_value is not None and (v < min_value or (not min_inclusive and v == min_value)):
-            rel = ">=" if min_inclusive else ">"
-            raise ValueError(f"{what}: {raw!r} is out of range: values must be {rel} {min_value:g}")
-        if max_value is not None and (v > max_value or (not max_inclusive and v == max_value)):
-            rel = "<=" if max_inclusive else "<"
-            raise ValueError(f"{what}: {raw!r} is out of range: values must be {rel} {max_value:g}")
+        _check_bounds(v, raw, what, min_value, max_value, min_inclusive, max_inclusive)
     return RangeSpec(kind, lo, hi, raw.strip(), what, scale)
+
+
+def _check_bounds(v: float, raw: str, what: str, min_value: float | None, max_value: float | None,
+                  min_inclusive: bool, max_inclusive: bool) -> None:
+    if min_value is not None and (v < min_value or (not min_inclusive and v == min_value)):
+        rel = ">=" if min_inclusive else ">"
+        raise ValueError(f"{what}: {raw!r} is out of range: values must be {rel} {min_value:g}")
+    if max_value is not None and (v > max_value or (not max_inclusive and v == max_value)):
+        rel = "<=" if max_inclusive else "<"
+        raise ValueError(f"{what}: {raw!r} is out of range: values must be {rel} {max_value:g}")
 
 
 @dataclass(frozen=True)

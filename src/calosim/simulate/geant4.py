@@ -53,6 +53,7 @@ import numpy as np
 
 from ..geometry import Geometry
 from . import register_engine
+from .conditions import particle_name
 from .g4data import DATASETS, STANDIN_LABEL, data_env
 from .g4detector import check_geometry, make_detector, slab_layers
 
@@ -72,7 +73,6 @@ EM_PDGS = (11, -11, 22)
 HADRON_PDGS = (211, -211, 2212)
 #: ``hadronic_physics`` attribute of files made with the stand-in data.
 HADRONIC_STANDIN = "experimental: stand-in cross sections"
-_G4_NAMES = {11: "e-", -11: "e+", 22: "gamma", 211: "pi+", -211: "pi-", 2212: "proton"}
 _LOG_TAIL = 15
 
 
@@ -308,7 +308,8 @@ class _App:
         n = len(energy)
         self.showers = np.zeros((n, self.geo.n_cells), np.float64)
         self.overflow = np.zeros((n, self.geo.n_layers), np.float64)
-        self.gun_action.configure(_G4_NAMES[pdg], energy, theta, phi, position, seeds)
+        self.gun_action.configure(particle_name(pdg),  # calosim names are Geant4 names
+                                   energy, theta, phi, position, seeds)
         self.rm.BeamOn(n)
         return (self.showers / self.sf).astype(np.float32), (self.overflow / self.sf).astype(np.float32)
 

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..io import CONDITION_SHAPES, ShowerData
+from ..simulate.conditions import particle_pdg  # the one name <-> PDG table
 
 __all__ = [
     "ConditionEncoder", "CONDITIONS", "sample_conditions", "parse_energy_spec", "particle_pdg",
@@ -39,26 +40,6 @@ __all__ = [
 
 #: Known condition names, in column order.
 CONDITIONS = ("energy", "pdg", "momentum", "position", "theta", "phi")
-
-#: Particle names accepted by ``particle=`` (PDG Monte Carlo codes).
-PARTICLES: dict[str, int] = {
-    "photon": 22, "gamma": 22, "e-": 11, "electron": 11, "e+": -11, "positron": -11,
-    "pi+": 211, "pion": 211, "pi-": -211, "pi0": 111, "mu-": 13, "muon": 13, "mu+": -13,
-    "proton": 2212, "p": 2212, "neutron": 2112, "n": 2112, "k+": 321, "k-": -321, "k0l": 130, "kaon": 321,
-}
-
-
-def particle_pdg(particle: str | int) -> int:
-    """PDG code of a particle name (``"photon"``, ``"e-"``, ``"pi+"``, ...) or of an int/str code."""
-    if isinstance(particle, (int, np.integer)):
-        return int(particle)
-    p = str(particle).strip().lower()
-    if p in PARTICLES:
-        return PARTICLES[p]
-    try:
-        return int(p)
-    except ValueError:
-        raise ValueError(f"unknown particle {particle!r}; valid: {', '.join(sorted(PARTICLES))} or a PDG code") from None
 
 
 def raw_conditions(data: ShowerData | Mapping[str, Any]) -> dict[str, np.ndarray]:

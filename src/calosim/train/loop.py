@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import features
-from ..geometry import Geometry, get_geometry
+from ..geometry import Geometry, resolve_geometry
 from ..io import read_showers
 from ..metrics.distances import separation_power
 from ..models import ShowerModel, build_model, get_model_class
@@ -305,7 +305,7 @@ class Trainer:
 
         # ---- data: read, split, fit preprocessing, pre-transform -----------------------------
         t0 = time.perf_counter()
-        data = read_showers(data_path, geometry=get_geometry(geometry) if isinstance(geometry, str) else geometry)
+        data = read_showers(data_path, geometry=resolve_geometry(geometry) if isinstance(geometry, str) else geometry)
         self.geometry = data.geometry
         n = len(data)
         if n < 2:
