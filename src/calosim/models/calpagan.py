@@ -277,13 +277,13 @@ def train_calpagan(fast: np.ndarray, detailed: np.ndarray, config: CalpaganConfi
                 real_l, fake_l = d(x, y), d(x, fake)
                 loss_d = 0.5 * (bce(real_l, torch.ones_like(real_l)) + bce(fake_l, torch.zeros_like(fake_l)))
                 opt_d.zero_grad(); loss_d.backward(); opt_d.step()
-                ld += float(loss_d)
+                ld += loss_d.item()
             # generator: fool D and stay close in L1
             fake = model._fake(x)
             fl = d(x, fake)
             loss_g = bce(fl, torch.ones_like(fl)) + config.lam * F.l1_loss(fake, y)
             opt_g.zero_grad(); loss_g.backward(); opt_g.step()
-            lg += float(loss_g)
+            lg += loss_g.item()
             nb += 1
             step += 1
         hist["epoch"].append(epoch)
