@@ -508,5 +508,11 @@ def demo_cmd(out: str, quick: bool, model: str | None, seed: int, overwrite: boo
     run_demo(Path(out), quick=quick, seed=seed, model=model or DEMO_MODEL, overwrite=overwrite)
 
 
+# ---------------------------------------------------------------------------------------------
+from .events.cli import events_group  # noqa: E402  (whole events, CALPAGAN: docs/events.md)
+
+main.add_command(events_group)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

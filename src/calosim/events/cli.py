@@ -1,0 +1,183 @@
+"""``calosim events``: generate Pythia events, make fast/detailed images, train/apply CALPAGAN, validate jets."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import EventsError
+
+__all__ = ["events_group"]
+
+
+def _friendly(fn: Any) -> Any:
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **k: Any) -> Any:
+        try:
+            return fn(*a, **k)
+        except (EventsError, ValueError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+WORKERS = click.option("--workers", "-j", type=click.IntRange(1), default=1, show_default=True,
+                       help="Processes (results do not depend on it).")
+
+
+@click.group("events")
+def events_group() -> None:
+    """Whole events (CALPAGAN, seed 004): Pythia 8, fast/detailed tower images, CALPAGAN, jets.
+
+    Needs `pip install calosim[events]` (pythia8mc, fastjet). See docs/events.md.
+    """
+
+
+@events_group.command("generate")
+@click.option("--process", "-p", type=click.Choice(["wjets", "dijet"]), required=True)
+@click.option("-n", "n", type=click.IntRange(1), required=True, help="Number of events.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Run seed; event i uses its own Pythia seed derived from (seed, i).")
+@click.option("--pthat-min", type=float, default=None, help="p-hat_T cut in GeV (default: wjets 20, dijet 100).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False))
+@WORKERS
+@OVERWRITE
+@_friendly
+def generate_cmd(process: str, n: int, seed: int, pthat_min: float | None, out: str, workers: int,
+                 overwrite: bool) -> None:
+    """Generate pp events at 13 TeV with Pythia 8 into a ragged HDF5 events file."""
+    from .pythia import ECM_GEV, _settings, generate_events, write_events
+
+    t0 = time.perf_counter()
+    attrs = {"process": process, "seed": seed, "ecm_gev": ECM_GEV, "generator": "Pythia 8 (pythia8mc)",
+             "settings": _settings(process, pthat_min)}
+    k = write_events(out, generate_events(process, n, seed=seed, pthat_min=pthat_min, workers=workers,
+                                          progress=True), attrs, overwrite=overwrite)
+    dt = time.perf_counter() - t0
+    click.echo(f"wrote {k} {process} events to {out} ({1000 * dt / k:.1f} ms/event wall, {workers} worker(s))")
+
+
+@events_group.command("image")
+@click.argument("events", type=click.Path(exists=True, dir_okay=False))
+@click.option("--view", type=click.Choice(["fast", "detailed"]), required=True)
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False))
+@WORKERS
+@OVERWRITE
+@_friendly
+def image_cmd(events: str, view: str, out: str, workers: int, overwrite: bool) -> None:
+    """Turn an events file into 72 x 72 tower images (fast: ECAL, HCAL; detailed: ECAL+HCAL)."""
+    from .views import CHANNELS, make_images, write_images
+
+    imgs, sec = make_images(events, view, workers=workers, progress=True)
+    write_images(out, imgs, {"view": view, "events": str(events), "channels": list(CHANNELS[view]),
+                             "seconds_per_event": sec}, overwrite=overwrite)
+    click.echo(f"wrote {len(imgs)} {view} images {imgs.shape[1:]} to {out} ({1000 * sec:.1f} ms/event)")
+
+
+@events_group.command("train")
+@click.option("--fast", required=True, type=click.Path(exists=True, dir_okay=False), help="Fast images (training).")
+@click.option("--detailed", required=True, type=click.Path(exists=True, dir_okay=False), help="Detailed images.")
+@click.option("--test-fast", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--test-detailed", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2), default=16, show_default=True)
+@click.option("--lam", type=float, default=100.0, show_default=True, help="Weight of the L1 term.")
+@click.option("--g-steps", type=click.IntRange(1), default=1, show_default=True,
+              help="Generator updates per discriminator update (seed: 1).")
+@click.option("--d-lr-scale", type=float, default=1.0, show_default=True, help="D learning rate / G learning rate.")
+@click.option("--hidden", type=click.IntRange(2), default=16, show_default=True, help="U-Net width (seed: 16).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_friendly
+def train_cmd(fast: str, detailed: str, test_fast: str | None, test_detailed: str | None, out: str, epochs: int,
+              batch_size: int, lam: float, g_steps: int, d_lr_scale: float, hidden: int, seed: int) -> None:
+    """Train CALPAGAN on paired fast/detailed images of the same events."""
+    from ..models.calpagan import CalpaganConfig, plot_history, train_calpagan
+    from .views import read_images
+
+    x, _ = read_images(fast)
+    y, _ = read_images(detailed)
+    test = None
+    if (test_fast is None) != (test_detailed is None):
+        raise EventsError("give both --test-fast and --test-detailed, or neither")
+    if test_fast:
+        test = (read_images(test_fast)[0], read_images(test_detailed)[0])
+    cfg = CalpaganConfig(epochs=epochs, batch_size=batch_size, lam=lam, g_steps=g_steps, d_lr_scale=d_lr_scale,
+                         hidden=hidden, seed=seed)
+    model, hist = train_calpagan(x, y, cfg, test=test, log=click.echo)
+    run = Path(out)
+    model.save(run / "calpagan.pt", hist)
+    plot_history(hist, run / "frechet.png")
+    click.echo(f"wrote {run / 'calpagan.pt'} and {run / 'frechet.png'}")
+
+
+@events_group.command("apply")
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--fast", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False))
+@click.option("--seed", type=int, default=0, show_default=True)
+@OVERWRITE
+@_friendly
+def apply_cmd(run_dir: str, fast: str, out: str, seed: int, overwrite: bool) -> None:
+    """Turn fast images into CALPAGAN (detailed-like) images."""
+    from ..models.calpagan import Calpagan
+    from .views import read_images, write_images
+
+    model, _ = Calpagan.load(Path(run_dir) / "calpagan.pt")
+    x, attrs = read_images(fast)
+    t0 = time.perf_counter()
+    y = model.generate(x, seed=seed)
+    sec = (time.perf_counter() - t0) / max(len(x), 1)
+    write_images(out, y, {"view": "calpagan", "events": attrs.get("events", ""), "channels": ["ECAL+HCAL"],
+                          "seconds_per_event": sec, "run": str(run_dir)}, overwrite=overwrite)
+    click.echo(f"wrote {len(y)} calpagan images to {out} ({1000 * sec:.1f} ms/event)")
+
+
+@events_group.command("evaluate")
+@click.option("--fast", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--detailed", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--generated", type=click.Path(exists=True, dir_okay=False), default=None, help="CALPAGAN images.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
+@click.option("--title", default="jets", show_default=True, help="Report name (<out>/<title>.html, .json).")
+@click.option("--r", "radius", type=float, default=0.4, show_default=True, help="Anti-kT radius (large-R: 1.0).")
+@click.option("--trim/--no-trim", default=True, show_default=True, help="Trimming (R_sub 0.2, f_cut 0.05).")
+@click.option("--ptmin", type=float, default=20.0, show_default=True, help="Jet pT threshold, GeV.")
+@_friendly
+def evaluate_cmd(fast: str, detailed: str, generated: str | None, out: str, title: str, radius: float,
+                 trim: bool, ptmin: float) -> None:
+    """Jet validation: chi2 tables fast-detailed, detailed-CALPAGAN, fast-CALPAGAN (seed Tables 1, 2)."""
+    from .report import jet_validation
+    from .views import read_images
+
+    imgs = {"fast": read_images(fast)[0], "detailed": read_images(detailed)[0]}
+    if generated:
+        imgs["calpagan"] = read_images(generated)[0]
+    if len({len(v) for v in imgs.values()}) != 1:
+        raise EventsError("the image files hold different numbers of events: " +
+                          ", ".join(f"{k} {len(v)}" for k, v in imgs.items()))
+    res = jet_validation(imgs, out, title=title, r=radius, trim=trim, ptmin=ptmin)
+    click.echo(res["text"])
+    click.echo(f"wrote {Path(out) / (title + '.html')}")
+
+
+@events_group.command("demo")
+@click.option("--out", "-o", default="out/events_demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("-n", "n", type=click.IntRange(20), default=300, show_default=True,
+              help="Events per process and split (train and test each).")
+@click.option("--epochs", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@WORKERS
+@_friendly
+def demo_cmd(out: str, n: int, epochs: int, seed: int, workers: int) -> None:
+    """The whole chain at small N for W+jets and dijets, with the cross-process test (<= 15 min at the defaults)."""
+    from .demo import run_events_demo
+
+    summary = run_events_demo(Path(out), n=n, epochs=epochs, seed=seed, workers=workers, log=click.echo)
+    click.echo(json.dumps(summary["timing"], indent=1))

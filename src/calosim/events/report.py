@@ -1,0 +1,111 @@
+"""Jet validation of event images: the seed's chi2 tables (terminal, JSON, HTML) and distributions."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .jets import JET_OBSERVABLES, LABELS, PAIR_OBSERVABLES, chi2_table, common_edges, format_table, leading_pair
+
+__all__ = ["jet_validation", "closer_count"]
+
+PAIRS = (("fast", "detailed"), ("detailed", "calpagan"), ("fast", "calpagan"))
+
+
+def closer_count(table: dict[str, dict[str, float]]) -> tuple[int, int]:
+    """``(k, n)``: on ``k`` of ``n`` observables chi2(detailed-calpagan) < chi2(fast-detailed) (the seed's claim)."""
+    k = n = 0
+    for row in table.values():
+        a, b = row.get("detailed-calpagan"), row.get("fast-detailed")
+        if a is None or b is None or not (np.isfinite(a) and np.isfinite(b)):
+            continue
+        n += 1
+        k += int(a < b)
+    return k, n
+
+
+def _plots(obs: dict[str, dict[str, np.ndarray]]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [f"{k}{j}" for k in JET_OBSERVABLES for j in (1, 2)] + list(PAIR_OBSERVABLES)
+    cols = 6
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows))
+    for ax, key in zip(axes.flat, keys):
+        edges = common_edges([obs[s][key] for s in obs])
+        for s, style in zip(obs, ({"color": "k", "lw": 1.5}, {"color": "C0"}, {"color": "C3", "ls": "--"})):
+            v = obs[s][key]
+            ax.hist(v[np.isfinite(v)], edges, histtype="step", label=s, **style)
+        base = key[:-1] if key[-1] in "12" and key not in PAIR_OBSERVABLES else key
+        ax.set_title(LABELS.get(base, key) + (f" (jet {key[-1]})" if base != key else ""), fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _html_table(table: dict[str, dict[str, float]], title: str) -> str:
+    pairs = list(next(iter(table.values())).keys())
+    h = [f"<h3>{html.escape(title)}</h3><table border=1 cellspacing=0 cellpadding=3>",
+         "<tr><th rowspan=2>chi2</th>" + "".join(f"<th colspan=2>{html.escape(p)}</th>" for p in pairs) + "</tr>",
+         "<tr>" + "<th>Jet 1</th><th>Jet 2</th>" * len(pairs) + "</tr>"]
+    for k in JET_OBSERVABLES:
+        h.append(f"<tr><td>{html.escape(LABELS[k])}</td>" +
+                 "".join(f"<td>{table[k + '1'][p]:.1f}</td><td>{table[k + '2'][p]:.1f}</td>" for p in pairs) + "</tr>")
+    for k in PAIR_OBSERVABLES:
+        h.append(f"<tr><td>{html.escape(LABELS[k])}</td>" +
+                 "".join(f"<td colspan=2>{table[k][p]:.1f}</td>" for p in pairs) + "</tr>")
+    return "\n".join(h) + "</table>"
+
+
+def jet_validation(images: dict[str, np.ndarray], out_dir: str | Path | None, *, title: str = "jets",
+                   r: float = 0.4, trim: bool = True, ptmin: float = 20.0, n_bins: int = 40,
+                   pairs: Sequence[tuple[str, str]] = PAIRS) -> dict[str, Any]:
+    """Jets and chi2 tables of named image sets of the same events (``{"fast": (N, 2, 72, 72), ...}``).
+
+    Writes ``<title>.json`` and ``<title>.html`` (table + distributions) into ``out_dir``.
+    Returns ``{"table": ..., "text": ..., "closer": (k, n), "n_events": N}``.
+    """
+    obs = {name: leading_pair(img, r=r, ptmin=ptmin, trim=trim) for name, img in images.items()}
+    use = [p for p in pairs if p[0] in obs and p[1] in obs]
+    table = chi2_table(obs, use, n_bins)
+    n = len(next(iter(images.values())))
+    head = f"{title}: {n} events, anti-kT R = {r:g}{', trimmed' if trim else ''}, pT > {ptmin:g} GeV"
+    text = format_table(table, head)
+    closer = closer_count(table)
+    if "calpagan" in obs:
+        text += f"\ncalpagan closer to detailed than fast is on {closer[0]} of {closer[1]} observables"
+    res = {"table": table, "text": text, "closer": closer, "n_events": n, "r": r, "trim": trim,
+           "n_jets_ge2": {k: int(np.isfinite(v["deta"]).sum()) for k, v in obs.items()}}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic(out / f"{title}.json", json.dumps(res, indent=1, default=float))
+        page = (f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
+                f"<h2>{html.escape(head)}</h2>{_html_table(table, 'chi2 distances (ROOT UU statistic)')}"
+                f"<p>{html.escape(text.splitlines()[-1])}</p>"
+                f"<img src='data:image/png;base64,{_plots(obs)}'></body></html>")
+        _atomic(out / f"{title}.html", page)
+    return res
+
+
+def _atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,328 @@
+"""CALPAGAN (seed 004): a pix2pix-style conditional GAN turning a fast (Delphes-like) event image
+into the detailed one.
+
+Not a registered shower model: it maps ``(N, 2, 72, 72)`` fast images (ECAL, HCAL) to
+``(N, 1, 72, 72)`` detailed images (ECAL + HCAL) of the *same* events, which the shower-sampling
+contract of :mod:`calosim.models.base` (conditions -> showers) does not describe. It is trained
+and applied by ``calosim events train`` / ``calosim events apply``.
+
+Architecture exactly as the seed's section 3.1:
+
+* generator (U-Net): a 1x1 feature-map block 2 -> 16 channels; five contracting blocks
+  (conv 3x3 doubling the channels, batch norm, LeakyReLU(0.2), conv 3x3, batch norm,
+  LeakyReLU(0.2), max-pool 2/2 in blocks 1-3 and 3/3 in blocks 4-5: 72 -> 36 -> 18 -> 9 -> 3 -> 1);
+  five expanding blocks (bilinear upsampling x3, x3, x2, x2, x2; conv 2x2 halving the channels;
+  concatenation with the centre-cropped skip connection; conv 3x3 halving; batch norm,
+  LeakyReLU(0.2); conv 2x2 with padding 1; batch norm, LeakyReLU(0.2)); a 1x1 feature-map block
+  16 -> 1; LeakyReLU(0.5) on the output.
+* discriminator (PatchGAN): a 1x1 feature-map block to 8 channels, three contracting blocks with
+  instance normalisation (8 -> 16 -> 32 -> 64, 72 -> 9), a 1x1 block to 1 channel: a 9 x 9 map of
+  real/fake logits for the pair (x, y) or (x, G(x) + x).
+* The generated image is G(x) + x, pixel by pixel (x summed over its channels: G learns the
+  correction from the fast to the detailed image). The noise z is added to x (sigma ``noise``).
+* Loss: cGAN (binary cross-entropy on the patch logits) + lambda L1(y, G(x) + x).
+* Normalisation (the seed's fix against blank images): every fast image is divided by its own
+  highest pixel, every detailed image by its own. At generation the output is scaled back by the
+  fast image's highest pixel times ``peak_ratio``, the mean ratio of the detailed to the fast
+  highest pixel in the training set (the only scale known without the detailed image).
+
+Fixes the seed's conclusion asks for (D learns faster than G): ``g_steps`` generator updates per
+discriminator update and ``d_lr_scale`` (the discriminator's learning rate relative to G's).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["UNet", "Discriminator", "CalpaganConfig", "Calpagan", "train_calpagan", "frechet_image_distance",
+           "plot_history"]
+
+
+class FeatureMapBlock(nn.Module):
+    """1x1 convolution changing the number of channels."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class ContractingBlock(nn.Module):
+    """conv3x3 (C -> 2C), norm, LReLU(0.2), conv3x3, norm, LReLU(0.2), max-pool ``pool`` / ``pool``."""
+
+    def __init__(self, c_in: int, pool: int = 2, norm: str = "batch") -> None:
+        super().__init__()
+        c = 2 * c_in
+        make = {"batch": nn.BatchNorm2d, "instance": lambda k: nn.InstanceNorm2d(k, affine=True)}[norm]
+        self.conv1 = nn.Conv2d(c_in, c, kernel_size=3, padding=1)
+        self.norm1 = make(c)
+        self.conv2 = nn.Conv2d(c, c, kernel_size=3, padding=1)
+        self.norm2 = make(c)
+        self.act = nn.LeakyReLU(0.2)
+        self.pool = nn.MaxPool2d(kernel_size=pool, stride=pool)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.norm1(self.conv1(x)))
+        x = self.act(self.norm2(self.conv2(x)))
+        return self.pool(x)
+
+
+def _crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Centre crop of ``x`` (N, C, H, W) to ``size`` (h, w)."""
+    h, w = x.shape[-2:]
+    top, left = (h - size[0]) // 2, (w - size[1]) // 2
+    return x[..., top:top + size[0], left:left + size[1]]
+
+
+class ExpandingBlock(nn.Module):
+    """Upsample ``scale`` (bilinear), conv2x2 (C -> C/2), concat skip, conv3x3 (C -> C/2), BN, LReLU,
+    conv2x2 (padding 1), BN, LReLU: spatial size ``s -> scale * s``."""
+
+    def __init__(self, c_in: int, scale: int) -> None:
+        super().__init__()
+        c = c_in // 2
+        self.up = nn.Upsample(scale_factor=scale, mode="bilinear", align_corners=True)
+        self.conv1 = nn.Conv2d(c_in, c, kernel_size=2)
+        self.conv2 = nn.Conv2d(c_in, c, kernel_size=3, padding=1)
+        self.norm2 = nn.BatchNorm2d(c)
+        self.conv3 = nn.Conv2d(c, c, kernel_size=2, padding=1)
+        self.norm3 = nn.BatchNorm2d(c)
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(self.up(x))
+        x = torch.cat([x, _crop(skip, tuple(x.shape[-2:]))], dim=1)
+        x = self.act(self.norm2(self.conv2(x)))
+        return self.act(self.norm3(self.conv3(x)))
+
+
+class UNet(nn.Module):
+    """The seed's generator: ``(N, 2, 72, 72)`` -> ``(N, 1, 72, 72)``."""
+
+    POOLS = (2, 2, 2, 3, 3)
+
+    def __init__(self, c_in: int = 2, c_out: int = 1, hidden: int = 16) -> None:
+        super().__init__()
+        self.upfeature = FeatureMapBlock(c_in, hidden)
+        self.contract = nn.ModuleList(ContractingBlock(hidden * 2 ** i, p) for i, p in enumerate(self.POOLS))
+        self.expand = nn.ModuleList(ExpandingBlock(hidden * 2 ** (5 - i), p)
+                                    for i, p in enumerate(reversed(self.POOLS)))
+        self.downfeature = FeatureMapBlock(hidden, c_out)
+        self.out_act = nn.LeakyReLU(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.upfeature(x)]
+        for block in self.contract:
+            skips.append(block(skips[-1]))
+        h = skips.pop()
+        for block in self.expand:
+            h = block(h, skips.pop())
+        return self.out_act(self.downfeature(h))
+
+
+class Discriminator(nn.Module):
+    """PatchGAN: ``(N, c_in, 72, 72)`` (condition and image stacked) -> ``(N, 1, 9, 9)`` logits."""
+
+    def __init__(self, c_in: int = 3, hidden: int = 8) -> None:
+        super().__init__()
+        self.upfeature = FeatureMapBlock(c_in, hidden)
+        self.blocks = nn.Sequential(*(ContractingBlock(hidden * 2 ** i, 2, norm="instance") for i in range(3)))
+        self.final = FeatureMapBlock(hidden * 8, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.final(self.blocks(self.upfeature(torch.cat([x, y], dim=1))))
+
+
+# ---- training ----------------------------------------------------------------------------------
+@dataclass
+class CalpaganConfig:
+    """Training settings (pix2pix defaults: Adam 2e-4, betas (0.5, 0.999), lambda = 100)."""
+
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 2e-4
+    lam: float = 100.0
+    noise: float = 0.01
+    g_steps: int = 1  # generator updates per discriminator update (seed: 1)
+    d_lr_scale: float = 1.0  # discriminator lr / generator lr (seed: 1)
+    hidden: int = 16  # generator width (seed: 16); larger = the "stronger G" fix
+    seed: int = 0
+
+
+def _peaks(x: np.ndarray) -> np.ndarray:
+    """Highest pixel of each image ``(N, C, H, W)`` -> ``(N,)`` (1 for blank images)."""
+    m = x.reshape(len(x), -1).max(axis=1)
+    return np.where(m > 0, m, 1.0).astype(np.float32)
+
+
+class Calpagan:
+    """A trained (or fresh) generator with its normalisation; :meth:`generate` maps fast -> detailed (GeV)."""
+
+    def __init__(self, config: CalpaganConfig | None = None, peak_ratio: float = 1.0) -> None:
+        self.config = config or CalpaganConfig()
+        torch.manual_seed(self.config.seed)
+        self.gen = UNet(hidden=self.config.hidden)
+        self.disc = Discriminator()
+        self.peak_ratio = float(peak_ratio)
+
+    def generate(self, fast: np.ndarray, batch: int = 64, seed: int = 0) -> np.ndarray:
+        """Detailed-like images ``(N, 1, 72, 72)`` GeV from fast images ``(N, 2, 72, 72)`` GeV."""
+        gen = torch.Generator().manual_seed(seed)
+        self.gen.eval()
+        out = []
+        with torch.no_grad():
+            for a in range(0, len(fast), batch):
+                x = fast[a:a + batch].astype(np.float32)
+                p = _peaks(x)
+                xn = torch.from_numpy(x / p[:, None, None, None])
+                y = self._fake(xn, gen)
+                out.append(np.maximum(y.numpy(), 0.0) * (p * self.peak_ratio)[:, None, None, None])
+        return np.concatenate(out) if out else np.zeros((0, 1, *fast.shape[2:]), np.float32)
+
+    def _fake(self, xn: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        z = torch.randn(xn.shape, generator=gen) * self.config.noise
+        return self.gen(xn + z) + xn.sum(1, keepdim=True)
+
+    def save(self, path: str | Path, history: dict[str, Any]) -> Path:
+        """Atomic checkpoint: weights, config, peak ratio and training history."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        torch.save({"gen": self.gen.state_dict(), "disc": self.disc.state_dict(), "config": asdict(self.config),
+                    "peak_ratio": self.peak_ratio, "history": history, "model": "calpagan"}, tmp)
+        os.replace(tmp, path)
+        return path
+
+    @staticmethod
+    def load(path: str | Path) -> tuple["Calpagan", dict[str, Any]]:
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError) as exc:
+            raise ValueError(f"{path}: not a readable calpagan checkpoint ({exc})") from None
+        if not isinstance(ck, dict) or ck.get("model") != "calpagan":
+            raise ValueError(f"{path}: not a calpagan checkpoint (make one with `calosim events train`)")
+        m = Calpagan(CalpaganConfig(**ck["config"]), ck["peak_ratio"])
+        m.gen.load_state_dict(ck["gen"])
+        m.disc.load_state_dict(ck["disc"])
+        return m, ck["history"]
+
+
+def _features(img: np.ndarray) -> np.ndarray:
+    """Fréchet features of images ``(N, C, 72, 72)``: log(1 + E) of the summed image pooled 8 x 8 -> (N, 81)."""
+    s = img.sum(1)
+    n, h, w = s.shape
+    pooled = s.reshape(n, h // 8, 8, w // 8, 8).sum((2, 4))
+    return np.log1p(np.maximum(pooled, 0.0)).reshape(n, -1)
+
+
+def frechet_image_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance of Gaussians fitted to :func:`_features` of two image sets (an FID without Inception)."""
+    from ..metrics.fpd import frechet_distance
+
+    fa, fb = _features(a), _features(b)
+    return frechet_distance(fa.mean(0), np.atleast_2d(np.cov(fa, rowvar=False)),
+                            fb.mean(0), np.atleast_2d(np.cov(fb, rowvar=False)))
+
+
+def train_calpagan(fast: np.ndarray, detailed: np.ndarray, config: CalpaganConfig, *,
+                   test: tuple[np.ndarray, np.ndarray] | None = None, log: Any = None) -> tuple[Calpagan, dict]:
+    """Train on paired images ``fast`` (N, 2, 72, 72) and ``detailed`` (N, 1, 72, 72) GeV.
+
+    Returns the model and its history: per epoch the mean D and G losses and the Fréchet
+    distances detailed-fast, detailed-generated and fast-generated on the training (and test) set.
+    """
+    if fast.shape[0] != detailed.shape[0] or fast.shape[1:] != (2, 72, 72) or detailed.shape[1:] != (1, 72, 72):
+        raise ValueError(f"calpagan trains on pairs (N, 2, 72, 72) fast and (N, 1, 72, 72) detailed images; "
+                         f"got {fast.shape} and {detailed.shape}")
+    pf, pd = _peaks(fast), _peaks(detailed)
+    model = Calpagan(config, peak_ratio=float(np.mean(pd / pf)))
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    xn = torch.from_numpy(fast / pf[:, None, None, None])
+    yn = torch.from_numpy(detailed / pd[:, None, None, None])
+    g, d = model.gen, model.disc
+    opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=config.lr * config.d_lr_scale, betas=(0.5, 0.999))
+    bce = nn.BCEWithLogitsLoss()
+    hist: dict[str, list[float]] = {"epoch": [], "loss_d": [], "loss_g": [], "seconds": []}
+    n = len(xn)
+    step = 0
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        g.train(); d.train()
+        ld, lg, nb = 0.0, 0.0, 0
+        perm = rng.permutation(n)
+        for a in range(0, n, config.batch_size):
+            idx = torch.from_numpy(perm[a:a + config.batch_size])
+            if len(idx) < 2:  # batch norm at the 1 x 1 bottleneck needs two images
+                continue
+            x, y = xn[idx], yn[idx]
+            # discriminator: (x, y) real, (x, G(x) + x) fake
+            if step % config.g_steps == 0:
+                with torch.no_grad():
+                    fake = model._fake(x)
+                real_l, fake_l = d(x, y), d(x, fake)
+                loss_d = 0.5 * (bce(real_l, torch.ones_like(real_l)) + bce(fake_l, torch.zeros_like(fake_l)))
+                opt_d.zero_grad(); loss_d.backward(); opt_d.step()
+                ld += loss_d.item()
+            # generator: fool D and stay close in L1
+            fake = model._fake(x)
+            fl = d(x, fake)
+            loss_g = bce(fl, torch.ones_like(fl)) + config.lam * F.l1_loss(fake, y)
+            opt_g.zero_grad(); loss_g.backward(); opt_g.step()
+            lg += loss_g.item()
+            nb += 1
+            step += 1
+        hist["epoch"].append(epoch)
+        hist["loss_d"].append(ld / max(1, math.ceil(nb / config.g_steps)))
+        hist["loss_g"].append(lg / max(nb, 1))
+        hist["seconds"].append(time.perf_counter() - t0)
+        for name, (f_, d_) in (("train", (fast, detailed)), *((("test", test),) if test is not None else ())):
+            gen_img = model.generate(f_, seed=epoch)
+            for key, (u, v) in {"detailed-fast": (d_, f_), "detailed-calpagan": (d_, gen_img),
+                                "fast-calpagan": (f_, gen_img)}.items():
+                hist.setdefault(f"fd_{key}_{name}", []).append(frechet_image_distance(u, v))
+        if log:
+            log(f"epoch {epoch}: D {hist['loss_d'][-1]:.3f}  G {hist['loss_g'][-1]:.3f}  "
+                f"FD(det,fast) {hist['fd_detailed-fast_train'][-1]:.2f}  "
+                f"FD(det,gen) {hist['fd_detailed-calpagan_train'][-1]:.2f}  ({hist['seconds'][-1]:.1f} s)")
+    return model, hist
+
+
+def plot_history(hist: dict[str, list[float]], path: str | Path) -> Path:
+    """The seed's Fig. 5 (Fréchet distances per epoch, train solid / test dashed) and Fig. 6 (losses)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    colours = {"detailed-fast": "C0", "detailed-calpagan": "C3", "fast-calpagan": "C2"}
+    for key, c in colours.items():
+        for split, ls in (("train", "-"), ("test", "--")):
+            v = hist.get(f"fd_{key}_{split}")
+            if v:
+                a1.plot(hist["epoch"], v, ls, color=c, label=f"{key} ({split})")
+    a1.set_yscale("log"); a1.set_xlabel("epoch"); a1.set_ylabel("Fréchet distance (pooled log-energy features)")
+    a1.legend(fontsize=7)
+    a2.plot(hist["epoch"], hist["loss_d"], color="C3", label="discriminator")
+    a2.plot(hist["epoch"], hist["loss_g"], color="C0", label="generator")
+    a2.set_yscale("log"); a2.set_xlabel("epoch"); a2.set_ylabel("loss"); a2.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
