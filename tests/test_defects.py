@@ -104,7 +104,7 @@ def test_generate_threads_and_run_setting(eplus_run: Path, tmp_path: Path, monke
     import torch
 
     seen: list[int] = []
-    from calosim.train.checkpoint import Run
+    from calosim.runs import Run
 
     orig = Run.sample
 
@@ -386,7 +386,7 @@ def test_generate_applies_the_readout_threshold(eplus_run: Path, tmp_path: Path,
     import dataclasses
 
     from calosim.generate import generate
-    from calosim.train.checkpoint import Run
+    from calosim.runs import Run
 
     orig = Run.sample
     monkeypatch.setattr(Run, "sample", lambda self, *a, **k: orig(self, *a, **k) * 0 + 0.3)  # all cells 0.3 MeV

@@ -37,7 +37,7 @@ import numpy as np
 from ..geometry import get_geometry
 from ..geometry.core import Geometry, Layer, Material
 from . import EventsError
-from .pythia import EventBatch, _Progress, n_events, read_events
+from .pythia import _Progress, n_events, read_events
 
 __all__ = ["N_ETA", "N_PHI", "ETA_MAX", "VIEWS", "tower_index", "tower_centers", "fast_image", "detailed_image",
            "make_images", "read_images", "write_images", "local_geometry"]

@@ -32,11 +32,10 @@ discriminator update and ``d_lr_scale`` (the discriminator's learning rate relat
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
