@@ -374,13 +374,15 @@ class _Discriminator(nn.Module):
         e_tot = e_layer.sum(1, keepdim=True)
         well = (e_tot / self.response - 1.0).abs()
         too_big = torch.sigmoid((well - 0.2) * 20.0)
-        occ = [torch.tanh(x_mev[:, s] / (self.hit_scale * t)).mean(1) for s in self.geometry.layer_slices
-               for t in self.N_OCC]
+        sizes = x_mev.new_tensor([lay.n_cells for lay in self.geometry.layers])
+        # smoothing: soft occupancies mean_c tanh(I_c / t), per layer then per t (B, L * len(N_OCC))
+        occ = torch.stack([features.layer_energies(torch.tanh(x_mev / (self.hit_scale * t)), self.geometry) / sizes
+                           for t in self.N_OCC], -1).flatten(1)
         # smoothing: 1e-9 guards empty layers, a 0.1 mm width floor keeps the root differentiable
         c = features.centroids_from_moments(m, eps=1e-9)
         w = features.widths_from_moments(m, eps=1e-9, var_floor=1e-2)
         mom = torch.stack([c[..., 0], w[..., 0], c[..., 1], w[..., 1]], -1).flatten(1)  # per layer: x, wx, y, wy
-        return torch.cat([e_layer, torch.log(e_layer + 1e-4), e_tot, well, too_big, torch.stack(occ, 1), mom], 1)
+        return torch.cat([e_layer, torch.log(e_layer + 1e-4), e_tot, well, too_big, occ, mom], 1)
 
     @torch.no_grad()
     def calibrate(self, x_mev: Tensor, e_inc: Tensor, response: float | None) -> None:
