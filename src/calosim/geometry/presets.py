@@ -18,7 +18,7 @@ from .calochallenge import load_calochallenge_xml
 from .core import Geometry, GeometryError, Layer, Material, PeriodGroup, Sampling
 from .materials import effective_material
 
-__all__ = ["register_geometry", "get_geometry", "list_geometries"]
+__all__ = ["register_geometry", "preset_geometry", "list_geometries"]
 
 _REGISTRY: dict[str, tuple[Callable[[], Geometry], str]] = {}
 
@@ -36,7 +36,7 @@ def register_geometry(name: str, description: str) -> Callable[[Callable[[], Geo
 
 
 @lru_cache(maxsize=None)
-def get_geometry(name: str) -> Geometry:
+def preset_geometry(name: str) -> Geometry:
     """Build a preset by name; unknown names raise an error listing the valid ones."""
     if name not in _REGISTRY:
         raise GeometryError(f"unknown geometry {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
