@@ -9,6 +9,7 @@ import json
 import warnings
 from collections.abc import Mapping
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,24 +29,22 @@ __all__ = ["Run", "load_run", "RunError"]
 
 
 # ------------------------------------------------------------------------------------------
+@dataclass(eq=False, repr=False)
 class Run:
     """A trained run ready to sample: ``geometry``, ``model`` (EMA weights, eval mode),
     ``transform``, ``conditions`` (the encoder), ``config``, ``pool`` (training condition rows)."""
 
-    def __init__(self, run_dir: Path, model_name: str, geometry: Geometry, model: torch.nn.Module,
-                 transform: ShowerTransform, conditions: ConditionEncoder, config: dict[str, Any],
-                 pool: dict[str, np.ndarray], device: torch.device, info: dict[str, Any]) -> None:
-        self.run_dir = run_dir
-        self.model_name = model_name
-        self.geometry = geometry
-        self.model = model
-        self.transform = transform
-        self.conditions = conditions
-        self.config = config
-        self.pool = pool
-        self.device = device
-        self.info = info
-        self.last_nan_count = 0
+    run_dir: Path
+    model_name: str
+    geometry: Geometry
+    model: torch.nn.Module
+    transform: ShowerTransform
+    conditions: ConditionEncoder
+    config: dict[str, Any]
+    pool: dict[str, np.ndarray]
+    device: torch.device
+    info: dict[str, Any]
+    last_nan_count: int = 0  # non-finite cells set to 0 by the last sample()
 
     def __repr__(self) -> str:
         return f"Run({str(self.run_dir)!r}, model={self.model_name!r}, geometry={self.geometry.name!r})"

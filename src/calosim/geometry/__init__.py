@@ -1,7 +1,7 @@
 """Detector geometries: :class:`Geometry`, presets and the CaloChallenge XML loader.
 
 ``get_geometry(spec)`` here is :func:`resolve_geometry`: a preset name, a geometry ``.json`` or a
-CaloChallenge binning ``.xml`` (``calosim.geometry.presets.get_geometry`` looks up presets only).
+CaloChallenge binning ``.xml`` (:func:`~.presets.preset_geometry` looks up presets only).
 """
 
 from .calochallenge import load_calochallenge_xml

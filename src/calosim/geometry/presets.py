@@ -18,7 +18,7 @@ from .calochallenge import load_calochallenge_xml
 from .core import Geometry, GeometryError, Layer, Material, PeriodGroup, Sampling
 from .materials import effective_material
 
-__all__ = ["register_geometry", "get_geometry", "list_geometries"]
+__all__ = ["register_geometry", "preset_geometry", "list_geometries"]
 
 _REGISTRY: dict[str, tuple[Callable[[], Geometry], str]] = {}
 
@@ -36,7 +36,7 @@ def register_geometry(name: str, description: str) -> Callable[[Callable[[], Geo
 
 
 @lru_cache(maxsize=None)
-def get_geometry(name: str) -> Geometry:
+def preset_geometry(name: str) -> Geometry:
     """Build a preset by name; unknown names raise an error listing the valid ones."""
     if name not in _REGISTRY:
         raise GeometryError(f"unknown geometry {name!r}; valid: {', '.join(sorted(_REGISTRY))}")
@@ -137,21 +137,29 @@ def _sf_note(sf: tuple[float, float]) -> str:
     return f"sampling fraction {sf[0]:.5f} +- {sf[1]:.5f} (calosim geant4 engine, 100 e- of 2 GeV, visible / beam energy)"
 
 
+def _siw_ecal(name: str, title: str, *, n_thin: int, n_thick: int, active_mm: float, width_mm: float,
+              shape: tuple[int, int], cell: tuple[float, float], sf: tuple[float, float], source: str) -> Geometry:
+    """A W/Si sampling ECAL: ``n_thin`` periods of 2.1 mm tungsten then ``n_thick`` of 4.2 mm,
+    each followed by ``active_mm`` of silicon read out as one layer of ``shape`` cells."""
+    sampling = Sampling("G4_W", "G4_Si", absorber_mm=2.1, active_mm=active_mm, n_periods=n_thin, width_mm=width_mm,
+                        sampling_fraction=sf[0], groups=(PeriodGroup(4.2, active_mm, n_thick),),
+                        source=f"{source}; {_sf_note(sf)}")
+    mats = tuple(effective_material(sampling, group=k, stochastic=0.17, constant=0.01) for k in range(2))
+    return Geometry(name, _stack_layers("layer_", sampling, shape, cell, mats), title, threshold_mev=0.0,
+                    sampling=sampling)
+
+
 @register_geometry("cepc-ecal", "CEPC Si-W ECAL: 31x31 cells of 1x1 cm2, 29 layers (20 x 2.1 + 9 x 4.2 mm W)")
 def _cepc() -> Geometry:
     # CEPC_v4 (the CEPC seed's full simulation, 31 x 31 x 29 cells of 1 x 1 cm2): 20 tungsten
     # radiators of 2.1 mm then 9 of 4.2 mm, 0.5 mm silicon sensors (CEPCSW
     # Detector/DetCEPCv4/compact/ecal_defs.xml). PCB, glue, carbon fibre and air of the slabs are
     # not modelled: W/Si only, each readout layer one W plate then its Si sensor.
-    sampling = Sampling("G4_W", "G4_Si", absorber_mm=2.1, active_mm=0.5, n_periods=20, width_mm=500.0,
-                        sampling_fraction=SF_CEPC_ECAL[0], groups=(PeriodGroup(4.2, 0.5, 9),),
-                        source="CEPC seed (IHEP, CEPC workshop 2019: 31 x 31 x 29 cells of 1 x 1 cm2, Si-W); "
-                               "CEPCSW Detector/DetCEPCv4/compact/ecal_defs.xml (Ecal_nlayers1 20 x 2.1 mm, "
-                               "Ecal_nlayers2 9 x 4.2 mm W, Ecal_Si_thickness 0.5 mm, Ecal_cells_size 10 mm); "
-                               + _sf_note(SF_CEPC_ECAL))
-    mats = tuple(effective_material(sampling, group=k, stochastic=0.17, constant=0.01) for k in range(2))
-    return Geometry("cepc-ecal", _stack_layers("layer_", sampling, (31, 31), (10.0, 10.0), mats),
-                    "CEPC silicon-tungsten ECAL (CEPC_v4)", threshold_mev=0.0, sampling=sampling)
+    return _siw_ecal("cepc-ecal", "CEPC silicon-tungsten ECAL (CEPC_v4)", n_thin=20, n_thick=9, active_mm=0.5,
+                     width_mm=500.0, shape=(31, 31), cell=(10.0, 10.0), sf=SF_CEPC_ECAL,
+                     source="CEPC seed (IHEP, CEPC workshop 2019: 31 x 31 x 29 cells of 1 x 1 cm2, Si-W); "
+                            "CEPCSW Detector/DetCEPCv4/compact/ecal_defs.xml (Ecal_nlayers1 20 x 2.1 mm, "
+                            "Ecal_nlayers2 9 x 4.2 mm W, Ecal_Si_thickness 0.5 mm, Ecal_cells_size 10 mm)")
 
 
 @register_geometry("ild-ecal", "ILD Si-W ECAL: 30x30 cells of 5x5 mm2, 30 layers (20 x 2.1 + 10 x 4.2 mm W)")
@@ -162,15 +170,12 @@ def _ild_ecal() -> Geometry:
     # W/Si only (PCB, Cu, carbon fibre, air omitted); each readout layer is one W plate then its
     # Si sensor (in ILD the first sensor faces the front and plates alternate slab/structure).
     # The 30 x 30 grid keeps the seed dataset's projection (5.1 mm pitch, ILD cells are 5.0 mm).
-    sampling = Sampling("G4_W", "G4_Si", absorber_mm=2.1, active_mm=0.525, n_periods=20, width_mm=400.0,
-                        sampling_fraction=SF_ILD_ECAL[0], groups=(PeriodGroup(4.2, 0.525, 10),),
-                        source="ILD seed (Diefenbacher et al., ML4Jets 2022, on the datasets of arXiv:2005.05334: 30 Si-W layers, 5 x 5 mm2 cells); "
-                               "key4hep/k4geo ILD/compact/ILD_common_v02/ecal_defs.xml + SEcal05_siw_Barrel.xml "
-                               "(2.1 mm W for the first 20 sensitive layers, 4.2 mm for the last 10, "
-                               "Ecal_Si_thickness 0.525 mm); " + _sf_note(SF_ILD_ECAL))
-    mats = tuple(effective_material(sampling, group=k, stochastic=0.17, constant=0.01) for k in range(2))
-    return Geometry("ild-ecal", _stack_layers("layer_", sampling, (30, 30), (5.1, 5.1), mats),
-                    "ILD silicon-tungsten ECAL (BIB-AE / WGAN / flow seed)", threshold_mev=0.0, sampling=sampling)
+    return _siw_ecal("ild-ecal", "ILD silicon-tungsten ECAL (BIB-AE / WGAN / flow seed)", n_thin=20, n_thick=10,
+                     active_mm=0.525, width_mm=400.0, shape=(30, 30), cell=(5.1, 5.1), sf=SF_ILD_ECAL,
+                     source="ILD seed (Diefenbacher et al., ML4Jets 2022, on the datasets of arXiv:2005.05334: 30 Si-W layers, 5 x 5 mm2 cells); "
+                            "key4hep/k4geo ILD/compact/ILD_common_v02/ecal_defs.xml + SEcal05_siw_Barrel.xml "
+                            "(2.1 mm W for the first 20 sensitive layers, 4.2 mm for the last 10, "
+                            "Ecal_Si_thickness 0.525 mm)")
 
 
 @register_geometry("ild-hcal", "ILD scintillator-Fe AHCAL: 25x25 cells of 30x30 mm2, 48 layers (20 mm Fe + 3 mm Sc)")

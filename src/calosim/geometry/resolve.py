@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from .core import Geometry, GeometryError
-from .presets import get_geometry as _preset, list_geometries
+from .presets import list_geometries, preset_geometry
 
 __all__ = ["resolve_geometry", "GEOMETRY_SPEC_HELP"]
 
@@ -44,7 +44,7 @@ def resolve_geometry(spec: Geometry | str | Path) -> Geometry:
             raise GeometryError(f"{path}: not a calosim geometry description ({exc}); "
                                 "write one with `calosim geometries --json`") from None
     try:
-        return _preset(text)
+        return preset_geometry(text)
     except GeometryError:
         raise GeometryError(f"unknown geometry {text!r}; valid: {', '.join(list_geometries())}, "
                             "or a geometry .json / CaloChallenge binning .xml file") from None

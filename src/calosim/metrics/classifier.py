@@ -19,13 +19,14 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from ._common import finite_matrix, free_cores
 
 __all__ = ["classifier_two_sample_test", "lowlevel_features"]
 
@@ -50,34 +51,6 @@ def lowlevel_features(showers: ArrayLike, incident_energies: ArrayLike) -> np.nd
     if not np.all(np.isfinite(e) & (e > 0)):
         raise ValueError("incident_energies must be finite and > 0")
     return np.concatenate([x / e[:, None], np.log10(e)[:, None]], axis=1).astype(np.float32)
-
-
-def _free_cores(max_threads: int) -> int:
-    """Threads worth using: cores not already busy (1-min load average), at least 1.
-
-    Oversubscribed OpenMP threads spin instead of working: with 2 threads on 2 cores that
-    other processes also use, training was measured ~25x slower than with 1 thread.
-    """
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):  # not available on this platform
-        return max_threads
-    n_cpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(max_threads, int(n_cpu - busy + 0.5)))
-
-
-def _check_matrix(x: ArrayLike, which: str) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float32)
-    if a.ndim != 2:
-        raise ValueError(f"{which} sample must have shape (N, D), got {a.shape}")
-    bad = ~np.isfinite(a)
-    if bad.any():
-        cols = np.unique(np.nonzero(bad)[1])[:10].tolist()
-        raise ValueError(
-            f"{which} sample contains {int(bad.sum())} non-finite value(s) (NaN/inf) in "
-            f"feature column(s) {cols}"
-        )
-    return a
 
 
 def _mlp(d_in: int, hidden: Sequence[int], dropout: float) -> Any:
@@ -171,8 +144,8 @@ def classifier_two_sample_test(
     from sklearn.isotonic import IsotonicRegression
     from sklearn.metrics import roc_auc_score
 
-    r = _check_matrix(ref, "reference")
-    g = _check_matrix(gen, "generated")
+    r = finite_matrix(ref, "reference sample", np.float32)
+    g = finite_matrix(gen, "generated sample", np.float32)
     if r.shape[1] != g.shape[1]:
         raise ValueError(f"feature dimension differs: reference D={r.shape[1]}, generated D={g.shape[1]}")
     if n_folds < 2:
@@ -194,7 +167,7 @@ def classifier_two_sample_test(
         # machine, spinning threads can slow training down by >10x.
         sizes = [r.shape[1], *hidden, 1]
         macs_per_batch = batch * sum(a * b for a, b in itertools.pairwise(sizes))
-        n_threads = 1 if macs_per_batch < 20e6 else _free_cores(old_threads)
+        n_threads = 1 if macs_per_batch < 20e6 else free_cores(old_threads)
     if n_threads is not None:
         torch.set_num_threads(n_threads)
     fork_devices = [dev.index or 0] if dev.type == "cuda" else []

@@ -43,6 +43,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ._common import finite_matrix
+
 __all__ = ["CONVENTIONS", "frechet_distance", "frechet_physics_distance", "kernel_physics_distance"]
 
 Convention = Literal["calosim", "challenge"]
@@ -71,21 +73,7 @@ def _single_thread_blas() -> Iterator[None]:
 def _standardise(ref: ArrayLike, gen: ArrayLike, convention: str = "calosim") -> tuple[np.ndarray, np.ndarray]:
     """Checked float64 copies, scaled with the reference: ``(x - mean) / std`` (calosim) or
     ``x / max|x|`` per feature (jetnet's ``_normalise_features``, the challenge)."""
-    out = []
-    for x, which in ((ref, "reference"), (gen, "generated")):
-        a = np.asarray(x, dtype=np.float64)
-        if a.ndim == 1:
-            a = a[:, None]
-        if a.ndim != 2:
-            raise ValueError(f"{which} features must have shape (N, D), got {a.shape}")
-        bad = ~np.isfinite(a)
-        if bad.any():
-            cols = np.unique(np.nonzero(bad)[1])[:10].tolist()
-            raise ValueError(
-                f"{which} features contain {int(bad.sum())} non-finite value(s) (NaN/inf) in "
-                f"column(s) {cols}"
-            )
-        out.append(a)
+    out = [finite_matrix(x, f"{which} features", allow_1d=True) for x, which in ((ref, "reference"), (gen, "generated"))]
     r, g = out
     if r.shape[1] != g.shape[1]:
         raise ValueError(f"feature dimension differs: reference D={r.shape[1]}, generated D={g.shape[1]}")

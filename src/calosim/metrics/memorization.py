@@ -19,11 +19,12 @@ inputs as they are (e.g. already standardised high-level features).
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from ._common import finite_matrix, free_cores
 
 __all__ = ["diversity", "memorization_test", "nearest_neighbour_distances", "transform_showers"]
 
@@ -34,14 +35,9 @@ def transform_showers(x: ArrayLike, transform: str = "sum", *, which: str = "inp
     ``"sum"``: ``x / sum(x)`` per row (rows with zero sum stay zero); ``"log1p"``: ``log(1 + x)``
     (x >= 0); ``"none"``: unchanged.
     """
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 2:
-        raise ValueError(f"{which} must have shape (N, D), got {a.shape}")
+    a = finite_matrix(x, which)
     if a.shape[0] == 0:
         raise ValueError(f"{which} is empty")
-    bad = ~np.isfinite(a)
-    if bad.any():
-        raise ValueError(f"{which} contains {int(bad.sum())} non-finite value(s) (NaN/inf)")
     if transform == "sum":
         s = a.sum(axis=1, keepdims=True)
         return np.divide(a, s, out=np.zeros_like(a), where=s != 0)
@@ -52,16 +48,6 @@ def transform_showers(x: ArrayLike, transform: str = "sum", *, which: str = "inp
     if transform == "none":
         return a
     raise ValueError(f"unknown transform {transform!r}; use 'sum', 'log1p' or 'none'")
-
-
-def _free_cores(max_threads: int) -> int:
-    """Cores not already busy according to the 1-min load average (at least 1)."""
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):  # not available on this platform
-        return max_threads
-    n_cpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(max_threads, int(n_cpu - busy + 0.5)))
 
 
 def _nn(q: np.ndarray, t: np.ndarray, chunk: int, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +61,7 @@ def _nn(q: np.ndarray, t: np.ndarray, chunk: int, exclude_self: bool) -> tuple[n
     # threads only for large products and only on cores not already busy: oversubscribed
     # OpenMP threads spin and can be >10x slower than one thread
     big = min(chunk, len(q)) * len(t) * t.shape[1] > 5e7
-    torch.set_num_threads(_free_cores(old_threads) if big else 1)
+    torch.set_num_threads(free_cores(old_threads) if big else 1)
     try:
         for i in range(0, len(q), chunk):
             qq = torch.from_numpy(q[i : i + chunk].astype(np.float32))

@@ -103,14 +103,16 @@ _GROUP_TEXT = {
     "global": "global observables (total, visible and deposited/incident energy, hits, depth, radial width)",
     "E_layer": "energy per layer", "f_layer": "fraction of the deposited energy per layer",
     "E_ratio": "CaloGAN E_ratio per layer (highest minus second-highest cell over their sum)",
-    "sparsity": "occupancy (fraction of cells above threshold) per layer",
+    "sparsity": "CaloChallenge sparsity (1 - occupancy: the fraction of empty cells) per layer",
     "occupancy": "occupancy (fraction of cells above threshold) per layer",
     "x_center": "centre of energy in x (CaloChallenge eta) per layer",
     "y_center": "centre of energy in y (CaloChallenge phi) per layer",
     "x_width": "shower width in x (CaloChallenge eta) per layer", "y_width": "shower width in y (phi) per layer",
     "asymmetry": "LHCb cluster asymmetry along the transverse momentum (x without momentum) per layer",
     "asymmetry_perp": "cluster asymmetry across the transverse momentum (y without momentum) per layer",
-    "r_width": "RMS distance of the energy from the shower axis per layer",
+    "r_center": "energy-weighted mean distance of the cells from the axis (CaloChallenge EC_r) per layer",
+    "r_width": "energy-weighted spread of that distance around its mean (CaloChallenge width_r) per layer",
+    "r_rms": "RMS distance of the energy from the shower axis per layer",
 }
 
 

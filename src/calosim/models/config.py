@@ -166,6 +166,15 @@ def _coerce(v: Any, tp: Any, where: str) -> Any:
         raise ValueError(f"{where} must be {_describe(tp)}, got {json.dumps(v, default=str)[:60]}") from None
 
 
+#: Which values a scalar field accepts (bool is not an int here; floats must be finite).
+_SCALARS: dict[type, Any] = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    str: lambda v: isinstance(v, str),
+}
+
+
 def _convert(v: Any, tp: Any) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
@@ -186,21 +195,9 @@ def _convert(v: Any, tp: Any) -> Any:
             if type(v) is type(a) and v == a:
                 return v
         raise ValueError
-    if tp is bool:
-        if isinstance(v, bool):
-            return v
-        raise TypeError
-    if tp is int:
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
-        raise TypeError
-    if tp is float:
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            return float(v)
-        raise TypeError
-    if tp is str:
-        if isinstance(v, str):
-            return v
+    if tp in _SCALARS:
+        if _SCALARS[tp](v):
+            return float(v) if tp is float else v
         raise TypeError
     if origin is tuple:
         if not isinstance(v, (list, tuple)):

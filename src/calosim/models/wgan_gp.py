@@ -310,7 +310,6 @@ class WGANGP(ShowerModel):
         self.register_buffer("h_empty", torch.zeros(n))  # sampled value of an empty cell (see _generate)
         self.register_buffer("obs_mean", torch.zeros(max(n_obs, 1)))
         self.register_buffer("obs_std", torch.ones(max(n_obs, 1)))
-        self.register_buffer("cell_layer", torch.as_tensor(geometry.cell_layer, dtype=torch.long), persistent=False)
         self.register_buffer("layer_cells", torch.tensor([l.n_cells for l in geometry.layers], dtype=torch.float32),
                              persistent=False)
         self.register_buffer("layer_extent", torch.tensor([max(l.extent_mm, 1.0) for l in geometry.layers],
@@ -357,8 +356,7 @@ class WGANGP(ShowerModel):
         A sigmoid step between empty (h = 0) and the smallest typical hit (h ~ 0.7), so that
         the occupancy (the "sparsity" of a physics comparison) has a gradient."""
         on = torch.sigmoid((h - 0.3) / 0.1)
-        n = h.new_zeros(len(h), self.geometry.n_layers).scatter_add(1, self.cell_layer.expand(len(h), -1), on)
-        return n / self.layer_cells
+        return features.layer_energies(on, self.geometry) / self.layer_cells
 
     def observables(self, x_mev: Tensor, e_inc: Tensor) -> Tensor:
         """Differentiable high-level features of showers in MeV.

@@ -143,20 +143,31 @@ def make_detector(g4: Any, geo: Geometry) -> Any:
     return Detector()
 
 
+def _materials_and_world(g4: Any, geo: Geometry, keep: list[Any],
+                         half_mm: tuple[float, float, float]) -> tuple[Any, Any, Any, Any, Any]:
+    """Vacuum, the sampling's absorber and active materials, and a vacuum world box of
+    half-lengths ``half_mm`` (x, y, z in mm): ``(vacuum, absorber, active, world_lv, world_pv)``."""
+    s = geo.sampling
+    assert s is not None
+    nist = g4.G4NistManager.Instance()
+    vacuum, absorber, active = (nist.FindOrBuildMaterial(m) for m in ("G4_Galactic", s.absorber, s.active))
+    world_s = g4.G4Box("world", *(h * g4.mm for h in half_mm))
+    world_lv = g4.G4LogicalVolume(world_s, vacuum, "world")
+    world_pv = g4.G4PVPlacement(None, g4.G4ThreeVector(), world_lv, "world", None, False, 0)
+    keep += [world_s, world_lv, world_pv]
+    return vacuum, absorber, active, world_lv, world_pv
+
+
 def _build_planar(g4: Any, geo: Geometry, layer_of_slab: np.ndarray, keep: list[Any],
                   cell_lvs: list[list[Any]], slab_lvs: list[list[Any]]) -> Any:
     """World with the plates of a planar stack; fills ``cell_lvs``/``slab_lvs`` per readout layer."""
     s = geo.sampling
     assert s is not None
-    nist = g4.G4NistManager.Instance()
     mm = g4.mm
-    vacuum, absorber, active = (nist.FindOrBuildMaterial(m) for m in ("G4_Galactic", s.absorber, s.active))
     half = 0.5 * s.width_mm * mm
     depth = s.depth_mm * mm
-    world_s = g4.G4Box("world", 1.2 * half, 1.2 * half, 0.5 * depth + 100 * mm)
-    world_lv = g4.G4LogicalVolume(world_s, vacuum, "world")
-    world_pv = g4.G4PVPlacement(None, g4.G4ThreeVector(), world_lv, "world", None, False, 0)
-    keep += [world_s, world_lv, world_pv]
+    vacuum, absorber, active, world_lv, world_pv = _materials_and_world(
+        g4, geo, keep, (0.6 * s.width_mm, 0.6 * s.width_mm, 0.5 * s.depth_mm + 100))
 
     # one slab / grid / row / cell logical-volume set per (readout layer, active thickness):
     # segmentations differ between layers, thicknesses between period groups
@@ -214,18 +225,14 @@ def _build_cylinder(g4: Any, geo: Geometry, layer_of_slab: np.ndarray, keep: lis
     """World with Par04's concentric shells and the polar readout cells; see the module docstring."""
     s = geo.sampling
     assert s is not None
-    nist = g4.G4NistManager.Instance()
     mm = g4.mm
-    vacuum, absorber, active = (nist.FindOrBuildMaterial(m) for m in ("G4_Galactic", s.absorber, s.active))
     r0 = s.inner_radius_mm
     depth = s.depth_mm
     half_len = 0.5 * s.width_mm
     # the front face (inner surface) crosses the beam line at z = -depth/2: the axis sits R0 below
     z_axis = -0.5 * depth - r0
-    world_s = g4.G4Box("world", (half_len + 10) * mm, (r0 + depth + 10) * mm, (abs(z_axis) + r0 + depth + 10) * mm)
-    world_lv = g4.G4LogicalVolume(world_s, vacuum, "world")
-    world_pv = g4.G4PVPlacement(None, g4.G4ThreeVector(), world_lv, "world", None, False, 0)
-    keep += [world_s, world_lv, world_pv]
+    vacuum, absorber, active, world_lv, world_pv = _materials_and_world(
+        g4, geo, keep, (half_len + 10, r0 + depth + 10, abs(z_axis) + r0 + depth + 10))
 
     # tube frame -> world: the tube's own z axis along world x, its centre on the axis line
     to_world = g4.G4RotationMatrix()
