@@ -150,3 +150,23 @@ def test_calpagan_unet_shapes_and_a_train_step_changes_weights():
     assert changed and len(hist["loss_g"]) == 1 and len(hist["fd_detailed-fast_train"]) == 1
     out = model.generate(fast)
     assert out.shape == (4, 1, 72, 72) and (out >= 0).all()
+
+
+def test_calpagan_checkpoint_is_safetensors_and_reloads_identically(tmp_path):
+    from calosim.models.calpagan import SIDE_FILE, WEIGHTS_FILE, Calpagan, CalpaganConfig
+
+    model = Calpagan(CalpaganConfig(hidden=4, seed=3), peak_ratio=1.7)
+    weights = model.save(tmp_path / "run", {"epoch": [1], "loss_g": [2.5]})
+    assert weights.name == WEIGHTS_FILE and (tmp_path / "run" / SIDE_FILE).is_file()
+    assert weights.read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
+    again, hist = Calpagan.load(tmp_path / "run")
+    assert hist == {"epoch": [1], "loss_g": [2.5]} and again.peak_ratio == 1.7 and again.config.hidden == 4
+    x = (np.random.default_rng(0).random((3, 2, 72, 72)) * 10).astype(np.float32)
+    np.testing.assert_array_equal(again.generate(x, seed=1), model.generate(x, seed=1))
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match=r"bogus\.safetensors") as err:
+        Calpagan.load(bogus)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="file not found"):
+        Calpagan.load(tmp_path / "nothing")

@@ -113,9 +113,9 @@ def train_cmd(fast: str, detailed: str, test_fast: str | None, test_detailed: st
                          hidden=hidden, seed=seed)
     model, hist = train_calpagan(x, y, cfg, test=test, log=click.echo)
     run = Path(out)
-    model.save(run / "calpagan.pt", hist)
+    weights = model.save(run, hist)
     plot_history(hist, run / "frechet.png")
-    click.echo(f"wrote {run / 'calpagan.pt'} and {run / 'frechet.png'}")
+    click.echo(f"wrote {weights}, {weights.with_suffix('.json')} and {run / 'frechet.png'}")
 
 
 @events_group.command("apply")
@@ -130,7 +130,7 @@ def apply_cmd(run_dir: str, fast: str, out: str, seed: int, overwrite: bool) -> 
     from ..models.calpagan import Calpagan
     from .views import read_images, write_images
 
-    model, _ = Calpagan.load(Path(run_dir) / "calpagan.pt")
+    model, _ = Calpagan.load(Path(run_dir))
     x, attrs = read_images(fast)
     t0 = time.perf_counter()
     y = model.generate(x, seed=seed)

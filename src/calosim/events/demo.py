@@ -61,7 +61,7 @@ def run_events_demo(out: Path, *, n: int = 300, epochs: int = 4, seed: int = 0, 
         model, hist = train_calpagan(tr["fast"], tr["detailed"], CalpaganConfig(epochs=epochs, seed=seed),
                                      test=(te["fast"], te["detailed"]), log=lambda s, p=proc: log(f"{p} {s}"))
         timing[f"train_{proc}_s"] = time.perf_counter() - t0
-        model.save(out / f"{proc}_run" / "calpagan.pt", hist)
+        model.save(out / f"{proc}_run", hist)
         plot_history(hist, out / f"{proc}_frechet.png")
         models[proc] = model
     for m_proc in PROCESSES:

@@ -32,8 +32,8 @@ discriminator update and ``d_lr_scale`` (the discriminator's learning rate relat
 
 from __future__ import annotations
 
+import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -161,6 +161,10 @@ class CalpaganConfig:
     seed: int = 0
 
 
+#: Files of a CALPAGAN run directory (``calosim events train --out``).
+WEIGHTS_FILE, SIDE_FILE = "calpagan.safetensors", "calpagan.json"
+
+
 def _peaks(x: np.ndarray) -> np.ndarray:
     """Highest pixel of each image ``(N, C, H, W)`` -> ``(N,)`` (1 for blank images)."""
     m = x.reshape(len(x), -1).max(axis=1)
@@ -195,28 +199,53 @@ class Calpagan:
         z = torch.randn(xn.shape, generator=gen) * self.config.noise
         return self.gen(xn + z) + xn.sum(1, keepdim=True)
 
-    def save(self, path: str | Path, history: dict[str, Any]) -> Path:
-        """Atomic checkpoint: weights, config, peak ratio and training history."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save({"gen": self.gen.state_dict(), "disc": self.disc.state_dict(), "config": asdict(self.config),
-                    "peak_ratio": self.peak_ratio, "history": history, "model": "calpagan"}, tmp)
-        os.replace(tmp, path)
-        return path
+    def save(self, run_dir: str | Path, history: dict[str, Any]) -> Path:
+        """Write ``run_dir/calpagan.safetensors`` (G and D weights; config and peak ratio in the header)
+        and ``run_dir/calpagan.json`` (config, peak ratio, training history), each atomically.
+
+        Safetensors holds tensors only, so loading never unpickles anything.
+        """
+        from ..io import write_text_atomic
+        from ..train.checkpoint import save_tensors
+
+        run = Path(run_dir)
+        run.mkdir(parents=True, exist_ok=True)
+        tensors = {f"gen/{k}": v for k, v in self.gen.state_dict().items()}
+        tensors.update({f"disc/{k}": v for k, v in self.disc.state_dict().items()})
+        meta = {"model": "calpagan", "config": asdict(self.config), "peak_ratio": self.peak_ratio}
+        save_tensors(run / WEIGHTS_FILE, tensors, meta)
+        write_text_atomic(run / SIDE_FILE, json.dumps({**meta, "history": history}, indent=1, default=float))
+        return run / WEIGHTS_FILE
 
     @staticmethod
     def load(path: str | Path) -> tuple["Calpagan", dict[str, Any]]:
+        """``(model, history)`` from a run directory or its ``calpagan.safetensors``; one-line ValueError otherwise."""
+        from ..train.checkpoint import RunError, load_tensors
+
+        path = Path(path)
+        weights = path / WEIGHTS_FILE if path.is_dir() else path
         try:
-            ck = torch.load(path, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError) as exc:
-            raise ValueError(f"{path}: not a readable calpagan checkpoint ({exc})") from None
-        if not isinstance(ck, dict) or ck.get("model") != "calpagan":
-            raise ValueError(f"{path}: not a calpagan checkpoint (make one with `calosim events train`)")
-        m = Calpagan(CalpaganConfig(**ck["config"]), ck["peak_ratio"])
-        m.gen.load_state_dict(ck["gen"])
-        m.disc.load_state_dict(ck["disc"])
-        return m, ck["history"]
+            tensors, meta = load_tensors(weights)
+        except RunError as exc:
+            raise ValueError(f"{exc} (expected a calpagan checkpoint from `calosim events train`)") from None
+        if meta.get("model") != "calpagan":
+            raise ValueError(f"{weights}: not a calpagan checkpoint (header model={meta.get('model')!r}; "
+                             "make one with `calosim events train`)")
+        try:
+            m = Calpagan(CalpaganConfig(**meta["config"]), meta["peak_ratio"])
+            for prefix, net in (("gen/", m.gen), ("disc/", m.disc)):
+                net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        except (KeyError, TypeError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{weights}: calpagan checkpoint does not fit this model ({first})") from None
+        side = weights.with_name(SIDE_FILE)
+        history: dict[str, Any] = {}
+        if side.is_file():
+            try:
+                history = json.loads(side.read_text()).get("history", {})
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{side}: not readable JSON ({exc})") from None
+        return m, history
 
 
 def _features(img: np.ndarray) -> np.ndarray:
