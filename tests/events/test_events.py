@@ -170,3 +170,27 @@ def test_calpagan_checkpoint_is_safetensors_and_reloads_identically(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="file not found"):
         Calpagan.load(tmp_path / "nothing")
+
+
+def test_generate_writes_a_hepmc3_copy_of_the_same_events(tmp_path):
+    pytest.importorskip("pythia8mc")
+    pyhepmc = pytest.importorskip("pyhepmc")
+    from click.testing import CliRunner
+
+    from calosim.events.cli import events_group
+    from calosim.events.pythia import read_events
+
+    ev, hep = tmp_path / "ev.h5", tmp_path / "ev.hepmc3"
+    res = CliRunner().invoke(events_group, ["generate", "-p", "dijet", "-n", "2", "--seed", "4", "-o", str(ev),
+                                            "--hepmc", str(hep)])
+    assert res.exit_code == 0, res.output
+    batch, _ = read_events(ev)
+    with pyhepmc.open(hep) as f:
+        events = list(f)
+    assert [e.event_number for e in events] == [0, 1]
+    for i, e in enumerate(events):
+        final = sorted(p.momentum.e for p in e.particles if p.status == 1)
+        np.testing.assert_allclose(final, np.sort(batch.event(i)["E"]), rtol=1e-5)
+        assert e.attributes["calosim_pythia_seed"].astype(int) == batch.seed[i]
+        beams = [p for p in e.particles if p.status == 4]
+        assert len(beams) == 2 and all(p.pid == 2212 for p in beams)

@@ -47,21 +47,25 @@ def events_group() -> None:
               help="Run seed; event i uses its own Pythia seed derived from (seed, i).")
 @click.option("--pthat-min", type=float, default=None, help="p-hat_T cut in GeV (default: wjets 20, dijet 100).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False))
+@click.option("--hepmc", type=click.Path(dir_okay=False), default=None,
+              help="Also write the full Pythia records as HepMC3 ASCII here (needs pyhepmc).")
 @WORKERS
 @OVERWRITE
 @_friendly
-def generate_cmd(process: str, n: int, seed: int, pthat_min: float | None, out: str, workers: int,
-                 overwrite: bool) -> None:
-    """Generate pp events at 13 TeV with Pythia 8 into a ragged HDF5 events file."""
+def generate_cmd(process: str, n: int, seed: int, pthat_min: float | None, out: str, hepmc: str | None,
+                 workers: int, overwrite: bool) -> None:
+    """Generate pp events at 13 TeV with Pythia 8 into a ragged HDF5 events file (and optionally HepMC3)."""
     from .pythia import ECM_GEV, _settings, generate_events, write_events
 
     t0 = time.perf_counter()
     attrs = {"process": process, "seed": seed, "ecm_gev": ECM_GEV, "generator": "Pythia 8 (pythia8mc)",
              "settings": _settings(process, pthat_min)}
     k = write_events(out, generate_events(process, n, seed=seed, pthat_min=pthat_min, workers=workers,
-                                          progress=True), attrs, overwrite=overwrite)
+                                          progress=True, hepmc=hepmc is not None), attrs, overwrite=overwrite,
+                     hepmc=hepmc)
     dt = time.perf_counter() - t0
-    click.echo(f"wrote {k} {process} events to {out} ({1000 * dt / k:.1f} ms/event wall, {workers} worker(s))")
+    also = f" and {hepmc}" if hepmc else ""
+    click.echo(f"wrote {k} {process} events to {out}{also} ({1000 * dt / k:.1f} ms/event wall, {workers} worker(s))")
 
 
 @events_group.command("image")
