@@ -194,3 +194,17 @@ def test_generate_writes_a_hepmc3_copy_of_the_same_events(tmp_path):
         assert e.attributes["calosim_pythia_seed"].astype(int) == batch.seed[i]
         beams = [p for p in e.particles if p.status == 4]
         assert len(beams) == 2 and all(p.pid == 2212 for p in beams)
+
+
+def test_geant4_detailed_view_detectors_are_buildable_and_engines_named():
+    from calosim.events.views import TOWER_MM, geant4_geometries, make_images
+    from calosim.simulate.g4detector import check_geometry
+
+    for geo in geant4_geometries():
+        check_geometry(geo)  # raises if Geant4 could not build it
+        assert geo.layers[0].shape == (9, 9) and geo.layers[0].cell_mm == (TOWER_MM, TOWER_MM)
+    assert geant4_geometries()[0].sampling.absorber == "G4_PbWO4"
+    with pytest.raises(EventsError, match="detailed view only"):
+        make_images("unused.h5", "fast", engine="geant4")
+    with pytest.raises(EventsError, match="valid: mc, geant4"):
+        detailed_image(_event([22], [5.0], [0.0], [0.0]), 1, engine="nope")

@@ -71,16 +71,22 @@ def generate_cmd(process: str, n: int, seed: int, pthat_min: float | None, out: 
 @events_group.command("image")
 @click.argument("events", type=click.Path(exists=True, dir_okay=False))
 @click.option("--view", type=click.Choice(["fast", "detailed"]), required=True)
+@click.option("--engine", type=click.Choice(["mc", "geant4"]), default="mc", show_default=True,
+              help="Showering engine of the detailed view (geant4: seconds per event, for small samples).")
+@click.option("--start", type=click.IntRange(0), default=0, show_default=True, help="First event.")
+@click.option("--stop", type=click.IntRange(0), default=None, help="Stop before this event (default: all).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False))
 @WORKERS
 @OVERWRITE
 @_friendly
-def image_cmd(events: str, view: str, out: str, workers: int, overwrite: bool) -> None:
+def image_cmd(events: str, view: str, engine: str, start: int, stop: int | None, out: str, workers: int,
+              overwrite: bool) -> None:
     """Turn an events file into 72 x 72 tower images (fast: ECAL, HCAL; detailed: ECAL+HCAL)."""
     from .views import CHANNELS, make_images, write_images
 
-    imgs, sec = make_images(events, view, workers=workers, progress=True)
-    write_images(out, imgs, {"view": view, "events": str(events), "channels": list(CHANNELS[view]),
+    imgs, sec = make_images(events, view, start=start, stop=stop, workers=workers, progress=True, engine=engine)
+    write_images(out, imgs, {"view": view, "engine": engine if view == "detailed" else "delphes-like",
+                             "events": str(events), "first_event": start, "channels": list(CHANNELS[view]),
                              "seconds_per_event": sec}, overwrite=overwrite)
     click.echo(f"wrote {len(imgs)} {view} images {imgs.shape[1:]} to {out} ({1000 * sec:.1f} ms/event)")
 
