@@ -150,6 +150,11 @@ def test_calpagan_unet_shapes_and_a_train_step_changes_weights():
     assert changed and len(hist["loss_g"]) == 1 and len(hist["fd_detailed-fast_train"]) == 1
     out = model.generate(fast)
     assert out.shape == (4, 1, 72, 72) and (out >= 0).all()
+    # zero suppression: the generated training images get the detailed ones' tower occupancy
+    zs = model.generate(fast, zero_suppress=True)
+    if model.zero_threshold > 0:
+        assert abs(int((zs > 0).sum()) - int((det > 0).sum())) <= 2
+    assert ((zs == 0) | (zs == out)).all() and (zs > 0).sum() <= max((out > 0).sum(), (det > 0).sum())
 
 
 def test_calpagan_checkpoint_is_safetensors_and_reloads_identically(tmp_path):

@@ -133,9 +133,11 @@ def train_cmd(fast: str, detailed: str, test_fast: str | None, test_detailed: st
 @click.option("--fast", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False))
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--zero-suppress", is_flag=True,
+              help="Zero towers below the threshold fitted at training (calosim's fix; off in the seed's recipe).")
 @OVERWRITE
 @_friendly
-def apply_cmd(run_dir: str, fast: str, out: str, seed: int, overwrite: bool) -> None:
+def apply_cmd(run_dir: str, fast: str, out: str, seed: int, zero_suppress: bool, overwrite: bool) -> None:
     """Turn fast images into CALPAGAN (detailed-like) images."""
     from ..models.calpagan import Calpagan
     from .views import read_images, write_images
@@ -143,10 +145,11 @@ def apply_cmd(run_dir: str, fast: str, out: str, seed: int, overwrite: bool) -> 
     model, _ = Calpagan.load(Path(run_dir))
     x, attrs = read_images(fast)
     t0 = time.perf_counter()
-    y = model.generate(x, seed=seed)
+    y = model.generate(x, seed=seed, zero_suppress=zero_suppress)
     sec = (time.perf_counter() - t0) / max(len(x), 1)
-    write_images(out, y, {"view": "calpagan", "events": attrs.get("events", ""), "channels": ["ECAL+HCAL"],
-                          "seconds_per_event": sec, "run": str(run_dir)}, overwrite=overwrite)
+    write_images(out, y, {"view": "calpagan_zs" if zero_suppress else "calpagan", "events": attrs.get("events", ""),
+                          "channels": ["ECAL+HCAL"], "seconds_per_event": sec, "run": str(run_dir),
+                          "zero_threshold_gev": model.zero_threshold if zero_suppress else 0.0}, overwrite=overwrite)
     click.echo(f"wrote {len(y)} calpagan images to {out} ({1000 * sec:.1f} ms/event)")
 
 

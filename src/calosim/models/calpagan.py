@@ -25,6 +25,11 @@ Architecture exactly as the seed's section 3.1:
   highest pixel, every detailed image by its own. At generation the output is scaled back by the
   fast image's highest pixel times ``peak_ratio``, the mean ratio of the detailed to the fast
   highest pixel in the training set (the only scale known without the detailed image).
+* Zero suppression (calosim's addition, off in the seed's recipe): the detailed images are
+  zero-suppressed towers, while G(x) + x leaves a faint positive floor over the whole image.
+  ``zero_threshold`` (GeV) is fitted on the training set after training so that the generated
+  training images have as many non-zero towers on average as the detailed ones;
+  ``generate(zero_suppress=True)`` zeroes the towers below it.
 
 Fixes the seed's conclusion asks for (D learns faster than G): ``g_steps`` generator updates per
 discriminator update and ``d_lr_scale`` (the discriminator's learning rate relative to G's).
@@ -174,15 +179,20 @@ def _peaks(x: np.ndarray) -> np.ndarray:
 class Calpagan:
     """A trained (or fresh) generator with its normalisation; :meth:`generate` maps fast -> detailed (GeV)."""
 
-    def __init__(self, config: CalpaganConfig | None = None, peak_ratio: float = 1.0) -> None:
+    def __init__(self, config: CalpaganConfig | None = None, peak_ratio: float = 1.0,
+                 zero_threshold: float = 0.0) -> None:
         self.config = config or CalpaganConfig()
         torch.manual_seed(self.config.seed)
         self.gen = UNet(hidden=self.config.hidden)
         self.disc = Discriminator()
         self.peak_ratio = float(peak_ratio)
+        self.zero_threshold = float(zero_threshold)
 
-    def generate(self, fast: np.ndarray, batch: int = 64, seed: int = 0) -> np.ndarray:
-        """Detailed-like images ``(N, 1, 72, 72)`` GeV from fast images ``(N, 2, 72, 72)`` GeV."""
+    def generate(self, fast: np.ndarray, batch: int = 64, seed: int = 0, zero_suppress: bool = False) -> np.ndarray:
+        """Detailed-like images ``(N, 1, 72, 72)`` GeV from fast images ``(N, 2, 72, 72)`` GeV.
+
+        ``zero_suppress``: zero the towers below the fitted ``zero_threshold`` (see the module doc).
+        """
         gen = torch.Generator().manual_seed(seed)
         self.gen.eval()
         out = []
@@ -192,8 +202,19 @@ class Calpagan:
                 p = _peaks(x)
                 xn = torch.from_numpy(x / p[:, None, None, None])
                 y = self._fake(xn, gen)
-                out.append(np.maximum(y.numpy(), 0.0) * (p * self.peak_ratio)[:, None, None, None])
+                img = np.maximum(y.numpy(), 0.0) * (p * self.peak_ratio)[:, None, None, None]
+                if zero_suppress:
+                    img[img < self.zero_threshold] = 0.0
+                out.append(img)
         return np.concatenate(out) if out else np.zeros((0, 1, *fast.shape[2:]), np.float32)
+
+    def fit_zero_threshold(self, fast: np.ndarray, detailed: np.ndarray, seed: int = 0) -> float:
+        """Set ``zero_threshold`` (GeV) so that generated images of ``fast`` have the mean number of
+        non-zero towers of ``detailed`` (0 if they already have fewer); returns it."""
+        gen = self.generate(fast, seed=seed).ravel()
+        target = int((detailed > 0).sum())
+        self.zero_threshold = 0.0 if (gen > 0).sum() <= target else float(np.partition(gen, -target - 1)[-target - 1])
+        return self.zero_threshold
 
     def _fake(self, xn: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         z = torch.randn(xn.shape, generator=gen) * self.config.noise
@@ -212,7 +233,8 @@ class Calpagan:
         run.mkdir(parents=True, exist_ok=True)
         tensors = {f"gen/{k}": v for k, v in self.gen.state_dict().items()}
         tensors.update({f"disc/{k}": v for k, v in self.disc.state_dict().items()})
-        meta = {"model": "calpagan", "config": asdict(self.config), "peak_ratio": self.peak_ratio}
+        meta = {"model": "calpagan", "config": asdict(self.config), "peak_ratio": self.peak_ratio,
+                "zero_threshold": self.zero_threshold}
         save_tensors(run / WEIGHTS_FILE, tensors, meta)
         write_text_atomic(run / SIDE_FILE, json.dumps({**meta, "history": history}, indent=1, default=float))
         return run / WEIGHTS_FILE
@@ -232,7 +254,7 @@ class Calpagan:
             raise ValueError(f"{weights}: not a calpagan checkpoint (header model={meta.get('model')!r}; "
                              "make one with `calosim events train`)")
         try:
-            m = Calpagan(CalpaganConfig(**meta["config"]), meta["peak_ratio"])
+            m = Calpagan(CalpaganConfig(**meta["config"]), meta["peak_ratio"], meta.get("zero_threshold", 0.0))
             for prefix, net in (("gen/", m.gen), ("disc/", m.disc)):
                 net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         except (KeyError, TypeError, RuntimeError) as exc:
@@ -327,6 +349,8 @@ def train_calpagan(fast: np.ndarray, detailed: np.ndarray, config: CalpaganConfi
             log(f"epoch {epoch}: D {hist['loss_d'][-1]:.3f}  G {hist['loss_g'][-1]:.3f}  "
                 f"FD(det,fast) {hist['fd_detailed-fast_train'][-1]:.2f}  "
                 f"FD(det,gen) {hist['fd_detailed-calpagan_train'][-1]:.2f}  ({hist['seconds'][-1]:.1f} s)")
+    model.fit_zero_threshold(fast, detailed, seed=0)
+    hist["zero_threshold_gev"] = model.zero_threshold
     return model, hist
 
 
