@@ -140,7 +140,8 @@ def test_calpagan_unet_shapes_and_a_train_step_changes_weights():
     assert Discriminator()(x, g(x)).shape == (2, 1, 9, 9)
     rng = np.random.default_rng(0)
     fast = (rng.random((4, 2, 72, 72)) * (rng.random((4, 2, 72, 72)) > 0.95) * 20).astype(np.float32)
-    det = fast.sum(1, keepdims=True) * 0.8
+    summed = fast.sum(1, keepdims=True)
+    det = np.where(summed > 10, 0.8 * summed, 0.0).astype(np.float32)  # sparser than fast, as zero suppression
     cfg = CalpaganConfig(epochs=1, batch_size=4, hidden=4)
     from calosim.models.calpagan import Calpagan
 
@@ -150,3 +151,66 @@ def test_calpagan_unet_shapes_and_a_train_step_changes_weights():
     assert changed and len(hist["loss_g"]) == 1 and len(hist["fd_detailed-fast_train"]) == 1
     out = model.generate(fast)
     assert out.shape == (4, 1, 72, 72) and (out >= 0).all()
+    # zero suppression: the generated training images get the detailed ones' tower occupancy
+    zs = model.generate(fast, zero_suppress=True)
+    assert model.zero_threshold > 0
+    assert abs(int((zs > 0).sum()) - int((det > 0).sum())) <= 2
+    assert ((zs == 0) | (zs == out)).all() and (zs > 0).sum() <= max((out > 0).sum(), (det > 0).sum())
+
+
+def test_calpagan_checkpoint_is_safetensors_and_reloads_identically(tmp_path):
+    from calosim.models.calpagan import SIDE_FILE, WEIGHTS_FILE, Calpagan, CalpaganConfig
+
+    model = Calpagan(CalpaganConfig(hidden=4, seed=3), peak_ratio=1.7)
+    weights = model.save(tmp_path / "run", {"epoch": [1], "loss_g": [2.5]})
+    assert weights.name == WEIGHTS_FILE and (tmp_path / "run" / SIDE_FILE).is_file()
+    assert weights.read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
+    again, hist = Calpagan.load(tmp_path / "run")
+    assert hist == {"epoch": [1], "loss_g": [2.5]} and again.peak_ratio == 1.7 and again.config.hidden == 4
+    x = (np.random.default_rng(0).random((3, 2, 72, 72)) * 10).astype(np.float32)
+    np.testing.assert_array_equal(again.generate(x, seed=1), model.generate(x, seed=1))
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match=r"bogus\.safetensors") as err:
+        Calpagan.load(bogus)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="file not found"):
+        Calpagan.load(tmp_path / "nothing")
+
+
+def test_generate_writes_a_hepmc3_copy_of_the_same_events(tmp_path):
+    pytest.importorskip("pythia8mc")
+    pyhepmc = pytest.importorskip("pyhepmc")
+    from click.testing import CliRunner
+
+    from calosim.events.cli import events_group
+    from calosim.events.pythia import read_events
+
+    ev, hep = tmp_path / "ev.h5", tmp_path / "ev.hepmc3"
+    res = CliRunner().invoke(events_group, ["generate", "-p", "dijet", "-n", "2", "--seed", "4", "-o", str(ev),
+                                            "--hepmc", str(hep)])
+    assert res.exit_code == 0, res.output
+    batch, _ = read_events(ev)
+    with pyhepmc.open(hep) as f:
+        events = list(f)
+    assert [e.event_number for e in events] == [0, 1]
+    for i, e in enumerate(events):
+        final = sorted(p.momentum.e for p in e.particles if p.status == 1)
+        np.testing.assert_allclose(final, np.sort(batch.event(i)["E"]), rtol=1e-5)
+        assert e.attributes["calosim_pythia_seed"].astype(int) == batch.seed[i]
+        beams = [p for p in e.particles if p.status == 4]
+        assert len(beams) == 2 and all(p.pid == 2212 for p in beams)
+
+
+def test_geant4_detailed_view_detectors_are_buildable_and_engines_named():
+    from calosim.events.views import TOWER_MM, geant4_geometries, make_images
+    from calosim.simulate.g4detector import check_geometry
+
+    for geo in geant4_geometries():
+        check_geometry(geo)  # raises if Geant4 could not build it
+        assert geo.layers[0].shape == (9, 9) and geo.layers[0].cell_mm == (TOWER_MM, TOWER_MM)
+    assert geant4_geometries()[0].sampling.absorber == "G4_PbWO4"
+    with pytest.raises(EventsError, match="detailed view only"):
+        make_images("unused.h5", "fast", engine="geant4")
+    with pytest.raises(EventsError, match="valid: mc, geant4"):
+        detailed_image(_event([22], [5.0], [0.0], [0.0]), 1, engine="nope")

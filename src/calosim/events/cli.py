@@ -47,36 +47,46 @@ def events_group() -> None:
               help="Run seed; event i uses its own Pythia seed derived from (seed, i).")
 @click.option("--pthat-min", type=float, default=None, help="p-hat_T cut in GeV (default: wjets 20, dijet 100).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False))
+@click.option("--hepmc", type=click.Path(dir_okay=False), default=None,
+              help="Also write the full Pythia records as HepMC3 ASCII here (needs pyhepmc).")
 @WORKERS
 @OVERWRITE
 @_friendly
-def generate_cmd(process: str, n: int, seed: int, pthat_min: float | None, out: str, workers: int,
-                 overwrite: bool) -> None:
-    """Generate pp events at 13 TeV with Pythia 8 into a ragged HDF5 events file."""
+def generate_cmd(process: str, n: int, seed: int, pthat_min: float | None, out: str, hepmc: str | None,
+                 workers: int, overwrite: bool) -> None:
+    """Generate pp events at 13 TeV with Pythia 8 into a ragged HDF5 events file (and optionally HepMC3)."""
     from .pythia import ECM_GEV, _settings, generate_events, write_events
 
     t0 = time.perf_counter()
     attrs = {"process": process, "seed": seed, "ecm_gev": ECM_GEV, "generator": "Pythia 8 (pythia8mc)",
              "settings": _settings(process, pthat_min)}
     k = write_events(out, generate_events(process, n, seed=seed, pthat_min=pthat_min, workers=workers,
-                                          progress=True), attrs, overwrite=overwrite)
+                                          progress=True, hepmc=hepmc is not None), attrs, overwrite=overwrite,
+                     hepmc=hepmc)
     dt = time.perf_counter() - t0
-    click.echo(f"wrote {k} {process} events to {out} ({1000 * dt / k:.1f} ms/event wall, {workers} worker(s))")
+    also = f" and {hepmc}" if hepmc else ""
+    click.echo(f"wrote {k} {process} events to {out}{also} ({1000 * dt / k:.1f} ms/event wall, {workers} worker(s))")
 
 
 @events_group.command("image")
 @click.argument("events", type=click.Path(exists=True, dir_okay=False))
 @click.option("--view", type=click.Choice(["fast", "detailed"]), required=True)
+@click.option("--engine", type=click.Choice(["mc", "geant4"]), default="mc", show_default=True,
+              help="Showering engine of the detailed view (geant4: seconds per event, for small samples).")
+@click.option("--start", type=click.IntRange(0), default=0, show_default=True, help="First event.")
+@click.option("--stop", type=click.IntRange(0), default=None, help="Stop before this event (default: all).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False))
 @WORKERS
 @OVERWRITE
 @_friendly
-def image_cmd(events: str, view: str, out: str, workers: int, overwrite: bool) -> None:
+def image_cmd(events: str, view: str, engine: str, start: int, stop: int | None, out: str, workers: int,
+              overwrite: bool) -> None:
     """Turn an events file into 72 x 72 tower images (fast: ECAL, HCAL; detailed: ECAL+HCAL)."""
     from .views import CHANNELS, make_images, write_images
 
-    imgs, sec = make_images(events, view, workers=workers, progress=True)
-    write_images(out, imgs, {"view": view, "events": str(events), "channels": list(CHANNELS[view]),
+    imgs, sec = make_images(events, view, start=start, stop=stop, workers=workers, progress=True, engine=engine)
+    write_images(out, imgs, {"view": view, "engine": engine if view == "detailed" else "delphes-like",
+                             "events": str(events), "first_event": start, "channels": list(CHANNELS[view]),
                              "seconds_per_event": sec}, overwrite=overwrite)
     click.echo(f"wrote {len(imgs)} {view} images {imgs.shape[1:]} to {out} ({1000 * sec:.1f} ms/event)")
 
@@ -113,9 +123,9 @@ def train_cmd(fast: str, detailed: str, test_fast: str | None, test_detailed: st
                          hidden=hidden, seed=seed)
     model, hist = train_calpagan(x, y, cfg, test=test, log=click.echo)
     run = Path(out)
-    model.save(run / "calpagan.pt", hist)
+    weights = model.save(run, hist)
     plot_history(hist, run / "frechet.png")
-    click.echo(f"wrote {run / 'calpagan.pt'} and {run / 'frechet.png'}")
+    click.echo(f"wrote {weights}, {weights.with_suffix('.json')} and {run / 'frechet.png'}")
 
 
 @events_group.command("apply")
@@ -123,20 +133,23 @@ def train_cmd(fast: str, detailed: str, test_fast: str | None, test_detailed: st
 @click.option("--fast", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False))
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--zero-suppress", is_flag=True,
+              help="Zero towers below the threshold fitted at training (calosim's fix; off in the seed's recipe).")
 @OVERWRITE
 @_friendly
-def apply_cmd(run_dir: str, fast: str, out: str, seed: int, overwrite: bool) -> None:
+def apply_cmd(run_dir: str, fast: str, out: str, seed: int, zero_suppress: bool, overwrite: bool) -> None:
     """Turn fast images into CALPAGAN (detailed-like) images."""
     from ..models.calpagan import Calpagan
     from .views import read_images, write_images
 
-    model, _ = Calpagan.load(Path(run_dir) / "calpagan.pt")
+    model, _ = Calpagan.load(Path(run_dir))
     x, attrs = read_images(fast)
     t0 = time.perf_counter()
-    y = model.generate(x, seed=seed)
+    y = model.generate(x, seed=seed, zero_suppress=zero_suppress)
     sec = (time.perf_counter() - t0) / max(len(x), 1)
-    write_images(out, y, {"view": "calpagan", "events": attrs.get("events", ""), "channels": ["ECAL+HCAL"],
-                          "seconds_per_event": sec, "run": str(run_dir)}, overwrite=overwrite)
+    write_images(out, y, {"view": "calpagan_zs" if zero_suppress else "calpagan", "events": attrs.get("events", ""),
+                          "channels": ["ECAL+HCAL"], "seconds_per_event": sec, "run": str(run_dir),
+                          "zero_threshold_gev": model.zero_threshold if zero_suppress else 0.0}, overwrite=overwrite)
     click.echo(f"wrote {len(y)} calpagan images to {out} ({1000 * sec:.1f} ms/event)")
 
 

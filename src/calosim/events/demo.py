@@ -19,7 +19,8 @@ import numpy as np
 
 from ..models.calpagan import CalpaganConfig, plot_history, train_calpagan
 from .pythia import ECM_GEV, _settings, generate_events, write_events
-from .report import jet_validation
+from ..io import write_text_atomic
+from .report import jet_validation, markdown_table
 from .views import CHANNELS, make_images, write_images
 
 __all__ = ["run_events_demo"]
@@ -61,7 +62,7 @@ def run_events_demo(out: Path, *, n: int = 300, epochs: int = 4, seed: int = 0, 
         model, hist = train_calpagan(tr["fast"], tr["detailed"], CalpaganConfig(epochs=epochs, seed=seed),
                                      test=(te["fast"], te["detailed"]), log=lambda s, p=proc: log(f"{p} {s}"))
         timing[f"train_{proc}_s"] = time.perf_counter() - t0
-        model.save(out / f"{proc}_run" / "calpagan.pt", hist)
+        model.save(out / f"{proc}_run", hist)
         plot_history(hist, out / f"{proc}_frechet.png")
         models[proc] = model
     for m_proc in PROCESSES:
@@ -70,22 +71,29 @@ def run_events_demo(out: Path, *, n: int = 300, epochs: int = 4, seed: int = 0, 
             t0 = time.perf_counter()
             gen = models[m_proc].generate(te["fast"], seed=seed)
             timing["calpagan_s_per_event"] = (time.perf_counter() - t0) / len(gen)
-            write_images(out / f"{t_proc}_test_calpagan_from_{m_proc}.h5", gen,
-                         {"view": "calpagan", "events": str(out / f"{t_proc}_test_events.h5"),
-                          "channels": ["ECAL+HCAL"], "seconds_per_event": timing["calpagan_s_per_event"]},
-                         overwrite=True)
+            gen_zs = models[m_proc].generate(te["fast"], seed=seed, zero_suppress=True)
+            for name, img in (("calpagan", gen), ("calpagan_zs", gen_zs)):
+                write_images(out / f"{t_proc}_test_{name}_from_{m_proc}.h5", img,
+                             {"view": name, "events": str(out / f"{t_proc}_test_events.h5"), "channels": ["ECAL+HCAL"],
+                              "seconds_per_event": timing["calpagan_s_per_event"], "model": m_proc,
+                              "zero_threshold_gev": models[m_proc].zero_threshold if name == "calpagan_zs" else 0.0},
+                             overwrite=True)
             title = f"{t_proc}_test" + ("" if m_proc == t_proc else f"_model_{m_proc}")
-            res = jet_validation({"fast": te["fast"], "detailed": te["detailed"], "calpagan": gen}, out, title=title)
+            res = jet_validation({"fast": te["fast"], "detailed": te["detailed"], "calpagan": gen,
+                                  "calpagan_zs": gen_zs}, out, title=title)
             log(res["text"])
-            tables[title] = {"table": res["table"], "closer": res["closer"], "n_jets_ge2": res["n_jets_ge2"]}
+            tables[title] = {"table": res["table"], "closer": res["closer_by_model"], "n_jets_ge2": res["n_jets_ge2"],
+                             "trained_on": m_proc, "tested_on": t_proc,
+                             "zero_threshold_gev": models[m_proc].zero_threshold}
     timing["total_s"] = time.perf_counter() - t_start
     summary = {"n_per_split": n, "epochs": epochs, "seed": seed, "timing": timing, "tables": tables}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-    lines = [f"# events demo: {n} train + {n} test events per process, {epochs} epochs, seed {seed}", ""]
-    for k, v in timing.items():
-        lines.append(f"- {k}: {v:.4g}")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1, default=float))
+    lines = [f"# events demo: {n} train + {n} test events per process, {epochs} epochs, seed {seed}", "",
+             "## Timing", ""]
+    lines += [f"- {k}: {v:.4g}" for k, v in timing.items()]
     for title, t in tables.items():
-        lines.append(f"- {title}: calpagan closer to detailed than fast on {t['closer'][0]} of {t['closer'][1]} "
-                     "observables")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+        lines += ["", f"## {title} (CALPAGAN trained on {t['trained_on']}, tested on {t['tested_on']}; "
+                      f"zero threshold {t['zero_threshold_gev']:.2f} GeV)", "", markdown_table(t["table"]), ""]
+        lines += [f"- {g}: closer to detailed than fast on {k} of {m} observables" for g, (k, m) in t["closer"].items()]
+    write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
     return summary

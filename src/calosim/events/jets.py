@@ -169,11 +169,11 @@ def chi2_table(obs: dict[str, dict[str, np.ndarray]], pairs: Sequence[tuple[str,
 def format_table(table: dict[str, dict[str, float]], title: str) -> str:
     """The seed's table layout: one row per observable, Jet 1 / Jet 2 columns per pair."""
     pairs = list(next(iter(table.values())).keys())
-    head = f"{'chi2':16s}" + "".join(f"| {p:^17s}" for p in pairs)
-    sub = f"{'':16s}" + "".join(f"| {'Jet 1':>8s}{'Jet 2':>9s}" for _ in pairs)
+    head = f"{'chi2':16s}" + "".join(f"| {p:^20s}" for p in pairs)
+    sub = f"{'':16s}" + "".join(f"| {'Jet 1':>9s}{'Jet 2':>11s}" for _ in pairs)
     lines = [title, head, sub, "-" * len(head)]
     for k in JET_OBSERVABLES:
-        lines.append(f"{LABELS[k]:16s}" + "".join(f"| {table[k + '1'][p]:8.1f}{table[k + '2'][p]:9.1f}" for p in pairs))
+        lines.append(f"{LABELS[k]:16s}" + "".join(f"| {table[k + '1'][p]:9.1f}{table[k + '2'][p]:11.1f}" for p in pairs))
     for k in PAIR_OBSERVABLES:
-        lines.append(f"{LABELS[k]:16s}" + "".join(f"| {table[k][p]:12.1f}     " for p in pairs))
+        lines.append(f"{LABELS[k]:16s}" + "".join(f"| {table[k][p]:14.1f}      " for p in pairs))
     return "\n".join(lines)

@@ -12,6 +12,9 @@ Layout (``format = "calosim-events"``, ``version = 1``), ``n`` events holding ``
 Per-event seeds: event ``i`` of a run with seed ``S`` re-seeds Pythia's generator with
 :func:`event_seed` ``(S, i)`` before it is generated, so any subset (and any ``--workers``)
 reproduces the same events.
+
+``--hepmc``: the full Pythia record of every event (beams, shower, hadronisation, decays) as a
+HepMC3 ASCII file written with pyhepmc, the file the seed shares between both simulations.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class EventBatch:
     seed: np.ndarray
     code: np.ndarray
     pthat: np.ndarray
+    #: Full Pythia records (HEPEVT arrays, one dict per event) when HepMC output is asked for.
+    hepevt: list[dict[str, np.ndarray]] | None = None
 
     def __len__(self) -> int:
         return len(self.seed)
@@ -78,8 +83,10 @@ class EventBatch:
         starts = np.concatenate([[0], np.cumsum(sizes)])
         off = np.concatenate([[0]] + [p.offsets[1:] + s for p, s in zip(parts, starts[:-1])]).astype(np.int64)
         keys = parts[0].particles.keys()
+        hep = None if any(p.hepevt is None for p in parts) else [h for p in parts for h in p.hepevt]
         return EventBatch(off, {k: np.concatenate([p.particles[k] for p in parts]) for k in keys},
-                          *(np.concatenate([getattr(p, f) for p in parts]) for f in ("seed", "code", "pthat")))
+                          *(np.concatenate([getattr(p, f) for p in parts]) for f in ("seed", "code", "pthat")),
+                          hepevt=hep)
 
 
 def _settings(process: str, pthat_min: float | None) -> list[str]:
@@ -101,9 +108,24 @@ def _pythia(settings: Sequence[str]) -> Any:
     return p
 
 
-def _run(settings: Sequence[str], seed: int, indices: Sequence[int]) -> EventBatch:
+def _hepevt(event: Any) -> dict[str, np.ndarray]:
+    """The whole Pythia record (entries 1..; entry 0 is Pythia's 'system') as arrays for HepMC.
+
+    ``mothers`` / ``mother_offsets``: the ragged 1-based mother lists (Pythia's ``motherList()``).
+    """
+    qs = [q for q in event][1:]
+    a = np.array([(q.px(), q.py(), q.pz(), q.e(), q.m(), q.id(), q.statusHepMC(), q.xProd(), q.yProd(), q.zProd(),
+                   q.tProd()) for q in qs], dtype=np.float64).reshape(-1, 11)
+    moms = [sorted(m for m in q.motherList() if m > 0) for q in qs]
+    return {"p": a[:, :5], "pid": a[:, 5].astype(np.int32), "status": a[:, 6].astype(np.int32), "x": a[:, 7:11],
+            "mothers": np.asarray([m for ms in moms for m in ms], np.int32),
+            "mother_offsets": np.concatenate([[0], np.cumsum([len(ms) for ms in moms])]).astype(np.int64)}
+
+
+def _run(settings: Sequence[str], seed: int, indices: Sequence[int], hepmc: bool = False) -> EventBatch:
     """Generate the events ``indices`` of a run: one Pythia, re-seeded per event."""
     p = _pythia(settings)
+    hep: list[dict[str, np.ndarray]] | None = [] if hepmc else None
     cols: dict[str, list[float]] = {k: [] for k in ("pdg", *_FIELDS, "vx", "vy", "vz", "vt")}
     offsets, seeds, codes, pthats = [0], [], [], []
     for i in indices:
@@ -125,6 +147,8 @@ def _run(settings: Sequence[str], seed: int, indices: Sequence[int]) -> EventBat
             cols["vx"].append(q.xProd()); cols["vy"].append(q.yProd()); cols["vz"].append(q.zProd())
             cols["vt"].append(q.tProd())
         offsets.append(offsets[-1] + n)
+        if hep is not None:
+            hep.append(_hepevt(p.event))
         seeds.append(s)
         info = p.infoPython()  # a snapshot: fetch it per event
         codes.append(info.code())
@@ -133,24 +157,26 @@ def _run(settings: Sequence[str], seed: int, indices: Sequence[int]) -> EventBat
     parts.update({k: np.asarray(cols[k], dtype=np.float32) for k in _FIELDS})
     parts["vertex"] = np.stack([np.asarray(cols[k], dtype=np.float32) for k in ("vx", "vy", "vz", "vt")], axis=1)
     return EventBatch(np.asarray(offsets, dtype=np.int64), parts, np.asarray(seeds, dtype=np.int64),
-                      np.asarray(codes, dtype=np.int32), np.asarray(pthats, dtype=np.float32))
+                      np.asarray(codes, dtype=np.int32), np.asarray(pthats, dtype=np.float32), hepevt=hep)
 
 
-def _run_star(args: tuple[list[str], int, list[int]]) -> EventBatch:
+def _run_star(args: tuple[list[str], int, list[int], bool]) -> EventBatch:
     return _run(*args)
 
 
 def generate_events(process: str, n: int, *, seed: int = 0, pthat_min: float | None = None, workers: int = 1,
-                    chunk: int = 50, first: int = 0, progress: bool = False) -> Iterator[EventBatch]:
+                    chunk: int = 50, first: int = 0, progress: bool = False, hepmc: bool = False
+                    ) -> Iterator[EventBatch]:
     """Yield events ``first .. first + n - 1`` of a run in order, in blocks of ``chunk``.
 
-    ``workers`` > 1 runs one Pythia per process; the events do not depend on it.
+    ``workers`` > 1 runs one Pythia per process; the events do not depend on it. ``hepmc`` keeps
+    each event's full Pythia record (``EventBatch.hepevt``) for :func:`write_events`' HepMC3 copy.
     """
     if n < 1:
         raise EventsError(f"-n must be >= 1, got {n}")
     settings = _settings(process, pthat_min)
     blocks = [list(range(a, min(a + chunk, first + n))) for a in range(first, first + n, chunk)]
-    jobs = [(settings, int(seed), b) for b in blocks]
+    jobs = [(settings, int(seed), b, hepmc) for b in blocks]
     prog = _Progress(n, f"pythia {process}") if progress else None
     try:
         if workers <= 1:
@@ -189,13 +215,25 @@ class _Progress:
 
 
 def write_events(path: str | Path, batches: Iterator[EventBatch], attrs: dict[str, Any], *,
-                 overwrite: bool = False) -> int:
-    """Write ``batches`` to ``path`` (temp file + rename); returns the number of events."""
+                 overwrite: bool = False, hepmc: str | Path | None = None) -> int:
+    """Write ``batches`` to ``path`` (temp file + rename); returns the number of events.
+
+    ``hepmc``: also write the full Pythia records (batches from ``generate_events(hepmc=True)``)
+    as a HepMC3 ASCII file there (pyhepmc), event numbers = event indices, atomically too.
+    """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise EventsError(f"{path} exists (use --overwrite)")
+    for out in (path, *((Path(hepmc),) if hepmc else ())):
+        if out.exists() and not overwrite:
+            raise EventsError(f"{out} exists (use --overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    hep_writer, hep_tmp = None, None
+    if hepmc:
+        pyhepmc = require("pyhepmc")
+        hep_path = Path(hepmc)
+        hep_path.parent.mkdir(parents=True, exist_ok=True)
+        hep_tmp = hep_path.with_name(f".{hep_path.name}.tmp{os.getpid()}")
+        hep_writer = pyhepmc.open(hep_tmp, "w", format="HepMC3")
     n_ev = n_p = 0
     try:
         with h5py.File(tmp, "w") as f:
@@ -220,12 +258,88 @@ def write_events(path: str | Path, batches: Iterator[EventBatch], attrs: dict[st
                 for k, v in b.particles.items():
                     pa[k].resize((n_p + k_p, *v.shape[1:]))
                     pa[k][n_p:] = v
+                if hep_writer is not None:
+                    if b.hepevt is None:
+                        raise EventsError("HepMC output needs events generated with hepmc=True")
+                    for j, rec in enumerate(b.hepevt):
+                        hep_writer.write(_genevent(rec, n_ev + j, int(b.seed[j])))
                 n_ev, n_p = n_ev + k_ev, n_p + k_p
             f.attrs["n_events"] = n_ev
+        if hep_writer is not None:
+            hep_writer.close()
+            hep_writer = None
+            os.replace(hep_tmp, hepmc)  # type: ignore[arg-type]
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        if hep_writer is not None:
+            hep_writer.close()
+        for t in (tmp, hep_tmp):
+            if t is not None:
+                t.unlink(missing_ok=True)
     return n_ev
+
+
+def _genevent(rec: dict[str, np.ndarray], number: int, seed: int) -> Any:
+    """A pyhepmc GenEvent (GeV, mm) of one :func:`_hepevt` record; the event's Pythia seed is an attribute.
+
+    A vertex joins all particles that share a mother (and all mothers of those particles), since
+    a HepMC particle has one end vertex. Vertices are added once all their incoming particles are
+    in the event: HepMC3's ASCII reader needs parents written before children, while Pythia puts
+    the initial-state shower's earlier partons after the partons they turn into.
+    """
+    pyhepmc = require("pyhepmc")
+    n = len(rec["pid"])
+    off, moms = rec["mother_offsets"], rec["mothers"] - 1
+    # union-find over particles: children of one mother, and mothers of one child, share a vertex
+    root = list(range(n))
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
+    first_child = {}
+    for c in range(n):
+        for m in moms[off[c]:off[c + 1]]:
+            if m in first_child:
+                root[find(c)] = find(first_child[m])
+            else:
+                first_child[m] = c
+    groups: dict[int, list[int]] = {}
+    for c in range(n):
+        if off[c + 1] > off[c]:
+            groups.setdefault(find(c), []).append(c)
+    ins = {g: sorted({int(m) for c in kids for m in moms[off[c]:off[c + 1]]}) for g, kids in groups.items()}
+    ev = pyhepmc.GenEvent(pyhepmc.Units.GEV, pyhepmc.Units.MM)
+    ev.event_number = number
+    parts = []
+    for i in range(n):
+        px, py, pz, e, m = rec["p"][i]
+        gp = pyhepmc.GenParticle((px, py, pz, e), int(rec["pid"][i]), int(rec["status"][i]))
+        gp.generated_mass = m
+        parts.append(gp)
+    placed = np.zeros(n, bool)
+    for i in range(n):
+        if off[i + 1] == off[i]:  # beams (no mothers)
+            ev.add_particle(parts[i])
+            placed[i] = True
+    pending = dict(groups)
+    while pending:
+        ready = [g for g in pending if placed[ins[g]].all()]
+        if not ready:
+            raise EventsError(f"event {number}: the Pythia record has a mother loop; it cannot be written as HepMC")
+        for g in ready:
+            kids = pending.pop(g)
+            v = pyhepmc.GenVertex(tuple(rec["x"][kids[0]]))
+            for m in ins[g]:
+                v.add_particle_in(parts[m])
+            for c in kids:
+                v.add_particle_out(parts[c])
+            ev.add_vertex(v)
+            placed[kids] = True
+    ev.attributes["calosim_pythia_seed"] = seed
+    return ev
 
 
 def _open(path: str | Path) -> h5py.File:

@@ -15,16 +15,19 @@ import numpy as np
 
 from .jets import JET_OBSERVABLES, LABELS, PAIR_OBSERVABLES, chi2_table, common_edges, format_table, leading_pair
 
-__all__ = ["jet_validation", "closer_count"]
+__all__ = ["jet_validation", "closer_count", "markdown_table"]
 
-PAIRS = (("fast", "detailed"), ("detailed", "calpagan"), ("fast", "calpagan"))
+#: The seed's three columns, then the same for calosim's zero-suppressed CALPAGAN images.
+PAIRS = (("fast", "detailed"), ("detailed", "calpagan"), ("fast", "calpagan"),
+         ("detailed", "calpagan_zs"), ("fast", "calpagan_zs"))
+GENERATED = ("calpagan", "calpagan_zs")
 
 
-def closer_count(table: dict[str, dict[str, float]]) -> tuple[int, int]:
-    """``(k, n)``: on ``k`` of ``n`` observables chi2(detailed-calpagan) < chi2(fast-detailed) (the seed's claim)."""
+def closer_count(table: dict[str, dict[str, float]], gen: str = "calpagan") -> tuple[int, int]:
+    """``(k, n)``: on ``k`` of ``n`` observables chi2(detailed-``gen``) < chi2(fast-detailed) (the seed's claim)."""
     k = n = 0
     for row in table.values():
-        a, b = row.get("detailed-calpagan"), row.get("fast-detailed")
+        a, b = row.get(f"detailed-{gen}"), row.get("fast-detailed")
         if a is None or b is None or not (np.isfinite(a) and np.isfinite(b)):
             continue
         n += 1
@@ -44,7 +47,8 @@ def _plots(obs: dict[str, dict[str, np.ndarray]]) -> str:
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.4 * rows))
     for ax, key in zip(axes.flat, keys):
         edges = common_edges([obs[s][key] for s in obs])
-        for s, style in zip(obs, ({"color": "k", "lw": 1.5}, {"color": "C0"}, {"color": "C3", "ls": "--"})):
+        styles = ({"color": "k", "lw": 1.5}, {"color": "C0"}, {"color": "C3", "ls": "--"}, {"color": "C2", "ls": ":"})
+        for s, style in zip(obs, styles):
             v = obs[s][key]
             ax.hist(v[np.isfinite(v)], edges, histtype="step", label=s, **style)
         base = key[:-1] if key[-1] in "12" and key not in PAIR_OBSERVABLES else key
@@ -88,10 +92,11 @@ def jet_validation(images: dict[str, np.ndarray], out_dir: str | Path | None, *,
     n = len(next(iter(images.values())))
     head = f"{title}: {n} events, anti-kT R = {r:g}{', trimmed' if trim else ''}, pT > {ptmin:g} GeV"
     text = format_table(table, head)
-    closer = closer_count(table)
-    if "calpagan" in obs:
-        text += f"\ncalpagan closer to detailed than fast is on {closer[0]} of {closer[1]} observables"
-    res = {"table": table, "text": text, "closer": closer, "n_events": n, "r": r, "trim": trim,
+    closer = {g: closer_count(table, g) for g in GENERATED if g in obs}
+    notes = [f"{g} closer to detailed than fast is on {k} of {m} observables" for g, (k, m) in closer.items()]
+    text = "\n".join([text, *notes])
+    res = {"table": table, "text": text, "closer": closer.get("calpagan", (0, 0)), "closer_by_model": closer,
+           "n_events": n, "r": r, "trim": trim,
            "n_jets_ge2": {k: int(np.isfinite(v["deta"]).sum()) for k, v in obs.items()}}
     if out_dir is not None:
         out = Path(out_dir)
@@ -99,7 +104,7 @@ def jet_validation(images: dict[str, np.ndarray], out_dir: str | Path | None, *,
         _atomic(out / f"{title}.json", json.dumps(res, indent=1, default=float))
         page = (f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
                 f"<h2>{html.escape(head)}</h2>{_html_table(table, 'chi2 distances (ROOT UU statistic)')}"
-                f"<p>{html.escape(text.splitlines()[-1])}</p>"
+                + "".join(f"<p>{html.escape(line)}</p>" for line in notes) +
                 f"<img src='data:image/png;base64,{_plots(obs)}'></body></html>")
         _atomic(out / f"{title}.html", page)
     return res
@@ -109,3 +114,16 @@ def _atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def markdown_table(table: dict[str, dict[str, float]]) -> str:
+    """The chi2 table as Markdown: one row per observable, Jet 1 / Jet 2 per pair (pair rows span both)."""
+    pairs = list(next(iter(table.values())).keys())
+    lines = ["| chi2 | " + " | ".join(f"{p} jet 1 | {p} jet 2" for p in pairs) + " |",
+             "|---|" + "---|---|" * len(pairs)]
+    for k in JET_OBSERVABLES:
+        lines.append(f"| {LABELS[k]} | " + " | ".join(f"{table[k + '1'][p]:.1f} | {table[k + '2'][p]:.1f}"
+                                                    for p in pairs) + " |")
+    for k in PAIR_OBSERVABLES:
+        lines.append(f"| {LABELS[k]} | " + " | ".join(f"{table[k][p]:.1f} | " for p in pairs) + " |")
+    return "\n".join(lines)

@@ -16,6 +16,10 @@ axis -1 = phi bin; energies are tower energies E (not E_T).
   then tower thresholds. The engine simulates e/gamma and charged pions; every other hadron is
   showered as a pion of the same energy, and muons leave a minimum-ionising deposit.
   No Geant4 tuning exists for this stack (the engine's defaults are used).
+  ``engine="geant4"`` (``--engine geant4``, for small samples) showers the same particles with
+  Geant4 instead: e/gamma in a PbWO4 ECAL block, hadrons in a brass/scintillator HCAL stack
+  (:func:`geant4_geometries`; the engine builds one sampling structure per detector, so the
+  hadrons miss the ECAL in front of them), muons as in the built-in view.
 
 Per-event random streams (seeded by the event's Pythia seed and the view) make any subset of
 events give the same images.
@@ -40,7 +44,7 @@ from . import EventsError
 from .pythia import _Progress, n_events, read_events
 
 __all__ = ["N_ETA", "N_PHI", "ETA_MAX", "VIEWS", "tower_index", "tower_centers", "fast_image", "detailed_image",
-           "make_images", "read_images", "write_images", "local_geometry"]
+           "make_images", "read_images", "write_images", "local_geometry", "geant4_geometries"]
 
 _GRID = get_geometry("cms-towers").layers[0]
 N_ETA, N_PHI = _GRID.shape
@@ -169,13 +173,60 @@ def hit_direction(ev: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return eta, np.arctan2(x[:, 1], x[:, 0])
 
 
-def detailed_image(ev: dict[str, np.ndarray], event_seed: int, engine: Any = None) -> np.ndarray:
-    """Detailed ``(1, 72, 72)`` ECAL + HCAL image (GeV) of one event, showered by the ``mc`` engine."""
+#: The Geant4 detailed view (``engine="geant4"``): the engine builds one sampling structure per
+#: detector, so e/gamma are showered in a PbWO4 ECAL block alone and hadrons in a brass /
+#: scintillator HCAL stack alone (no ECAL in front of them, unlike the built-in view's stack).
+#: CMS HCAL barrel: ~18 brass plates of ~50 mm with ~3.7 mm tiles; here 18 x (50 + 5) mm = 990 mm.
+G4_HCAL_PERIODS, G4_HCAL_BRASS_MM, G4_HCAL_SC_MM = 18, 50.0, 5.0
+#: Visible share of an electron shower's energy in that stack, measured with the Geant4 engine
+#: (``benchmarks/events_geant4.py --sampling-fraction``: 10 e- of 10 GeV).
+G4_HCAL_SAMPLING_FRACTION = 0.0141
+
+
+@lru_cache(maxsize=1)
+def geant4_geometries() -> tuple[Geometry, Geometry]:
+    """``(ecal, hcal)``: one-layer ``(9, 9)``-tower detectors with Geant4 sampling structures."""
+    from ..geometry.core import Sampling
+
+    n, width = 2 * HALF + 1, 2000.0  # plates wider than the 9 x 112 mm grid: the rest is overflow
+    ecal = Geometry("cms-towers-g4-ecal", (Layer("ecal", "cartesian", (n, n), z_mm=0.0, thickness_mm=ECAL_THICK_MM,
+                                                 material=PBWO4, cell_mm=(TOWER_MM, TOWER_MM)),),
+                    "PbWO4 ECAL block, 9 x 9 towers (events view, Geant4)", overflow=True,
+                    sampling=Sampling("G4_PbWO4", "G4_PbWO4", absorber_mm=0.0, active_mm=ECAL_THICK_MM, n_periods=1,
+                                      width_mm=width, sampling_fraction=1.0, source="CMS ECAL: 23 cm PbWO4 crystals"))
+    depth = G4_HCAL_PERIODS * (G4_HCAL_BRASS_MM + G4_HCAL_SC_MM)
+    hcal = Geometry("cms-towers-g4-hcal", (Layer("hcal", "cartesian", (n, n), z_mm=0.0, thickness_mm=depth,
+                                                 material=BRASS_SC, cell_mm=(TOWER_MM, TOWER_MM)),),
+                    "brass/scintillator HCAL stack, 9 x 9 towers (events view, Geant4)", overflow=True,
+                    sampling=Sampling("G4_BRASS", "G4_POLYSTYRENE", absorber_mm=G4_HCAL_BRASS_MM,
+                                      active_mm=G4_HCAL_SC_MM, n_periods=G4_HCAL_PERIODS, width_mm=width,
+                                      sampling_fraction=G4_HCAL_SAMPLING_FRACTION,
+                                      source="CMS HCAL barrel (brass + plastic scintillator tiles), simplified"))
+    return ecal, hcal
+
+
+_ENGINES: dict[str, tuple[Any, Any]] = {}
+
+
+def _showerers(engine: str) -> tuple[Any, Any]:
+    """``(em, had)`` engine instances of this process (two Geant4 workers: one per detector)."""
     from ..simulate import get_engine
 
-    eng = engine or get_engine("mc")
-    geo = local_geometry()
-    rng = _event_rng(event_seed, "detailed")
+    if engine not in _ENGINES:
+        if engine == "mc":
+            e = get_engine("mc")
+            _ENGINES[engine] = (e, e)
+        elif engine == "geant4":
+            _ENGINES[engine] = (get_engine("geant4"), get_engine("geant4"))
+        else:
+            raise EventsError(f"unknown detailed-view engine {engine!r}; valid: mc, geant4")
+    return _ENGINES[engine]
+
+
+def detailed_image(ev: dict[str, np.ndarray], event_seed: int, engine: str = "mc") -> np.ndarray:
+    """Detailed ``(1, 72, 72)`` ECAL + HCAL image (GeV) of one event, showered by ``engine`` (``mc``, ``geant4``)."""
+    em_eng, had_eng = _showerers(engine)
+    rng = _event_rng(event_seed, "detailed" if engine == "mc" else f"detailed-{engine}")
     eta, phi = hit_direction(ev)
     ie, ip, inside = tower_index(eta, phi)
     a = np.abs(ev["pdg"])
@@ -185,20 +236,27 @@ def detailed_image(ev: dict[str, np.ndarray], event_seed: int, engine: Any = Non
     # sub-tower offset of the hit inside its tower: local x <-> eta, y <-> phi
     ox = ((eta + ETA_MAX) / D_ETA - ie - 0.5) * TOWER_MM
     oy = ((np.mod(phi + math.pi, 2 * math.pi)) / D_PHI - ip - 0.5) * TOWER_MM
-    groups = (("em", 22, visible & np.isin(a, (11, 22))), ("had", 211, visible & ~np.isin(a, (11, 22, 13))))
-    for _, pdg, m in groups:
+    if engine == "mc":
+        geos = (local_geometry(), local_geometry())
+        layers_of = ((0, 1), (0, 1))  # the two-layer stack fills ECAL and HCAL
+    else:
+        geos = geant4_geometries()
+        layers_of = ((0,), (1,))  # e/gamma: ECAL block; hadrons: HCAL stack
+    groups = ((em_eng, geos[0], layers_of[0], 22, visible & np.isin(a, (11, 22))),
+              (had_eng, geos[1], layers_of[1], 211, visible & ~np.isin(a, (11, 22, 13))))
+    for eng, geo, layers, pdg, m in groups:
         if not m.any():
             continue
         k = int(m.sum())
         pos = np.stack([ox[m], oy[m]], axis=1)
         cells, _ = eng.simulate_block(geo, pdg, ev["E"][m].astype(np.float64) * 1000.0, np.zeros(k), np.zeros(k),
                                       pos, rng)
-        win = cells.reshape(k, 2, n, n) / 1000.0  # (k, layer, phi, eta) GeV
+        win = np.asarray(cells).reshape(k, len(layers), n, n) / 1000.0  # (k, layer, phi, eta) GeV
         de, dp = np.meshgrid(np.arange(n) - HALF, np.arange(n) - HALF, indexing="xy")  # (phi, eta) grids
         te = ie[m][:, None, None] + HALF + de[None]
         tp = (ip[m][:, None, None] + dp[None]) % N_PHI
-        for layer in range(2):
-            np.add.at(img[layer], (te, tp), win[:, layer])
+        for j, layer in enumerate(layers):
+            np.add.at(img[layer], (te, tp), win[:, j])
     mu = visible & (a == 13)
     if mu.any():  # Landau-like (Moyal: -ln chi^2_1, mean 1.27) fluctuation around the most-probable deposit
         k = int(mu.sum())
@@ -215,24 +273,34 @@ VIEWS: dict[str, Callable[..., np.ndarray]] = {"fast": fast_image, "detailed": d
 CHANNELS = {"fast": ("ECAL", "HCAL"), "detailed": ("ECAL+HCAL",)}
 
 
-def _image_block(args: tuple[str, str, int, int]) -> tuple[np.ndarray, float]:
-    path, view, a, b = args
+def _image_block(args: tuple[str, str, int, int, str]) -> tuple[np.ndarray, float]:
+    path, view, a, b, engine = args
     batch, _ = read_events(path, a, b)
     fn = VIEWS[view]
+    kw = {"engine": engine} if view == "detailed" else {}
     t0 = time.perf_counter()
-    out = np.stack([fn(batch.event(i), int(batch.seed[i])) for i in range(len(batch))])
+    out = np.stack([fn(batch.event(i), int(batch.seed[i]), **kw) for i in range(len(batch))])
     return out, time.perf_counter() - t0
 
 
 def make_images(events: str | Path, view: str, *, start: int = 0, stop: int | None = None, workers: int = 1,
-                chunk: int = 20, progress: bool = False) -> tuple[np.ndarray, float]:
-    """Images ``(N, C, 72, 72)`` of events ``start:stop`` and the CPU seconds per event spent on them."""
+                chunk: int = 20, progress: bool = False, engine: str = "mc") -> tuple[np.ndarray, float]:
+    """Images ``(N, C, 72, 72)`` of events ``start:stop`` and the seconds per event spent making them.
+
+    ``engine`` (detailed view only): ``mc`` (built-in) or ``geant4`` (slow: for small samples).
+    The seconds are wall time of the image loop in each worker (for Geant4 they include its worker
+    processes, which do the showering), summed over workers.
+    """
     if view not in VIEWS:
         raise EventsError(f"unknown view {view!r}; valid: {', '.join(VIEWS)}")
+    if engine != "mc" and view != "detailed":
+        raise EventsError(f"--engine {engine} applies to the detailed view only")
     total = n_events(events)
     stop = total if stop is None else min(stop, total)
-    jobs = [(str(events), view, a, min(a + chunk, stop)) for a in range(start, stop, chunk)]
-    prog = _Progress(stop - start, f"{view} images") if progress else None
+    if engine == "geant4":
+        chunk = min(chunk, 2)  # a Geant4 event image takes seconds: advance the bar often
+    jobs = [(str(events), view, a, min(a + chunk, stop), engine) for a in range(start, stop, chunk)]
+    prog = _Progress(stop - start, f"{view} images" + (f" ({engine})" if engine != "mc" else "")) if progress else None
     parts, cpu = [], 0.0
     try:
         if workers <= 1:

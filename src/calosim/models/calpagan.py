@@ -25,6 +25,11 @@ Architecture exactly as the seed's section 3.1:
   highest pixel, every detailed image by its own. At generation the output is scaled back by the
   fast image's highest pixel times ``peak_ratio``, the mean ratio of the detailed to the fast
   highest pixel in the training set (the only scale known without the detailed image).
+* Zero suppression (calosim's addition, off in the seed's recipe): the detailed images are
+  zero-suppressed towers, while G(x) + x leaves a faint positive floor over the whole image.
+  ``zero_threshold`` (GeV) is fitted on the training set after training so that the generated
+  training images have as many non-zero towers on average as the detailed ones;
+  ``generate(zero_suppress=True)`` zeroes the towers below it.
 
 Fixes the seed's conclusion asks for (D learns faster than G): ``g_steps`` generator updates per
 discriminator update and ``d_lr_scale`` (the discriminator's learning rate relative to G's).
@@ -32,8 +37,8 @@ discriminator update and ``d_lr_scale`` (the discriminator's learning rate relat
 
 from __future__ import annotations
 
+import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -161,6 +166,10 @@ class CalpaganConfig:
     seed: int = 0
 
 
+#: Files of a CALPAGAN run directory (``calosim events train --out``).
+WEIGHTS_FILE, SIDE_FILE = "calpagan.safetensors", "calpagan.json"
+
+
 def _peaks(x: np.ndarray) -> np.ndarray:
     """Highest pixel of each image ``(N, C, H, W)`` -> ``(N,)`` (1 for blank images)."""
     m = x.reshape(len(x), -1).max(axis=1)
@@ -170,15 +179,20 @@ def _peaks(x: np.ndarray) -> np.ndarray:
 class Calpagan:
     """A trained (or fresh) generator with its normalisation; :meth:`generate` maps fast -> detailed (GeV)."""
 
-    def __init__(self, config: CalpaganConfig | None = None, peak_ratio: float = 1.0) -> None:
+    def __init__(self, config: CalpaganConfig | None = None, peak_ratio: float = 1.0,
+                 zero_threshold: float = 0.0) -> None:
         self.config = config or CalpaganConfig()
         torch.manual_seed(self.config.seed)
         self.gen = UNet(hidden=self.config.hidden)
         self.disc = Discriminator()
         self.peak_ratio = float(peak_ratio)
+        self.zero_threshold = float(zero_threshold)
 
-    def generate(self, fast: np.ndarray, batch: int = 64, seed: int = 0) -> np.ndarray:
-        """Detailed-like images ``(N, 1, 72, 72)`` GeV from fast images ``(N, 2, 72, 72)`` GeV."""
+    def generate(self, fast: np.ndarray, batch: int = 64, seed: int = 0, zero_suppress: bool = False) -> np.ndarray:
+        """Detailed-like images ``(N, 1, 72, 72)`` GeV from fast images ``(N, 2, 72, 72)`` GeV.
+
+        ``zero_suppress``: zero the towers below the fitted ``zero_threshold`` (see the module doc).
+        """
         gen = torch.Generator().manual_seed(seed)
         self.gen.eval()
         out = []
@@ -188,35 +202,72 @@ class Calpagan:
                 p = _peaks(x)
                 xn = torch.from_numpy(x / p[:, None, None, None])
                 y = self._fake(xn, gen)
-                out.append(np.maximum(y.numpy(), 0.0) * (p * self.peak_ratio)[:, None, None, None])
+                img = np.maximum(y.numpy(), 0.0) * (p * self.peak_ratio)[:, None, None, None]
+                if zero_suppress:
+                    img[img < self.zero_threshold] = 0.0
+                out.append(img)
         return np.concatenate(out) if out else np.zeros((0, 1, *fast.shape[2:]), np.float32)
+
+    def fit_zero_threshold(self, fast: np.ndarray, detailed: np.ndarray, seed: int = 0) -> float:
+        """Set ``zero_threshold`` (GeV) so that generated images of ``fast`` have the mean number of
+        non-zero towers of ``detailed`` (0 if they already have fewer); returns it."""
+        gen = self.generate(fast, seed=seed).ravel()
+        target = int((detailed > 0).sum())
+        self.zero_threshold = 0.0 if (gen > 0).sum() <= target else float(np.partition(gen, -target - 1)[-target - 1])
+        return self.zero_threshold
 
     def _fake(self, xn: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         z = torch.randn(xn.shape, generator=gen) * self.config.noise
         return self.gen(xn + z) + xn.sum(1, keepdim=True)
 
-    def save(self, path: str | Path, history: dict[str, Any]) -> Path:
-        """Atomic checkpoint: weights, config, peak ratio and training history."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save({"gen": self.gen.state_dict(), "disc": self.disc.state_dict(), "config": asdict(self.config),
-                    "peak_ratio": self.peak_ratio, "history": history, "model": "calpagan"}, tmp)
-        os.replace(tmp, path)
-        return path
+    def save(self, run_dir: str | Path, history: dict[str, Any]) -> Path:
+        """Write ``run_dir/calpagan.safetensors`` (G and D weights; config and peak ratio in the header)
+        and ``run_dir/calpagan.json`` (config, peak ratio, training history), each atomically.
+
+        Safetensors holds tensors only, so loading never unpickles anything.
+        """
+        from ..io import write_text_atomic
+        from ..train.checkpoint import save_tensors
+
+        run = Path(run_dir)
+        run.mkdir(parents=True, exist_ok=True)
+        tensors = {f"gen/{k}": v for k, v in self.gen.state_dict().items()}
+        tensors.update({f"disc/{k}": v for k, v in self.disc.state_dict().items()})
+        meta = {"model": "calpagan", "config": asdict(self.config), "peak_ratio": self.peak_ratio,
+                "zero_threshold": self.zero_threshold}
+        save_tensors(run / WEIGHTS_FILE, tensors, meta)
+        write_text_atomic(run / SIDE_FILE, json.dumps({**meta, "history": history}, indent=1, default=float))
+        return run / WEIGHTS_FILE
 
     @staticmethod
     def load(path: str | Path) -> tuple["Calpagan", dict[str, Any]]:
+        """``(model, history)`` from a run directory or its ``calpagan.safetensors``; one-line ValueError otherwise."""
+        from ..train.checkpoint import RunError, load_tensors
+
+        path = Path(path)
+        weights = path / WEIGHTS_FILE if path.is_dir() else path
         try:
-            ck = torch.load(path, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError) as exc:
-            raise ValueError(f"{path}: not a readable calpagan checkpoint ({exc})") from None
-        if not isinstance(ck, dict) or ck.get("model") != "calpagan":
-            raise ValueError(f"{path}: not a calpagan checkpoint (make one with `calosim events train`)")
-        m = Calpagan(CalpaganConfig(**ck["config"]), ck["peak_ratio"])
-        m.gen.load_state_dict(ck["gen"])
-        m.disc.load_state_dict(ck["disc"])
-        return m, ck["history"]
+            tensors, meta = load_tensors(weights)
+        except RunError as exc:
+            raise ValueError(f"{exc} (expected a calpagan checkpoint from `calosim events train`)") from None
+        if meta.get("model") != "calpagan":
+            raise ValueError(f"{weights}: not a calpagan checkpoint (header model={meta.get('model')!r}; "
+                             "make one with `calosim events train`)")
+        try:
+            m = Calpagan(CalpaganConfig(**meta["config"]), meta["peak_ratio"], meta.get("zero_threshold", 0.0))
+            for prefix, net in (("gen/", m.gen), ("disc/", m.disc)):
+                net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        except (KeyError, TypeError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{weights}: calpagan checkpoint does not fit this model ({first})") from None
+        side = weights.with_name(SIDE_FILE)
+        history: dict[str, Any] = {}
+        if side.is_file():
+            try:
+                history = json.loads(side.read_text()).get("history", {})
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{side}: not readable JSON ({exc})") from None
+        return m, history
 
 
 def _features(img: np.ndarray) -> np.ndarray:
@@ -298,6 +349,8 @@ def train_calpagan(fast: np.ndarray, detailed: np.ndarray, config: CalpaganConfi
             log(f"epoch {epoch}: D {hist['loss_d'][-1]:.3f}  G {hist['loss_g'][-1]:.3f}  "
                 f"FD(det,fast) {hist['fd_detailed-fast_train'][-1]:.2f}  "
                 f"FD(det,gen) {hist['fd_detailed-calpagan_train'][-1]:.2f}  ({hist['seconds'][-1]:.1f} s)")
+    model.fit_zero_threshold(fast, detailed, seed=0)
+    hist["zero_threshold_gev"] = model.zero_threshold
     return model, hist
 
 
