@@ -13,7 +13,7 @@ from calosim.geometry.core import PeriodGroup
 from calosim.geometry.materials import PURE_MATERIALS, effective_material
 from calosim.simulate.g4detector import check_geometry, slab_layers
 
-WITH_G4 = {"calogan", "lhcb-ecal", "besiii-emc", "cepc-ecal", "ild-ecal", "ild-hcal", "calochallenge-2",
+WITH_G4 = {"calogan", "lhcb-ecal", "besiii-emc", "cepc-ecal", "ild-ecal", "ild-ecal-10", "ild-hcal", "calochallenge-2",
            "calochallenge-3"}
 
 

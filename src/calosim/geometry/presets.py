@@ -178,6 +178,17 @@ def _ild_ecal() -> Geometry:
                             "Ecal_Si_thickness 0.525 mm)")
 
 
+@register_geometry("ild-ecal-10", "ILD Si-W ECAL, central 10x10 cells of 5x5 mm2, 30 layers (the seed's 10x10x30 photon set)")
+def _ild_ecal_10() -> Geometry:
+    # The seed's multi-flow and small BIB-AE photon sets use the central 10 x 10 x 30 region of the
+    # ILD ECAL; the same W/Si stack, with only that region read out (energy outside it is lost,
+    # as in the seed's cut-out).
+    return _siw_ecal("ild-ecal-10", "ILD silicon-tungsten ECAL, central 10x10 region (multi-flow seed)", n_thin=20,
+                     n_thick=10, active_mm=0.525, width_mm=400.0, shape=(10, 10), cell=(5.1, 5.1), sf=SF_ILD_ECAL,
+                     source="ILD seed (Diefenbacher et al., ML4Jets 2022: flows on the central 10 x 10 x 30 cells of "
+                            "the ILD ECAL photon showers); stack as ild-ecal")
+
+
 @register_geometry("ild-hcal", "ILD scintillator-Fe AHCAL: 25x25 cells of 30x30 mm2, 48 layers (20 mm Fe + 3 mm Sc)")
 def _ild_hcal() -> Geometry:
     # ILD seed: "active scintillator, passive iron, 48 layers, 30 mm x 30 mm cells"; k4geo
