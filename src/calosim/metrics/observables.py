@@ -347,7 +347,7 @@ _LABELS = {
     "x_center": (r"$\langle x\rangle_{%s}$", "mm"), "y_center": (r"$\langle y\rangle_{%s}$", "mm"),
     "x_width": (r"$\sigma_{x,%s}$", "mm"), "y_width": (r"$\sigma_{y,%s}$", "mm"),
     "r_center": (r"$\langle r\rangle_{%s}$", "mm"), "r_width": (r"$\sigma_{r,%s}$", "mm"),
-    "r_rms": (r"RMS distance from the axis $\sqrt{\langle d^2\rangle}_{%s}$", "mm"),
+    "r_rms": (r"RMS distance from the axis $\langle d^2\rangle^{1/2}_{%s}$", "mm"),
     "asymmetry": (r"asymmetry$_{%s}$", ""), "asymmetry_perp": (r"asymmetry$_{\perp,%s}$", ""),
 }
 
