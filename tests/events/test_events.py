@@ -214,3 +214,20 @@ def test_geant4_detailed_view_detectors_are_buildable_and_engines_named():
         make_images("unused.h5", "fast", engine="geant4")
     with pytest.raises(EventsError, match="valid: mc, geant4"):
         detailed_image(_event([22], [5.0], [0.0], [0.0]), 1, engine="nope")
+
+
+def test_jet_report_with_generated_sets_writes_tables_and_html(tmp_path):
+    from calosim.events.report import jet_validation, markdown_table
+
+    det = np.stack([_image([(30, 10, 100.0 + 10 * i), (40, 46, 50.0 + 5 * i)]) for i in range(4)])[:, None]
+    fast = np.concatenate([det * 1.1, np.zeros_like(det)], axis=1)  # (4, 2, 72, 72): all in ECAL, 10 % high
+    res = jet_validation({"fast": fast, "detailed": det, "calpagan": det.copy(), "calpagan_zs": det.copy()},
+                         tmp_path, title="t")
+    tab = res["table"]
+    assert all(row["detailed-calpagan"] == 0.0 and row["detailed-calpagan_zs"] == 0.0 for row in tab.values())
+    assert tab["pt1"]["fast-detailed"] > 0  # the 10 % shift moves the pT histogram
+    assert res["closer_by_model"]["calpagan"][0] >= 1 and res["n_jets_ge2"]["calpagan_zs"] == 4
+    md = markdown_table(tab).splitlines()
+    assert len(md) == 2 + 10 and "detailed-calpagan_zs jet 1" in md[0]
+    page = (tmp_path / "t.html").read_text()
+    assert "calpagan_zs closer to detailed than fast" in page and "data:image/png;base64" in page

@@ -157,13 +157,16 @@ def apply_cmd(run_dir: str, fast: str, out: str, seed: int, zero_suppress: bool,
 @click.option("--fast", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--detailed", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--generated", type=click.Path(exists=True, dir_okay=False), default=None, help="CALPAGAN images.")
+@click.option("--generated-zs", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Zero-suppressed CALPAGAN images (`events apply --zero-suppress`).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
 @click.option("--title", default="jets", show_default=True, help="Report name (<out>/<title>.html, .json).")
 @click.option("--r", "radius", type=float, default=0.4, show_default=True, help="Anti-kT radius (large-R: 1.0).")
 @click.option("--trim/--no-trim", default=True, show_default=True, help="Trimming (R_sub 0.2, f_cut 0.05).")
 @click.option("--ptmin", type=float, default=20.0, show_default=True, help="Jet pT threshold, GeV.")
 @_friendly
-def evaluate_cmd(fast: str, detailed: str, generated: str | None, out: str, title: str, radius: float,
+def evaluate_cmd(fast: str, detailed: str, generated: str | None, generated_zs: str | None, out: str, title: str,
+                 radius: float,
                  trim: bool, ptmin: float) -> None:
     """Jet validation: chi2 tables fast-detailed, detailed-CALPAGAN, fast-CALPAGAN (seed Tables 1, 2)."""
     from .report import jet_validation
@@ -172,6 +175,8 @@ def evaluate_cmd(fast: str, detailed: str, generated: str | None, out: str, titl
     imgs = {"fast": read_images(fast)[0], "detailed": read_images(detailed)[0]}
     if generated:
         imgs["calpagan"] = read_images(generated)[0]
+    if generated_zs:
+        imgs["calpagan_zs"] = read_images(generated_zs)[0]
     if len({len(v) for v in imgs.values()}) != 1:
         raise EventsError("the image files hold different numbers of events: " +
                           ", ".join(f"{k} {len(v)}" for k, v in imgs.items()))
