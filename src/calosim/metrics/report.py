@@ -57,7 +57,7 @@ def _f(v: Any, fmt: str = ".3f") -> str:
 def _pm(v: Any, e: Any, fmt: str = ".3f") -> str:
     if v is None:
         return "–"
-    return f"{format(v, fmt)} ± {format(e, fmt)}" if e is not None else format(v, fmt)
+    return f"{format(v, fmt)} ± {format(e, fmt.lstrip('+'))}" if e is not None else format(v, fmt)
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
@@ -266,11 +266,11 @@ def _seed_section(metrics: dict[str, Any], figs: str) -> str:
                 continue
             rows.append(f"<tr><td>{edges[k] / 1000:.3g}–{edges[k + 1] / 1000:.3g}</td>"
                         f"<td>{int(rr['n'][k])} / {int(rg['n'][k])}</td>"
-                        f"<td>{_pm(rr['mean'][k], rr['mean_err'][k], '.4g')}</td>"
-                        f"<td>{_pm(rg['mean'][k], rg['mean_err'][k], '.4g')}</td>"
+                        f"<td>{_pm(rr['mean'][k], rr['mean_err'][k], '.0f')}</td>"
+                        f"<td>{_pm(rg['mean'][k], rg['mean_err'][k], '.0f')}</td>"
                         f"<td>{_ratio(ve['mean_ratio'][k], ve['mean_ratio_err'][k])}</td>"
-                        f"<td>{_pm(rr['std'][k], rr['std_err'][k], '.4g')}</td>"
-                        f"<td>{_pm(rg['std'][k], rg['std_err'][k], '.4g')}</td>"
+                        f"<td>{_pm(rr['std'][k], rr['std_err'][k], '.0f')}</td>"
+                        f"<td>{_pm(rg['std'][k], rg['std_err'][k], '.0f')}</td>"
                         f"<td>{_ratio(ve['width_ratio'][k], ve['width_ratio_err'][k])}</td></tr>")
         parts.append(f"<details open><summary>visible energy per incident-energy bin: "
                      f"{html.escape(str(s.get('name')))}</summary><table><thead>{head}</thead>"
