@@ -758,8 +758,16 @@ def plot_visible_energy(ctx: EvaluationContext, path: Path) -> Figure | None:
             e0 = np.asarray(have[0].entry["visible_energy"]["edges"], float) / 1000.0
             ax.set_xlim(e0[0], e0[-1])
             axr.set_xlim(e0[0], e0[-1])
-            axr.set_ylim(0.8, 1.2)
-            axr.yaxis.set_major_locator(FixedLocator([0.9, 1.0, 1.1]))
+            key = "mean_ratio" if ax is axes[0][0] else "width_ratio"
+            rat = np.concatenate([np.asarray(s.entry["visible_energy"][key], float) for s in have])
+            rat = rat[np.isfinite(rat)]
+            lo, hi = (float(rat.min()), float(rat.max())) if rat.size else (1.0, 1.0)
+            if lo >= 0.85 and hi <= 1.15:  # the usual case: a fixed +-20 % window
+                axr.set_ylim(0.8, 1.2)
+                axr.yaxis.set_major_locator(FixedLocator([0.9, 1.0, 1.1]))
+            else:  # a gross mismatch stays visible
+                axr.set_ylim(max(0.0, min(0.8, 0.9 * lo)), min(5.0, max(1.2, 1.1 * hi)))
+                axr.yaxis.set_major_locator(MaxNLocator(4))
             axr.set_xlabel(r"$E_\mathrm{inc}$ [GeV]")
             ax.set_ylabel(ylab)
             ax.set_title(title, loc="left")
