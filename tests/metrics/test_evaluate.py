@@ -130,8 +130,8 @@ def test_polar_plots(tmp_path):
     ctx = EvaluationContext(geo, ref, [SampleResult(scan=gen, entry={})])
     for fig in (plot_mean_images(ctx, gen, tmp_path / "images_gen.png"), plot_profiles(ctx, tmp_path / "profiles.png"),
                 plot_lateral_profiles(ctx, "x", tmp_path / "profiles_x.png")):
-        path, caption = fig  # a (path, caption) record: the report needs no file-name parsing
-        assert path.exists() and path.stat().st_size > 10_000 and len(caption) > 40
+        path, caption, section = fig  # a (path, caption, section) record: the report needs no file-name parsing
+        assert section == "plots" and path.exists() and path.stat().st_size > 10_000 and len(caption) > 40
     assert "gen" in plot_mean_images(ctx, gen, tmp_path / "images_gen.png").caption
 
 

@@ -5,8 +5,9 @@ torch or matplotlib until a name is used):
 
 * observables: :func:`compute_observables`, :func:`highlevel_matrix`, :func:`highlevel_columns`
   (the CaloChallenge's high-level feature set), :func:`response_vs_energy`, :func:`energy_bins`,
-  :class:`ShowerSummary`, profile functions; the per-layer features themselves (and the
+  :class:`ShowerSummary`, profile functions, :func:`binned_stats` (mean / width per bin); the per-layer features themselves (and the
   readout threshold, :func:`calosim.features.apply_threshold`) live in :mod:`calosim.features`;
+* incidence angle (seed 003's PCA check): :func:`principal_axis`, :func:`angle_observables`;
 * distances: :func:`compare_observable`, :func:`separation_power`, :func:`chi2_distance`,
   :func:`wasserstein1`, :func:`ks_statistic`, :func:`reference_bins`;
 * classifier test: :func:`classifier_two_sample_test`, :func:`lowlevel_features`;
@@ -28,7 +29,8 @@ _EXPORTS: dict[str, str] = {
     "response_vs_energy": "observables", "energy_bins": "observables", "ShowerSummary": "observables",
     "longitudinal_profile": "observables", "radial_profile": "observables", "lateral_profiles": "observables",
     "cell_energy_spectrum": "observables", "mean_images": "observables", "observable_groups": "observables",
-    "layer_labels": "observables",
+    "layer_labels": "observables", "binned_stats": "observables",
+    "principal_axis": "angle", "angle_observables": "angle",
     # distances
     "compare_observable": "distances", "compare_observables": "distances", "separation_power": "distances",
     "chi2_distance": "distances", "wasserstein1": "distances", "ks_statistic": "distances",
@@ -42,12 +44,13 @@ _EXPORTS: dict[str, str] = {
     "make_plots": "plots", "write_report": "report", "format_terminal_table": "report",
 }
 
-__all__ = ["METRICS_SCHEMA_VERSION", "ShowerSummary", "cell_energy_spectrum", "chi2_distance",
+__all__ = ["METRICS_SCHEMA_VERSION", "ShowerSummary", "angle_observables", "binned_stats", "cell_energy_spectrum",
+    "chi2_distance",
     "classifier_two_sample_test", "compare_observable", "compare_observables", "compute_observables",
     "diversity", "energy_bins", "evaluate", "format_terminal_table", "frechet_physics_distance",
     "highlevel_columns", "highlevel_matrix", "kernel_physics_distance", "ks_statistic", "lateral_profiles",
     "layer_labels", "longitudinal_profile", "lowlevel_features", "make_plots", "mean_images",
-    "memorization_test", "nearest_neighbour_distances", "observable_groups", "radial_profile",
+    "memorization_test", "nearest_neighbour_distances", "observable_groups", "principal_axis", "radial_profile",
     "reference_bins", "response_vs_energy", "separation_power", "wasserstein1", "write_report"]
 
 # ``evaluate`` is both a submodule and a function: bind the function eagerly, so that the

@@ -13,18 +13,28 @@ from typing import Any
 
 import numpy as np
 
-from .observables import energy_bins, highlevel_matrix, response_vs_energy
+from .angle import MIN_HITS, MIN_PHI_THETA_DEG, angles_vary, residual_summary
+from .observables import bin_index, binned_stats, energy_bins, highlevel_matrix, response_vs_energy
 from .scan import SampleScan
 
-__all__ = ["ClassifierResult", "DistancesResult", "MemorizationResult", "SampleResult", "classifier_block",
-           "conditions_block", "distances_block", "fpd_block", "memorization_block", "response_block",
-           "response_warning"]
+__all__ = ["ANGLE_PROFILE_BINS", "ClassifierResult", "DistancesResult", "MemorizationResult", "SampleResult",
+           "angle_reference", "angles_block", "classifier_block", "conditions_block", "distances_block",
+           "fpd_block", "is_ild", "memorization_block", "response_block", "response_warning",
+           "visible_energy_block"]
 
 _RESPONSE_KEYS = ("n", "mean", "mean_err", "std", "std_err", "resolution", "resolution_err")
 #: A response mismatch is "gross" (warned about) above this relative difference of the mean
 #: E_dep / E_inc in one incident-energy bin, if it is also statistically significant.
 GROSS_RESPONSE_REL = 0.10
 GROSS_RESPONSE_PULL = 5.0
+#: Bins of the conditioned polar angle for the profile <principal-axis theta> vs theta.
+ANGLE_PROFILE_BINS = 6
+_STAT_KEYS = ("n", "mean", "mean_err", "std", "std_err")
+
+
+def is_ild(geometry_name: str) -> bool:
+    """The ILD detectors (``ild-ecal``, ``ild-ecal-10``, ``ild-hcal``): their report leads with seed 003's plots."""
+    return str(geometry_name).startswith("ild-")
 
 
 @dataclass(frozen=True)
@@ -209,3 +219,93 @@ def memorization_block(train: SampleScan, gen: SampleScan, ref: SampleScan, cap:
     res = memorization_test(pick(train), pick(gen), pick(ref), seed=rng)
     arrays = {k: np.asarray(v) for k, v in res.items() if isinstance(v, np.ndarray) and v.ndim >= 1}
     return MemorizationResult({k: v for k, v in res.items() if k not in arrays}, arrays)
+
+
+# ------------------------------------------------------------------------------------------
+# seed 003: visible energy per incident-energy bin, the principal-axis incidence angle
+# ------------------------------------------------------------------------------------------
+def visible_energy_block(ref: SampleScan, gen: SampleScan) -> dict[str, Any]:
+    """Means and widths of the visible energy ``E_vis`` (MeV) per E_inc bin (seed 003 "Visible
+    Energy Sum (Means / Widths)"): ``{"edges" (MeV, K+1), "discrete", "e_mean", "reference": {n,
+    mean, mean_err, std, std_err}, "generated": {...}, "mean_ratio", "mean_ratio_err",
+    "width_ratio", "width_ratio_err"}`` (ratios generated / reference; NaN where a bin has < 2
+    showers).
+
+    The seed's energies are discrete; for a continuous E_inc spectrum each shower's ``E_vis`` is
+    scaled to the bin's mean energy, ``E_vis * e_mean / E_inc`` (``e_mean`` of the reference), so
+    the width is the shower fluctuation and not the spread of E_inc inside the bin.
+    """
+    edges, discrete = energy_bins(ref.e_inc, gen.e_inc)
+    e_ref = binned_stats(ref.e_inc, ref.e_inc, edges)["x_mean"]
+    e_gen = binned_stats(gen.e_inc, gen.e_inc, edges)["x_mean"]
+    e_mean = np.where(np.isfinite(e_ref), e_ref, e_gen)
+
+    def scaled(s: SampleScan) -> np.ndarray:
+        v = np.asarray(s.obs["E_vis"], dtype=np.float64)
+        if discrete:
+            return v
+        i = np.clip(bin_index(s.e_inc, edges), 0, len(e_mean) - 1)
+        return v * e_mean[i] / s.e_inc
+
+    rr = binned_stats(scaled(ref), ref.e_inc, edges)
+    rg = binned_stats(scaled(gen), gen.e_inc, edges)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mr = rg["mean"] / rr["mean"]
+        mr_err = np.abs(mr) * np.hypot(rg["mean_err"] / rg["mean"], rr["mean_err"] / rr["mean"])
+        wr = rg["std"] / rr["std"]
+        wr_err = np.abs(wr) * np.hypot(rg["std_err"] / rg["std"], rr["std_err"] / rr["std"])
+    return {"edges": edges, "discrete": bool(discrete), "e_mean": e_mean,
+            "reference": {k: rr[k] for k in _STAT_KEYS}, "generated": {k: rg[k] for k in _STAT_KEYS},
+            "mean_ratio": mr, "mean_ratio_err": mr_err, "width_ratio": wr, "width_ratio_err": wr_err}
+
+
+def _angle_summary(scan: SampleScan) -> dict[str, Any]:
+    a = scan.angles
+    return {"n": scan.n, "n_undefined": int(np.isnan(a["pca_theta"]).sum()),
+            "theta_residual": residual_summary(a["theta_residual"]), "phi_residual": residual_summary(a["phi_residual"])}
+
+
+def angle_reference(ref: SampleScan) -> dict[str, Any] | None:
+    """The reference's principal-axis residuals (``metrics.json`` ``reference.angles``), or None
+    if its file carries no varying ``theta`` (then no sample gets an angle check)."""
+    if not ref.angles or not angles_vary(ref.angles["theta"]):
+        return None
+    return {"min_hits": MIN_HITS, "min_phi_theta_deg": MIN_PHI_THETA_DEG, **_angle_summary(ref)}
+
+
+def angles_block(ref: SampleScan, gen: SampleScan, n_boot: int, rng: np.random.Generator) -> dict[str, Any] | None:
+    """The principal-axis angle check of one sample against the reference (seed 003's PCA check).
+
+    None unless both files carry ``theta`` and the reference's varies. Otherwise ``{"n",
+    "n_undefined", "theta_residual": {n, mean, mean_err, std, std_err, width68}, "phi_residual":
+    {...}`` (degrees, :func:`~calosim.metrics.angle.residual_summary`), ``"residual_shift"``
+    (generated minus reference mean theta residual), ``"width_ratio"`` (generated / reference
+    theta-residual std), ``"observables": {name: compare_observable(...)}`` for ``pca_theta``,
+    ``theta_residual``, ``phi_residual`` (showers with an axis), and ``"profile"``: the mean
+    principal-axis theta per conditioned-theta bin, ``{"edges" (deg), "reference": {n, mean,
+    mean_err, std, std_err}, "generated": {...}}``}.
+    """
+    from .distances import compare_observable
+
+    if not gen.angles or angle_reference(ref) is None:
+        return None
+    r, g = ref.angles, gen.angles
+    out: dict[str, Any] = _angle_summary(gen)
+    rs = residual_summary(r["theta_residual"])
+    out["residual_shift"] = out["theta_residual"]["mean"] - rs["mean"]
+    out["width_ratio"] = out["theta_residual"]["std"] / rs["std"] if rs["std"] else float("nan")
+    obs = {}
+    for k in ("pca_theta", "theta_residual", "phi_residual"):
+        rv, gv = r[k][np.isfinite(r[k])], g[k][np.isfinite(g[k])]
+        if rv.size >= 2 and gv.size >= 2:
+            obs[k] = compare_observable(rv, gv, n_boot=n_boot, rng=rng, name=k)
+    out["observables"] = obs
+    lo = float(min(np.nanmin(r["theta"]), np.nanmin(g["theta"])))
+    hi = float(np.nextafter(max(np.nanmax(r["theta"]), np.nanmax(g["theta"])), np.inf))
+    edges = np.linspace(lo, hi, ANGLE_PROFILE_BINS + 1)
+    out["profile"] = {"edges": edges,
+                      "reference": {k: v for k, v in binned_stats(r["pca_theta"], r["theta"], edges).items()
+                                    if k in _STAT_KEYS},
+                      "generated": {k: v for k, v in binned_stats(g["pca_theta"], g["theta"], edges).items()
+                                    if k in _STAT_KEYS}}
+    return out

@@ -16,14 +16,22 @@ Per generated sample:
 * energy response and resolution per incident-energy bin (bins cover both samples; bins
   without reference showers are flagged);
 * the memorisation test against ``train`` if given: copies / near-copies (memorisation) and
-  under-dispersion as separate diagnoses.
+  under-dispersion as separate diagnoses;
+* if the files carry varying incidence angles ``theta``/``phi``: seed 003's PCA check, the
+  principal-axis angle of each shower (:mod:`.angle`) and its residual against the conditioned
+  angle, reference vs generated;
+* for the ILD detectors (``ild-*``): the means and widths of the visible energy per E_inc bin
+  (seed 003 "Visible Energy Sum (Means / Widths)"); their report leads with the seed's plots.
 
 metrics.json schema (``schema_version`` 1; every float may be ``null`` when undefined)::
 
     {
       "schema_version": 1, "calosim_version": str, "geometry": str, "seed": int,
       "threshold_mev": float (the voxel cut applied to every sample; 0: none),
-      "reference": {"name", "file", "n", "e_inc_min", "e_inc_max"},
+      "reference": {"name", "file", "n", "e_inc_min", "e_inc_max",
+                    "angles": null | {"min_hits", "min_phi_theta_deg", "n", "n_undefined",
+                                      "theta_residual": {"n", "mean", "mean_err", "std", "std_err", "width68"},
+                                      "phi_residual": {... same ...}}   (degrees)},
       "samples": [{
         "name": str, "file": str | null, "n": int,
         "classifier": null | {"low": {"auc", "auc_err", "jsd", "jsd_err", "n_used"},
@@ -47,10 +55,20 @@ metrics.json schema (``schema_version`` 1; every float may be ``null`` when unde
                                 "memorization", "under_dispersion", "diagnosis", "flagged",
                                 "n_train", "n_gen", "n_heldout"}
                         (memorization_test without its distance arrays; flagged = memorization),
+        "angles": null | {"n", "n_undefined", "theta_residual", "phi_residual" (as the reference's),
+                          "residual_shift", "width_ratio",
+                          "observables": {"pca_theta" | "theta_residual" | "phi_residual": {... as above}},
+                          "profile": {"edges" (deg), "reference": {"n", "mean", "mean_err", "std", "std_err"},
+                                      "generated": {... same ...}}}
+                  (null unless both files carry theta and the reference's varies; blocks.angles_block),
+        "visible_energy": null | {"edges" (MeV), "discrete", "e_mean",
+                                  "reference": {"n", "mean", "mean_err", "std", "std_err"} (E_vis, MeV),
+                                  "generated": {... same ...}, "mean_ratio", "mean_ratio_err",
+                                  "width_ratio", "width_ratio_err"}   (ild-* geometries only),
         "warnings": [str]   (also printed: gross response mismatch, memorisation, under-dispersion, ...)
       }],
       "timings": {"reference_scan": s, ["train_scan": s,] "samples": {"<name>": {"scan", "distances",
-                  "classifier", "fpd_kpd", "response", "memorization", "total"}},
+                  "classifier", "fpd_kpd", "response", "angles", "memorization", "total"}},
                   "plots": s, "report": s, "total": s}
     }
 """
@@ -71,13 +89,17 @@ from ..geometry import Geometry
 from ..io import ShowerData, write_text_atomic
 from .blocks import (
     SampleResult,
+    angle_reference,
+    angles_block,
     classifier_block,
     conditions_block,
     distances_block,
     fpd_block,
     memorization_block,
+    is_ild,
     response_block,
     response_warning,
+    visible_energy_block,
 )
 from .observables import highlevel_columns
 from .options import EvaluateOptions
@@ -179,7 +201,7 @@ def _evaluate(reference: Any, generated: list[Any], labels: list[str], train: An
                 timings["train_scan"] = train_scan.seconds
             for src in sources:
                 gen = scan_source(src, rng, sub_cap, opts.chunk_mb, prog, threshold, cut)
-                res = _evaluate_one(ref, gen, train_scan, opts, rng, mem_cap, prog, clf_threads)
+                res = _evaluate_one(ref, gen, train_scan, opts, rng, mem_cap, prog, clf_threads, is_ild(geo.name))
                 results.append(res)
                 timings["samples"][src.name] = res.timings
                 prog.log(_one_line(res.entry, res.timings))  # its warnings follow the summary table
@@ -196,7 +218,8 @@ def _evaluate(reference: Any, generated: list[Any], labels: list[str], train: An
         "seed": opts.seed,
         "threshold_mev": threshold,
         "reference": {"name": "reference", "file": ref.file, "n": ref.n,
-                      "e_inc_min": float(ref.e_inc.min()), "e_inc_max": float(ref.e_inc.max())},
+                      "e_inc_min": float(ref.e_inc.min()), "e_inc_max": float(ref.e_inc.max()),
+                      "angles": angle_reference(ref)},
         "samples": [r.entry for r in results],
         "timings": timings,
     }
@@ -233,7 +256,8 @@ def _voxel_cut(geo: Geometry, threshold: float | None) -> tuple[float, Any]:
 
 
 def _evaluate_one(ref: SampleScan, gen: SampleScan, train: SampleScan | None, opts: EvaluateOptions,
-                  rng: np.random.Generator, mem_cap: int, prog: Progress, clf_threads: int | None) -> SampleResult:
+                  rng: np.random.Generator, mem_cap: int, prog: Progress, clf_threads: int | None,
+                  ild: bool = False) -> SampleResult:
     tm: dict[str, float] = {"scan": gen.seconds}
     t0 = time.perf_counter() - gen.seconds
 
@@ -275,6 +299,17 @@ def _evaluate_one(ref: SampleScan, gen: SampleScan, train: SampleScan | None, op
     lap("response", t)
 
     t = time.perf_counter()
+    angles = angles_block(ref, gen, opts.n_boot, rng)
+    if angles is None and not gen.angles and angle_reference(ref) is not None:
+        warnings.append("the file carries no incidence angles (theta/phi): the principal-axis angle check is "
+                        "skipped (generate with --conditions-from the reference to copy them)")
+    if angles is not None and angles["n_undefined"] > 0.05 * gen.n:
+        warnings.append(f"{angles['n_undefined']} of {gen.n} showers have no principal axis (fewer than "
+                        f"{angle_reference(ref)['min_hits']} hits, or hits in one layer): angle check on the rest")
+    visible = visible_energy_block(ref, gen) if ild else None
+    lap("angles", t)
+
+    t = time.perf_counter()
     mem = None
     if train is not None:
         mem = memorization_block(train, gen, ref, mem_cap, rng)
@@ -294,6 +329,7 @@ def _evaluate_one(ref: SampleScan, gen: SampleScan, train: SampleScan | None, op
         "classifier": clf.levels if clf is not None else None, "fpd": fpd_res, "kpd": kpd_res,
         "observables": dist.observables, **dist.summary,
         "conditions": cond, "response": response, "memorization": mem.record if mem is not None else None,
+        "angles": angles, "visible_energy": visible,
         "warnings": warnings,
     }
     # the raw subset is only needed for the classifier / memorisation: drop it before plotting
@@ -311,6 +347,9 @@ def _one_line(entry: dict[str, Any], tm: dict[str, float]) -> str:
         parts.append(f"AUC high {c['high']['auc']:.3f}")
     if entry.get("fpd"):
         parts.append(f"FPD {entry['fpd']['value']:.4g}")
+    tr = (entry.get("angles") or {}).get("theta_residual") or {}
+    if tr.get("mean") is not None and tr.get("std") is not None:
+        parts.append(f"PCA theta residual {tr['mean']:+.2f} (width {tr['std']:.2f}) deg")
     parts.append(f"{tm['total']:.1f} s")
     return ", ".join(parts)
 

@@ -23,7 +23,8 @@ Notation used in the docstrings:
 :func:`highlevel_matrix` turns them into the feature matrix of the classifier and FPD tests
 (the CaloChallenge's high-level set, :data:`HIGHLEVEL_FEATURES`); :class:`ShowerSummary`
 accumulates the profiles, mean images and the cell spectrum chunk by chunk;
-:func:`response_vs_energy` gives the energy response and resolution per energy bin.
+:func:`response_vs_energy` gives the energy response and resolution per energy bin
+(:func:`binned_stats`: mean and width of any observable per bin, e.g. the ILD visible energy).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ __all__ = [
     "cell_energy_spectrum",
     "cluster_asymmetry",
     "compute_observables",
+    "bin_index",
+    "binned_stats",
     "e_ratio",
     "energy_bins",
     "highlevel_columns",
@@ -666,41 +669,65 @@ def energy_bins(*e_inc: ArrayLike, n_bins: int = 10, max_discrete: int = 25) -> 
     return np.linspace(lo, hi, n_bins + 1), False
 
 
+def bin_index(x: ArrayLike, bins: ArrayLike) -> np.ndarray:
+    """Bin of each ``x`` (N,) in edges ``bins`` (K+1,), the last bin's right edge included; -1 / K outside."""
+    xs = np.asarray(x, dtype=np.float64).ravel()
+    edges = np.asarray(bins, dtype=np.float64)
+    idx = np.searchsorted(edges, xs, side="right") - 1
+    idx[xs == edges[-1]] = len(edges) - 2
+    return idx
+
+
+def binned_stats(values: ArrayLike, x: ArrayLike, bins: ArrayLike) -> dict[str, np.ndarray]:
+    """Mean and spread of ``values`` per bin of ``x`` (e.g. the visible energy per E_inc bin).
+
+    ``values``, ``x`` (N,); ``bins`` (K+1,) edges (right edge of the last bin included); rows
+    with a non-finite value are left out. Per bin: ``n``; ``x_mean`` (mean x in the bin, NaN if
+    empty); ``mean`` with ``mean_err = std / sqrt(n)``; ``std`` (ddof=1) with
+    ``std_err = std / sqrt(2 (n - 1))`` (Gaussian approximation). Bins with fewer than two
+    entries give NaN. Returns arrays of shape (K,) plus ``edges``.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    xs = np.asarray(x, dtype=np.float64).ravel()
+    edges = np.asarray(bins, dtype=np.float64)
+    k = len(edges) - 1
+    idx = bin_index(xs, edges)
+    ok = (idx >= 0) & (idx < k) & np.isfinite(v)
+    r = v[ok]
+    i = idx[ok]
+    n = np.bincount(i, minlength=k).astype(np.float64)
+    s1 = np.bincount(i, weights=r, minlength=k)
+    sx = np.bincount(i, weights=xs[ok], minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s1 / n
+        dev = r - mean[i]  # two-pass variance: no cancellation for narrow distributions
+        std = np.sqrt(np.bincount(i, weights=dev * dev, minlength=k) / (n - 1))
+        mean_err = std / np.sqrt(n)
+        std_err = std / np.sqrt(2 * (n - 1))
+        x_mean = sx / n
+    few = n < 2
+    for arr in (mean, std, mean_err, std_err):
+        arr[few] = np.nan
+    x_mean[n < 1] = np.nan
+    return {"edges": edges, "n": n, "x_mean": x_mean, "mean": mean, "mean_err": mean_err, "std": std,
+            "std_err": std_err}
+
+
 def response_vs_energy(e_dep: ArrayLike, e_inc: ArrayLike, bins: ArrayLike) -> dict[str, np.ndarray]:
     """Energy response ``R = E_dep / E_inc`` per incident-energy bin.
 
     ``e_dep``, ``e_inc`` (N,) MeV; ``bins`` (K+1,) edges (MeV, right edge of the last bin
-    included). Per bin: ``n``; ``e_mean`` (mean E_inc in the bin, NaN if empty);
-    ``mean = <R>`` with ``mean_err = std / sqrt(n)``; ``std`` (ddof=1) with
-    ``std_err = std / sqrt(2 (n - 1))`` (Gaussian approximation); ``resolution = std / mean``
-    with ``resolution_err = resolution * sqrt((std_err/std)^2 + (mean_err/mean)^2)``.
+    included). :func:`binned_stats` of ``R`` in ``e_inc`` (``e_mean`` its ``x_mean``: the mean
+    E_inc in the bin), plus ``resolution = std / mean`` with
+    ``resolution_err = resolution * sqrt((std_err/std)^2 + (mean_err/mean)^2)``.
     Bins with fewer than two showers give NaN. Returns arrays of shape (K,) plus ``edges``.
     """
     ed = np.asarray(e_dep, dtype=np.float64).ravel()
     ei = np.asarray(e_inc, dtype=np.float64).ravel()
-    edges = np.asarray(bins, dtype=np.float64)
-    k = len(edges) - 1
-    idx = np.searchsorted(edges, ei, side="right") - 1
-    idx[ei == edges[-1]] = k - 1
-    ok = (idx >= 0) & (idx < k)
-    r = ed[ok] / ei[ok]
-    i = idx[ok]
-    n = np.bincount(i, minlength=k).astype(np.float64)
-    s1 = np.bincount(i, weights=r, minlength=k)
-    se = np.bincount(i, weights=ei[ok], minlength=k)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = s1 / n
-        dev = r - mean[i]  # two-pass variance: no cancellation for narrow responses
-        var = np.bincount(i, weights=dev * dev, minlength=k) / (n - 1)
-        std = np.sqrt(var)
-        mean_err = std / np.sqrt(n)
-        std_err = std / np.sqrt(2 * (n - 1))
+        st = binned_stats(ed / ei, ei, bins)
+        mean, std, mean_err, std_err = st["mean"], st["std"], st["mean_err"], st["std_err"]
         res = std / mean
         res_err = np.abs(res) * np.sqrt((std_err / std) ** 2 + (mean_err / mean) ** 2)
-        e_mean = se / n
-    few = n < 2
-    for arr in (mean, std, mean_err, std_err, res, res_err):
-        arr[few] = np.nan
-    e_mean[n < 1] = np.nan
-    return {"edges": edges, "n": n, "e_mean": e_mean, "mean": mean, "mean_err": mean_err, "std": std,
-            "std_err": std_err, "resolution": res, "resolution_err": res_err}
+    return {"edges": st["edges"], "n": st["n"], "e_mean": st["x_mean"], "mean": mean, "mean_err": mean_err,
+            "std": std, "std_err": std_err, "resolution": res, "resolution_err": res_err}

@@ -8,7 +8,10 @@ closed right after saving (long evaluations must not accumulate figures).
 Files: ``sp_overview.png``, ``obs_<group>.png`` (one page per observable family, reference vs
 generated histograms with ratio panels), ``images_<sample>.png`` (mean shower images),
 ``profiles.png`` (longitudinal / radial profiles and cell-energy spectrum), ``profiles_x.png``,
-``profiles_y.png``, ``response.png``, ``nn_distances.png``, ``classifier_scores.png``.
+``profiles_y.png``, ``response.png``, ``nn_distances.png``, ``classifier_scores.png``; for the
+ILD detectors first ``seed_distributions.png`` and ``visible_energy.png`` (seed 003's cell-energy
+spectrum, number of hits, visible energy sum and its means / widths per E_inc bin); for files
+with varying incidence angles ``angles.png`` (the principal-axis check).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from matplotlib.colors import LogNorm, TwoSlopeNorm
 from matplotlib.ticker import FixedLocator, MaxNLocator
 
 from ..geometry import Geometry
-from .blocks import SampleResult
+from .angle import MIN_HITS, MIN_PHI_THETA_DEG
+from .blocks import SampleResult, is_ild
 from .distances import reference_bins
 from .observables import layer_labels, observable_groups, observable_label
 from .scan import SampleScan
@@ -40,6 +44,7 @@ __all__ = [
     "Figure",
     "hep_style",
     "make_plots",
+    "plot_angles",
     "plot_classifier_scores",
     "plot_lateral_profiles",
     "plot_mean_images",
@@ -47,7 +52,9 @@ __all__ = [
     "plot_observable_page",
     "plot_profiles",
     "plot_response",
+    "plot_seed_distributions",
     "plot_sp_overview",
+    "plot_visible_energy",
     "slug",
 ]
 
@@ -58,10 +65,13 @@ MAX_IMAGE_LAYERS = 8
 
 
 class Figure(NamedTuple):
-    """One written plot: its PNG file and the caption the report prints under it."""
+    """One written plot: its PNG file, the caption the report prints under it and the report
+    section it belongs to (``"plots"``; ``"seed"``: the ILD seed plots the report leads with;
+    ``"angles"``: the incidence-angle check)."""
 
     path: Path
     caption: str
+    section: str = "plots"
 
 
 @dataclass(frozen=True)
@@ -93,10 +103,10 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "sample"
 
 
-def _save(fig: Any, path: Path, caption: str) -> Figure:
+def _save(fig: Any, path: Path, caption: str, section: str = "plots") -> Figure:
     fig.savefig(path)
     plt.close(fig)  # always: a long evaluation must not accumulate open figures
-    return Figure(Path(path), caption)
+    return Figure(Path(path), caption, section)
 
 
 _GROUP_TEXT = {
@@ -147,6 +157,22 @@ _CAPTIONS = {
                      "being no closer to unseen showers indicate copied training showers (memorisation); a shift to "
                      "smaller distances that is the same against unseen showers means under-dispersed samples "
                      "(too close to the typical shower), not copying."),
+    "seed_distributions": ("Seed 003's ILD plots: the spectrum of cell energies (cells above threshold, per "
+                           "shower), the number of hits and the visible energy sum (energy in hit cells), reference "
+                           "(grey) vs generated (lines), over all incident energies; lower panels: generated / "
+                           "reference. Each panel lists the separation power SP of every sample."),
+    "visible_energy": ("Seed 003's \"Visible Energy Sum (Means / Widths)\": mean and standard deviation of the "
+                       "visible energy per incident-energy bin, reference (grey band: value +- error) vs generated "
+                       "(markers); lower panels: generated / reference with statistical errors. With a continuous "
+                       "energy spectrum each shower's visible energy is scaled to the bin's mean incident energy "
+                       "(E_vis x <E_inc> / E_inc), so the width is the shower fluctuation, not the bin width."),
+    "angles": ("Seed 003's angle check: the incidence angle estimated from each shower's principal axis "
+               "(energy-weighted PCA of the hit positions) against the conditioned angle of the file. Panels: "
+               "estimated theta; residual estimated - conditioned theta; azimuth residual (showers conditioned at "
+               "theta >= {min_phi:g} deg); mean estimated theta per conditioned-theta bin (the diagonal is a "
+               "perfect estimator: leakage and lateral spread bend it, equally for reference and generated showers "
+               "if the model reproduces the angle). Showers without an axis (fewer than {min_hits} hits or hits in "
+               "one layer) are left out."),
     "classifier_scores": ("Classifier output (calibrated probability of being a reference shower) on the test "
                           "folds, for reference and generated showers; overlapping histograms mean the classifier "
                           "cannot tell the samples apart (AUC 0.5)."),
@@ -632,8 +658,170 @@ def plot_classifier_scores(ctx: EvaluationContext, path: Path) -> Figure | None:
 
 
 # ------------------------------------------------------------------------------------------
+# seed 003: the ILD plots and the principal-axis angle check
+# ------------------------------------------------------------------------------------------
+def _hist_panel(ax: Any, axr: Any, r: np.ndarray, gens: Sequence[np.ndarray], labels: Sequence[str], name: str,
+                sps: Sequence[Any] = ()) -> None:
+    """Reference-vs-generated density histograms of one observable on the reference binning, with ratio."""
+    r = np.asarray(r, dtype=np.float64)
+    r = r[np.isfinite(r)]
+    edges = reference_bins(r, name=name)
+    hr, er, _ = _hist(r, edges)
+    ax.stairs(hr, edges, fill=True, color=REF_COLOR, alpha=0.35, label="reference")
+    for j, (g, lab) in enumerate(zip(gens, labels)):
+        g = np.asarray(g, dtype=np.float64)
+        g = g[np.isfinite(g)]
+        col = COLORS[j % len(COLORS)]
+        hg, eg, _ = _hist(g, edges)
+        ax.stairs(hg, edges, color=col, lw=1.4, label=lab)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = hg / hr
+            rerr = ratio * np.sqrt((eg / np.where(hg > 0, hg, np.nan)) ** 2 + (er / hr) ** 2)
+        axr.errorbar(0.5 * (edges[1:] + edges[:-1]), ratio, yerr=rerr, fmt="o", ms=2, color=col, elinewidth=0.8)
+        sp = sps[j] if j < len(sps) else None
+        if sp is not None:
+            ax.text(0.97, 0.95 - 0.1 * j, f"SP {sp:.3f}", transform=ax.transAxes, ha="right", va="top", fontsize=8,
+                    color=col)
+    ax.set_xlim(edges[0], edges[-1])
+    axr.set_xlim(edges[0], edges[-1])
+    if np.any(hr > 0):
+        ax.set_ylim(0, (1.25 + 0.1 * len(gens)) * hr.max())
+    ax.set_ylabel(r"$1/N\,dN/dx$", fontsize=9)
+    axr.set_ylim(0.5, 1.5)
+
+
+def _sp_of(s: SampleResult, name: str, where: str = "observables") -> Any:
+    rec = s.entry.get(where) if where == "observables" else (s.entry.get("angles") or {}).get("observables")
+    return ((rec or {}).get(name) or {}).get("separation_power")
+
+
+def plot_seed_distributions(ctx: EvaluationContext, path: Path) -> Figure:
+    """Seed 003's ILD plots: cell-energy spectrum, number of hits, visible energy sum (with ratios)."""
+    ref = ctx.reference
+    labels = [s.name for s in ctx.samples]
+    with plt.style.context(hep_style()):
+        fig = plt.figure(figsize=(15, 4.8))
+        gs = fig.add_gridspec(1, 3, wspace=0.3, left=0.06, right=0.98, top=0.9, bottom=0.14)
+        ax, axr = _ratio_axes(fig, gs[0])
+        se = ref.summary.spectrum_edges
+        cr = ref.summary.spectrum_counts / max(ref.summary.n, 1)
+        cg = [s.scan.summary.spectrum_counts / max(s.scan.summary.n, 1) for s in ctx.samples]
+        nz = np.nonzero(cr + sum(cg))[0] if len(cr) else np.array([], int)
+        lo, hi = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, len(cr))
+        ee = se[lo:hi + 1]
+        _profile_panel(ax, axr, np.sqrt(ee[1:] * ee[:-1]), cr[lo:hi], [c[lo:hi] for c in cg], labels, steps_edges=ee)
+        for a in (ax, axr):
+            a.set_xscale("log")
+            a.set_xlim(ee[0], ee[-1])
+        axr.set_xlabel("cell energy [MeV]")
+        ax.set_ylabel("cells per shower")
+        ax.set_title("cell-energy spectrum", loc="left")
+        ax.legend(fontsize=8, loc="lower left")
+        for k, (name, title) in enumerate((("n_hits", "number of hits"), ("E_vis", "visible energy sum"))):
+            ax, axr = _ratio_axes(fig, gs[k + 1])
+            _hist_panel(ax, axr, ref.obs[name], [s.scan.obs[name] for s in ctx.samples], labels, name,
+                        [_sp_of(s, name) for s in ctx.samples])
+            axr.set_xlabel(observable_label(name))
+            ax.set_title(title, loc="left")
+        return _save(fig, path, _CAPTIONS["seed_distributions"], "seed")
+
+
+def plot_visible_energy(ctx: EvaluationContext, path: Path) -> Figure | None:
+    """Means and widths of the visible energy vs E_inc (seed 003), with generated / reference ratios."""
+    have = [s for s in ctx.samples if s.entry.get("visible_energy")]
+    if not have:
+        return None
+    with plt.style.context(hep_style()):
+        fig = plt.figure(figsize=(13, 5.2))
+        gs = fig.add_gridspec(1, 2, wspace=0.25, left=0.07, right=0.98, top=0.92, bottom=0.13)
+        axes = [_ratio_axes(fig, gs[0]), _ratio_axes(fig, gs[1])]
+        for j, s in enumerate(have):
+            ve = s.entry["visible_energy"]
+            edges = np.asarray(ve["edges"], float) / 1000.0  # GeV on the axis
+            x = np.asarray(ve["e_mean"], float) / 1000.0
+            col = COLORS[j % len(COLORS)]
+            for (ax, axr), key, rkey in ((axes[0], "mean", "mean_ratio"), (axes[1], "std", "width_ratio")):
+                rr, rg = ve["reference"], ve["generated"]
+                y, ye = np.asarray(rr[key], float), np.asarray(rr[key + "_err"], float)
+                if j == 0:
+                    fin = np.nonzero(np.isfinite(y))[0]
+                    for k in fin:
+                        ax.fill_between([edges[k], edges[k + 1]], y[k] - ye[k], y[k] + ye[k], color=REF_COLOR, alpha=0.3,
+                                        lw=0, label="reference" if k == fin[0] else None)
+                        ax.plot([edges[k], edges[k + 1]], [y[k], y[k]], color=REF_COLOR, lw=1.2)
+                ax.errorbar(x, np.asarray(rg[key], float), yerr=np.asarray(rg[key + "_err"], float), fmt="s",
+                            color=col, ms=4, label=s.name)
+                axr.errorbar(x, np.asarray(ve[rkey], float), yerr=np.asarray(ve[rkey + "_err"], float), fmt="o",
+                             color=col, ms=3)
+        for (ax, axr), title, ylab in ((axes[0], "visible energy sum: means", r"$\langle E_\mathrm{vis}\rangle$ [MeV]"),
+                                       (axes[1], "visible energy sum: widths", r"$\sigma(E_\mathrm{vis})$ [MeV]")):
+            e0 = np.asarray(have[0].entry["visible_energy"]["edges"], float) / 1000.0
+            ax.set_xlim(e0[0], e0[-1])
+            axr.set_xlim(e0[0], e0[-1])
+            key = "mean_ratio" if ax is axes[0][0] else "width_ratio"
+            rat = np.concatenate([np.asarray(s.entry["visible_energy"][key], float) for s in have])
+            rat = rat[np.isfinite(rat)]
+            lo, hi = (float(rat.min()), float(rat.max())) if rat.size else (1.0, 1.0)
+            if lo >= 0.85 and hi <= 1.15:  # the usual case: a fixed +-20 % window
+                axr.set_ylim(0.8, 1.2)
+                axr.yaxis.set_major_locator(FixedLocator([0.9, 1.0, 1.1]))
+            else:  # a gross mismatch stays visible
+                axr.set_ylim(max(0.0, min(0.8, 0.9 * lo)), min(5.0, max(1.2, 1.1 * hi)))
+                axr.yaxis.set_major_locator(MaxNLocator(4))
+            axr.set_xlabel(r"$E_\mathrm{inc}$ [GeV]")
+            ax.set_ylabel(ylab)
+            ax.set_title(title, loc="left")
+            ax.legend(fontsize=8)
+        return _save(fig, path, _CAPTIONS["visible_energy"], "seed")
+
+
+def plot_angles(ctx: EvaluationContext, path: Path) -> Figure | None:
+    """Principal-axis theta, its residual, the azimuth residual and <theta_PCA> vs theta (seed 003)."""
+    have = [s for s in ctx.samples if s.entry.get("angles") and s.scan.angles]
+    ref = ctx.reference.angles
+    if not have or not ref:
+        return None
+    labels = [s.name for s in have]
+    panels = [("pca_theta", r"principal-axis $\theta_\mathrm{PCA}$ [deg]"),
+              ("theta_residual", r"$\theta_\mathrm{PCA} - \theta$ [deg]"),
+              ("phi_residual", r"$\phi_\mathrm{PCA} - \phi$ [deg]")]
+    panels = [(k, lab) for k, lab in panels if np.isfinite(ref[k]).sum() >= 2]
+    with plt.style.context(hep_style()):
+        n = len(panels) + 1
+        fig = plt.figure(figsize=(4.3 * n, 4.8))
+        gs = fig.add_gridspec(1, n, wspace=0.32, left=0.05, right=0.98, top=0.9, bottom=0.14)
+        for i, (k, lab) in enumerate(panels):
+            ax, axr = _ratio_axes(fig, gs[i])
+            _hist_panel(ax, axr, ref[k], [s.scan.angles[k] for s in have], labels, k,
+                        [_sp_of(s, k, "angles") for s in have])
+            axr.set_xlabel(lab)
+            if i == 0:
+                ax.legend(fontsize=8, loc="upper left")
+        ax = fig.add_subplot(gs[n - 1])
+        prof = have[0].entry["angles"]["profile"]
+        edges = np.asarray(prof["edges"], float)
+        mids = 0.5 * (edges[1:] + edges[:-1])
+        y, ye = np.asarray(prof["reference"]["mean"], float), np.asarray(prof["reference"]["std"], float)
+        ax.fill_between(mids, y - ye, y + ye, color=REF_COLOR, alpha=0.25, lw=0, label="reference (mean +- std)")
+        ax.plot(mids, y, color=REF_COLOR, lw=1.4)
+        for j, s in enumerate(have):
+            pg = s.entry["angles"]["profile"]["generated"]
+            ax.errorbar(mids + (j - (len(have) - 1) / 2) * 0.04 * (edges[-1] - edges[0]) / len(mids),
+                        np.asarray(pg["mean"], float), yerr=np.asarray(pg["std"], float), fmt="s", ms=4,
+                        color=COLORS[j % len(COLORS)], label=s.name, elinewidth=0.8)
+        ax.plot([edges[0], edges[-1]], [edges[0], edges[-1]], ls="--", color="k", lw=0.8, label="estimate = condition")
+        ax.set_xlim(edges[0], edges[-1])
+        ax.set_xlabel(r"conditioned $\theta$ [deg]")
+        ax.set_ylabel(r"$\langle\theta_\mathrm{PCA}\rangle$ [deg]")
+        ax.set_title("estimated vs conditioned angle", loc="left", fontsize=10)
+        ax.legend(fontsize=8, loc="upper left")
+        return _save(fig, path, _CAPTIONS["angles"].format(min_phi=MIN_PHI_THETA_DEG, min_hits=MIN_HITS), "angles")
+
+
+# ------------------------------------------------------------------------------------------
 #: Plot kinds accepted by ``make_plots(only=...)`` (and ``evaluate(plots=[...])``).
-PLOT_KINDS = ("sp_overview", "observables", "profiles", "images", "response", "classifier", "nn_distances")
+PLOT_KINDS = ("seed", "angles", "sp_overview", "observables", "profiles", "images", "response", "classifier",
+              "nn_distances")
 
 
 def make_plots(ctx: EvaluationContext, out_dir: str | Path, only: Sequence[str] | None = None) -> list[Figure]:
@@ -649,6 +837,12 @@ def make_plots(ctx: EvaluationContext, out_dir: str | Path, only: Sequence[str] 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figs: list[Figure | None] = []
+    # the report leads with these: seed 003's ILD plots, then the incidence-angle check
+    if ctx.samples and "seed" in kinds and is_ild(ctx.geometry.name):
+        figs.append(plot_seed_distributions(ctx, out / "seed_distributions.png"))
+        figs.append(plot_visible_energy(ctx, out / "visible_energy.png"))
+    if ctx.samples and "angles" in kinds:
+        figs.append(plot_angles(ctx, out / "angles.png"))
     if ctx.samples and "sp_overview" in kinds:
         figs.append(plot_sp_overview(ctx, out / "sp_overview.png"))
     groups = observable_groups(list(ctx.reference.obs)) if "observables" in kinds else {}

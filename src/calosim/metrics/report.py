@@ -22,8 +22,8 @@ from typing import Any
 
 from ..io import write_text_atomic
 
-__all__ = ["REPORT_FILES", "ReportDirectory", "format_terminal_table", "memorization_lines", "summary_rows",
-           "write_report"]
+__all__ = ["REPORT_FILES", "ReportDirectory", "angle_lines", "format_terminal_table", "memorization_lines",
+           "summary_rows", "write_report"]
 
 #: The files a report directory holds besides its ``*.png`` plots.
 REPORT_FILES = ("index.html", "metrics.json")
@@ -57,7 +57,7 @@ def _f(v: Any, fmt: str = ".3f") -> str:
 def _pm(v: Any, e: Any, fmt: str = ".3f") -> str:
     if v is None:
         return "–"
-    return f"{format(v, fmt)} ± {format(e, fmt)}" if e is not None else format(v, fmt)
+    return f"{format(v, fmt)} ± {format(e, fmt.lstrip('+'))}" if e is not None else format(v, fmt)
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
@@ -107,8 +107,28 @@ def format_terminal_table(metrics: dict[str, Any], *, width: int = 160) -> str:
         t.add_row(*[r[k] for k, _ in cols])
     con = Console(width=width, record=True, file=io.StringIO(), color_system=None)
     con.print(t)
-    warn = [f"  ! {s['name']}: {w}" for s in metrics.get("samples", []) for w in s.get("warnings", [])]
-    return con.export_text().rstrip() + ("\n" + "\n".join(warn) if warn else "") + "\n"
+    extra = [f"  {x}" for x in angle_lines(metrics)]
+    extra += [f"  ! {s['name']}: {w}" for s in metrics.get("samples", []) for w in s.get("warnings", [])]
+    return con.export_text().rstrip() + ("\n" + "\n".join(extra) if extra else "") + "\n"
+
+
+def _res(r: dict[str, Any] | None) -> str:
+    r = r or {}
+    if r.get("mean") is None:
+        return "–"
+    return f"{_pm(r.get('mean'), r.get('mean_err'), '+.2f')}, width {_pm(r.get('std'), r.get('std_err'), '.2f')}"
+
+
+def angle_lines(metrics: dict[str, Any]) -> list[str]:
+    """The principal-axis angle check as plain-text lines (empty without varying angles in the reference)."""
+    ref = (metrics.get("reference") or {}).get("angles")
+    if not ref:
+        return []
+    lines = [f"principal-axis theta - conditioned theta (deg): reference {_res(ref.get('theta_residual'))}"]
+    for s in metrics.get("samples", []):
+        a = s.get("angles")
+        lines.append(f"  {s.get('name')}: " + (_res(a.get("theta_residual")) if a else "no angles in the file"))
+    return lines
 
 
 def _auc_class(v: Any) -> str:
@@ -207,6 +227,94 @@ def _sample_section(s: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _figures_html(figs: Sequence[tuple[int, Path, str]], out: Path) -> str:
+    e = html.escape
+    parts = []
+    for i, path, cap in figs:
+        try:
+            rel = path.resolve().relative_to(out.resolve()).as_posix()
+        except ValueError:
+            rel = path.name  # not under out_dir: still only a local relative reference
+        parts.append(f'<figure id="fig{i}"><img src="{e(rel)}" alt="{e(path.stem)}" loading="lazy">'
+                     f"<figcaption><b>Figure {i}.</b> {e(cap)}</figcaption></figure>")
+    return "".join(parts)
+
+
+def _ratio(v: Any, err: Any) -> str:
+    return _pm(v, err, ".3f")
+
+
+def _seed_section(metrics: dict[str, Any], figs: str) -> str:
+    """Seed 003's ILD observables: the three plots, then E_vis means / widths per E_inc bin per sample."""
+    samples = [s for s in metrics.get("samples", []) if s.get("visible_energy")]
+    if not samples and not figs:
+        return ""
+    parts = ["<h2>Seed observables (ILD)</h2>",
+             '<div class="meta">As in seed 003 (BIB-AE / WGAN / flows on the ILD calorimeters): the cell-energy '
+             "spectrum, the number of hits and the visible energy sum, and the means and widths of the visible "
+             "energy per incident-energy bin.</div>", figs]
+    head = ("<tr><th>E<sub>inc</sub> [GeV]</th><th>showers ref / gen</th><th>&lang;E<sub>vis</sub>&rang; ref [MeV]</th>"
+            "<th>&lang;E<sub>vis</sub>&rang; gen [MeV]</th><th>gen / ref</th><th>&sigma; ref [MeV]</th>"
+            "<th>&sigma; gen [MeV]</th><th>gen / ref</th></tr>")
+    for s in samples:
+        ve = s["visible_energy"]
+        rr, rg = ve["reference"], ve["generated"]
+        edges = ve["edges"]
+        rows = []
+        for k in range(len(edges) - 1):
+            if not (rr["n"][k] or rg["n"][k]):
+                continue
+            rows.append(f"<tr><td>{edges[k] / 1000:.3g}–{edges[k + 1] / 1000:.3g}</td>"
+                        f"<td>{int(rr['n'][k])} / {int(rg['n'][k])}</td>"
+                        f"<td>{_pm(rr['mean'][k], rr['mean_err'][k], '.0f')}</td>"
+                        f"<td>{_pm(rg['mean'][k], rg['mean_err'][k], '.0f')}</td>"
+                        f"<td>{_ratio(ve['mean_ratio'][k], ve['mean_ratio_err'][k])}</td>"
+                        f"<td>{_pm(rr['std'][k], rr['std_err'][k], '.0f')}</td>"
+                        f"<td>{_pm(rg['std'][k], rg['std_err'][k], '.0f')}</td>"
+                        f"<td>{_ratio(ve['width_ratio'][k], ve['width_ratio_err'][k])}</td></tr>")
+        parts.append(f"<details open><summary>visible energy per incident-energy bin: "
+                     f"{html.escape(str(s.get('name')))}</summary><table><thead>{head}</thead>"
+                     f"<tbody>{''.join(rows)}</tbody></table></details>")
+    return "".join(parts)
+
+
+def _angles_section(metrics: dict[str, Any], figs: str) -> str:
+    """The principal-axis incidence-angle check (reference and each sample), if the reference has angles."""
+    ref = (metrics.get("reference") or {}).get("angles")
+    if not ref:
+        return ""
+    head = ("<tr><th class='l'>sample</th><th>showers with an axis / without</th>"
+            "<th>&theta;<sub>PCA</sub> &minus; &theta; mean [deg]</th><th>width (std) [deg]</th><th>width 68 % [deg]</th>"
+            "<th>&phi;<sub>PCA</sub> &minus; &phi; mean [deg]</th><th>width (std) [deg]</th>"
+            "<th>SP &theta;<sub>PCA</sub></th><th>SP &theta; residual</th></tr>")
+
+    def row(name: str, a: dict[str, Any] | None) -> str:
+        if not a:
+            return f'<tr><td class="l">{html.escape(name)}</td><td colspan="8" class="l">no incidence angles in the file</td></tr>'
+        t, p = a.get("theta_residual") or {}, a.get("phi_residual") or {}
+        obs = a.get("observables") or {}
+
+        def sp(k: str) -> str:
+            m = obs.get(k) or {}
+            return _pm(m.get("separation_power"), m.get("separation_power_err"), ".4f") if m else "–"
+
+        n_ax = (a.get("n") or 0) - (a.get("n_undefined") or 0)
+        return (f'<tr><td class="l">{html.escape(name)}</td><td>{n_ax} / {a.get("n_undefined")}</td>'
+                f"<td>{_pm(t.get('mean'), t.get('mean_err'), '+.2f')}</td><td>{_pm(t.get('std'), t.get('std_err'), '.2f')}</td>"
+                f"<td>{_f(t.get('width68'), '.2f')}</td><td>{_pm(p.get('mean'), p.get('mean_err'), '+.2f')}</td>"
+                f"<td>{_pm(p.get('std'), p.get('std_err'), '.2f')}</td><td>{sp('pca_theta')}</td>"
+                f"<td>{sp('theta_residual')}</td></tr>")
+
+    rows = [row("reference", ref)] + [row(str(s.get("name")), s.get("angles")) for s in metrics.get("samples", [])]
+    return ("<h2>Incidence angle (principal axis)</h2>"
+            '<div class="meta">Seed 003\'s PCA check: each shower\'s incidence angle estimated from the principal '
+            "axis of its hits (energy-weighted PCA of the cell positions) and its residual against the angle in the "
+            f"file. A model that reproduces the angle has the reference's residuals (the estimator's own bias and "
+            f"resolution). Azimuth residuals for showers at &theta; &ge; {ref.get('min_phi_theta_deg', 0):g}&deg;; "
+            f"showers with fewer than {ref.get('min_hits', '?')} hits or hits in one layer have no axis.</div>"
+            f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>{figs}")
+
+
 def memorization_lines(mem: dict[str, Any]) -> list[str]:
     """The two diagnoses of the memorisation test as plain-text lines (report and terminal)."""
 
@@ -228,22 +336,25 @@ def memorization_lines(mem: dict[str, Any]) -> list[str]:
 def write_report(metrics: dict[str, Any], figures: Sequence[tuple[Path | str, str]], out_dir: str | Path) -> Path:
     """Write ``out_dir/index.html`` for a metrics dict (schema of :mod:`calosim.metrics.evaluate`).
 
-    ``figures``: ``(path, caption)`` records (:class:`calosim.metrics.plots.Figure`), the PNGs
-    inside ``out_dir`` (referenced by relative name). Returns the path of ``index.html``.
+    ``figures``: ``(path, caption[, section])`` records (:class:`calosim.metrics.plots.Figure`), the
+    PNGs inside ``out_dir`` (referenced by relative name). Figures of section ``"seed"`` (the ILD
+    seed plots) and ``"angles"`` go to their sections after the summary, the rest under "Plots";
+    they are numbered in page order. Returns the path of ``index.html``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     e = html.escape
     ref = metrics.get("reference") or {}
-    figs = []
-    for i, (path, cap) in enumerate(figures):
-        path = Path(path)
-        try:
-            rel = path.resolve().relative_to(out.resolve()).as_posix()
-        except ValueError:
-            rel = path.name  # not under out_dir: still only a local relative reference
-        figs.append(f'<figure id="fig{i + 1}"><img src="{e(rel)}" alt="{e(path.stem)}" loading="lazy">'
-                    f"<figcaption><b>Figure {i + 1}.</b> {e(cap)}</figcaption></figure>")
+    order = ("seed", "angles", "plots")
+    by_section: dict[str, list[tuple[Path, str]]] = {k: [] for k in order}
+    for f in figures:
+        sec = f[2] if len(f) > 2 else "plots"  # type: ignore[misc]
+        by_section[sec if sec in by_section else "plots"].append((Path(f[0]), str(f[1])))
+    numbered, i = {}, 0
+    for sec in order:
+        numbered[sec] = [(i + k + 1, p, c) for k, (p, c) in enumerate(by_section[sec])]
+        i += len(by_section[sec])
+    figs = _figures_html(numbered["plots"], out)
     timings = metrics.get("timings") or {}
     total = timings.get("total")
     meta = [f"reference: {ref.get('n', '?')} showers" + (f" from <code>{e(str(ref['file']))}</code>" if ref.get("file") else ""),
@@ -267,10 +378,12 @@ def write_report(metrics: dict[str, Any], figures: Sequence[tuple[Path | str, st
 <h2>Summary</h2>
 {_summary_table(metrics)}
 {_HELP}
+{_seed_section(metrics, _figures_html(numbered["seed"], out))}
+{_angles_section(metrics, _figures_html(numbered["angles"], out))}
 <h2>Samples</h2>
 {"".join(_sample_section(s) for s in metrics.get("samples", []))}
 <h2>Plots</h2>
-{"".join(figs) if figs else "<p>No plots were written.</p>"}
+{figs if figs else "<p>No plots were written.</p>" if not i else ""}
 <p class="meta">Full numbers: <a href="metrics.json">metrics.json</a>.</p>
 </main></body></html>
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from ..geometry import Geometry
 from ..io import ShowerData, ShowerFile, ShowerFileError, open_showers
+from .angle import angle_observables
 from .observables import ShowerSummary, compute_observables
 
 __all__ = ["Progress", "SampleScan", "Source", "check_same_geometry", "scan", "scan_source"]
@@ -152,7 +153,9 @@ class SampleScan:
     ``obs``: ``{name: (N,) float32}``; ``e_inc`` (N,) MeV; ``summary`` the accumulated
     profiles; ``sub_showers`` (M, n_cells) / ``sub_e_inc`` (M,) a random subset of raw
     showers (M <= the subset cap) with ``sub_index`` (M,) their row numbers;
-    ``threshold_mev`` the voxel cut applied before everything else (None: none).
+    ``threshold_mev`` the voxel cut applied before everything else (None: none); ``angles``
+    the principal-axis observables ``{name: (N,) float32}`` in degrees, NaN for showers without
+    an axis (:func:`~calosim.metrics.angle.angle_observables`; empty if the file has no ``theta``).
     """
 
     name: str
@@ -166,6 +169,7 @@ class SampleScan:
     sub_e_inc: np.ndarray
     threshold_mev: float | None = None
     seconds: float = 0.0
+    angles: dict[str, np.ndarray] = field(default_factory=dict)
 
     def without_subset(self) -> SampleScan:
         """The same scan without the raw showers (they are large and only the tests need them)."""
@@ -196,6 +200,7 @@ def scan_source(src: Source, rng: np.random.Generator, sub_cap: int, chunk_mb: f
     keep = np.sort(rng.choice(src.n, size=m, replace=False)) if m < src.n else np.arange(src.n)
     summary = ShowerSummary(geo)
     obs_parts: dict[str, list[np.ndarray]] = {}
+    ang_parts: dict[str, list[np.ndarray]] = {}
     e_parts, sub_s, sub_e = [], [], []
     task = progress.add(f"scan {src.name}", src.n)
     lo = 0
@@ -205,6 +210,10 @@ def scan_source(src: Source, rng: np.random.Generator, sub_cap: int, chunk_mb: f
         o = compute_observables(cells, chunk.incident_energies, geo, conditions=chunk.conditions)
         for k, v in o.items():
             obs_parts.setdefault(k, []).append(v.astype(np.float32))  # float32 halves the memory
+        if "theta" in chunk.conditions:  # the incidence-angle check (seed 003 PCA)
+            ang = angle_observables(cells, geo, chunk.conditions["theta"], chunk.conditions.get("phi"))
+            for k, v in ang.items():
+                ang_parts.setdefault(k, []).append(v.astype(np.float32))
         e_parts.append(chunk.incident_energies.reshape(-1).astype(np.float64))
         summary.update(cells)
         a, b = np.searchsorted(keep, [lo, hi])
@@ -218,7 +227,7 @@ def scan_source(src: Source, rng: np.random.Generator, sub_cap: int, chunk_mb: f
         e_inc=np.concatenate(e_parts), summary=summary, sub_index=keep,
         sub_showers=np.concatenate(sub_s) if sub_s else np.zeros((0, geo.n_cells), np.float32),
         sub_e_inc=np.concatenate(sub_e) if sub_e else np.zeros(0), threshold_mev=threshold_mev,
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, angles={k: np.concatenate(v) for k, v in ang_parts.items()},
     )
 
 
