@@ -1,0 +1,373 @@
+"""CaloFlow: two normalising flows, a masked autoregressive teacher and a fast inverse-autoregressive
+student (Krause & Shih, CaloFlow I arXiv:2106.05285 and II arXiv:2110.11377; seed 003 "flow based
+generation").
+
+A shower ``x (B, n_cells)`` (the ``scale`` transform's E_cell / E_inc) is factorised as
+
+1. **flow I**, ``p(t | cond)``: the energy vector ``t`` (:func:`~calosim.models.energy.energy_vector`
+   of the layer energies E_l / E_inc: log of the total, then the logits of CaloFlow's u-space
+   stick-breaking fractions), standardised; a zuko MAF conditioned on the encoded conditions;
+2. **flow II**, ``p(y | cond, t)``: the cells in CaloFlow's preprocessed space, conditioned on
+   ``(cond, t)``. The steps, all invertible and saved as buffers/config:
+   uniform noise ``U(0, noise)`` added to every cell (so the zero cells are a continuous density,
+   not a delta), each layer divided by its (noisy) sum, ``logit(alpha + (1 - 2 alpha) v)``, and a
+   per-cell standardisation fitted on the first batches. Generation inverts them, zeroes cells
+   below ``noise`` (the dequantisation level: 0.1 % of Geant4's hits on calogan are that small)
+   and rescales every layer to flow I's layer energy exactly.
+
+Flow II exists twice. The **teacher** is a masked autoregressive flow (MAF, zuko's
+``MaskedAutoregressiveTransform`` blocks, affine): the density is one pass per block, so it is
+trained by likelihood, but sampling inverts each block one feature at a time (``n_cells``
+passes). The **student** is an inverse-autoregressive flow (IAF: the same blocks used in the other
+direction) with one block per teacher block: sampling is one pass per block. It is trained with
+the teacher frozen by CaloFlow II's probability-density distillation: per block (student block
+``k`` inverts teacher block ``k`` on the teacher's own intermediate states of real showers), in
+x-space (teacher ``z`` of a real shower -> student -> the shower) and in z-space (student shower
+of a normal ``z`` -> teacher -> ``z``); ``kl_weight`` adds the reverse KL ``E[log q_S - log p_T]``
+of student samples (always logged as ``kl``, in nats per shower).
+
+Training is one ``calosim train``: :meth:`CaloFlow.pretrain` fits flow I and the teacher by
+likelihood (``teacher_steps`` steps, default the run's ``steps``), then the main loop distils the
+student (``steps`` steps; its validations, EMA and best weights are the student's). ``sampler``
+picks which flow II ``sample``/``export_module`` use (``student``, the default, or ``teacher``);
+:func:`with_sampler` copies a run with the other one for ``calosim generate/bench/export``.
+:func:`test_log_likelihood` gives the per-shower log-likelihood of held-out showers (nats, in the
+preprocessed space above) for either.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from zuko.flows.autoregressive import MaskedAutoregressiveTransform
+
+from . import register_model
+from ._random import standard_normal
+from .base import LRSchedule, ShowerModel, TrainContext
+from .config import MAX_STEPS, MAX_WIDTH, TrainConfig, param
+from .. import features
+from .energy import energy_fractions, energy_vector
+
+__all__ = ["CaloFlow", "Preprocessing", "AutoregressiveStack", "test_log_likelihood", "with_sampler"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _normal_log_prob(z: Tensor) -> Tensor:
+    """Standard-normal log-density ``(B,)`` of ``z (B, D)``."""
+    return -0.5 * (z * z).sum(1) - 0.5 * z.shape[1] * _LOG_2PI
+
+
+# ------------------------------------------------------------------------------------------
+# the autoregressive flows
+# ------------------------------------------------------------------------------------------
+class AutoregressiveStack(nn.Module):
+    """``blocks`` zuko masked autoregressive blocks on ``features`` values given ``context`` values,
+    the feature order reversed from one block to the next.
+
+    Read as a MAF (x -> z = ``forward``): the log-density is one pass per block, ``inverse``
+    (sampling) takes ``features`` passes per block. Read as an IAF (z -> x = ``forward`` too, the
+    blocks applied last to first, ``reverse=True``): sampling is one pass per block. Each block is
+    affine per feature, ``y_i = exp(a_i) x_i + b_i`` with ``(a_i, b_i)`` a masked MLP of the
+    preceding features (in the block's order) and the context.
+    """
+
+    def __init__(self, features: int, context: int, blocks: int, hidden: int, depth: int,
+                 reverse: bool = False) -> None:
+        super().__init__()
+        self.reverse = bool(reverse)  # forward applies the blocks last to first (the IAF student)
+        self.blocks = nn.ModuleList(
+            MaskedAutoregressiveTransform(features, context, order=torch.arange(features).flip(0) if i % 2 else None,
+                                          hidden_features=(hidden,) * depth)
+            for i in range(blocks))
+
+    def block(self, k: int, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """One pass of block ``k``: ``(y (B, D), log|det| (B,))``."""
+        return self.blocks[k](c).call_and_ladj(h)
+
+    def _order(self) -> list[int]:
+        return list(reversed(range(len(self.blocks)))) if self.reverse else list(range(len(self.blocks)))
+
+    def forward(self, x: Tensor, c: Tensor, *, states: bool = False) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """All blocks, one pass each: ``(y, log|det dy/dx| (B,), [x, ..., y] if states)``."""
+        ladj = x.new_zeros(len(x))
+        hs = [x]
+        for k in self._order():
+            x, l = self.block(k, x, c)
+            ladj = ladj + l
+            if states:
+                hs.append(x)
+        return x, ladj, hs
+
+    def inverse(self, z: Tensor, c: Tensor) -> Tensor:
+        """``forward``'s inverse: ``features`` passes per block."""
+        for k in reversed(self._order()):
+            z = self.blocks[k](c).inv(z)
+        return z
+
+    def log_prob(self, x: Tensor, c: Tensor) -> Tensor:
+        """MAF log-density ``(B,)``: standard-normal base, one pass per block."""
+        z, ladj, _ = self(x, c)
+        return _normal_log_prob(z) + ladj
+
+
+# ------------------------------------------------------------------------------------------
+# CaloFlow's preprocessing of the cells (flow II's space)
+# ------------------------------------------------------------------------------------------
+class Preprocessing(nn.Module):
+    """Cells ``x (B, n_cells)`` (linear units, e.g. E / E_inc) <-> flow II's ``y (B, n_cells)``.
+
+    ``forward``: ``x + U(0, noise)`` per cell, each layer divided by its sum, ``logit(alpha + (1 - 2
+    alpha) v)``, then ``(. - mean) / std`` per cell (buffers, :meth:`fit`). ``inverse(y, f)``:
+    sigmoid, back to ``v >= 0``, each layer's shape times its energy ``f (B, L)`` (same units as
+    ``x``), cells below ``noise`` zeroed and the layer rescaled to ``f`` exactly.
+    """
+
+    def __init__(self, slices: list[slice], noise: float, alpha: float) -> None:
+        super().__init__()
+        self.slices, self.noise, self.alpha = list(slices), float(noise), float(alpha)
+        n = slices[-1].stop
+        self.register_buffer("mean", torch.zeros(n))
+        self.register_buffer("std", torch.ones(n))
+        # cell -> layer one-hot (n_cells, L): layer sums and their broadcast as matrix products
+        onehot = torch.zeros(n, len(slices))
+        for i, s in enumerate(slices):
+            onehot[s, i] = 1.0
+        self.register_buffer("onehot", onehot)
+
+    def _logit(self, x: Tensor, u: Tensor) -> Tensor:
+        x = x.clamp_min(0.0) + self.noise * u
+        v = x / (x @ self.onehot @ self.onehot.T)  # noise > 0: no layer sums to 0
+        p = self.alpha + (1.0 - 2.0 * self.alpha) * v
+        return torch.log(p) - torch.log1p(-p)
+
+    @torch.no_grad()
+    def fit(self, x: Tensor, u: Tensor) -> None:
+        """Per-cell mean and std of the logits of ``x (N, n_cells)`` with uniform noise ``u``."""
+        y = self._logit(x, u)
+        self.mean.copy_(y.mean(0))
+        self.std.copy_(y.std(0).nan_to_num(1.0).clamp_min(1e-3))
+
+    def forward(self, x: Tensor, u: Tensor) -> Tensor:
+        """``x (B, n_cells)``, uniform ``u (B, n_cells)`` -> ``y (B, n_cells)``."""
+        return (self._logit(x, u) - self.mean) / self.std
+
+    def inverse(self, y: Tensor, f: Tensor) -> Tensor:
+        """``y (B, n_cells)``, layer energies ``f (B, L)`` -> cells ``(B, n_cells)`` summing to ``f`` per layer."""
+        p = torch.sigmoid(y * self.std + self.mean)
+        v = ((p - self.alpha) / (1.0 - 2.0 * self.alpha)).clamp_min(0.0)
+        e_layer = f @ self.onehot.T  # (B, n_cells): each cell's layer energy
+        x = v / (v @ self.onehot @ self.onehot.T).clamp_min(1e-30) * e_layer
+        x = torch.where(x < self.noise, torch.zeros_like(x), x)  # below the dequantisation: an empty cell
+        kept = x @ self.onehot @ self.onehot.T
+        return torch.where(kept > 0, x / kept.clamp_min(1e-30) * e_layer, x)
+
+
+# ------------------------------------------------------------------------------------------
+# the model
+# ------------------------------------------------------------------------------------------
+@register_model
+class CaloFlow(ShowerModel):
+    """CaloFlow: layer-energy flow + MAF teacher for the cells, distilled into a one-pass IAF student."""
+
+    name = "caloflow"
+    ema_modules = ("student",)
+    cells_only = True
+
+    @dataclass
+    class Config(TrainConfig):
+        # CPU recipe (docs/caloflow.md): teacher_steps likelihood steps of flow I + the teacher,
+        # then `steps` distillation steps of the student, batch 256; ~12 min per particle on
+        # 2k calogan showers on one busy core
+        transform: Literal["scale", "identity"] = "scale"  # linear in the cells: layer sums map like cells
+        batch_size: int = param(256, ge=1)
+        steps: int | None = param(1500, ge=1)  # student (distillation) steps
+        teacher_steps: int | None = param(None, ge=1, le=MAX_STEPS)  # None: as many as `steps`
+        val_every: int = param(500, ge=0)
+        val_size: int = param(2000, ge=1)
+        final_weights: Literal["last", "best"] = "best"
+        ema: float = param(0.995, ge=0.0, lt=1.0)
+        sampler: Literal["student", "teacher"] = "student"
+        # flow II (teacher and student alike)
+        blocks: int = param(6, ge=1, le=64)
+        hidden: int = param(256, ge=1, le=MAX_WIDTH)
+        depth: int = param(2, ge=1, le=8)  # hidden layers per block
+        # flow I (layer energies)
+        energy_blocks: int = param(4, ge=1, le=64)
+        energy_hidden: int = param(64, ge=1, le=MAX_WIDTH)
+        # preprocessing (units of the transform's space: fractions of E_inc with `scale`)
+        noise: float = param(1e-8, gt=0.0)  # dequantisation level: ~1 keV at 100 GeV (CaloFlow: 1 keV)
+        alpha: float = param(1e-6, gt=0.0, lt=0.5)
+        lr: float = param(1e-3, gt=0.0)  # teacher and flow I
+        student_lr: float = param(1e-3, gt=0.0)
+        weight_decay: float = param(1e-5, ge=0.0)
+        # distillation loss weights
+        block_weight: float = param(1.0, ge=0.0)
+        x_weight: float = param(1.0, ge=0.0)
+        z_weight: float = param(1.0, ge=0.0)
+        kl_weight: float = param(0.0, ge=0.0)
+
+    config: Config
+
+    def __init__(self, geometry: Any, cond_dim: int, config: Any = None, *, data_dim: int | None = None) -> None:
+        super().__init__(geometry, cond_dim, config, data_dim=data_dim)
+        cfg = self.config
+        n_layers, n = geometry.n_layers, geometry.n_cells
+        self.energy = AutoregressiveStack(n_layers, cond_dim, cfg.energy_blocks, cfg.energy_hidden, 2)
+        self.teacher = AutoregressiveStack(n, cond_dim + n_layers, cfg.blocks, cfg.hidden, cfg.depth)
+        # student block k inverts teacher block k (same feature order), so it runs them last to first
+        self.student = AutoregressiveStack(n, cond_dim + n_layers, cfg.blocks, cfg.hidden, cfg.depth, reverse=True)
+        self.prep = Preprocessing(geometry.layer_slices, cfg.noise, cfg.alpha)
+        self.register_buffer("t_mean", torch.zeros(n_layers))
+        self.register_buffer("t_std", torch.ones(n_layers))
+        self.latent_dim = n_layers + n
+        self._run_steps = cfg.steps or 1  # the run's main-loop steps, known once lr_schedules is called
+
+    # -- the two spaces -------------------------------------------------------------------
+    def energy_target(self, x: Tensor) -> Tensor:
+        """Standardised energy vector ``(B, L)`` of showers ``x (B, n_cells)``."""
+        return (energy_vector(features.layer_energies(x, self.geometry)) - self.t_mean) / self.t_std
+
+    def _uniform(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        g = generator
+        return torch.rand(x.shape, generator=g, device=g.device if g is not None else x.device).to(x.device)
+
+    @torch.no_grad()
+    def fit_statistics(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> None:
+        """Standardisations of the energy vector and of the preprocessed cells, on the first batches."""
+        t = energy_vector(features.layer_energies(x, self.geometry))
+        self.t_mean.copy_(t.mean(0))
+        self.t_std.copy_(t.std(0).nan_to_num(1.0).clamp_min(1e-3))
+        self.prep.fit(x, self._uniform(x, ctx.generator))
+
+    def n_statistics_batches(self) -> int:
+        return 8
+
+    def log_prob(self, x: Tensor, cond: Tensor, sampler: str | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Log-likelihood ``(B,)`` in nats of showers ``x (B, n_cells)``: flow I's of the standardised
+        energy vector plus flow II's of the preprocessed cells (one dequantisation draw from
+        ``generator``). ``sampler`` (default the config's): ``teacher`` (one pass per block) or
+        ``student`` (its inverse: ``n_cells`` passes per block)."""
+        t = self.energy_target(x)
+        y = self.prep(x, self._uniform(x, generator))
+        c = torch.cat([cond, t], 1)
+        lp = self.energy.log_prob(t, cond)
+        if (sampler or self.config.sampler) == "teacher":
+            return lp + self.teacher.log_prob(y, c)
+        z = self.student.inverse(y, c)
+        _, ladj, _ = self.student(z, c)  # log|det dy/dz|
+        return lp + _normal_log_prob(z) - ladj
+
+    # -- training -------------------------------------------------------------------------
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        cfg = self.config
+        teacher = [*self.energy.parameters(), *self.teacher.parameters()]
+        return {"teacher": torch.optim.AdamW(teacher, lr=cfg.lr, weight_decay=cfg.weight_decay),
+                "student": torch.optim.AdamW(self.student.parameters(), lr=cfg.student_lr, weight_decay=cfg.weight_decay)}
+
+    def lr_schedules(self, total_steps: int) -> dict[str, LRSchedule]:
+        """Cosine decays over each stage."""
+        self._run_steps = int(total_steps)
+        return {"teacher": LRSchedule("cosine", self.pretrain_steps()), "student": LRSchedule("cosine", total_steps)}
+
+    def pretrain_steps(self) -> int:
+        return int(self.config.teacher_steps or self._run_steps)
+
+    def pretrain(self, batches: Iterator[tuple[Tensor, Tensor]], ctx: TrainContext) -> dict[str, float]:
+        """Flow I and the teacher by maximum likelihood (``pretrain_steps()`` AdamW steps), then frozen.
+        Returns their final smoothed NLLs per shower (nats)."""
+        self.energy.requires_grad_(True).train()
+        self.teacher.requires_grad_(True).train()
+        nll_e = nll_c = float("nan")
+        for i in range(self.pretrain_steps()):
+            x, cond = next(batches)
+            t = self.energy_target(x)
+            y = self.prep(x, self._uniform(x, ctx.generator))
+            le = -self.energy.log_prob(t, cond).mean()
+            lc = -self.teacher.log_prob(y, torch.cat([cond, t], 1)).mean()
+            ctx.backward_step(le + lc, "teacher")  # disjoint parameters: two independent fits
+            a = 0.0 if i == 0 else 0.98
+            nll_e = le.item() if i == 0 else a * nll_e + (1 - a) * le.item()
+            nll_c = lc.item() if i == 0 else a * nll_c + (1 - a) * lc.item()
+        self.energy.eval().requires_grad_(False)
+        self.teacher.eval().requires_grad_(False)
+        return {"nll_energy": nll_e, "nll_cells": nll_c, "teacher_steps": self.pretrain_steps()}
+
+    def distillation_losses(self, x: Tensor, cond: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
+        """CaloFlow II's student losses on a real batch ``x (B, n_cells)`` (mean squares per value),
+        and ``kl``: ``E[log q_S(y) - log p_T(y)]`` of student samples (nats per shower)."""
+        t = self.energy_target(x)
+        c = torch.cat([cond, t], 1)
+        n_blocks = len(self.teacher.blocks)
+        with torch.no_grad():  # the teacher's states of real showers: h_0 = y, ..., h_K = z
+            _, _, hs = self.teacher(self.prep(x, self._uniform(x, generator)), c, states=True)
+        # student block k maps the teacher's h_{k+1} back to h_k (one pass)
+        block = sum(((self.student.block(k, hs[k + 1], c)[0] - hs[k]) ** 2).mean() for k in range(n_blocks)) / n_blocks
+        # x-space: the teacher's z of a real shower through the whole student
+        loss_x = ((self.student(hs[-1], c)[0] - hs[0]) ** 2).mean()
+        # z-space: a student sample through the (frozen) teacher back to its z
+        z = standard_normal(len(x), self.data_dim, generator, x.device)
+        y, ladj_s, _ = self.student(z, c)
+        z_t, ladj_t, _ = self.teacher(y, c)
+        loss_z = ((z_t - z) ** 2).mean()
+        kl = (_normal_log_prob(z) - ladj_s - _normal_log_prob(z_t) - ladj_t).mean()
+        return {"block": block, "x": loss_x, "z": loss_z, "kl": kl}
+
+    def train_step(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
+        """One distillation step of the student against the frozen teacher."""
+        cfg = self.config
+        self.teacher.requires_grad_(False)
+        self.energy.requires_grad_(False)
+        losses = self.distillation_losses(x, cond, ctx.generator)
+        loss = (cfg.block_weight * losses["block"] + cfg.x_weight * losses["x"] + cfg.z_weight * losses["z"]
+                + cfg.kl_weight * losses["kl"])
+        ctx.backward_step(loss, "student")
+        return {"loss": loss.item(), **{f"loss_{k}": v.item() for k, v in losses.items()}}
+
+    # -- sampling -------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Showers ``(B, n_cells)`` in the transform space, with the config's ``sampler``."""
+        z = standard_normal(len(cond), self.latent_dim, generator, cond.device)
+        return _Sampler(self, self.config.sampler)(z, cond)
+
+    def export_module(self, sampler: str | None = None) -> nn.Module:
+        """Eval-mode copy of the sampling path ``f(z, cond) -> x`` (default: the config's ``sampler``)."""
+        return copy.deepcopy(_Sampler(self, sampler or self.config.sampler)).eval()
+
+
+class _Sampler(nn.Module):
+    """``forward(z (B, L + n_cells), cond (B, cond_dim)) -> x (B, n_cells)``: flow I inverted on
+    ``z[:, :L]`` (``L`` passes per block), then flow II on ``z[:, L:]``: the student's one pass per
+    block, or the teacher inverted (``n_cells`` passes per block)."""
+
+    def __init__(self, model: CaloFlow, sampler: str) -> None:
+        super().__init__()
+        if sampler not in ("student", "teacher"):
+            raise ValueError(f"caloflow: sampler must be 'student' or 'teacher', got {sampler!r}")
+        self.energy, self.prep, self.sampler = model.energy, model.prep, sampler
+        self.flow = model.student if sampler == "student" else model.teacher
+        self.register_buffer("t_mean", model.t_mean)
+        self.register_buffer("t_std", model.t_std)
+        self.n_layers, self.latent_dim = len(model.t_mean), model.latent_dim
+
+    def forward(self, z: Tensor, cond: Tensor) -> Tensor:
+        t = self.energy.inverse(z[:, :self.n_layers], cond)
+        f = energy_fractions(t * self.t_std + self.t_mean)
+        c = torch.cat([cond, t], 1)
+        zc = z[:, self.n_layers:]
+        y = self.flow(zc, c)[0] if self.sampler == "student" else self.flow.inverse(zc, c)
+        return self.prep.inverse(y, f)
