@@ -31,7 +31,7 @@ likelihood (``teacher_steps`` steps, default the run's ``steps``), then the main
 student (``steps`` steps; its validations, EMA and best weights are the student's). ``sampler``
 picks which flow II ``sample``/``export_module`` use (``student``, the default, or ``teacher``);
 :func:`with_sampler` copies a run with the other one for ``calosim generate/bench/export``.
-:func:`test_log_likelihood` gives the per-shower log-likelihood of held-out showers (nats, in the
+:func:`held_out_log_likelihood` gives the per-shower log-likelihood of held-out showers (nats, in the
 preprocessed space above) for either.
 """
 
@@ -52,6 +52,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from zuko.flows.autoregressive import MaskedAutoregressiveTransform
+from zuko.nn import MaskedLinear
+from zuko.transforms import MonotonicAffineTransform
 
 from . import register_model
 from ._random import standard_normal
@@ -60,9 +62,10 @@ from .config import MAX_STEPS, MAX_WIDTH, TrainConfig, param
 from .. import features
 from .energy import energy_fractions, energy_vector
 
-__all__ = ["CaloFlow", "Preprocessing", "AutoregressiveStack", "test_log_likelihood", "with_sampler"]
+__all__ = ["CaloFlow", "Preprocessing", "AutoregressiveStack", "held_out_log_likelihood", "with_sampler"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+_MIN_SLOPE = 1e-3  # zuko's MonotonicAffineTransform default: log-scales soft-clipped to |log(1e-3)|
 
 
 def _normal_log_prob(z: Tensor) -> Tensor:
@@ -85,11 +88,12 @@ class AutoregressiveStack(nn.Module):
     """
 
     def __init__(self, features: int, context: int, blocks: int, hidden: int, depth: int,
-                 reverse: bool = False) -> None:
+                 reverse: bool = False, passes: int | None = None) -> None:
         super().__init__()
         self.reverse = bool(reverse)  # forward applies the blocks last to first (the IAF student)
         self.blocks = nn.ModuleList(
-            MaskedAutoregressiveTransform(features, context, order=torch.arange(features).flip(0) if i % 2 else None,
+            MaskedAutoregressiveTransform(features, context, passes=passes,
+                                          order=torch.arange(features).flip(0) if i % 2 else None,
                                           hidden_features=(hidden,) * depth)
             for i in range(blocks))
 
@@ -118,9 +122,79 @@ class AutoregressiveStack(nn.Module):
         return z
 
     def log_prob(self, x: Tensor, c: Tensor) -> Tensor:
-        """MAF log-density ``(B,)``: standard-normal base, one pass per block."""
+        """Log-density ``(B,)`` of ``x`` with a standard-normal base: as a MAF (``x -> z`` is
+        ``forward``, one pass per block) or, with ``reverse``, as an IAF (``z = inverse(x)``)."""
+        if self.reverse:
+            z = self.inverse(x, c)
+            return _normal_log_prob(z) - self(z, c)[1]
         z, ladj, _ = self(x, c)
         return _normal_log_prob(z) + ladj
+
+    def one_pass(self) -> nn.Module:
+        """``forward`` (one pass per block) as plain layers, for sampling: ``f(x, c) -> y``."""
+        return _OnePass([_OnePassBlock(self.blocks[k]) for k in self._order()])
+
+
+class _OnePassBlock(nn.Module):
+    """One pass of a zuko affine :class:`MaskedAutoregressiveTransform` with its masks folded into
+    plain ``nn.Linear`` weights: the same function (tested) without the per-call mask products
+    and distribution objects, which dominate at batch 1, and a flat graph for ONNX."""
+
+    def __init__(self, block: MaskedAutoregressiveTransform) -> None:
+        super().__init__()
+        if block.univariate is not MonotonicAffineTransform or block.total != 2:
+            raise TypeError("_OnePassBlock: needs an affine MaskedAutoregressiveTransform")
+        layers: list[nn.Module] = []
+        for m in block.hyper:
+            if isinstance(m, MaskedLinear):
+                lin = nn.Linear(m.in_features, m.out_features)
+                with torch.no_grad():
+                    lin.weight.copy_(m.weight * m.mask)
+                    lin.bias.copy_(m.bias)
+                layers.append(lin)
+            else:
+                layers.append(copy.deepcopy(m))
+        self.hyper = nn.Sequential(*layers)
+        self.log_slope = abs(math.log(_MIN_SLOPE))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        phi = self.hyper(torch.cat([x, c], 1)).unflatten(-1, (-1, 2))  # zuko's (shift, scale) per feature
+        a = phi[..., 1]
+        return x * torch.exp(a / (1.0 + a.abs() / self.log_slope)) + phi[..., 0]  # MonotonicAffineTransform
+
+
+class _OnePass(nn.Module):
+    def __init__(self, blocks: list[_OnePassBlock]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        for b in self.blocks:
+            x = b(x, c)
+        return x
+
+
+def distillation_losses(teacher: AutoregressiveStack, student: AutoregressiveStack, y: Tensor, c: Tensor,
+                        z: Tensor) -> dict[str, Tensor]:
+    """CaloFlow II's losses of an IAF ``student`` (``reverse=True``, block ``k`` inverting the MAF
+    ``teacher``'s block ``k``) on real points ``y (B, D)`` with context ``c (B, C)`` and normal
+    noise ``z (B, D)``; the teacher gets no gradient (it is only differentiated through).
+
+    ``block``: each student block maps the teacher's state after block ``k`` of ``y`` back to the
+    one before it; ``x``: the teacher's ``z`` of ``y`` through the whole student back to ``y``;
+    ``z``: the student's sample of ``z`` through the teacher back to ``z`` (mean squares per
+    value); ``kl``: ``E[log q_S - log p_T]`` of the student's samples (nats per point).
+    """
+    with torch.no_grad():
+        _, _, hs = teacher(y, c, states=True)  # y = h_0, ..., h_K = the teacher's z
+    n = len(teacher.blocks)
+    block = sum(((student.block(k, hs[k + 1], c)[0] - hs[k]) ** 2).mean() for k in range(n)) / n
+    loss_x = ((student(hs[-1], c)[0] - y) ** 2).mean()
+    y_s, ladj_s, _ = student(z, c)
+    z_t, ladj_t, _ = teacher(y_s, c)
+    loss_z = ((z_t - z) ** 2).mean()
+    kl = (_normal_log_prob(z) - ladj_s - _normal_log_prob(z_t) - ladj_t).mean()
+    return {"block": block, "x": loss_x, "z": loss_z, "kl": kl}
 
 
 # ------------------------------------------------------------------------------------------
@@ -204,6 +278,11 @@ class CaloFlow(ShowerModel):
         blocks: int = param(6, ge=1, le=64)
         hidden: int = param(256, ge=1, le=MAX_WIDTH)
         depth: int = param(2, ge=1, le=8)  # hidden layers per block
+        # autoregressive groups per block: the cells in `passes` groups of consecutive cells, each
+        # conditioned on the groups before it (None: one cell per group, CaloFlow's fully
+        # autoregressive MADE). Fewer groups: the teacher samples in `passes` passes per block,
+        # and a MADE narrower than n_cells still conditions every group on all earlier ones
+        passes: int | None = param(24, ge=2, le=1 << 20)
         # flow I (layer energies)
         energy_blocks: int = param(4, ge=1, le=64)
         energy_hidden: int = param(64, ge=1, le=MAX_WIDTH)
@@ -225,15 +304,20 @@ class CaloFlow(ShowerModel):
         super().__init__(geometry, cond_dim, config, data_dim=data_dim)
         cfg = self.config
         n_layers, n = geometry.n_layers, geometry.n_cells
-        self.energy = AutoregressiveStack(n_layers, cond_dim, cfg.energy_blocks, cfg.energy_hidden, 2)
-        self.teacher = AutoregressiveStack(n, cond_dim + n_layers, cfg.blocks, cfg.hidden, cfg.depth)
+        # flow I is low-dimensional: an IAF trained by likelihood directly (its density inverts L
+        # values per block, cheap), so sampling it is one pass per block as well
+        self.energy = AutoregressiveStack(n_layers, cond_dim, cfg.energy_blocks, cfg.energy_hidden, 2, reverse=True)
+        self.teacher = AutoregressiveStack(n, cond_dim + n_layers, cfg.blocks, cfg.hidden, cfg.depth,
+                                           passes=cfg.passes)
         # student block k inverts teacher block k (same feature order), so it runs them last to first
-        self.student = AutoregressiveStack(n, cond_dim + n_layers, cfg.blocks, cfg.hidden, cfg.depth, reverse=True)
+        self.student = AutoregressiveStack(n, cond_dim + n_layers, cfg.blocks, cfg.hidden, cfg.depth,
+                                           reverse=True, passes=cfg.passes)
         self.prep = Preprocessing(geometry.layer_slices, cfg.noise, cfg.alpha)
         self.register_buffer("t_mean", torch.zeros(n_layers))
         self.register_buffer("t_std", torch.ones(n_layers))
         self.latent_dim = n_layers + n
         self._run_steps = cfg.steps or 1  # the run's main-loop steps, known once lr_schedules is called
+        self._cache: tuple[Any, nn.Module] | None = None
 
     # -- the two spaces -------------------------------------------------------------------
     def energy_target(self, x: Tensor) -> Tensor:
@@ -307,24 +391,11 @@ class CaloFlow(ShowerModel):
         return {"nll_energy": nll_e, "nll_cells": nll_c, "teacher_steps": self.pretrain_steps()}
 
     def distillation_losses(self, x: Tensor, cond: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
-        """CaloFlow II's student losses on a real batch ``x (B, n_cells)`` (mean squares per value),
-        and ``kl``: ``E[log q_S(y) - log p_T(y)]`` of student samples (nats per shower)."""
+        """:func:`distillation_losses` of the student on a real batch ``x (B, n_cells)``."""
         t = self.energy_target(x)
-        c = torch.cat([cond, t], 1)
-        n_blocks = len(self.teacher.blocks)
-        with torch.no_grad():  # the teacher's states of real showers: h_0 = y, ..., h_K = z
-            _, _, hs = self.teacher(self.prep(x, self._uniform(x, generator)), c, states=True)
-        # student block k maps the teacher's h_{k+1} back to h_k (one pass)
-        block = sum(((self.student.block(k, hs[k + 1], c)[0] - hs[k]) ** 2).mean() for k in range(n_blocks)) / n_blocks
-        # x-space: the teacher's z of a real shower through the whole student
-        loss_x = ((self.student(hs[-1], c)[0] - hs[0]) ** 2).mean()
-        # z-space: a student sample through the (frozen) teacher back to its z
+        y = self.prep(x, self._uniform(x, generator))
         z = standard_normal(len(x), self.data_dim, generator, x.device)
-        y, ladj_s, _ = self.student(z, c)
-        z_t, ladj_t, _ = self.teacher(y, c)
-        loss_z = ((z_t - z) ** 2).mean()
-        kl = (_normal_log_prob(z) - ladj_s - _normal_log_prob(z_t) - ladj_t).mean()
-        return {"block": block, "x": loss_x, "z": loss_z, "kl": kl}
+        return distillation_losses(self.teacher, self.student, y, torch.cat([cond, t], 1), z)
 
     def train_step(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
         """One distillation step of the student against the frozen teacher."""
@@ -342,32 +413,106 @@ class CaloFlow(ShowerModel):
     def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Showers ``(B, n_cells)`` in the transform space, with the config's ``sampler``."""
         z = standard_normal(len(cond), self.latent_dim, generator, cond.device)
-        return _Sampler(self, self.config.sampler)(z, cond)
+        # the sampling path folds the weights once; rebuilt whenever any weight changed in place
+        key = (self.config.sampler, *((id(p), p._version) for p in self.parameters()),
+               *((id(b), b._version) for b in self.buffers()))
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.export_module())
+        return self._cache[1](z, cond)
 
     def export_module(self, sampler: str | None = None) -> nn.Module:
-        """Eval-mode copy of the sampling path ``f(z, cond) -> x`` (default: the config's ``sampler``)."""
-        return copy.deepcopy(_Sampler(self, sampler or self.config.sampler)).eval()
+        """Eval-mode sampling path ``f(z, cond) -> x`` with its own copy of the weights (default:
+        the config's ``sampler``)."""
+        return _Sampler(self, sampler or self.config.sampler).eval()
 
 
 class _Sampler(nn.Module):
-    """``forward(z (B, L + n_cells), cond (B, cond_dim)) -> x (B, n_cells)``: flow I inverted on
-    ``z[:, :L]`` (``L`` passes per block), then flow II on ``z[:, L:]``: the student's one pass per
-    block, or the teacher inverted (``n_cells`` passes per block)."""
+    """``forward(z (B, L + n_cells), cond (B, cond_dim)) -> x (B, n_cells)``: flow I on ``z[:, :L]``
+    (one pass per block), then flow II on ``z[:, L:]``: the student's one pass per block, or the
+    teacher inverted (``passes`` passes per block). Holds copies of the weights."""
 
     def __init__(self, model: CaloFlow, sampler: str) -> None:
         super().__init__()
         if sampler not in ("student", "teacher"):
             raise ValueError(f"caloflow: sampler must be 'student' or 'teacher', got {sampler!r}")
-        self.energy, self.prep, self.sampler = model.energy, model.prep, sampler
-        self.flow = model.student if sampler == "student" else model.teacher
-        self.register_buffer("t_mean", model.t_mean)
-        self.register_buffer("t_std", model.t_std)
+        self.sampler = sampler
+        self.energy = model.energy.one_pass()
+        self.flow = model.student.one_pass() if sampler == "student" else copy.deepcopy(model.teacher)
+        self.prep = copy.deepcopy(model.prep)
+        self.register_buffer("t_mean", model.t_mean.clone())
+        self.register_buffer("t_std", model.t_std.clone())
         self.n_layers, self.latent_dim = len(model.t_mean), model.latent_dim
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
-        t = self.energy.inverse(z[:, :self.n_layers], cond)
+        t = self.energy(z[:, :self.n_layers], cond)
         f = energy_fractions(t * self.t_std + self.t_mean)
         c = torch.cat([cond, t], 1)
         zc = z[:, self.n_layers:]
-        y = self.flow(zc, c)[0] if self.sampler == "student" else self.flow.inverse(zc, c)
+        y = self.flow(zc, c) if self.sampler == "student" else self.flow.inverse(zc, c)
         return self.prep.inverse(y, f)
+
+
+# ------------------------------------------------------------------------------------------
+# run-level helpers: the other sampler, the test log-likelihood
+# ------------------------------------------------------------------------------------------
+def with_sampler(run_dir: str | Path, out_dir: str | Path, sampler: Literal["student", "teacher"]) -> Path:
+    """A copy of the caloflow run ``run_dir`` at ``out_dir`` whose ``sampler`` is ``sampler``, so
+    ``calosim generate/bench/export --run out_dir`` use that flow (same weights). Written to a
+    temporary directory, then renamed."""
+    src, out = Path(run_dir), Path(out_dir)
+    cfg_path = src / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("model") != CaloFlow.name:
+        raise ValueError(f"{cfg_path}: model is {cfg.get('model')!r}, expected 'caloflow'")
+    if sampler not in ("student", "teacher"):
+        raise ValueError(f"sampler must be 'student' or 'teacher', got {sampler!r}")
+    if out.exists():
+        raise FileExistsError(f"{out}: exists")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for f in src.iterdir():
+            if f.is_file() and not f.name.endswith(".lock"):
+                shutil.copy2(f, tmp / f.name)
+        cfg["config"]["sampler"] = sampler
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True))
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+@torch.no_grad()
+def held_out_log_likelihood(run_dir: str | Path, data_path: str | Path, sampler: str | None = None, *, n: int | None = None,
+                        batch: int = 500, seed: int = 0) -> dict[str, float]:
+    """Mean log-likelihood per shower (nats) of the showers in ``data_path`` under a caloflow run.
+
+    The space is the model's: flow I's standardised energy vector (``L`` values) plus flow II's
+    standardised logits of the dequantised layer-normalised cells (``n_cells`` values), one
+    dequantisation draw (seeded); no Jacobian back to MeV, so it compares caloflow runs (teacher
+    vs student, recipes) on the same geometry, not other models. ``sampler``: ``teacher`` or
+    ``student`` (default: the run's). Returns ``{"loglik", "loglik_energy", "loglik_cells", "std_err", "n"}``.
+    """
+    from ..io import read_showers
+    from ..runs import load_run
+    from ..train.conditions import raw_conditions
+
+    run = load_run(run_dir)
+    model = run.model
+    if not isinstance(model, CaloFlow):
+        raise ValueError(f"{run_dir}: model is {run.model_name!r}, expected 'caloflow'")
+    data = read_showers(data_path, geometry=run.geometry)
+    m = len(data) if n is None else min(int(n), len(data))
+    raw = {k: v[:m] for k, v in raw_conditions(data).items()}
+    cond = run.conditions.encode(raw)
+    e = torch.as_tensor(np.asarray(raw["incident_energies"], dtype=np.float32).reshape(-1, 1))
+    x_all = run.transform(torch.as_tensor(data.showers[:m], dtype=torch.float32), e)
+    gen = torch.Generator().manual_seed(seed)
+    total, energy = [], []
+    for a in range(0, m, batch):
+        x, c = x_all[a:a + batch], cond[a:a + batch]
+        total.append(model.log_prob(x, c, sampler, gen))
+        energy.append(model.energy.log_prob(model.energy_target(x), c))
+    lp, le = torch.cat(total).double(), torch.cat(energy).double()
+    return {"loglik": float(lp.mean()), "loglik_energy": float(le.mean()), "loglik_cells": float((lp - le).mean()),
+            "std_err": float(lp.std() / math.sqrt(m)), "n": m}
