@@ -153,7 +153,7 @@ def test_train_generate_export_and_log_likelihood_through_the_cli(tmp_path) -> N
     res = r.invoke(main, ["train", "-m", "caloflow", "-d", str(data), "-o", str(run), "--steps", "2",
                           *sum((["--set", kv] for kv in tiny), [])], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / "train_summary.json").read_text())
     assert summary["pretrain"]["teacher_steps"] == 3 and math.isfinite(summary["pretrain"]["nll_cells"])
     teacher = with_sampler(run, tmp_path / "teacher", "teacher")
     for r_dir in (run, teacher):
