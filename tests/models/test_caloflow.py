@@ -127,17 +127,18 @@ def test_preprocessing_round_trips_and_keeps_zero_cells_empty() -> None:
     geo = get_geometry("calogan")
     g = torch.Generator().manual_seed(4)
     hit = torch.rand(20, geo.n_cells, generator=g) < 0.3
-    x = torch.where(hit, 1e-4 + torch.rand(20, geo.n_cells, generator=g) ** 3, torch.zeros(()))
+    x = torch.where(hit, 1e-2 + torch.rand(20, geo.n_cells, generator=g) ** 3, torch.zeros(()))
     x[0, geo.layer_slices[2]] = 0.0  # an empty layer stays empty
-    prep = Preprocessing(geo.layer_slices, noise=1e-8, alpha=1e-6)
+    prep = Preprocessing(geo.layer_slices, noise=1e-6, alpha=1e-6)
     prep.fit(x, torch.rand(x.shape, generator=g))
     # noise draws within float32 rounding of the level (u ~ 1 - 1e-4) may come back as tiny hits
     y = prep(x, 0.99 * torch.rand(x.shape, generator=g))
-    assert torch.isfinite(y).all() and abs(float(y.mean())) < 1e-3  # standardised on its own fit... nearly
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y.mean(0), torch.zeros(geo.n_cells), atol=0.5, rtol=0)  # standardised (other noise)
     f = torch.stack([x[:, s].sum(1) for s in geo.layer_slices], 1)
     back = prep.inverse(y, f)
     assert torch.equal(back == 0, x == 0)  # zero cells come back exactly empty, hits stay hits
-    torch.testing.assert_close(back, x, rtol=1e-3, atol=0.0)
+    torch.testing.assert_close(back, x, rtol=3e-3, atol=0.0)  # the noise stays on the hits: noise / v <~ 2e-3
     torch.testing.assert_close(torch.stack([back[:, s].sum(1) for s in geo.layer_slices], 1), f)
 
 

@@ -8,12 +8,12 @@ A shower ``x (B, n_cells)`` (the ``scale`` transform's E_cell / E_inc) is factor
    of the layer energies E_l / E_inc: log of the total, then the logits of CaloFlow's u-space
    stick-breaking fractions), standardised; a zuko MAF conditioned on the encoded conditions;
 2. **flow II**, ``p(y | cond, t)``: the cells in CaloFlow's preprocessed space, conditioned on
-   ``(cond, t)``. The steps, all invertible and saved as buffers/config:
-   uniform noise ``U(0, noise)`` added to every cell (so the zero cells are a continuous density,
-   not a delta), each layer divided by its (noisy) sum, ``logit(alpha + (1 - 2 alpha) v)``, and a
-   per-cell standardisation fitted on the first batches. Generation inverts them, zeroes cells
-   below ``noise`` (the dequantisation level: 0.1 % of Geant4's hits on calogan are that small)
-   and rescales every layer to flow I's layer energy exactly.
+   ``(cond, t)``. The steps, all invertible and saved as buffers/config (:class:`Preprocessing`):
+   each layer divided by its energy, uniform noise ``U(0, noise)`` (in units of the layer
+   energy) against the zero cells, so they are a continuous band rather than a delta,
+   ``logit(alpha + (1 - 2 alpha) w)`` and a per-cell standardisation fitted on the first batches.
+   Generation inverts them, zeroes cells below the noise level and scales every layer to flow
+   I's layer energy exactly.
 
 Flow II exists twice. The **teacher** is a masked autoregressive flow (MAF, zuko's
 ``MaskedAutoregressiveTransform`` blocks, affine): the density is one pass per block, so it is
@@ -50,6 +50,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from zuko.flows.autoregressive import MaskedAutoregressiveTransform
 from zuko.nn import MaskedLinear
@@ -183,7 +184,7 @@ def distillation_losses(teacher: AutoregressiveStack, student: AutoregressiveSta
     ``block``: each student block maps the teacher's state after block ``k`` of ``y`` back to the
     one before it; ``x``: the teacher's ``z`` of ``y`` through the whole student back to ``y``;
     ``z``: the student's sample of ``z`` through the teacher back to ``z`` (mean squares per
-    value); ``kl``: ``E[log q_S - log p_T]`` of the student's samples (nats per point).
+    value; Huber for ``z``); ``kl``: ``E[log q_S - log p_T]`` of the student's samples (nats per point).
     """
     with torch.no_grad():
         _, _, hs = teacher(y, c, states=True)  # y = h_0, ..., h_K = the teacher's z
@@ -192,7 +193,8 @@ def distillation_losses(teacher: AutoregressiveStack, student: AutoregressiveSta
     loss_x = ((student(hs[-1], c)[0] - y) ** 2).mean()
     y_s, ladj_s, _ = student(z, c)
     z_t, ladj_t, _ = teacher(y_s, c)
-    loss_z = ((z_t - z) ** 2).mean()
+    # Huber: an early student's samples can sit where the teacher maps them far out (|z| ~ 1e6)
+    loss_z = F.smooth_l1_loss(z_t, z)
     kl = (_normal_log_prob(z) - ladj_s - _normal_log_prob(z_t) - ladj_t).mean()
     return {"block": block, "x": loss_x, "z": loss_z, "kl": kl}
 
@@ -203,10 +205,14 @@ def distillation_losses(teacher: AutoregressiveStack, student: AutoregressiveSta
 class Preprocessing(nn.Module):
     """Cells ``x (B, n_cells)`` (linear units, e.g. E / E_inc) <-> flow II's ``y (B, n_cells)``.
 
-    ``forward``: ``x + U(0, noise)`` per cell, each layer divided by its sum, ``logit(alpha + (1 - 2
-    alpha) v)``, then ``(. - mean) / std`` per cell (buffers, :meth:`fit`). ``inverse(y, f)``:
-    sigmoid, back to ``v >= 0``, each layer's shape times its energy ``f (B, L)`` (same units as
-    ``x``), cells below ``noise`` zeroed and the layer rescaled to ``f`` exactly.
+    ``forward``: each layer divided by its energy (``v``, an empty layer all 0), uniform noise
+    ``w = (v + noise u) / (1 + noise)`` against the zero cells, ``logit(alpha + (1 - 2 alpha) w)``,
+    then ``(. - mean) / std`` per cell (buffers, :meth:`fit`). With ``noise ~ alpha`` the zero
+    cells fill a band ``log(1 + noise / alpha)`` wide in logit space that a flow can resolve.
+    ``inverse(y, f)``: sigmoid, ``w``, cells with ``w < noise / (1 + noise)`` zeroed (hits below
+    ``noise`` of their layer energy are lost: 0.45 % of Geant4's hits on calogan at 1e-6, all of
+    them tiny), each layer's shape times its energy ``f (B, L)`` (units of ``x``); a layer below
+    ``2e-6`` of the shower's energy (flow I's clipped empty layer) is empty.
     """
 
     def __init__(self, slices: list[slice], noise: float, alpha: float) -> None:
@@ -221,10 +227,16 @@ class Preprocessing(nn.Module):
             onehot[s, i] = 1.0
         self.register_buffer("onehot", onehot)
 
+    def _per_cell(self, x: Tensor) -> Tensor:
+        """Each cell's layer sum ``(B, n_cells)``."""
+        return x @ self.onehot @ self.onehot.T
+
     def _logit(self, x: Tensor, u: Tensor) -> Tensor:
-        x = x.clamp_min(0.0) + self.noise * u
-        v = x / (x @ self.onehot @ self.onehot.T)  # noise > 0: no layer sums to 0
-        p = self.alpha + (1.0 - 2.0 * self.alpha) * v
+        x = x.clamp_min(0.0)
+        e = self._per_cell(x)
+        v = torch.where(e > 0, x / e.clamp_min(1e-30), torch.zeros_like(x))
+        w = (v + self.noise * u) / (1.0 + self.noise)
+        p = self.alpha + (1.0 - 2.0 * self.alpha) * w
         return torch.log(p) - torch.log1p(-p)
 
     @torch.no_grad()
@@ -241,12 +253,12 @@ class Preprocessing(nn.Module):
     def inverse(self, y: Tensor, f: Tensor) -> Tensor:
         """``y (B, n_cells)``, layer energies ``f (B, L)`` -> cells ``(B, n_cells)`` summing to ``f`` per layer."""
         p = torch.sigmoid(y * self.std + self.mean)
-        v = ((p - self.alpha) / (1.0 - 2.0 * self.alpha)).clamp_min(0.0)
-        e_layer = f @ self.onehot.T  # (B, n_cells): each cell's layer energy
-        x = v / (v @ self.onehot @ self.onehot.T).clamp_min(1e-30) * e_layer
-        x = torch.where(x < self.noise, torch.zeros_like(x), x)  # below the dequantisation: an empty cell
-        kept = x @ self.onehot @ self.onehot.T
-        return torch.where(kept > 0, x / kept.clamp_min(1e-30) * e_layer, x)
+        w = ((p - self.alpha) / (1.0 - 2.0 * self.alpha)).clamp_min(0.0)
+        hit = torch.where(w < self.noise / (1.0 + self.noise), torch.zeros_like(w), w)
+        kept = self._per_cell(hit)
+        shape = torch.where(kept > 0, hit / kept.clamp_min(1e-30), w / self._per_cell(w).clamp_min(1e-30))
+        f = torch.where(f < 2e-6 * f.sum(1, keepdim=True), torch.zeros_like(f), f)
+        return shape * (f @ self.onehot.T)
 
 
 # ------------------------------------------------------------------------------------------
@@ -286,9 +298,9 @@ class CaloFlow(ShowerModel):
         # flow I (layer energies)
         energy_blocks: int = param(4, ge=1, le=64)
         energy_hidden: int = param(64, ge=1, le=MAX_WIDTH)
-        # preprocessing (units of the transform's space: fractions of E_inc with `scale`)
-        noise: float = param(1e-8, gt=0.0)  # dequantisation level: ~1 keV at 100 GeV (CaloFlow: 1 keV)
-        alpha: float = param(1e-6, gt=0.0, lt=0.5)
+        # flow II's preprocessing
+        noise: float = param(1e-6, gt=0.0, lt=1.0)  # dequantisation, in units of the layer energy
+        alpha: float = param(1e-6, gt=0.0, lt=0.5)  # CaloFlow's
         lr: float = param(1e-3, gt=0.0)  # teacher and flow I
         student_lr: float = param(1e-3, gt=0.0)
         weight_decay: float = param(1e-5, ge=0.0)
