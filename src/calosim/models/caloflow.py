@@ -27,7 +27,7 @@ of a normal ``z`` -> teacher -> ``z``); ``kl_weight`` adds the reverse KL ``E[lo
 of student samples (always logged as ``kl``, in nats per shower).
 
 Training is one ``calosim train``: :meth:`CaloFlow.pretrain` fits flow I and the teacher by
-likelihood (``teacher_steps`` steps, default the run's ``steps``), then the main loop distils the
+likelihood (``teacher_steps`` steps, default twice the run's ``steps``), then the main loop distils the
 student (``steps`` steps; its validations, EMA and best weights are the student's). ``sampler``
 picks which flow II ``sample``/``export_module`` use (``student``, the default, or ``teacher``);
 :func:`with_sampler` copies a run with the other one for ``calosim generate/bench/export``.
@@ -274,22 +274,21 @@ class CaloFlow(ShowerModel):
 
     @dataclass
     class Config(TrainConfig):
-        # CPU recipe (docs/caloflow.md): teacher_steps likelihood steps of flow I + the teacher,
-        # then `steps` distillation steps of the student, batch 256; ~12 min per particle on
-        # 2k calogan showers on one busy core
+        # CPU recipe (docs/caloflow.md): 2 x `steps` likelihood steps of flow I + the teacher,
+        # then `steps` distillation steps of the student (each ~4 teacher steps), batch 128
         transform: Literal["scale", "identity"] = "scale"  # linear in the cells: layer sums map like cells
-        batch_size: int = param(256, ge=1)
-        steps: int | None = param(1500, ge=1)  # student (distillation) steps
-        teacher_steps: int | None = param(None, ge=1, le=MAX_STEPS)  # None: as many as `steps`
-        val_every: int = param(500, ge=0)
+        batch_size: int = param(128, ge=1)
+        steps: int | None = param(400, ge=1)  # student (distillation) steps
+        teacher_steps: int | None = param(None, ge=1, le=MAX_STEPS)  # None: twice `steps`
+        val_every: int = param(200, ge=0)
         val_size: int = param(2000, ge=1)
         final_weights: Literal["last", "best"] = "best"
         ema: float = param(0.995, ge=0.0, lt=1.0)
         sampler: Literal["student", "teacher"] = "student"
         # flow II (teacher and student alike)
         blocks: int = param(6, ge=1, le=64)
-        hidden: int = param(256, ge=1, le=MAX_WIDTH)
-        depth: int = param(2, ge=1, le=8)  # hidden layers per block
+        hidden: int = param(64, ge=1, le=MAX_WIDTH)  # small: 2k training showers, and fast sampling
+        depth: int = param(1, ge=1, le=8)  # hidden layers per block
         # autoregressive groups per block: the cells in `passes` groups of consecutive cells, each
         # conditioned on the groups before it (None: one cell per group, CaloFlow's fully
         # autoregressive MADE). Fewer groups: the teacher samples in `passes` passes per block,
@@ -380,7 +379,7 @@ class CaloFlow(ShowerModel):
         return {"teacher": LRSchedule("cosine", self.pretrain_steps()), "student": LRSchedule("cosine", total_steps)}
 
     def pretrain_steps(self) -> int:
-        return int(self.config.teacher_steps or self._run_steps)
+        return int(self.config.teacher_steps or 2 * self._run_steps)
 
     def pretrain(self, batches: Iterator[tuple[Tensor, Tensor]], ctx: TrainContext) -> dict[str, float]:
         """Flow I and the teacher by maximum likelihood (``pretrain_steps()`` AdamW steps), then frozen.
