@@ -6,19 +6,21 @@ A shower ``x (B, n_cells)`` (the ``scale`` transform's E_cell / E_inc) is factor
 
 1. **flow I**, ``p(t | cond)``: the energy vector ``t`` (:func:`~calosim.models.energy.energy_vector`
    of the layer energies E_l / E_inc: log of the total, then the logits of CaloFlow's u-space
-   stick-breaking fractions), standardised; a zuko MAF conditioned on the encoded conditions;
+   stick-breaking fractions), standardised; zuko autoregressive blocks conditioned on the
+   encoded conditions, used as an IAF trained by likelihood (L values: its density inverts
+   them cheaply, and it samples in one pass per block);
 2. **flow II**, ``p(y | cond, t)``: the cells in CaloFlow's preprocessed space, conditioned on
    ``(cond, t)``. The steps, all invertible and saved as buffers/config (:class:`Preprocessing`):
    each layer divided by its energy, uniform noise ``U(0, noise)`` (in units of the layer
    energy) against the zero cells, so they are a continuous band rather than a delta,
    ``logit(alpha + (1 - 2 alpha) w)`` and a per-cell standardisation fitted on the first batches.
-   Generation inverts them, zeroes cells below the noise level and scales every layer to flow
-   I's layer energy exactly.
+   Generation inverts them, zeroes cells below ``cut`` of their layer energy (above the noise
+   band, whose edge a flow blurs) and scales every layer to flow I's layer energy exactly.
 
 Flow II exists twice. The **teacher** is a masked autoregressive flow (MAF, zuko's
 ``MaskedAutoregressiveTransform`` blocks, affine): the density is one pass per block, so it is
-trained by likelihood, but sampling inverts each block one feature at a time (``n_cells``
-passes). The **student** is an inverse-autoregressive flow (IAF: the same blocks used in the other
+trained by likelihood, but sampling inverts each block one group of cells at a time
+(``passes`` passes; ``passes = None`` is CaloFlow's fully autoregressive ``n_cells``). The **student** is an inverse-autoregressive flow (IAF: the same blocks used in the other
 direction) with one block per teacher block: sampling is one pass per block. It is trained with
 the teacher frozen by CaloFlow II's probability-density distillation: per block (student block
 ``k`` inverts teacher block ``k`` on the teacher's own intermediate states of real showers), in
@@ -63,7 +65,8 @@ from .config import MAX_STEPS, MAX_WIDTH, TrainConfig, param
 from .. import features
 from .energy import energy_fractions, energy_vector
 
-__all__ = ["CaloFlow", "Preprocessing", "AutoregressiveStack", "held_out_log_likelihood", "with_sampler"]
+__all__ = ["CaloFlow", "Preprocessing", "AutoregressiveStack", "distillation_losses", "held_out_log_likelihood",
+           "with_sampler"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _MIN_SLOPE = 1e-3  # zuko's MonotonicAffineTransform default: log-scales soft-clipped to |log(1e-3)|
