@@ -5,9 +5,13 @@ parameters for the 10x10x30 ILD region), so the shower is generated layer by lay
 
 1. ``p(t | cond)``: the layer energies as the energy vector ``t``
    (:func:`~calosim.models.energy.energy_vector`: log of the total, then the stick-breaking
-   logits of the layer fractions) from the mixture-density network
-   :class:`~calosim.models.energy.EnergyMDN`, fitted by maximum likelihood in
-   :meth:`MultiFlow.pretrain` and then frozen.
+   logits of the layer fractions) from an energy flow (a :class:`LayerFlow` over ``t``,
+   context ``cond``), fitted by maximum likelihood in :meth:`MultiFlow.pretrain` and then
+   frozen. (The shared :class:`~calosim.models.energy.EnergyMDN` has full covariances: at 30
+   layers its Cholesky assembly alone costs ~4 GFLOP per batch of 1024, so a flow it is.)
+   Empty layers sit on a spike of ``t`` (``energy_vector`` clips their fraction to 1e-6);
+   training spreads the spike into a slab below it, and sampling maps everything below a
+   fraction of 3e-6 back to an exactly empty layer.
 2. ``p_i(y_i | y_{i-1}, ..., y_{i-k}, E_i, cond)`` for every layer ``i``: a conditional zuko
    flow over the layer's preprocessed, normalised image ``y_i`` (one value per cell), its
    context the preprocessed images of the (up to) ``k = context_layers = 5`` previous layers,
@@ -53,12 +57,12 @@ from . import register_model
 from ._random import standard_normal
 from .base import LRSchedule, ShowerModel, TrainContext
 from .config import MAX_STEPS, MAX_WIDTH, TrainConfig, param
-from .energy import EnergyMDN, energy_fractions, energy_vector, fit_energy_mdn
+from .energy import energy_fractions, energy_vector, fit_energy_mdn
 
 __all__ = ["MultiFlow", "LayerFlow"]
 
 # a stick-breaking fraction below this is an empty layer (energy_vector clips fractions of an
-# empty layer to 1e-6: that spike, smeared by the MDN, must come back as exactly 0)
+# empty layer to 1e-6: that spike, spread into a slab in training, must come back as exactly 0)
 _EMPTY_FRACTION = 3e-6
 
 
@@ -106,7 +110,7 @@ class LayerFlow(nn.Module):
 
 @register_model
 class MultiFlow(ShowerModel):
-    """One conditional spline flow per layer (context: up to 5 previous layers), energies from an MDN."""
+    """One conditional spline flow per layer (context: up to 5 previous layers), energies from a flow."""
 
     name = "multiflow"
     ema_modules = ("flows",)
@@ -130,11 +134,11 @@ class MultiFlow(ShowerModel):
         embed: int = param(64, ge=0, le=MAX_WIDTH)  # context embedding width (0: the raw context)
         noise: float = param(1e-6, ge=0.0, lt=0.1)  # dequantisation, in units of the layer energy
         alpha: float = param(1e-6, gt=0.0, lt=0.1)  # logit(alpha + (1 - 2 alpha) I) stays finite
-        mdn_components: int = param(10, ge=1, le=256)
-        mdn_hidden: int = param(64, ge=1, le=MAX_WIDTH)
-        mdn_steps: int = param(2000, ge=0, le=MAX_STEPS)
-        mdn_lr: float = param(3e-3, gt=0.0)
-        mdn_batches: int = param(4, ge=1, le=1024)
+        energy_transforms: int = param(6, ge=1, le=64)  # the energy flow (same kind, bins, depth)
+        energy_hidden: int = param(64, ge=1, le=MAX_WIDTH)
+        energy_steps: int = param(2000, ge=0, le=MAX_STEPS)
+        energy_lr: float = param(1e-3, gt=0.0)
+        energy_batches: int = param(2, ge=1, le=1024)  # training batches per energy-flow step
 
     config: Config
 
@@ -142,12 +146,15 @@ class MultiFlow(ShowerModel):
         super().__init__(geometry, cond_dim, config, data_dim=data_dim)
         cfg = self.config
         self.sizes = [layer.n_cells for layer in geometry.layers]
+        if len(self.sizes) < 2:
+            raise ValueError(f"multiflow: geometry {geometry.name!r} has {len(self.sizes)} layer; it needs >= 2")
         for layer, n in zip(geometry.layers, self.sizes):
             if n < 2:  # a 1-cell layer's normalised image is the constant 1: nothing to learn
                 raise ValueError(f"multiflow: layer {layer.name!r} of geometry {geometry.name!r} has {n} cell; "
                                  "every layer needs >= 2 cells")
         n_layers = len(self.sizes)
-        self.energy = EnergyMDN(cond_dim, n_layers, cfg.mdn_components, cfg.mdn_hidden)
+        self.energy = LayerFlow(n_layers, cond_dim, kind=cfg.flow, transforms=cfg.energy_transforms, bins=cfg.bins,
+                                hidden=cfg.energy_hidden, depth=cfg.depth, embed=0, seed=999)
         self.flows = nn.ModuleList(
             LayerFlow(n, sum(self.sizes[j] for j in self.context_of(i)) + 1 + cond_dim, kind=cfg.flow,
                       transforms=cfg.transforms, bins=cfg.bins, hidden=cfg.hidden, depth=cfg.depth, embed=cfg.embed,
@@ -167,8 +174,8 @@ class MultiFlow(ShowerModel):
 
     @property
     def latent_dim(self) -> int:
-        """``1 + L`` values for the energy network, then one per cell."""
-        return 1 + len(self.sizes) + self.geometry.n_cells
+        """``L`` values for the energy flow, then one per cell."""
+        return len(self.sizes) + self.geometry.n_cells
 
     # -- preprocessing (saved buffers, invertible up to the noise cut) ----------------------
     def layer_energies(self, x: Tensor) -> Tensor:
@@ -234,32 +241,45 @@ class MultiFlow(ShowerModel):
         """Standardisations of the energy vector, the log layer energies and every cell of ``y``
         from the first batches ``x (B, n_cells)``."""
         f = self.layer_energies(x)
-        for buf_m, buf_s, v in ((self.t_mean, self.t_std, energy_vector(f)),
+        for buf_m, buf_s, v in ((self.t_mean, self.t_std, self._raw_t(x, self._uniform(f, ctx.generator))),
                                 (self.e_mean, self.e_std, self._log_energy(f)),
                                 (self.y_mean, self.y_std, self._raw_y(x, self._uniform(x, ctx.generator)))):
             buf_m.copy_(v.mean(0))
             buf_s.copy_(v.std(0).nan_to_num(1.0).clamp_min(1e-3))
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"energy": torch.optim.Adam(self.energy.parameters(), lr=self.config.mdn_lr),
+        return {"energy": torch.optim.Adam(self.energy.parameters(), lr=self.config.energy_lr),
                 "flows": torch.optim.Adam(self.flows.parameters(), lr=self.config.lr)}
 
     def lr_schedules(self, total_steps: int) -> dict[str, LRSchedule]:
-        """Cosine decays: the MDN over its fit, the flows over the run."""
-        return {"energy": LRSchedule("cosine", self.config.mdn_steps), "flows": LRSchedule("cosine", total_steps)}
+        """Cosine decays: the energy flow over its fit, the layer flows over the run."""
+        return {"energy": LRSchedule("cosine", self.config.energy_steps), "flows": LRSchedule("cosine", total_steps)}
 
     def pretrain_steps(self) -> int:
-        return self.config.mdn_steps
+        return self.config.energy_steps
+
+    def energy_target(self, x: Tensor, u: Tensor) -> Tensor:
+        """The energy flow's training target ``(B, L)``: the standardised energy vector of
+        ``x (B, n_cells)``, the empty-layer spike spread by ``u (B, L)`` uniform into a slab
+        2 logit units wide just below it (all of it decodes to an empty layer)."""
+        return (self._raw_t(x, u) - self.t_mean) / self.t_std
+
+    def _raw_t(self, x: Tensor, u: Tensor) -> Tensor:
+        t = energy_vector(self.layer_energies(x))
+        spike = math.log(1e-6 / (1 - 1e-6))  # energy_vector's clip of an empty layer's fraction
+        empty = torch.cat([torch.zeros_like(t[:, :1], dtype=torch.bool), t[:, 1:] <= spike + 1e-3], 1)
+        return torch.where(empty, spike - 2.0 * u, t)
 
     def pretrain(self, batches: Iterator[tuple[Tensor, Tensor]], ctx: TrainContext) -> dict[str, float]:
-        """Fit the energy network by maximum likelihood on the standardised energy vector, then freeze it."""
+        """Fit the energy flow by maximum likelihood on the energy vector, then freeze it."""
         cfg = self.config
 
         def target(x: Tensor) -> Tensor:
-            return (energy_vector(self.layer_energies(x)) - self.t_mean) / self.t_std
+            return self.energy_target(x, self._uniform(x[:, :len(self.sizes)], ctx.generator))
 
-        nll = fit_energy_mdn(self.energy, batches, target, ctx, cfg.mdn_steps, cfg.mdn_batches)
-        return {"mdn_nll": nll, "mdn_steps": cfg.mdn_steps}
+        # fit_energy_mdn only needs log_prob(t, cond): it fits any density the same way
+        nll = fit_energy_mdn(self.energy, batches, target, ctx, cfg.energy_steps, cfg.energy_batches)
+        return {"energy_nll": nll, "energy_steps": cfg.energy_steps}
 
     def layer_log_probs(self, x: Tensor, cond: Tensor, u: Tensor) -> Tensor:
         """Teacher-forced ``log p_i(y_i | true previous layers, E_i, cond)`` ``(B, L)`` of showers
@@ -280,9 +300,9 @@ class MultiFlow(ShowerModel):
 
     # -- sampling -------------------------------------------------------------------------
     def draw_energies(self, z: Tensor, cond: Tensor) -> Tensor:
-        """Layer energies ``f (B, L)`` (the transform's units) from the energy network's noise
-        ``z (B, 1 + L)``; stick-breaking fractions below 3e-6 are empty layers (exactly 0)."""
-        t = self.energy.sample(cond, z) * self.t_std + self.t_mean
+        """Layer energies ``f (B, L)`` (the transform's units) from the energy flow's noise
+        ``z (B, L)``; stick-breaking fractions below 3e-6 are empty layers (exactly 0)."""
+        t = self.energy.inverse(z, cond) * self.t_std + self.t_mean
         f = energy_fractions(t)
         live = torch.cat([t[:, 1:] > math.log(_EMPTY_FRACTION / (1 - _EMPTY_FRACTION)),
                           torch.ones_like(t[:, :1], dtype=torch.bool)], 1)
@@ -314,7 +334,7 @@ class _Sampler(nn.Module):
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
         m = self.model
-        n_e = 1 + len(m.sizes)
+        n_e = len(m.sizes)
         f = m.draw_energies(z[:, :n_e], cond)
         e_feat = m.energy_feature(f)
         ys: list[Tensor] = []
