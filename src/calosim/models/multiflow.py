@@ -76,13 +76,16 @@ class LayerFlow(nn.Module):
     """
 
     def __init__(self, features: int, context: int, *, kind: str, transforms: int, bins: int, hidden: int,
-                 depth: int, embed: int, seed: int) -> None:
+                 depth: int, embed: int, seed: int) -> None:  # bins = 0: affine (RealNVP) steps
         super().__init__()
         self.features = int(features)
         self.embed = nn.Sequential(nn.Linear(context, embed), nn.SiLU()) if embed > 0 else nn.Identity()
         c = embed if embed > 0 else context
-        spline = dict(univariate=zuko.transforms.MonotonicRQSTransform, shapes=[(bins,), (bins,), (bins - 1,)],
-                      hidden_features=(hidden,) * depth, activation=nn.SiLU)
+        if bins > 0:
+            spline = dict(univariate=zuko.transforms.MonotonicRQSTransform, shapes=[(bins,), (bins,), (bins - 1,)])
+        else:
+            spline = dict(univariate=zuko.transforms.MonotonicAffineTransform, shapes=[(), ()])
+        spline.update(hidden_features=(hidden,) * depth, activation=nn.SiLU)
         g = torch.Generator().manual_seed(seed)
         steps: list[nn.Module] = []
         split = torch.zeros(features, dtype=torch.bool)
@@ -128,7 +131,9 @@ class MultiFlow(ShowerModel):
         context_layers: int = param(5, ge=0, le=64)  # previous layers in a flow's context (the seed's 5)
         flow: Literal["coupling", "maf"] = "coupling"  # coupling: one pass to sample; maf: one per cell
         transforms: int = param(4, ge=1, le=64)
-        bins: int = param(8, ge=2, le=64)
+        # 0: affine steps (RealNVP); >= 2: rational-quadratic spline bins (NSF), ~4x the CPU
+        # time per step in zuko (docs/multiflow.md): the 30-minute CPU recipe is affine
+        bins: int = param(0, ge=0, le=64)
         hidden: int = param(64, ge=1, le=MAX_WIDTH)
         depth: int = param(2, ge=1, le=16)
         embed: int = param(64, ge=0, le=MAX_WIDTH)  # context embedding width (0: the raw context)
@@ -139,6 +144,11 @@ class MultiFlow(ShowerModel):
         energy_steps: int = param(2000, ge=0, le=MAX_STEPS)
         energy_lr: float = param(1e-3, gt=0.0)
         energy_batches: int = param(2, ge=1, le=1024)  # training batches per energy-flow step
+
+        def check(self) -> None:
+            super().check()
+            if self.bins == 1:
+                raise ValueError("config: 'bins' must be 0 (affine) or >= 2 (spline bins), got 1")
 
     config: Config
 
