@@ -101,6 +101,13 @@ class LayerFlow(nn.Module):
         base = zuko.lazy.UnconditionalDistribution(zuko.distributions.DiagNormal, torch.zeros(features),
                                                    torch.ones(features), buffer=True)
         self.flow = zuko.lazy.Flow(steps, base)
+        if kind == "coupling":  # derived from the (saved) masks: not part of the state dict
+            for j, step in enumerate(steps):
+                idx = torch.arange(features)
+                keep, update = idx[step.mask], idx[~step.mask]
+                self.register_buffer(f"keep{j}", keep, persistent=False)
+                self.register_buffer(f"update{j}", update, persistent=False)
+                self.register_buffer(f"merge{j}", torch.argsort(torch.cat([keep, update])), persistent=False)
 
     def log_prob(self, y: Tensor, ctx: Tensor) -> Tensor:
         """``log p(y | ctx)`` ``(B,)`` for ``y (B, features)``, ``ctx (B, context)``."""
@@ -108,7 +115,24 @@ class LayerFlow(nn.Module):
 
     def inverse(self, z: Tensor, ctx: Tensor) -> Tensor:
         """The sampling direction: ``z (B, features)`` standard normal -> ``y (B, features)``."""
-        return self.flow(self.embed(ctx)).transform.inv(z)
+        c = self.embed(ctx)
+        steps = self.flow.transform.transforms
+        if not isinstance(steps[0], zuko.flows.GeneralCouplingTransform):  # MAF: zuko's D-pass inverse
+            return self.flow(c).transform.inv(z)
+        # coupling: the same maps as zuko's CouplingTransform.inv, with the split and merge as
+        # constant gathers (zuko's per-call nonzero() and index assignment do not export to ONNX)
+        for j in reversed(range(len(steps))):
+            step, idx_a, idx_b, merge = steps[j], *self.splits[j]
+            z_a = z.index_select(1, idx_a)
+            z_b = step.meta(c, z_a).inv(z.index_select(1, idx_b))
+            z = torch.cat([z_a, z_b], 1).index_select(1, merge)
+        return z
+
+    @property
+    def splits(self) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per coupling step: its kept and updated cells, and the gather that undoes ``cat([a, b])``."""
+        return [(getattr(self, f"keep{j}"), getattr(self, f"update{j}"), getattr(self, f"merge{j}"))
+                for j in range(len(self.flow.transform.transforms))]
 
 
 @register_model
