@@ -32,13 +32,13 @@ energy network drew, so the generated layer energies are exactly the drawn ones.
 Sampling direction. A masked autoregressive flow (MAF, the seed's setup) evaluates the
 density in one pass but samples in ``D`` passes (one per cell: 100 sequential network calls
 per transform and layer), which is why the seed's flow took 2 s per shower on CPU. The
-default here (``flow = "coupling"``) is a rational-quadratic spline *coupling* flow
-(zuko ``GeneralCouplingTransform`` with ``MonotonicRQSTransform``, the Neural Spline Flow's
-coupling form): each transform is one network call in either direction, so training and
-sampling cost the same and the whole sampler is one static graph (ONNX). Consecutive
-transforms use complementary halves of a random (seeded, saved) cell split. ``flow = "maf"``
-keeps the seed's MAF (RQS, fully autoregressive) for comparison; ``docs/multiflow.md`` has
-the measured times.
+default here (``flow = "coupling"``) is a *coupling* flow (zuko ``GeneralCouplingTransform``):
+each transform is one network call in either direction, so training and sampling cost the
+same and the whole sampler is one static graph (ONNX). Consecutive transforms use
+complementary halves of a random (seeded, saved) cell split. Its steps are affine (RealNVP,
+``bins = 0``, the CPU recipe) or rational-quadratic splines (``bins >= 2``, the Neural
+Spline Flow's coupling form: more expressive, ~4x the CPU time per training step in zuko).
+``flow = "maf"`` keeps the seed's MAF for comparison; ``docs/multiflow.md`` has the measured times.
 """
 
 from __future__ import annotations
@@ -70,13 +70,14 @@ class LayerFlow(nn.Module):
     """A conditional flow ``p(y | ctx)`` over one layer's ``features`` cells.
 
     ``ctx (B, context)`` is first embedded (``Linear + SiLU`` to ``embed`` features, shared by
-    all transforms; ``embed = 0``: the raw context), then ``transforms`` zuko RQS transforms:
+    all transforms; ``embed = 0``: the raw context), then ``transforms`` zuko steps, each an
+    affine map (``bins = 0``) or a rational-quadratic spline of ``bins`` bins per cell:
     coupling (one network call per direction) or fully autoregressive (MAF: ``features``
     calls to sample).
     """
 
     def __init__(self, features: int, context: int, *, kind: str, transforms: int, bins: int, hidden: int,
-                 depth: int, embed: int, seed: int) -> None:  # bins = 0: affine (RealNVP) steps
+                 depth: int, embed: int, seed: int) -> None:
         super().__init__()
         self.features = int(features)
         self.embed = nn.Sequential(nn.Linear(context, embed), nn.SiLU()) if embed > 0 else nn.Identity()
@@ -137,7 +138,7 @@ class LayerFlow(nn.Module):
 
 @register_model
 class MultiFlow(ShowerModel):
-    """One conditional spline flow per layer (context: up to 5 previous layers), energies from a flow."""
+    """One conditional coupling flow per layer (context: up to 5 previous layers), energies from a flow."""
 
     name = "multiflow"
     ema_modules = ("flows",)
