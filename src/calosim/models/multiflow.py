@@ -258,6 +258,12 @@ class MultiFlow(ShowerModel):
             out.append(v / v.sum(1, keepdim=True).clamp_min(1e-30) * f[:, i:i + 1])
         return torch.cat(out, 1)
 
+    def y_bounds(self) -> tuple[Tensor, Tensor]:
+        """The range of :meth:`preprocess` per cell, ``(n_cells,)`` each: ``I`` in [0, 1] maps to
+        ``logit(alpha) .. logit(1 - alpha)``, standardised."""
+        edge = math.log(1 - self.config.alpha) - math.log(self.config.alpha)
+        return (-edge - self.y_mean) / self.y_std, (edge - self.y_mean) / self.y_std
+
     def context(self, i: int, ys: list[Tensor], e_feat: Tensor, cond: Tensor) -> Tensor:
         """Flow ``i``'s context ``(B, ctx_i)``: ``y_{i-1}, ..., y_{i-k}``, its ``E_i`` feature, ``cond``
         (``ys[j]`` the layer-``j`` image in the flows' space)."""
@@ -372,7 +378,12 @@ class _Sampler(nn.Module):
         n_e = len(m.sizes)
         f = m.draw_energies(z[:, :n_e], cond)
         e_feat = m.energy_feature(f)
+        lo, hi = m.y_bounds()
         ys: list[Tensor] = []
         for i, s in enumerate(m.geometry.layer_slices):
-            ys.append(m.flows[i].inverse(z[:, n_e + s.start:n_e + s.stop], m.context(i, ys, e_feat, cond)))
+            y = m.flows[i].inverse(z[:, n_e + s.start:n_e + s.stop], m.context(i, ys, e_feat, cond))
+            # a generated value outside the logit's range is no image: left there, it would be
+            # the next layers' context far outside anything seen in training (and the error
+            # grows layer by layer up to inf); nan_to_num: a non-finite cell goes to a bound
+            ys.append(torch.minimum(torch.maximum(torch.nan_to_num(y), lo[s]), hi[s]))
         return m.decode(torch.cat(ys, 1), f)
