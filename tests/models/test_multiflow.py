@@ -188,3 +188,16 @@ def test_cli_train_generate_on_a_tiny_file(tmp_path) -> None:
     pytest.importorskip("onnxruntime")
     r = CliRunner().invoke(main, ["export", "--run", str(run), "-o", str(tmp_path / "g.onnx")])  # checks vs torch
     assert r.exit_code == 0, r.output
+
+
+def test_a_diverging_layer_flow_does_not_poison_the_later_layers() -> None:
+    """A generated image outside the logit's range is clamped before it is context."""
+    geo = deep_geometry(4)
+    model, _ = _model(geo)
+    model.eval()
+    model.flows[0].inverse = lambda z, ctx: torch.full_like(z, float("inf")) * torch.sign(z)  # type: ignore[method-assign]
+    cond = FakeConditions.encode(torch.full((10, 1), 3e4))
+    x = model.sample(cond, torch.Generator().manual_seed(0))
+    z = model.latent(10, torch.Generator().manual_seed(0))
+    assert torch.isfinite(x).all()
+    torch.testing.assert_close(model.layer_energies(x), model.draw_energies(z[:, :4], cond), rtol=1e-5, atol=0.0)

@@ -249,7 +249,8 @@ class MultiFlow(ShowerModel):
         cell of a layer always stays, and ``sum(layer l) == f_l`` exactly (``(B, n_cells)``)."""
         cfg = self.config
         p = torch.sigmoid(y * self.y_std + self.y_mean)
-        img = ((p - cfg.alpha) / (1 - 2 * cfg.alpha)).clamp_min(0)
+        # > 0: a layer drawn all at the lower edge still carries its energy (shared by its max cells)
+        img = ((p - cfg.alpha) / (1 - 2 * cfg.alpha)).clamp_min(1e-30)
         out = []
         for i, s in enumerate(self.geometry.layer_slices):
             v = img[:, s]
