@@ -26,7 +26,7 @@ CaloFlow's: the layer-normalised image ``I = x_l / E_l`` plus uniform dequantisa
 ``noise * u`` (so the many empty cells are a narrow continuous pile, not a delta), then
 ``logit(alpha + (1 - 2 alpha) I)``, then standardised per cell (buffers fitted on the first
 batches, saved with the weights). Decoding inverts it, zeroes the cells inside the noise pile
-(``I < noise``; the brightest cell always stays) and rescales every layer to the energy the
+(``I < cut``, 1e-5 >= noise; the brightest cell always stays) and rescales every layer to the energy the
 energy network drew, so the generated layer energies are exactly the drawn ones.
 
 Sampling direction. A masked autoregressive flow (MAF, the seed's setup) evaluates the
@@ -164,6 +164,10 @@ class MultiFlow(ShowerModel):
         embed: int = param(64, ge=0, le=MAX_WIDTH)  # context embedding width (0: the raw context)
         noise: float = param(1e-6, ge=0.0, lt=0.1)  # dequantisation, in units of the layer energy
         alpha: float = param(1e-6, gt=0.0, lt=0.1)  # logit(alpha + (1 - 2 alpha) I) stays finite
+        # decoding zeroes cells below max(cut, noise) of their layer's energy: the learned noise
+        # pile is wider than the noise (Geant4 ild-ecal-10: 0.1 % of the real cells lie in
+        # 1e-6..1e-5, while half the generated pile did; docs/multiflow.md)
+        cut: float = param(1e-5, ge=0.0, lt=0.1)
         energy_transforms: int = param(6, ge=1, le=64)  # the energy flow (same kind, bins, depth)
         energy_hidden: int = param(64, ge=1, le=MAX_WIDTH)
         energy_steps: int = param(2000, ge=0, le=MAX_STEPS)
@@ -245,7 +249,7 @@ class MultiFlow(ShowerModel):
 
     def decode(self, y: Tensor, f: Tensor) -> Tensor:
         """Inverse of :meth:`preprocess` for generated ``y (B, n_cells)``, each layer rescaled to
-        the energy ``f (B, L)``: cells in the noise pile (``I < noise``) are zeroed, the brightest
+        the energy ``f (B, L)``: cells in the noise pile (``I < max(cut, noise)``) are zeroed, the brightest
         cell of a layer always stays, and ``sum(layer l) == f_l`` exactly (``(B, n_cells)``)."""
         cfg = self.config
         p = torch.sigmoid(y * self.y_std + self.y_mean)
@@ -254,7 +258,7 @@ class MultiFlow(ShowerModel):
         out = []
         for i, s in enumerate(self.geometry.layer_slices):
             v = img[:, s]
-            keep = (v >= cfg.noise) | (v == v.max(1, keepdim=True).values)
+            keep = (v >= max(cfg.cut, cfg.noise)) | (v == v.max(1, keepdim=True).values)
             v = v * keep
             out.append(v / v.sum(1, keepdim=True).clamp_min(1e-30) * f[:, i:i + 1])
         return torch.cat(out, 1)
