@@ -8,8 +8,10 @@ the script can be re-run across sessions (it resumes with the missing sets).
     python benchmarks/geant4_sets.py                       # e+ and gamma, 10k train + 5k test
     python benchmarks/geant4_sets.py --train 2000 --test 1000 --particles e+ --workers 2
 
-Training sets use seed ``--seed``, held-out sets ``--seed + 1000``. Hadrons (pi+) need the
-official Geant4 hadronic data (``GEANT4_DATA_DIR``); the stand-in data covers e-, e+, gamma.
+Training sets use seed ``--seed``, held-out sets ``--seed + 1000``. Hadrons (pi+) run FTFP_BERT;
+without the official Geant4 data (``GEANT4_DATA_DIR``) their hadronic cross sections are the
+stand-in ones (labelled "experimental" in the files' provenance), so treat pi+ sets made that
+way as a Geant4-like reference, not as validated Geant4 hadron showers.
 """
 
 from __future__ import annotations

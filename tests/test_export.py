@@ -12,7 +12,7 @@ from toys import write_toy_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # short pretraining stages, for the models that have one (keys a model lacks are left out)
-SHORT = {"mdn_steps": 20, "regressor_steps": 5}
+SHORT = {"mdn_steps": 20, "regressor_steps": 5, "energy_steps": 20, "teacher_steps": 10}
 EXPORTABLE = [n for n in list_models() if get_model_class(n).__module__.startswith("calosim.models.")
               and "export" not in get_model_class(n).contract_exemptions]
 
