@@ -289,9 +289,10 @@ class FlowMatch(ShowerModel):
         return torch.cat(parts, 1)
 
     def encode(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Showers ``x (B, n_cells)`` -> ``y (B, n_cells)``: standardised ``log(x / E_l + delta U)``."""
+        """Showers ``x (B, n_cells)`` -> ``y (B, n_cells)``: standardised ``log(x / E_l + delta U)``, ``U`` in (0, 1]."""
         u = torch.rand(x.shape, generator=generator, device=generator.device if generator is not None else x.device)
-        y = torch.log(self._fractions(x.clamp_min(0.0)) + self.delta * u.to(x.device))
+        # 1 - u is in (0, 1]: an empty cell never maps to log(0)
+        y = torch.log(self._fractions(x.clamp_min(0.0)) + self.delta * (1.0 - u.to(x.device)))
         return (y - self.y_mean) / self.y_std
 
     def context(self, x: Tensor, cond: Tensor) -> Tensor:
@@ -315,7 +316,7 @@ class FlowMatch(ShowerModel):
             pos = pos[:: max(1, pos.numel() // 1_000_000)]
             self.delta.fill_(float(torch.quantile(pos.float(), self.config.floor_quantile)))
         g = torch.Generator(device=x.device).manual_seed(0)
-        y = torch.log(frac + self.delta * torch.rand(x.shape, generator=g, device=x.device))
+        y = torch.log(frac + self.delta * (1.0 - torch.rand(x.shape, generator=g, device=x.device)))
         self.y_mean.copy_(y.mean(0))
         self.y_std.copy_(y.std(0).nan_to_num(1.0).clamp_min(1e-3))
         idx = torch.arange(len(self.pool_cond), device=x.device) % len(cond)
