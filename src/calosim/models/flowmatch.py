@@ -136,7 +136,7 @@ class VectorField(nn.Module):
 
     def at(self, c: Tensor) -> Field:
         """The field as ``f(s, y)`` for an ODE solver, with the context ``c`` fixed."""
-        return lambda s, y: self(y, s.reshape(1, 1).expand(len(y), 1), c)
+        return lambda s, y: self(y, torch.zeros_like(y[:, :1]) + s, c)  # (B, 1), batch stays dynamic in ONNX
 
 
 def cfm_loss(field: VectorField, z: Tensor, y1: Tensor, c: Tensor, s: Tensor) -> Tensor:
@@ -220,13 +220,13 @@ class FlowMatch(ShowerModel):
         # the CPU recipe (2000 Geant4 calogan showers): about 15 min on one core in all, see docs/flowmatch.md
         transform: Literal["scale", "identity"] = "scale"  # linear in the cells: layer sums map like cells
         batch_size: int = param(256, ge=1)
-        steps: int | None = param(6000, ge=1)  # teacher_steps of the teacher, the rest distils the student
-        teacher_steps: int = param(4000, ge=1, le=MAX_STEPS)
+        steps: int | None = param(4500, ge=1)  # teacher_steps of the teacher, the rest distils the student
+        teacher_steps: int = param(3000, ge=1, le=MAX_STEPS)
         val_every: int = param(1000, ge=0)
         final_weights: Literal["last", "best"] = "last"  # "best" could pick a teacher-phase state
         lr: float = param(1e-3, gt=0.0)
-        hidden: int = param(512, ge=1, le=MAX_WIDTH)
-        depth: int = param(3, ge=1, le=32)
+        hidden: int = param(256, ge=1, le=MAX_WIDTH)
+        depth: int = param(2, ge=1, le=32)
         floor_quantile: float = param(0.01, gt=0.0, lt=1.0)  # delta: this quantile of the real layer fractions
         # the full sampler (teacher)
         solver: Literal["euler", "midpoint", "rk4", "dopri5"] = "midpoint"
@@ -242,7 +242,7 @@ class FlowMatch(ShowerModel):
         # the energy network (as in spots)
         mdn_components: int = param(10, ge=1, le=256)
         mdn_hidden: int = param(64, ge=1, le=MAX_WIDTH)
-        mdn_steps: int = param(2000, ge=0, le=MAX_STEPS)
+        mdn_steps: int = param(1000, ge=0, le=MAX_STEPS)
         mdn_lr: float = param(3e-3, gt=0.0)
         mdn_batches: int = param(4, ge=1, le=1024)
 
