@@ -227,7 +227,9 @@ class FlowMatch(ShowerModel):
         lr: float = param(1e-3, gt=0.0)
         hidden: int = param(256, ge=1, le=MAX_WIDTH)
         depth: int = param(2, ge=1, le=32)
-        floor_quantile: float = param(0.01, gt=0.0, lt=1.0)  # delta: this quantile of the real layer fractions
+        # delta: this quantile of the real layer fractions. 0.3 measured best of 0.01 / 0.3 / 0.5 (e+, 1000
+        # teacher steps: mean-image L1 in layer 1 0.04 vs 0.12 / 0.07); the sub-delta hits carry little energy
+        floor_quantile: float = param(0.3, gt=0.0, lt=1.0)
         # the full sampler (teacher)
         solver: Literal["euler", "midpoint", "rk4", "dopri5"] = "midpoint"
         n_steps: int = param(16, ge=1, le=4096)
@@ -288,12 +290,16 @@ class FlowMatch(ShowerModel):
             parts.append(x[:, s] / torch.where(e > 0, e, torch.ones_like(e)))
         return torch.cat(parts, 1)
 
+    def _log_fractions(self, frac: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Layer fractions ``(B, n_cells)`` -> the unstandardised ``y = log(frac + delta V)``, ``V``
+        uniform on (0, 1] (an empty cell never maps to log(0))."""
+        dev = generator.device if generator is not None else frac.device
+        v = 1.0 - torch.rand(frac.shape, generator=generator, device=dev).to(frac.device)
+        return torch.log(frac + self.delta * v)
+
     def encode(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Showers ``x (B, n_cells)`` -> ``y (B, n_cells)``: standardised ``log(x / E_l + delta U)``, ``U`` in (0, 1]."""
-        u = torch.rand(x.shape, generator=generator, device=generator.device if generator is not None else x.device)
-        # 1 - u is in (0, 1]: an empty cell never maps to log(0)
-        y = torch.log(self._fractions(x.clamp_min(0.0)) + self.delta * (1.0 - u.to(x.device)))
-        return (y - self.y_mean) / self.y_std
+        """Showers ``x (B, n_cells)`` -> ``y (B, n_cells)``: standardised log layer fractions (:meth:`_log_fractions`)."""
+        return (self._log_fractions(self._fractions(x.clamp_min(0.0)), generator) - self.y_mean) / self.y_std
 
     def context(self, x: Tensor, cond: Tensor) -> Tensor:
         """The field's condition ``(B, cond_dim + 2 L)``: ``cond`` and the standardised energy
@@ -316,7 +322,7 @@ class FlowMatch(ShowerModel):
             pos = pos[:: max(1, pos.numel() // 1_000_000)]
             self.delta.fill_(float(torch.quantile(pos.float(), self.config.floor_quantile)))
         g = torch.Generator(device=x.device).manual_seed(0)
-        y = torch.log(frac + self.delta * (1.0 - torch.rand(x.shape, generator=g, device=x.device)))
+        y = self._log_fractions(frac, g)
         self.y_mean.copy_(y.mean(0))
         self.y_std.copy_(y.std(0).nan_to_num(1.0).clamp_min(1e-3))
         idx = torch.arange(len(self.pool_cond), device=x.device) % len(cond)
