@@ -227,8 +227,8 @@ class FlowMatch(ShowerModel):
         lr: float = param(1e-3, gt=0.0)
         hidden: int = param(256, ge=1, le=MAX_WIDTH)
         depth: int = param(2, ge=1, le=32)
-        # delta: this quantile of the real layer fractions. 0.3 measured best of 0.01 / 0.3 / 0.5 (e+, 1000
-        # teacher steps: mean-image L1 in layer 1 0.04 vs 0.12 / 0.07); the sub-delta hits carry little energy
+        # delta: this quantile of the real layer fractions (the sub-delta hits carry little energy). On
+        # Geant4 e+ 0.3 gave FPD 100 (0.01: 1440) and mean images 3x closer, AUC high 0.991 (0.01: 0.969)
         floor_quantile: float = param(0.3, gt=0.0, lt=1.0)
         # the full sampler (teacher)
         solver: Literal["euler", "midpoint", "rk4", "dopri5"] = "midpoint"
