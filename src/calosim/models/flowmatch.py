@@ -217,7 +217,7 @@ class FlowMatch(ShowerModel):
 
     @dataclass
     class Config(TrainConfig):
-        # the CPU recipe (2000 Geant4 calogan showers): about 15 min on one core in all, see docs/flowmatch.md
+        # the CPU recipe (2000 Geant4 calogan showers): 9-12 min on one busy thread in all, see docs/flowmatch.md
         transform: Literal["scale", "identity"] = "scale"  # linear in the cells: layer sums map like cells
         batch_size: int = param(256, ge=1)
         steps: int | None = param(4500, ge=1)  # teacher_steps of the teacher, the rest distils the student
