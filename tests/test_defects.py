@@ -407,3 +407,42 @@ def test_generate_applies_the_readout_threshold(eplus_run: Path, tmp_path: Path,
 def test_generate_refuses_runs_the_disk_cannot_hold(eplus_run: Path, tmp_path: Path) -> None:
     line = _one_line_error(*_cli("generate", "--run", str(eplus_run), "-n", str(10**12), "-o", str(tmp_path / "g.h5")))
     assert "GB" in line and "free" in line
+
+
+def test_interrupt_handlers_come_before_the_heavy_imports() -> None:
+    """Installed after numpy/h5py (0.2-1 s on a busy machine), an early Ctrl-C was click's "Aborted!"
+    (exit 1), and one sent to a background job (SIGINT ignored until then) was lost: exit 0."""
+    code = ("import sys, runpy, calosim.interrupts as it\n"
+            "orig = it.install_interrupt_handlers\n"
+            "def spy():\n"
+            "    orig(); print('loaded:', sorted(m for m in ('click', 'numpy', 'h5py', 'torch') if m in sys.modules))\n"
+            "it.install_interrupt_handlers = spy\n"
+            "sys.argv = ['calosim', '--version']\n"
+            "runpy.run_module('calosim', run_name='__main__')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": SRC})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0] == "loaded: []", res.stdout
+
+
+def _catches_sigint(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_ctrl_c_at_start_up_is_not_swallowed(tmp_path: Path) -> None:
+    """SIGINT the moment the handler exists (still importing the CLI), to a job whose SIGINT was ignored."""
+    proc = subprocess.Popen([sys.executable, "-m", "calosim", "simulate", "-n", "2000000", "-o", str(tmp_path / "o.h5")],
+                            env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.time() + 30
+    while time.time() < deadline and proc.poll() is None and not _catches_sigint(proc.pid):
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert b"Traceback" not in err and b"Interrupted" in err and b"Aborted" not in err
+    assert list(tmp_path.iterdir()) == []
