@@ -256,6 +256,15 @@ def test_outputs_honour_the_umask(tmp_path: Path) -> None:
         os.umask(old)
 
 
+def test_run_directory_files_honour_the_umask(eplus_run: Path) -> None:
+    """safetensors replaces the temporary file it is given: model, pool and checkpoints were 0600."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    files = [p for p in eplus_run.rglob("*") if p.is_file() and p.name != ".lock"]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: 0o666 & ~mask for p in files}
+
+
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args, words", [
     (["--device", "banana"], "not a torch device"),

@@ -321,6 +321,9 @@ class atomic_path:
 
     def _finalise(self, tmp: Path) -> None:
         try:
+            # again at the end: writers that replace the file (safetensors) made it 0600 under any umask
+            if tmp.is_file():
+                os.chmod(tmp, 0o666 & ~_umask())
             if self.overwrite:
                 os.replace(tmp, self.path)
                 return
