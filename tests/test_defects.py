@@ -455,3 +455,66 @@ def test_ctrl_c_at_start_up_is_not_swallowed(tmp_path: Path) -> None:
     assert proc.returncode == 130, err.decode()
     assert b"Traceback" not in err and b"Interrupted" in err and b"Aborted" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_two_simulate_runs_to_one_path(tmp_path: Path) -> None:
+    from calosim.io import atomic_path
+
+    out = tmp_path / "same.h5"
+    with atomic_path(out) as tmp:  # the first run is still writing
+        tmp.write_text("first")
+        line = _one_line_error(*_cli("simulate", "-n", "2", "-o", str(out)))
+    assert "another process is writing this output" in line and "same.h5" in line
+    assert out.read_text() == "first"  # the second run wrote nothing
+
+
+def test_corrupt_run_files_via_the_cli(eplus_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+
+    from calosim.train.checkpoint import load_tensors, save_tensors
+
+    def broken(name: str) -> Path:
+        return Path(shutil.copytree(eplus_run, tmp_path / name))
+
+    pool, cfg, nan = broken("pool"), broken("cfg"), broken("nan")
+    (pool / "conditions_pool.safetensors").write_bytes(b"\x00garbage")
+    c = json.loads((cfg / "config.json").read_text())
+    (cfg / "config.json").write_text(json.dumps({**c, "config": "abc"}))
+    tensors, meta = load_tensors(nan / "model.safetensors")
+    key = next(iter(tensors))
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    save_tensors(nan / "model.safetensors", tensors, meta)
+    for run, words in ((pool, "conditions_pool.safetensors: not a readable conditions pool"),
+                       (cfg, "config.json: 'config' must be a table"), (nan, "model.safetensors: weights hold NaN")):
+        for cmd in (["generate", "--run", str(run), "-n", "2", "-o", str(tmp_path / "g.h5")],
+                    ["export", "--run", str(run), "-o", str(tmp_path / "m.onnx")],
+                    ["bench", "--run", str(run), "--no-reference", "--no-geant4"]):
+            assert words in _one_line_error(*_cli(*cmd)), cmd
+    assert not (tmp_path / "g.h5").exists() and not (tmp_path / "m.onnx").exists()
+
+
+def test_train_device_is_checked_before_the_run_directory(tmp_path: Path) -> None:
+    f = write_toy_data(tmp_path / "t.h5", n=4)
+    for dev, words in (("banana", "not a torch device"), ("cuda:7", "CUDA")):
+        line = _one_line_error(*_cli("train", "-m", "_test_toy_gan", "-d", str(f), "-o", str(tmp_path / "run"),
+                                     "--device", dev))
+        assert words in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_on_a_binning_xml(tmp_path: Path) -> None:
+    """A plain CaloChallenge file (no attributes) with the binning XML: train, then generate in that binning."""
+    import calosim
+
+    xml = Path(calosim.__file__).parent / "data" / "binning_dataset_1_photons.xml"
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "cc.h5", "w") as f:
+        f["showers"] = rng.gamma(0.5, 10.0, (64, 368)).astype(np.float32)
+        f["incident_energies"] = np.full((64, 1), 1e4, np.float32)
+    code, out = _cli("train", "-m", "_test_toy_gan", "-d", str(tmp_path / "cc.h5"), "-g", str(xml),
+                     "-o", str(tmp_path / "run"), "--steps", "2", "--set", "val_every=0", "--set", "transform=scale")
+    assert code == 0, out
+    assert _cli("generate", "--run", str(tmp_path / "run"), "-n", "3", "-o", str(tmp_path / "g.h5"))[0] == 0
+    assert read_showers(tmp_path / "g.h5").showers.shape == (3, 368)
