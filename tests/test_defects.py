@@ -256,6 +256,15 @@ def test_outputs_honour_the_umask(tmp_path: Path) -> None:
         os.umask(old)
 
 
+def test_run_directory_files_honour_the_umask(eplus_run: Path) -> None:
+    """safetensors replaces the temporary file it is given: model, pool and checkpoints were 0600."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    files = [p for p in eplus_run.rglob("*") if p.is_file() and p.name != ".lock"]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: 0o666 & ~mask for p in files}
+
+
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args, words", [
     (["--device", "banana"], "not a torch device"),
@@ -407,3 +416,129 @@ def test_generate_applies_the_readout_threshold(eplus_run: Path, tmp_path: Path,
 def test_generate_refuses_runs_the_disk_cannot_hold(eplus_run: Path, tmp_path: Path) -> None:
     line = _one_line_error(*_cli("generate", "--run", str(eplus_run), "-n", str(10**12), "-o", str(tmp_path / "g.h5")))
     assert "GB" in line and "free" in line
+
+
+def test_interrupt_handlers_come_before_the_heavy_imports() -> None:
+    """Installed after numpy/h5py (0.2-1 s on a busy machine), an early Ctrl-C was click's "Aborted!"
+    (exit 1), and one sent to a background job (SIGINT ignored until then) was lost: exit 0."""
+    code = ("import sys, runpy, calosim.interrupts as it\n"
+            "orig = it.install_interrupt_handlers\n"
+            "def spy():\n"
+            "    orig(); print('loaded:', sorted(m for m in ('click', 'numpy', 'h5py', 'torch') if m in sys.modules))\n"
+            "it.install_interrupt_handlers = spy\n"
+            "sys.argv = ['calosim', '--version']\n"
+            "runpy.run_module('calosim', run_name='__main__')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": SRC})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0] == "loaded: []", res.stdout
+
+
+def _catches_sigint(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_ctrl_c_at_start_up_is_not_swallowed(tmp_path: Path) -> None:
+    """SIGINT the moment the handler exists (still importing the CLI), to a job whose SIGINT was ignored."""
+    proc = subprocess.Popen([sys.executable, "-m", "calosim", "simulate", "-n", "2000000", "-o", str(tmp_path / "o.h5")],
+                            env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.time() + 30
+    while time.time() < deadline and proc.poll() is None and not _catches_sigint(proc.pid):
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert b"Traceback" not in err and b"Interrupted" in err and b"Aborted" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_simulate_runs_to_one_path(tmp_path: Path) -> None:
+    from calosim.io import atomic_path
+
+    out = tmp_path / "same.h5"
+    with atomic_path(out) as tmp:  # the first run is still writing
+        tmp.write_text("first")
+        line = _one_line_error(*_cli("simulate", "-n", "2", "-o", str(out)))
+    assert "another process is writing this output" in line and "same.h5" in line
+    assert out.read_text() == "first"  # the second run wrote nothing
+
+
+def test_corrupt_run_files_via_the_cli(eplus_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+
+    from calosim.train.checkpoint import load_tensors, save_tensors
+
+    def broken(name: str) -> Path:
+        return Path(shutil.copytree(eplus_run, tmp_path / name))
+
+    pool, cfg, nan = broken("pool"), broken("cfg"), broken("nan")
+    (pool / "conditions_pool.safetensors").write_bytes(b"\x00garbage")
+    c = json.loads((cfg / "config.json").read_text())
+    (cfg / "config.json").write_text(json.dumps({**c, "config": "abc"}))
+    tensors, meta = load_tensors(nan / "model.safetensors")
+    key = next(iter(tensors))
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    save_tensors(nan / "model.safetensors", tensors, meta)
+    for run, words in ((pool, "conditions_pool.safetensors: not a readable conditions pool"),
+                       (cfg, "config.json: 'config' must be a table"), (nan, "model.safetensors: weights hold NaN")):
+        for cmd in (["generate", "--run", str(run), "-n", "2", "-o", str(tmp_path / "g.h5")],
+                    ["export", "--run", str(run), "-o", str(tmp_path / "m.onnx")],
+                    ["bench", "--run", str(run), "--no-reference", "--no-geant4"]):
+            assert words in _one_line_error(*_cli(*cmd)), cmd
+    assert not (tmp_path / "g.h5").exists() and not (tmp_path / "m.onnx").exists()
+
+
+def test_train_device_is_checked_before_the_run_directory(tmp_path: Path) -> None:
+    f = write_toy_data(tmp_path / "t.h5", n=4)
+    for dev, words in (("banana", "not a torch device"), ("cuda:7", "CUDA")):
+        line = _one_line_error(*_cli("train", "-m", "_test_toy_gan", "-d", str(f), "-o", str(tmp_path / "run"),
+                                     "--device", dev))
+        assert words in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_on_a_binning_xml(tmp_path: Path) -> None:
+    """A plain CaloChallenge file (no attributes) with the binning XML: train, then generate in that binning."""
+    import calosim
+
+    xml = Path(calosim.__file__).parent / "data" / "binning_dataset_1_photons.xml"
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "cc.h5", "w") as f:
+        f["showers"] = rng.gamma(0.5, 10.0, (64, 368)).astype(np.float32)
+        f["incident_energies"] = np.full((64, 1), 1e4, np.float32)
+    code, out = _cli("train", "-m", "_test_toy_gan", "-d", str(tmp_path / "cc.h5"), "-g", str(xml),
+                     "-o", str(tmp_path / "run"), "--steps", "2", "--set", "val_every=0", "--set", "transform=scale")
+    assert code == 0, out
+    assert _cli("generate", "--run", str(tmp_path / "run"), "-n", "3", "-o", str(tmp_path / "g.h5"))[0] == 0
+    assert read_showers(tmp_path / "g.h5").showers.shape == (3, 368)
+
+
+def test_energy_mdn_scales_to_many_layers() -> None:
+    """spots on calochallenge-2 (45 layers, an MDN over 90 numbers) did not finish pretraining in
+    34 minutes: the Cholesky factor was placed by dense 0/1 matmuls, O(d^4) flop and memory."""
+    import torch
+
+    from calosim.models.energy import EnergyMDN
+
+    small = EnergyMDN(3, 4, 2, 8)
+    cond = torch.randn(5, 3)
+    o = small.net(cond).view(5, 2, -1)
+    _, _, tril, log_diag = small.params(cond)
+    rows, cols = torch.tril_indices(4, 4, -1)
+    want = torch.diag_embed(torch.exp(log_diag))
+    want[:, :, rows, cols] = o[..., 1 + 8:]
+    assert torch.equal(tril, want)  # diagonal exp(log_diag), strictly lower as given, upper 0
+    assert "place" not in small.state_dict()  # derived, not stored in run files
+    big = EnergyMDN(1, 90, 10, 64)
+    t0 = time.perf_counter()
+    loss = -big.log_prob(torch.randn(64, 90), torch.randn(64, 1)).mean()
+    loss.backward()
+    assert time.perf_counter() - t0 < 5.0  # was ~25 s a step (3e11 flop)
+    assert sum(b.numel() for b in big.buffers()) < 10_000  # the two placement matrices were 33 M floats

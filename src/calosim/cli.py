@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
-import click
+from .interrupts import (INTERRUPTED, Interrupted, exit_on_interrupt, install_interrupt_handlers, interrupted_signal,
+                         remove_temp_files)
 
-from . import __version__
-from .scaleout import EngineError
+if Path(sys.argv[0]).name == "calosim" and threading.current_thread() is threading.main_thread():
+    install_interrupt_handlers()  # the console script: before importing click (Ctrl-C at start-up)
+
+with exit_on_interrupt():
+    import click
+
+    from . import __version__
+    from .scaleout import EngineError
 
 SEED = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
                     help="Random seed, >= 0 (same seed -> same output).")
@@ -43,16 +51,10 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .io import Interrupted, _INTERRUPTED, remove_temp_files
-
         try:
             result = fn(*args, **kwargs)
         except KeyboardInterrupt as exc:
-            remove_temp_files()
-            signum = exc.signum if isinstance(exc, Interrupted) else 2
-            click.secho(f"Interrupted ({'SIGTERM' if signum == 15 else 'SIGINT'}); no output was written "
-                        "(files finished before the interrupt are kept)", fg="red", err=True)
-            sys.exit(128 + signum)
+            _exit_interrupted(exc.signum if isinstance(exc, Interrupted) else 2)
         except (ValueError, KeyError, FileExistsError, FileNotFoundError, ImportError, EngineError) as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             click.secho(f"Error: {msg}", fg="red", err=True)
@@ -61,13 +63,43 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             where = f"{exc.filename}: " if exc.filename else ""
             click.secho(f"Error: {where}{exc.strerror or exc}", fg="red", err=True)
             sys.exit(2)
-        if _INTERRUPTED.is_set():  # a KeyboardInterrupt swallowed by a library: still not a success
-            remove_temp_files()
-            click.secho("Interrupted", fg="red", err=True)
-            sys.exit(130)
+        if INTERRUPTED.is_set():  # a KeyboardInterrupt swallowed by a library: still not a success
+            _exit_interrupted(interrupted_signal())
         return result
 
     return wrapper
+
+
+def _exit_interrupted(signum: int) -> None:
+    remove_temp_files()
+    click.secho(f"Interrupted ({'SIGTERM' if signum == 15 else 'SIGINT'}); no output was written "
+                "(files finished before the interrupt are kept)", fg="red", err=True)
+    sys.exit(128 + signum)
+
+
+class _Group(click.Group):
+    """The ``calosim`` group: SIGINT/SIGTERM handlers first, before click parses anything.
+
+    An interrupt that arrives before a command runs (click turns it into ``Abort``, "Aborted!",
+    exit 1) exits 130/143 like one during the command.
+    """
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            install_interrupt_handlers()
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            _exit_interrupted(interrupted_signal() if INTERRUPTED.is_set() else 2)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except BrokenPipeError:  # `calosim geometries | head`: as click's standalone mode
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def _warning_line(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
@@ -95,7 +127,7 @@ def _device(spec: str) -> str:
     return spec
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="calosim")
 def main() -> None:
     """calosim: fast calorimeter simulation with deep generative models.
@@ -108,14 +140,9 @@ def main() -> None:
       -> `generate` showers (HDF5) -> `evaluate` (HTML report + metrics.json) -> `bench` speed.
     Start with `calosim demo`, which runs the whole loop on the built-in simulator.
     """
-    import threading
     import warnings
 
-    from .io import install_interrupt_handlers
-
     warnings.showwarning = _warning_line  # one line, no source excerpt
-    if threading.current_thread() is threading.main_thread():
-        install_interrupt_handlers()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,10 +28,8 @@ import errno
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +39,10 @@ import h5py
 import numpy as np
 
 from .geometry import Geometry, GeometryError, get_geometry
+from .interrupts import INTERRUPTED as _INTERRUPTED
+from .interrupts import LIVE_LOCK as _LIVE_LOCK
+from .interrupts import LIVE_TMP as _LIVE_TMP
+from .interrupts import Interrupted, install_interrupt_handlers, interrupted_signal, remove_temp_files
 
 __all__ = [
     "ShowerData", "ShowerFile", "ShowerWriter", "ShowerFileError", "open_showers", "read_showers",
@@ -177,55 +179,11 @@ class OutputError(ValueError):
     """An output cannot be written (read-only or missing directory, a directory in the way, no space)."""
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived (``signum``); temporary files have been removed."""
-
-    def __init__(self, signum: int = signal.SIGINT) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = int(signum)
-
-
-#: Temporary files being written by this process (removed on SIGINT/SIGTERM).
-_LIVE_TMP: set[Path] = set()
-_LIVE_LOCK = threading.RLock()  # re-entrant: the signal handler may run while the main thread holds it
-_INTERRUPTED = threading.Event()
-
-
 def _umask() -> int:
     with _LIVE_LOCK:  # os.umask can only be read by setting it
         old = os.umask(0o022)
         os.umask(old)
     return old
-
-
-def remove_temp_files() -> list[Path]:
-    """Remove every temporary output file of this process still open; return them."""
-    with _LIVE_LOCK:
-        paths, _ = list(_LIVE_TMP), _LIVE_TMP.clear()
-    for p in paths:
-        try:
-            p.unlink(missing_ok=True)
-        except OSError:
-            pass
-    return paths
-
-
-def install_interrupt_handlers() -> None:
-    """Make SIGINT and SIGTERM raise :class:`Interrupted` (after removing temporary outputs).
-
-    The flag it sets is checked again when an output is finalised, so an interrupt that a
-    library swallowed (e.g. inside a ``__del__``) still aborts the write (the CLI exits 130/143).
-    Call from the main thread (the CLI does).
-    """
-    _INTERRUPTED.clear()
-
-    def handler(signum: int, frame: Any) -> None:
-        _INTERRUPTED.set()
-        remove_temp_files()
-        raise Interrupted(signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
 
 
 def check_writable(path: str | Path, *, overwrite: bool = False, directory: bool = False) -> Path:
@@ -352,7 +310,7 @@ class atomic_path:
         tmp = self.tmp
         try:
             if exc_type is None and _INTERRUPTED.is_set():  # an interrupt was swallowed on the way
-                raise Interrupted()
+                raise Interrupted(interrupted_signal())
             if exc_type is None:
                 self._finalise(tmp)
         finally:
@@ -363,6 +321,9 @@ class atomic_path:
 
     def _finalise(self, tmp: Path) -> None:
         try:
+            # again at the end: writers that replace the file (safetensors) made it 0600 under any umask
+            if tmp.is_file():
+                os.chmod(tmp, 0o666 & ~_umask())
             if self.overwrite:
                 os.replace(tmp, self.path)
                 return

@@ -786,9 +786,32 @@ class _NoProgress:
         pass
 
 
+class _LineProgress(_NoProgress):
+    """Progress for a log file (stderr not a terminal, where rich shows nothing until the end):
+    one line per task at most every ``every`` seconds, and when it completes."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.every, self.tasks = every, []  # [description, total, completed, info, t0, last print, count printed]
+
+    def add_task(self, description: str, total: int | None = None, completed: int = 0, info: str = "") -> int:
+        self.tasks.append([description, total, completed, info, time.perf_counter(), float("-inf"), None])
+        return len(self.tasks) - 1
+
+    def update(self, task: int, advance: int = 0, completed: int | None = None, info: str | None = None) -> None:
+        t = self.tasks[task]
+        t[2] = (t[2] + advance) if completed is None else completed
+        t[3] = t[3] if info is None else info
+        now = time.perf_counter()
+        if t[6] != t[2] and (now - t[5] >= self.every or t[2] == t[1]):
+            t[5], t[6] = now, t[2]
+            print(f"{t[0]}: {t[2]}/{t[1] or '?'} steps, {now - t[4]:.0f} s {t[3]}".rstrip(), file=sys.stderr, flush=True)
+
+
 def _progress(enabled: bool) -> Any:
     if not enabled:
         return _NoProgress()
+    if not sys.stderr.isatty():
+        return _LineProgress()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
