@@ -1,0 +1,534 @@
+"""BIB-AE: a bounded-information-bottleneck autoencoder with a latent sampler and a
+post-processor (the ILD group's model, seed 003; ``docs/bib-ae.md``).
+
+Networks (all small enough for CPU training and sampling):
+
+* **encoder** ``E(x, c) -> (mu, log_var)`` and **decoder** ``D(z, c) -> x``: convolutional per
+  *shape group* (layers of one image shape, as in ``wgan_gp.shape_groups``). A group of at
+  least ``conv3d_min_layers`` layers is one 3D image (1, layers, rows, cols) with 3D
+  (transposed) convolutions, which mix neighbouring layers; a thinner group stacks its layers
+  as channels of 2D convolutions. Conditions (encoded E_inc, and θ/φ when the run has them)
+  enter the dense parts of both.
+* **critics** (WGAN-GP, ``layers.gradient_penalty``): one on showers ``(x, c)`` (real against
+  reconstructed, the per-layer energies as extra inputs) and one on the latent (encoded ``z``
+  against ``N(0, 1)`` draws).
+* **post-processor** ``P(x, c)``: a residual convolutional network on the decoded shower,
+  initialised to the identity, trained after the autoencoder with an MMD on the per-shower
+  sorted cell values (the cell-energy spectrum and the hit count) plus the reconstruction.
+* **latent sampler** (``models/latent.py``): a conditional KDE over encoded training showers or
+  a conditional latent flow (zuko); ``latent = "auto"`` takes the flow when the training
+  data's angles vary, else the KDE.
+
+Stages, all in one ``calosim train`` (``ctx.step`` decides; the progress bar shows ``stage``):
+
+1. steps ``[0, ae_steps)``: autoencoder = reconstruction + ``beta_kl`` KL + ``lambda_mmd`` MMD
+   to N(0, 1) + adversarial terms of both critics (one critic update per step, then one
+   autoencoder update);
+2. ``latent_steps`` steps: encoder and decoder frozen; each batch's posterior means are stored
+   as KDE centres (up to ``kde_size``) and train the latent flow by maximum likelihood;
+3. the remaining steps: the post-processor, on reconstructions of the real batch.
+
+Network units: cells are ``h = log1p((x - floor) / x0)`` (``floor`` the per-cell empty value,
+0 for the non-negative ``scale``/``identity`` transforms; ``x0`` the median non-empty value),
+so 0 is an empty cell and every decade of energy counts alike. The decoder's output passes a
+ReLU: empty cells are exact zeros. Its reconstruction loss is ``(raw - h)^2`` on hit cells and
+``relu(raw)^2`` on empty ones, so a cell that should be hit is pulled up even while switched off.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from . import register_model
+from ._random import standard_normal
+from .base import LRSchedule, ShowerModel, TrainContext
+from .config import MAX_WIDTH, TrainConfig, param
+from .latent import LatentFlow, LatentKDE
+from .layers import gradient_penalty
+from .wgan_gp import shape_groups
+from .. import features
+
+if TYPE_CHECKING:
+    from ..geometry import Geometry
+
+__all__ = ["BIBAE", "mmd", "sorted_energy_mmd"]
+
+_ANGLES = ("theta", "phi")
+
+
+# ------------------------------------------------------------------------------------------
+# losses
+# ------------------------------------------------------------------------------------------
+def mmd(a: Tensor, b: Tensor, scales: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 5.0)) -> Tensor:
+    """Biased squared MMD between samples ``a`` (N, d) and ``b`` (M, d) with a sum of Gaussian
+    kernels whose widths are ``scales`` x the median squared distance (detached). Exactly 0 for
+    identical samples, > 0 when the distributions differ."""
+    x = torch.cat([a, b])
+    sq = (x * x).sum(1)
+    d2 = (sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp_min(0)
+    med = d2.detach().median().clamp_min(1e-12)
+    k = sum(torch.exp(-d2 / (s * med)) for s in scales)
+    n = len(a)
+    return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
+
+
+def sorted_energy_mmd(a: Tensor, b: Tensor, top_k: int | None = None) -> Tensor:
+    """MMD between the distributions of per-shower sorted cell values: ``a`` (N, n_cells),
+    ``b`` (M, n_cells); each shower becomes its ``top_k`` largest values in descending order,
+    a vector whose profile is the cell-energy spectrum and whose zero tail is the hit count."""
+    k = a.shape[1] if top_k is None else min(int(top_k), a.shape[1])
+    return mmd(a.sort(1, descending=True).values[:, :k], b.sort(1, descending=True).values[:, :k])
+
+
+# ------------------------------------------------------------------------------------------
+# convolutional blocks per shape group
+# ------------------------------------------------------------------------------------------
+def _halvings(n: int, most: int) -> int:
+    """×2 resampling stages along an axis of size ``n`` (the coarsest size stays >= 3)."""
+    return max(0, min(most, int(math.floor(math.log2(n / 3.0))))) if n >= 6 else 0
+
+
+class _Group:
+    """A shape group as an image: 3D ``(1, L, H, W)`` or 2D ``(L, H, W)`` (layers as channels)."""
+
+    def __init__(self, shape: tuple[int, int], n_layers: int, use_3d: bool) -> None:
+        self.n_layers, self.use_3d = n_layers, use_3d
+        self.dims: tuple[int, ...] = (n_layers, *shape) if use_3d else tuple(shape)
+        self.channels = 1 if use_3d else n_layers
+        self.conv: type[nn.Module] = nn.Conv3d if use_3d else nn.Conv2d
+        self.tconv: type[nn.Module] = nn.ConvTranspose3d if use_3d else nn.ConvTranspose2d
+
+    def image(self, flat: Tensor) -> Tensor:
+        """(B, cells of the group) -> (B, channels, *dims)."""
+        return flat.reshape(len(flat), self.channels, *self.dims)
+
+
+class _Down(nn.Module):
+    """Group image (B, C, *dims) -> features (B, out): strided convolutions, channels doubling."""
+
+    def __init__(self, g: _Group, channels: int, max_channels: int, max_down: int, out: int, norm: bool) -> None:
+        super().__init__()
+        downs = [_halvings(n, max_down) for n in g.dims]
+        size, c, c_out = list(g.dims), g.channels, channels
+        blocks: list[nn.Module] = []
+        for i in range(max(max(downs), 1)):
+            s = tuple(2 if i < d else 1 for d in downs)
+            blocks.append(g.conv(c, c_out, 3, s, 1))
+            size = [(n - 1) // st + 1 for n, st in zip(size, s)]
+            if norm:  # GroupNorm(1): per-sample (gradient-penalty safe), never batch norm
+                blocks.append(nn.GroupNorm(1, c_out))
+            blocks.append(nn.LeakyReLU(0.2))
+            c, c_out = c_out, min(2 * c_out, max_channels)
+        blocks += [nn.Flatten(), nn.Linear(c * math.prod(size), out), nn.LeakyReLU(0.2)]
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, img: Tensor) -> Tensor:
+        return self.net(img)
+
+
+class _Up(nn.Module):
+    """Features (B, hidden) -> group image (B, C, *dims): a base grid upsampled ×2 per stage
+    (transposed convolutions, channels halving), then a 3-kernel convolution and a centred crop."""
+
+    def __init__(self, g: _Group, hidden: int, channels: int, min_channels: int, max_up: int) -> None:
+        super().__init__()
+        self.dims = g.dims
+        ups = [_halvings(n, max_up) for n in g.dims]
+        self.base = tuple(math.ceil(n / 2**u) for n, u in zip(g.dims, ups))
+        self.c0 = channels
+        self.fc = nn.Linear(hidden, channels * math.prod(self.base))
+        blocks: list[nn.Module] = []
+        c = channels
+        for i in range(max(ups)):
+            up = [i < u for u in ups]  # kernel 4 stride 2 doubles, kernel 3 stride 1 keeps a size
+            c_out = max(c // 2, min_channels)
+            blocks += [g.tconv(c, c_out, tuple(4 if u else 3 for u in up), tuple(2 if u else 1 for u in up), 1),
+                       nn.LeakyReLU(0.2)]
+            c = c_out
+        blocks.append(g.conv(c, g.channels, 3, 1, 1))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, h: Tensor) -> Tensor:
+        y = nn.functional.leaky_relu(self.fc(h), 0.2).view(len(h), self.c0, *self.base)
+        y = self.net(y)
+        for ax, n in enumerate(self.dims):  # centred crop to the exact group shape
+            o = (y.shape[2 + ax] - n) // 2
+            y = y.narrow(2 + ax, o, n)
+        return y
+
+
+class _Residual(nn.Module):
+    """Post-processor block of one group: image (B, C, *dims), conditions (B, cond_dim) -> a
+    correction of the same shape; the last convolution starts at zero (identity at start)."""
+
+    def __init__(self, g: _Group, cond_dim: int, channels: int) -> None:
+        super().__init__()
+        self.n_dims = len(g.dims)
+        self.inp = g.conv(g.channels, channels, 3, 1, 1)
+        self.cond = nn.Linear(cond_dim, channels)
+        self.mid = g.conv(channels, channels, 3, 1, 1)
+        self.out = g.conv(channels, g.channels, 3, 1, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, img: Tensor, cond: Tensor) -> Tensor:
+        bias = self.cond(cond).view(len(cond), -1, *([1] * self.n_dims))
+        y = nn.functional.leaky_relu(self.inp(img) + bias, 0.2)
+        y = nn.functional.leaky_relu(self.mid(y), 0.2)
+        return self.out(y)
+
+
+class _Groups(nn.Module):
+    """Cell order bookkeeping: flat showers (geometry order) <-> per-group images."""
+
+    def __init__(self, geometry: "Geometry", min_3d: int) -> None:
+        super().__init__()
+        off = geometry.layer_offsets
+        self.groups: list[_Group] = []
+        gather: list[Tensor] = []
+        for shape, ids in shape_groups(geometry):
+            self.groups.append(_Group(tuple(shape), len(ids), len(ids) >= min_3d))
+            gather.append(torch.cat([torch.arange(off[i], off[i + 1]) for i in ids]))
+        self.sizes = [len(g) for g in gather]
+        order = torch.cat(gather)
+        scatter = torch.empty_like(order)
+        scatter[order] = torch.arange(len(order))
+        self.register_buffer("order", order, persistent=False)
+        self.register_buffer("scatter", scatter, persistent=False)
+
+    def images(self, x: Tensor) -> list[Tensor]:
+        """(B, n_cells) -> one image per group."""
+        parts = x[:, self.order].split(self.sizes, 1)
+        return [g.image(p) for g, p in zip(self.groups, parts)]
+
+    def flat(self, images: list[Tensor]) -> Tensor:
+        """Inverse of :meth:`images`."""
+        return torch.cat([im.reshape(len(im), -1) for im in images], 1)[:, self.scatter]
+
+
+class Encoder(nn.Module):
+    """``E(h, c)``: showers (B, n_cells) in network units, conditions -> (mu, log_var), (B, latent) each."""
+
+    def __init__(self, cells: _Groups, cond_dim: int, latent: int, hidden: int, channels: int, max_channels: int,
+                 max_down: int) -> None:
+        super().__init__()
+        self.cells = cells
+        self.down = nn.ModuleList(_Down(g, channels, max_channels, max_down, hidden, norm=False) for g in cells.groups)
+        self.head = nn.Sequential(nn.Linear(hidden * len(cells.groups) + cond_dim, hidden), nn.LeakyReLU(0.2),
+                                  nn.Linear(hidden, 2 * latent))
+
+    def forward(self, h: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        f = torch.cat([d(im) for d, im in zip(self.down, self.cells.images(h))] + [cond], 1)
+        mu, log_var = self.head(f).chunk(2, 1)
+        return mu, log_var.clamp(-12, 8)
+
+
+class Decoder(nn.Module):
+    """``D(z, c)``: latent (B, latent), conditions (B, cond_dim) -> raw cells (B, n_cells) (before the ReLU)."""
+
+    def __init__(self, cells: _Groups, cond_dim: int, latent: int, hidden: int, channels: int, min_channels: int,
+                 max_up: int) -> None:
+        super().__init__()
+        self.cells = cells
+        self.trunk = nn.Sequential(nn.Linear(latent + cond_dim, hidden), nn.LeakyReLU(0.2),
+                                   nn.Linear(hidden, hidden), nn.LeakyReLU(0.2))
+        self.up = nn.ModuleList(_Up(g, hidden, channels, min_channels, max_up) for g in cells.groups)
+
+    def forward(self, z: Tensor, cond: Tensor) -> Tensor:
+        f = self.trunk(torch.cat([z, cond], 1))
+        return self.cells.flat([u(f) for u in self.up])
+
+
+class PostProcessor(nn.Module):
+    """``P(h, c)``: decoded showers (B, n_cells) in network units -> raw refined cells (B, n_cells)."""
+
+    def __init__(self, cells: _Groups, cond_dim: int, channels: int) -> None:
+        super().__init__()
+        self.cells = cells
+        self.blocks = nn.ModuleList(_Residual(g, cond_dim, channels) for g in cells.groups)
+
+    def forward(self, h: Tensor, cond: Tensor) -> Tensor:
+        ims = self.cells.images(h)
+        return h + self.cells.flat([b(im, cond) for b, im in zip(self.blocks, ims)])
+
+
+class ShowerCritic(nn.Module):
+    """``C(h, c)``: showers in network units, conditions -> score (B,); per-layer log energies join the features."""
+
+    def __init__(self, cells: _Groups, geometry: "Geometry", cond_dim: int, hidden: int, channels: int,
+                 max_channels: int, max_down: int) -> None:
+        super().__init__()
+        self.cells, self.geometry = cells, geometry
+        self.down = nn.ModuleList(_Down(g, channels, max_channels, max_down, hidden, norm=True) for g in cells.groups)
+        self.head = nn.Sequential(
+            nn.Linear(hidden * len(cells.groups) + cond_dim + geometry.n_layers, hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, 1))
+
+    def forward(self, h: Tensor, cond: Tensor) -> Tensor:
+        e_layer = torch.log1p(features.layer_energies(h, self.geometry))
+        f = torch.cat([d(im) for d, im in zip(self.down, self.cells.images(h))] + [cond, e_layer], 1)
+        return self.head(f).squeeze(1)
+
+
+def _mlp_critic(dim: int, hidden: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
+                         nn.Linear(hidden, 1), nn.Flatten(0))
+
+
+# ------------------------------------------------------------------------------------------
+# the model
+# ------------------------------------------------------------------------------------------
+@register_model
+class BIBAE(ShowerModel):
+    """BIB-AE: VAE + critics, latent KDE or conditional latent flow, post-processor (ILD, seed 003)."""
+
+    name = "bib-ae"
+
+    @dataclass
+    class Config(TrainConfig):
+        # CPU recipe: ild-ecal-10 photons, 5000 showers, ~20 min on one shared core (docs/bib-ae.md)
+        transform: str = "scale"  # x = E_cell / E_inc: non-negative, empty cells exactly 0
+        batch_size: int = param(64, ge=2)
+        steps: int | None = param(3000, ge=1)  # all stages; the post-processor gets what is left
+        ae_steps: int = param(2000, ge=1)
+        latent_steps: int = param(300, ge=1)
+        latent: Literal["auto", "kde", "flow"] = "auto"  # auto: the flow when the angles vary, else the KDE
+        latent_dim: int = param(16, ge=1, le=MAX_WIDTH)
+        hidden: int = param(128, ge=2, le=MAX_WIDTH)
+        channels: int = param(16, ge=1, le=1024)  # decoder at the base grid, halved per upsampling ...
+        min_channels: int = param(4, ge=1, le=1024)  # ... down to this
+        enc_channels: int = param(8, ge=1, le=1024)  # encoder / critic first stage, doubled per stage ...
+        max_channels: int = param(32, ge=1, le=1024)  # ... up to this
+        max_resample: int = param(3, ge=0, le=8)  # ×2 stages per axis at most
+        conv3d_min_layers: int = param(4, ge=1)  # groups with this many layers use 3D convolutions
+        lr: float = param(1e-3, gt=0.0)
+        lr_critic: float = param(1e-3, gt=0.0)
+        betas: tuple[float, float] = param((0.5, 0.9), ge=0.0, lt=1.0)
+        beta_kl: float = param(0.05, ge=0.0)
+        lambda_mmd: float = param(50.0, ge=0.0)  # latent MMD to N(0, 1)
+        lambda_adv: float = param(0.5, ge=0.0)  # shower critic
+        lambda_latent_adv: float = param(0.5, ge=0.0)  # latent critic
+        lambda_gp: float = param(10.0, ge=0.0)
+        critic_hidden: int = param(64, ge=2, le=MAX_WIDTH)
+        # latent sampler
+        kde_size: int = param(20000, ge=1, le=10**7)  # stored centres (encoded training showers)
+        kde_neighbours: int = param(100, ge=1)  # nearest in condition space = kernel centres of one query
+        kde_bandwidth: float = param(1.0, ge=0.0)  # x Scott's width
+        flow_transforms: int = param(4, ge=1, le=64)
+        flow_hidden: int = param(64, ge=2, le=MAX_WIDTH)
+        lr_flow: float = param(3e-3, gt=0.0)
+        # post-processor
+        pp_channels: int = param(8, ge=1, le=1024)
+        lr_pp: float = param(5e-4, gt=0.0)
+        pp_lambda_mmd: float = param(1.0, ge=0.0)  # sorted cell values (spectrum, hit count)
+        pp_lambda_rec: float = param(1.0, ge=0.0)
+        pp_top_k: int | None = param(None, ge=1)  # sorted values compared per shower (None: all cells)
+
+        def check(self) -> None:
+            super().check()
+            if self.steps is not None and self.steps <= self.ae_steps + self.latent_steps:
+                raise ValueError(f"config: 'steps' ({self.steps}) must exceed ae_steps + latent_steps "
+                                 f"({self.ae_steps} + {self.latent_steps}): the post-processor needs steps")
+
+    config: Config
+
+    def __init__(self, geometry: "Geometry", cond_dim: int, config: Any = None, *, data_dim: int | None = None) -> None:
+        super().__init__(geometry, cond_dim, config, data_dim=data_dim)
+        cfg = self.config
+        if any(lay.kind != "cartesian" for lay in geometry.layers):
+            raise ValueError(f"bib-ae: needs Cartesian layers; {geometry.name!r} has "
+                             f"{sorted({lay.kind for lay in geometry.layers})}")
+        d = cfg.latent_dim
+        self.cells = _Groups(geometry, cfg.conv3d_min_layers)
+        self.encoder = Encoder(self.cells, cond_dim, d, cfg.hidden, cfg.enc_channels, cfg.max_channels, cfg.max_resample)
+        self.decoder = Decoder(self.cells, cond_dim, d, cfg.hidden, cfg.channels, cfg.min_channels, cfg.max_resample)
+        self.post = PostProcessor(self.cells, cond_dim, cfg.pp_channels)
+        self.critic = ShowerCritic(self.cells, geometry, cond_dim, cfg.critic_hidden, cfg.enc_channels,
+                                   cfg.max_channels, cfg.max_resample)
+        self.latent_critic = _mlp_critic(d, cfg.critic_hidden)
+        self.kde = LatentKDE(d, cond_dim, cfg.kde_size, cfg.kde_neighbours, cfg.kde_bandwidth) \
+            if cfg.latent != "flow" else None
+        self.flow = LatentFlow(d, cond_dim, cfg.flow_transforms, cfg.flow_hidden) if cfg.latent != "kde" else None
+        self.latent_dim = 1 + d  # export noise: a column choosing the KDE centre + the latent noise
+        n = geometry.n_cells
+        # network units h = log1p((x - floor) / x0), set in fit_statistics (defaults: MeV-like data)
+        self.register_buffer("floor", torch.zeros(n))
+        self.register_buffer("x0", torch.ones(()))
+        self.register_buffer("h_ceil", torch.full((), 30.0))
+        self.register_buffer("use_flow", torch.tensor(cfg.latent == "flow"))
+        self.register_buffer("latent_trained", torch.zeros((), dtype=torch.long))  # latent-stage steps done
+
+    # -- units ------------------------------------------------------------------------------
+    def _to_h(self, x: Tensor) -> Tensor:
+        """Preprocessed showers (B, n_cells) -> network units (B, n_cells), 0 = empty."""
+        return torch.log1p((x - self.floor).clamp_min(0) / self.x0)
+
+    def _to_x(self, h: Tensor) -> Tensor:
+        return self.floor + self.x0 * torch.expm1(h)
+
+    # -- training ---------------------------------------------------------------------------
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        cfg = self.config
+        opts = {
+            "ae": torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=cfg.lr, betas=cfg.betas),
+            "critics": torch.optim.Adam([*self.critic.parameters(), *self.latent_critic.parameters()],
+                                        lr=cfg.lr_critic, betas=cfg.betas),
+            "post": torch.optim.Adam(self.post.parameters(), lr=cfg.lr_pp),
+        }
+        if self.flow is not None:
+            opts["flow"] = torch.optim.Adam(self.flow.parameters(), lr=cfg.lr_flow)
+        return opts
+
+    def lr_schedules(self, total_steps: int) -> dict[str, LRSchedule]:
+        cfg = self.config
+        post_steps = total_steps - cfg.ae_steps - cfg.latent_steps
+        if post_steps < 1:  # with 'epochs' the total is only known here (Config.check covers 'steps')
+            warnings.warn(f"bib-ae: the run has {total_steps} steps, not more than ae_steps + latent_steps "
+                          f"({cfg.ae_steps} + {cfg.latent_steps}): the post-processor will not train", stacklevel=2)
+        out = {"ae": LRSchedule("cosine", cfg.ae_steps), "post": LRSchedule("cosine", max(post_steps, 1))}
+        if self.flow is not None:
+            out["flow"] = LRSchedule("cosine", cfg.latent_steps)
+        return out
+
+    @torch.no_grad()
+    def fit_statistics(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> None:
+        """Network units from the first batch ``x`` (B, n_cells), and the latent sampler
+        (``latent = "auto"``: the flow if a θ/φ column of ``cond`` (B, cond_dim) varies)."""
+        self.floor.copy_(x.amin(0).clamp_max(0))
+        above = x - self.floor
+        hits = above[above > 1e-6 * above.abs().amax().clamp_min(1e-30)]
+        self.x0.fill_(float(hits.median()) if hits.numel() else 1.0)
+        self.h_ceil.fill_(1.5 * float(self._to_h(x).amax()) + 1.0)
+        if self.config.latent == "auto":
+            slices = getattr(ctx.conditions, "slices", {})
+            vary = any(float(cond[:, slices[a]].std()) > 1e-6 for a in _ANGLES if a in slices and len(cond) > 1)
+            self.use_flow.fill_(vary)
+
+    def stage(self, step: int) -> int:
+        """1 autoencoder, 2 latent sampler, 3 post-processor."""
+        cfg = self.config
+        return 1 if step < cfg.ae_steps else 2 if step < cfg.ae_steps + cfg.latent_steps else 3
+
+    def train_step(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
+        """One step of the stage ``ctx.step`` falls in, on ``x`` (B, n_cells), ``cond`` (B, cond_dim)."""
+        h = self._to_h(x)
+        stage = self.stage(ctx.step)
+        out = (self._ae_step if stage == 1 else self._latent_step if stage == 2 else self._post_step)(h, cond, ctx)
+        return {"stage": float(stage), **out}
+
+    def _ae_step(self, h: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
+        cfg, gen = self.config, ctx.generator
+        B, d = len(h), cfg.latent_dim
+        adversarial = cfg.lambda_adv > 0 or cfg.lambda_latent_adv > 0
+        out: dict[str, float] = {}
+        if adversarial:  # critics: real vs reconstructed showers, N(0, 1) vs encoded latents
+            self._critics_grad(True)
+            with torch.no_grad():
+                z, _, _ = self._encode(h, cond, gen)
+                h_rec = torch.relu(self.decoder(z, cond))
+            prior = standard_normal(B, d, gen, h.device)
+            crit = lambda v: self.critic(v, cond)  # noqa: E731
+            w_x = self.critic(h, cond).mean() - self.critic(h_rec, cond).mean()
+            w_z = self.latent_critic(prior).mean() - self.latent_critic(z).mean()
+            gp = (gradient_penalty(crit, h, h_rec, cfg.lambda_gp, gen)
+                  + gradient_penalty(self.latent_critic, prior, z, cfg.lambda_gp, gen))
+            ctx.backward_step(-w_x - w_z + gp, "critics")
+            self._critics_grad(False)
+            out.update(wasserstein=w_x.item(), wasserstein_latent=w_z.item(), gradient_penalty=gp.item())
+        z, mu, log_var = self._encode(h, cond, gen)
+        raw = self.decoder(z, cond)
+        rec = _rec_loss(raw, h).sum(1).mean()
+        kl = 0.5 * (mu**2 + log_var.exp() - 1 - log_var).sum(1).mean()
+        m = mmd(z, standard_normal(B, d, gen, h.device))
+        loss = rec + cfg.beta_kl * kl + cfg.lambda_mmd * m
+        if adversarial:
+            h_out = torch.relu(raw) + 0.5 * (raw - raw.detach()) * (raw < 0)  # straight-through leak
+            loss = loss - cfg.lambda_adv * self.critic(h_out, cond).mean() \
+                - cfg.lambda_latent_adv * self.latent_critic(z).mean()
+        ctx.backward_step(loss, "ae")
+        return {**out, "reconstruction": rec.item(), "kl": kl.item(), "mmd_latent": m.item()}
+
+    def _latent_step(self, h: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
+        with torch.no_grad():
+            mu = self.encoder(h, cond)[0]
+        out: dict[str, float] = {}
+        if self.kde is not None:
+            out["kde_centres"] = float(self.kde.add(mu, cond))
+        if self.flow is not None:
+            nll = -self.flow.log_prob(mu, cond).mean()
+            ctx.backward_step(nll, "flow")
+            out["flow_nll"] = nll.item()
+        self.latent_trained += 1
+        return out
+
+    def _post_step(self, h: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
+        cfg = self.config
+        with torch.no_grad():
+            h_dec = torch.relu(self.decoder(self.encoder(h, cond)[0], cond))
+        raw = self.post(h_dec, cond)
+        h_pp = torch.relu(raw) + 0.5 * (raw - raw.detach()) * (raw < 0)  # empty cells can still switch on
+        m = sorted_energy_mmd(h_pp, h, cfg.pp_top_k)
+        rec = _rec_loss(raw, h).mean()
+        ctx.backward_step(cfg.pp_lambda_mmd * m + cfg.pp_lambda_rec * rec, "post")
+        return {"pp_mmd_sorted": m.item(), "pp_reconstruction": rec.item()}
+
+    def _encode(self, h: Tensor, cond: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        mu, log_var = self.encoder(h, cond)
+        z = mu + (0.5 * log_var).exp() * standard_normal(len(h), mu.shape[1], gen, h.device)
+        return z, mu, log_var
+
+    def _critics_grad(self, on: bool) -> None:
+        self.critic.requires_grad_(on)
+        self.latent_critic.requires_grad_(on)
+
+    # -- sampling ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Preprocessed showers (B, n_cells) for conditions (B, cond_dim); draws the noise
+        (B, latent_dim) first, as :meth:`export_module` takes it."""
+        z = standard_normal(len(cond), self.latent_dim, generator, cond.device)
+        return self.export_module()(z, cond)
+
+    def export_module(self) -> nn.Module:
+        """``f(z, cond) -> x``: noise (B, 1 + latent) -> latent sampler -> decoder -> post-processor."""
+        return _Exported(self)
+
+    def latent_sampler(self) -> nn.Module | None:
+        """The sampler in use: the flow or the KDE once the latent stage ran, else None (N(0, 1))."""
+        if int(self.latent_trained) == 0:
+            return None
+        if bool(self.use_flow) and self.flow is not None:
+            return self.flow
+        if self.kde is not None and self.kde.n > 0:
+            return self.kde
+        return self.flow
+
+
+def _rec_loss(raw: Tensor, h: Tensor) -> Tensor:
+    """Per-cell reconstruction loss (B, n_cells): ``(raw - h)^2`` on hit cells, ``relu(raw)^2``
+    on empty ones (any raw <= 0 is an exact empty cell after the ReLU)."""
+    return torch.where(h > 0, (raw - h) ** 2, torch.relu(raw) ** 2)
+
+
+class _Exported(nn.Module):
+    """Standalone ``f(z, cond)``: z (B, 1 + latent) standard normal -> preprocessed showers (B, n_cells)."""
+
+    def __init__(self, model: BIBAE) -> None:
+        super().__init__()
+        self.latent_dim = model.latent_dim
+        self.sampler = model.latent_sampler()
+        self.decoder, self.post = model.decoder, model.post
+        self.register_buffer("floor", model.floor.clone())
+        self.register_buffer("x0", model.x0.clone())
+        self.register_buffer("h_ceil", model.h_ceil.clone())
+
+    def forward(self, z: Tensor, cond: Tensor) -> Tensor:
+        zl = z[:, 1:] if self.sampler is None else self.sampler(z, cond)
+        h = torch.relu(self.post(torch.relu(self.decoder(zl, cond)), cond)).clamp_max(self.h_ceil)
+        return self.floor + self.x0 * torch.expm1(h)
