@@ -110,78 +110,94 @@ class _Group:
 
 
 class _Down(nn.Module):
-    """Group image (B, C, *dims) -> features (B, out): strided convolutions, channels doubling."""
+    """Group image (B, C, *dims) -> features (B, out): space to depth (each block of cells of a
+    coarse voxel becomes channels, the inverse of :class:`_Up`'s sub-pixel step), then
+    ``n_conv`` 3-kernel convolutions of ``channels`` at coarse resolution and a dense layer."""
 
-    def __init__(self, g: _Group, channels: int, max_channels: int, max_down: int, out: int, norm: bool) -> None:
+    def __init__(self, g: _Group, channels: int, n_conv: int, max_down: int, out: int, norm: bool) -> None:
         super().__init__()
-        downs = [_halvings(n, max_down) for n in g.dims]
-        size, c, c_out = list(g.dims), g.channels, channels
+        self.dims, self.c_in = g.dims, g.channels
+        self.factors = tuple(2 ** _halvings(n, max_down) for n in g.dims)
+        self.base = tuple(math.ceil(n / f) for n, f in zip(g.dims, self.factors))
+        pads: list[int] = []
+        for n, b, f in reversed(list(zip(g.dims, self.base, self.factors))):  # F.pad: last axis first
+            extra = b * f - n
+            pads += [extra // 2, extra - extra // 2]
+        self.pads = tuple(pads)
         blocks: list[nn.Module] = []
-        for i in range(max(max(downs), 1)):
-            s = tuple(2 if i < d else 1 for d in downs)
-            blocks.append(g.conv(c, c_out, 3, s, 1))
-            size = [(n - 1) // st + 1 for n, st in zip(size, s)]
+        c = g.channels * math.prod(self.factors)
+        for _ in range(max(n_conv, 1)):
+            blocks.append(g.conv(c, channels, 3, 1, 1))
             if norm:  # GroupNorm(1): per-sample (gradient-penalty safe), never batch norm
-                blocks.append(nn.GroupNorm(1, c_out))
+                blocks.append(nn.GroupNorm(1, channels))
             blocks.append(nn.LeakyReLU(0.2))
-            c, c_out = c_out, min(2 * c_out, max_channels)
-        blocks += [nn.Flatten(), nn.Linear(c * math.prod(size), out), nn.LeakyReLU(0.2)]
+            c = channels
+        blocks += [nn.Flatten(), nn.Linear(c * math.prod(self.base), out), nn.LeakyReLU(0.2)]
         self.net = nn.Sequential(*blocks)
 
     def forward(self, img: Tensor) -> Tensor:
-        return self.net(img)
+        B, n = len(img), len(self.dims)
+        y = nn.functional.pad(img, self.pads) if any(self.pads) else img
+        # (B, C, b_1 f_1, ..., b_n f_n) -> (B, C, f_1..f_n, b_1..b_n) -> (B, C F, b_1..b_n)
+        y = y.reshape(B, self.c_in, *[k for bf in zip(self.base, self.factors) for k in bf])
+        y = y.permute(0, 1, *[2 + 2 * i + 1 for i in range(n)], *[2 + 2 * i for i in range(n)])
+        return self.net(y.reshape(B, -1, *self.base))
 
 
 class _Up(nn.Module):
-    """Features (B, hidden) -> group image (B, C, *dims): a base grid upsampled ×2 per stage
-    (transposed convolutions, channels halving), then a 3-kernel convolution and a centred crop."""
+    """Features (B, hidden) -> group image (B, C, *dims): a coarse grid of ``channels`` (the
+    image size / 2 per resampled axis, up to ``max_up`` times), ``n_conv`` 3-kernel convolutions
+    on it, then a sub-pixel convolution (Shi et al. 2016): one convolution giving every coarse
+    voxel its block of fine cells, rearranged to the full grid and cropped. All the convolution
+    work is at coarse resolution with many channels, which CPUs do several times faster than
+    small-channel convolutions at full resolution."""
 
-    def __init__(self, g: _Group, hidden: int, channels: int, min_channels: int, max_up: int) -> None:
+    def __init__(self, g: _Group, hidden: int, channels: int, n_conv: int, max_up: int) -> None:
         super().__init__()
-        self.dims = g.dims
-        ups = [_halvings(n, max_up) for n in g.dims]
-        self.base = tuple(math.ceil(n / 2**u) for n, u in zip(g.dims, ups))
+        self.dims, self.c_out = g.dims, g.channels
+        self.factors = tuple(2 ** _halvings(n, max_up) for n in g.dims)
+        self.base = tuple(math.ceil(n / f) for n, f in zip(g.dims, self.factors))
         self.c0 = channels
         self.fc = nn.Linear(hidden, channels * math.prod(self.base))
         blocks: list[nn.Module] = []
-        c = channels
-        for i in range(max(ups)):
-            up = [i < u for u in ups]  # kernel 4 stride 2 doubles, kernel 3 stride 1 keeps a size
-            c_out = max(c // 2, min_channels)
-            blocks += [g.tconv(c, c_out, tuple(4 if u else 3 for u in up), tuple(2 if u else 1 for u in up), 1),
-                       nn.LeakyReLU(0.2)]
-            c = c_out
-        blocks.append(g.conv(c, g.channels, 3, 1, 1))
+        for _ in range(n_conv):
+            blocks += [g.conv(channels, channels, 3, 1, 1), nn.LeakyReLU(0.2)]
+        blocks.append(g.conv(channels, g.channels * math.prod(self.factors), 3, 1, 1))
         self.net = nn.Sequential(*blocks)
 
     def forward(self, h: Tensor) -> Tensor:
-        y = nn.functional.leaky_relu(self.fc(h), 0.2).view(len(h), self.c0, *self.base)
-        y = self.net(y)
-        for ax, n in enumerate(self.dims):  # centred crop to the exact group shape
-            o = (y.shape[2 + ax] - n) // 2
-            y = y.narrow(2 + ax, o, n)
+        B, n = len(h), len(self.dims)
+        y = nn.functional.leaky_relu(self.fc(h), 0.2).view(B, self.c0, *self.base)
+        y = self.net(y).view(B, self.c_out, *self.factors, *self.base)
+        # depth to space: (B, C, f_1..f_n, b_1..b_n) -> (B, C, b_1, f_1, ..., b_n, f_n)
+        y = y.permute(0, 1, *[k for i in range(n) for k in (2 + n + i, 2 + i)])
+        y = y.reshape(B, self.c_out, *[b * f for b, f in zip(self.base, self.factors)])
+        for ax, size in enumerate(self.dims):  # centred crop to the exact group shape
+            o = (y.shape[2 + ax] - size) // 2
+            y = y.narrow(2 + ax, o, size)
         return y
 
 
 class _Residual(nn.Module):
     """Post-processor block of one group: image (B, C, *dims), conditions (B, cond_dim) -> a
-    correction of the same shape; the last convolution starts at zero (identity at start)."""
+    correction of the same shape. 2D convolutions with the group's layers as channels (every
+    cell sees its 3x3 neighbourhood in all layers, cheaply); the last one starts at zero, so
+    the post-processor starts as the identity."""
 
     def __init__(self, g: _Group, cond_dim: int, channels: int) -> None:
         super().__init__()
-        self.n_dims = len(g.dims)
-        self.inp = g.conv(g.channels, channels, 3, 1, 1)
+        self.n_layers = g.n_layers
+        self.inp = nn.Conv2d(g.n_layers, channels, 3, 1, 1)
         self.cond = nn.Linear(cond_dim, channels)
-        self.mid = g.conv(channels, channels, 3, 1, 1)
-        self.out = g.conv(channels, g.channels, 3, 1, 1)
+        self.out = nn.Conv2d(channels, g.n_layers, 3, 1, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, img: Tensor, cond: Tensor) -> Tensor:
-        bias = self.cond(cond).view(len(cond), -1, *([1] * self.n_dims))
-        y = nn.functional.leaky_relu(self.inp(img) + bias, 0.2)
-        y = nn.functional.leaky_relu(self.mid(y), 0.2)
-        return self.out(y)
+        shape = img.shape
+        x = img.reshape(len(img), self.n_layers, *shape[-2:])
+        y = nn.functional.leaky_relu(self.inp(x) + self.cond(cond)[:, :, None, None], 0.2)
+        return self.out(y).reshape(shape)
 
 
 class _Groups(nn.Module):
@@ -215,11 +231,11 @@ class _Groups(nn.Module):
 class Encoder(nn.Module):
     """``E(h, c)``: showers (B, n_cells) in network units, conditions -> (mu, log_var), (B, latent) each."""
 
-    def __init__(self, cells: _Groups, cond_dim: int, latent: int, hidden: int, channels: int, max_channels: int,
+    def __init__(self, cells: _Groups, cond_dim: int, latent: int, hidden: int, channels: int, n_conv: int,
                  max_down: int) -> None:
         super().__init__()
         self.cells = cells
-        self.down = nn.ModuleList(_Down(g, channels, max_channels, max_down, hidden, norm=False) for g in cells.groups)
+        self.down = nn.ModuleList(_Down(g, channels, n_conv, max_down, hidden, norm=False) for g in cells.groups)
         self.head = nn.Sequential(nn.Linear(hidden * len(cells.groups) + cond_dim, hidden), nn.LeakyReLU(0.2),
                                   nn.Linear(hidden, 2 * latent))
 
@@ -232,13 +248,13 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """``D(z, c)``: latent (B, latent), conditions (B, cond_dim) -> raw cells (B, n_cells) (before the ReLU)."""
 
-    def __init__(self, cells: _Groups, cond_dim: int, latent: int, hidden: int, channels: int, min_channels: int,
+    def __init__(self, cells: _Groups, cond_dim: int, latent: int, hidden: int, channels: int, n_conv: int,
                  max_up: int) -> None:
         super().__init__()
         self.cells = cells
         self.trunk = nn.Sequential(nn.Linear(latent + cond_dim, hidden), nn.LeakyReLU(0.2),
                                    nn.Linear(hidden, hidden), nn.LeakyReLU(0.2))
-        self.up = nn.ModuleList(_Up(g, hidden, channels, min_channels, max_up) for g in cells.groups)
+        self.up = nn.ModuleList(_Up(g, hidden, channels, n_conv, max_up) for g in cells.groups)
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
         f = self.trunk(torch.cat([z, cond], 1))
@@ -262,10 +278,10 @@ class ShowerCritic(nn.Module):
     """``C(h, c)``: showers in network units, conditions -> score (B,); per-layer log energies join the features."""
 
     def __init__(self, cells: _Groups, geometry: "Geometry", cond_dim: int, hidden: int, channels: int,
-                 max_channels: int, max_down: int) -> None:
+                 n_conv: int, max_down: int) -> None:
         super().__init__()
         self.cells, self.geometry = cells, geometry
-        self.down = nn.ModuleList(_Down(g, channels, max_channels, max_down, hidden, norm=True) for g in cells.groups)
+        self.down = nn.ModuleList(_Down(g, channels, n_conv, max_down, hidden, norm=True) for g in cells.groups)
         self.head = nn.Sequential(
             nn.Linear(hidden * len(cells.groups) + cond_dim + geometry.n_layers, hidden), nn.LeakyReLU(0.2),
             nn.Linear(hidden, 1))
@@ -301,10 +317,10 @@ class BIBAE(ShowerModel):
         latent: Literal["auto", "kde", "flow"] = "auto"  # auto: the flow when the angles vary, else the KDE
         latent_dim: int = param(16, ge=1, le=MAX_WIDTH)
         hidden: int = param(128, ge=2, le=MAX_WIDTH)
-        channels: int = param(16, ge=1, le=1024)  # decoder at the base grid, halved per upsampling ...
-        min_channels: int = param(4, ge=1, le=1024)  # ... down to this
-        enc_channels: int = param(8, ge=1, le=1024)  # encoder / critic first stage, doubled per stage ...
-        max_channels: int = param(32, ge=1, le=1024)  # ... up to this
+        channels: int = param(32, ge=1, le=1024)  # decoder: channels of its coarse grid ...
+        decoder_convs: int = param(1, ge=0, le=16)  # ... and convolutions on it before the sub-pixel one
+        enc_channels: int = param(32, ge=1, le=1024)  # encoder / critic: channels of the coarse grid ...
+        encoder_convs: int = param(1, ge=1, le=16)  # ... and convolutions on it
         max_resample: int = param(3, ge=0, le=8)  # ×2 stages per axis at most
         conv3d_min_layers: int = param(4, ge=1)  # groups with this many layers use 3D convolutions
         lr: float = param(1e-3, gt=0.0)
@@ -324,7 +340,7 @@ class BIBAE(ShowerModel):
         flow_hidden: int = param(64, ge=2, le=MAX_WIDTH)
         lr_flow: float = param(3e-3, gt=0.0)
         # post-processor
-        pp_channels: int = param(8, ge=1, le=1024)
+        pp_channels: int = param(32, ge=1, le=1024)
         lr_pp: float = param(5e-4, gt=0.0)
         pp_lambda_mmd: float = param(1.0, ge=0.0)  # sorted cell values (spectrum, hit count)
         pp_lambda_rec: float = param(1.0, ge=0.0)
@@ -346,11 +362,11 @@ class BIBAE(ShowerModel):
                              f"{sorted({lay.kind for lay in geometry.layers})}")
         d = cfg.latent_dim
         self.cells = _Groups(geometry, cfg.conv3d_min_layers)
-        self.encoder = Encoder(self.cells, cond_dim, d, cfg.hidden, cfg.enc_channels, cfg.max_channels, cfg.max_resample)
-        self.decoder = Decoder(self.cells, cond_dim, d, cfg.hidden, cfg.channels, cfg.min_channels, cfg.max_resample)
+        self.encoder = Encoder(self.cells, cond_dim, d, cfg.hidden, cfg.enc_channels, cfg.encoder_convs, cfg.max_resample)
+        self.decoder = Decoder(self.cells, cond_dim, d, cfg.hidden, cfg.channels, cfg.decoder_convs, cfg.max_resample)
         self.post = PostProcessor(self.cells, cond_dim, cfg.pp_channels)
         self.critic = ShowerCritic(self.cells, geometry, cond_dim, cfg.critic_hidden, cfg.enc_channels,
-                                   cfg.max_channels, cfg.max_resample)
+                                   cfg.encoder_convs, cfg.max_resample)
         self.latent_critic = _mlp_critic(d, cfg.critic_hidden)
         self.kde = LatentKDE(d, cond_dim, cfg.kde_size, cfg.kde_neighbours, cfg.kde_bandwidth) \
             if cfg.latent != "flow" else None
