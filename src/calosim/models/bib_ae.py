@@ -106,7 +106,7 @@ class _Group:
 
     def image(self, flat: Tensor) -> Tensor:
         """(B, cells of the group) -> (B, channels, *dims)."""
-        return flat.reshape(len(flat), self.channels, *self.dims)
+        return flat.reshape(flat.shape[0], self.channels, *self.dims)
 
 
 class _Down(nn.Module):
@@ -136,7 +136,7 @@ class _Down(nn.Module):
         self.net = nn.Sequential(*blocks)
 
     def forward(self, img: Tensor) -> Tensor:
-        B, n = len(img), len(self.dims)
+        B, n = img.shape[0], len(self.dims)
         y = nn.functional.pad(img, self.pads) if any(self.pads) else img
         # (B, C, b_1 f_1, ..., b_n f_n) -> (B, C, f_1..f_n, b_1..b_n) -> (B, C F, b_1..b_n)
         y = y.reshape(B, self.c_in, *[k for bf in zip(self.base, self.factors) for k in bf])
@@ -166,7 +166,7 @@ class _Up(nn.Module):
         self.net = nn.Sequential(*blocks)
 
     def forward(self, h: Tensor) -> Tensor:
-        B, n = len(h), len(self.dims)
+        B, n = h.shape[0], len(self.dims)
         y = nn.functional.leaky_relu(self.fc(h), 0.2).view(B, self.c0, *self.base)
         y = self.net(y).view(B, self.c_out, *self.factors, *self.base)
         # depth to space: (B, C, f_1..f_n, b_1..b_n) -> (B, C, b_1, f_1, ..., b_n, f_n)
@@ -195,7 +195,7 @@ class _Residual(nn.Module):
 
     def forward(self, img: Tensor, cond: Tensor) -> Tensor:
         shape = img.shape
-        x = img.reshape(len(img), self.n_layers, *shape[-2:])
+        x = img.reshape(shape[0], self.n_layers, *shape[-2:])
         y = nn.functional.leaky_relu(self.inp(x) + self.cond(cond)[:, :, None, None], 0.2)
         return self.out(y).reshape(shape)
 
@@ -225,7 +225,7 @@ class _Groups(nn.Module):
 
     def flat(self, images: list[Tensor]) -> Tensor:
         """Inverse of :meth:`images`."""
-        return torch.cat([im.reshape(len(im), -1) for im in images], 1)[:, self.scatter]
+        return torch.cat([im.flatten(1) for im in images], 1)[:, self.scatter]
 
 
 class Encoder(nn.Module):
@@ -308,12 +308,12 @@ class BIBAE(ShowerModel):
 
     @dataclass
     class Config(TrainConfig):
-        # CPU recipe: ild-ecal-10 photons, 5000 showers, ~20 min on one shared core (docs/bib-ae.md)
+        # CPU recipe: ild-ecal-10 photons, 5000 showers, <= 30 min on one shared core (docs/bib-ae.md)
         transform: str = "scale"  # x = E_cell / E_inc: non-negative, empty cells exactly 0
-        batch_size: int = param(64, ge=2)
-        steps: int | None = param(3000, ge=1)  # all stages; the post-processor gets what is left
-        ae_steps: int = param(2000, ge=1)
-        latent_steps: int = param(300, ge=1)
+        batch_size: int = param(32, ge=2)
+        steps: int | None = param(2000, ge=1)  # all stages; the post-processor gets what is left
+        ae_steps: int = param(1500, ge=1)
+        latent_steps: int = param(200, ge=1)
         latent: Literal["auto", "kde", "flow"] = "auto"  # auto: the flow when the angles vary, else the KDE
         latent_dim: int = param(16, ge=1, le=MAX_WIDTH)
         hidden: int = param(128, ge=2, le=MAX_WIDTH)
@@ -332,6 +332,7 @@ class BIBAE(ShowerModel):
         lambda_latent_adv: float = param(0.5, ge=0.0)  # latent critic
         lambda_gp: float = param(10.0, ge=0.0)
         critic_hidden: int = param(64, ge=2, le=MAX_WIDTH)
+        critic_channels: int = param(16, ge=1, le=1024)  # shower critic's coarse-grid channels
         # latent sampler
         kde_size: int = param(20000, ge=1, le=10**7)  # stored centres (encoded training showers)
         kde_neighbours: int = param(100, ge=1)  # nearest in condition space = kernel centres of one query
@@ -365,8 +366,8 @@ class BIBAE(ShowerModel):
         self.encoder = Encoder(self.cells, cond_dim, d, cfg.hidden, cfg.enc_channels, cfg.encoder_convs, cfg.max_resample)
         self.decoder = Decoder(self.cells, cond_dim, d, cfg.hidden, cfg.channels, cfg.decoder_convs, cfg.max_resample)
         self.post = PostProcessor(self.cells, cond_dim, cfg.pp_channels)
-        self.critic = ShowerCritic(self.cells, geometry, cond_dim, cfg.critic_hidden, cfg.enc_channels,
-                                   cfg.encoder_convs, cfg.max_resample)
+        self.critic = ShowerCritic(self.cells, geometry, cond_dim, cfg.critic_hidden, cfg.critic_channels, 1,
+                                   cfg.max_resample)
         self.latent_critic = _mlp_critic(d, cfg.critic_hidden)
         self.kde = LatentKDE(d, cond_dim, cfg.kde_size, cfg.kde_neighbours, cfg.kde_bandwidth) \
             if cfg.latent != "flow" else None
@@ -386,7 +387,7 @@ class BIBAE(ShowerModel):
         return torch.log1p((x - self.floor).clamp_min(0) / self.x0)
 
     def _to_x(self, h: Tensor) -> Tensor:
-        return self.floor + self.x0 * torch.expm1(h)
+        return self.floor + self.x0 * (torch.exp(h) - 1)  # not expm1: ONNX has no such operator
 
     # -- training ---------------------------------------------------------------------------
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -547,4 +548,4 @@ class _Exported(nn.Module):
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
         zl = z[:, 1:] if self.sampler is None else self.sampler(z, cond)
         h = torch.relu(self.post(torch.relu(self.decoder(zl, cond)), cond)).clamp_max(self.h_ceil)
-        return self.floor + self.x0 * torch.expm1(h)
+        return self.floor + self.x0 * (torch.exp(h) - 1)  # not expm1: ONNX has no such operator

@@ -78,16 +78,16 @@ class LatentKDE(nn.Module):
             return noise
         centres, conds = self.centres[:n], self.conds[:n]
         k = min(self.neighbours, n)
+        j = (normal_cdf(eps[:, :1]) * k).long().clamp(0, k - 1)  # uniform choice among the neighbours
         if k == n:  # every centre is a neighbour: the unconditional KDE
-            idx = torch.arange(n, device=eps.device).expand(len(eps), n)
+            pick = j.squeeze(1)
+            spread = centres.std(0, unbiased=False).expand_as(noise)
         else:  # squared distances in encoded-condition space, (B, n)
             d2 = (cond * cond).sum(1, keepdim=True) - 2 * cond @ conds.T + (conds * conds).sum(1)
             idx = d2.topk(k, dim=1, largest=False).indices  # (B, k)
-        j = (normal_cdf(eps[:, :1]) * k).long().clamp(0, k - 1)  # uniform choice among them
-        pick = idx.gather(1, j).squeeze(1)
-        near = centres[idx]  # (B, k, dim)
+            pick = idx.gather(1, j).squeeze(1)
+            spread = centres[idx].std(1, unbiased=False) if k > 1 else torch.zeros_like(noise)
         # Scott's rule over the neighbours: width = factor * k^(-1/(d+4)) * their spread
-        spread = near.std(1, unbiased=False) if k > 1 else torch.zeros_like(noise)
         width = self.bandwidth * k ** (-1.0 / (self.dim + 4)) * spread
         return centres[pick] + width * noise
 
