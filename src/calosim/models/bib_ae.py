@@ -343,9 +343,11 @@ class BIBAE(ShowerModel):
         # post-processor
         pp_channels: int = param(32, ge=1, le=1024)
         lr_pp: float = param(5e-4, gt=0.0)
-        pp_lambda_mmd: float = param(1.0, ge=0.0)  # sorted cell values (spectrum, hit count)
+        pp_lambda_mmd: float = param(20.0, ge=0.0)  # sorted cell values (spectrum, hit count)
+        pp_lambda_layers: float = param(20.0, ge=0.0)  # per-layer and total energies (profile, response)
         pp_lambda_rec: float = param(1.0, ge=0.0)
         pp_top_k: int | None = param(None, ge=1)  # sorted values compared per shower (None: all cells)
+        snap: float = param(1.0, ge=0.0)  # outputs below snap x (1% quantile of real hits) become empty cells
 
         def check(self) -> None:
             super().check()
@@ -378,6 +380,7 @@ class BIBAE(ShowerModel):
         self.register_buffer("floor", torch.zeros(n))
         self.register_buffer("x0", torch.ones(()))
         self.register_buffer("h_ceil", torch.full((), 30.0))
+        self.register_buffer("h_snap", torch.zeros(()))  # outputs below it are empty cells
         self.register_buffer("use_flow", torch.tensor(cfg.latent == "flow"))
         self.register_buffer("latent_trained", torch.zeros((), dtype=torch.long))  # latent-stage steps done
 
@@ -421,7 +424,12 @@ class BIBAE(ShowerModel):
         above = x - self.floor
         hits = above[above > 1e-6 * above.abs().amax().clamp_min(1e-30)]
         self.x0.fill_(float(hits.median()) if hits.numel() else 1.0)
-        self.h_ceil.fill_(1.5 * float(self._to_h(x).amax()) + 1.0)
+        h = self._to_h(x)
+        self.h_ceil.fill_(1.5 * float(h.amax()) + 1.0)
+        # Real showers have no values between "empty" and their smallest hits (a cell threshold,
+        # or the smallest deposit); a decoder's many tiny outputs there would be spurious hits.
+        h_hit = h[h > 0]
+        self.h_snap.fill_(self.config.snap * float(torch.quantile(h_hit[:1 << 24], 0.01)) if h_hit.numel() else 0.0)
         if self.config.latent == "auto":
             slices = getattr(ctx.conditions, "slices", {})
             vary = any(float(cond[:, slices[a]].std()) > 1e-6 for a in _ANGLES if a in slices and len(cond) > 1)
@@ -448,7 +456,7 @@ class BIBAE(ShowerModel):
             self._critics_grad(True)
             with torch.no_grad():
                 z, _, _ = self._encode(h, cond, gen)
-                h_rec = torch.relu(self.decoder(z, cond))
+                h_rec = _snap(self.decoder(z, cond), self.h_snap)
             prior = standard_normal(B, d, gen, h.device)
             crit = lambda v: self.critic(v, cond)  # noqa: E731
             w_x = self.critic(h, cond).mean() - self.critic(h_rec, cond).mean()
@@ -465,7 +473,7 @@ class BIBAE(ShowerModel):
         m = mmd(z, standard_normal(B, d, gen, h.device))
         loss = rec + cfg.beta_kl * kl + cfg.lambda_mmd * m
         if adversarial:
-            h_out = torch.relu(raw) + 0.5 * (raw - raw.detach()) * (raw < 0)  # straight-through leak
+            h_out = torch.where(raw < self.h_snap, 0.5 * (raw - raw.detach()), raw)  # straight-through leak
             loss = loss - cfg.lambda_adv * self.critic(h_out, cond).mean() \
                 - cfg.lambda_latent_adv * self.latent_critic(z).mean()
         ctx.backward_step(loss, "ae")
@@ -487,13 +495,21 @@ class BIBAE(ShowerModel):
     def _post_step(self, h: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
         cfg = self.config
         with torch.no_grad():
-            h_dec = torch.relu(self.decoder(self.encoder(h, cond)[0], cond))
+            h_dec = _snap(self.decoder(self.encoder(h, cond)[0], cond), self.h_snap)
         raw = self.post(h_dec, cond)
-        h_pp = torch.relu(raw) + 0.5 * (raw - raw.detach()) * (raw < 0)  # empty cells can still switch on
+        off = raw < self.h_snap
+        h_pp = torch.where(off, 0.5 * (raw - raw.detach()), raw)  # off cells: straight-through, can switch on
         m = sorted_energy_mmd(h_pp, h, cfg.pp_top_k)
-        rec = _rec_loss(raw, h).mean()
-        ctx.backward_step(cfg.pp_lambda_mmd * m + cfg.pp_lambda_rec * rec, "post")
-        return {"pp_mmd_sorted": m.item(), "pp_reconstruction": rec.item()}
+        m_layers = mmd(self._log_layer_energies(h_pp), self._log_layer_energies(h))
+        rec = _rec_loss(raw, h).sum(1).mean()
+        ctx.backward_step(cfg.pp_lambda_mmd * m + cfg.pp_lambda_layers * m_layers + cfg.pp_lambda_rec * rec, "post")
+        return {"pp_mmd_sorted": m.item(), "pp_mmd_layers": m_layers.item(), "pp_reconstruction": rec.item()}
+
+    def _log_layer_energies(self, h: Tensor) -> Tensor:
+        """Network units (B, n_cells) -> log energy per layer and in total, (B, n_layers + 1),
+        in units of x0 (the joint distribution of the longitudinal profile and the response)."""
+        e = features.layer_energies(torch.exp(h) - 1, self.geometry)
+        return torch.log1p(torch.cat([e, e.sum(1, keepdim=True)], 1))
 
     def _encode(self, h: Tensor, cond: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         mu, log_var = self.encoder(h, cond)
@@ -527,6 +543,11 @@ class BIBAE(ShowerModel):
         return self.flow
 
 
+def _snap(raw: Tensor, h_snap: Tensor) -> Tensor:
+    """Raw network output (B, n_cells) -> network units: 0 below ``h_snap`` (empty cells)."""
+    return torch.where(raw < h_snap, torch.zeros_like(raw), raw)
+
+
 def _rec_loss(raw: Tensor, h: Tensor) -> Tensor:
     """Per-cell reconstruction loss (B, n_cells): ``(raw - h)^2`` on hit cells, ``relu(raw)^2``
     on empty ones (any raw <= 0 is an exact empty cell after the ReLU)."""
@@ -544,8 +565,9 @@ class _Exported(nn.Module):
         self.register_buffer("floor", model.floor.clone())
         self.register_buffer("x0", model.x0.clone())
         self.register_buffer("h_ceil", model.h_ceil.clone())
+        self.register_buffer("h_snap", model.h_snap.clone())
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
         zl = z[:, 1:] if self.sampler is None else self.sampler(z, cond)
-        h = torch.relu(self.post(torch.relu(self.decoder(zl, cond)), cond)).clamp_max(self.h_ceil)
+        h = _snap(self.post(_snap(self.decoder(zl, cond), self.h_snap), cond), self.h_snap).clamp_max(self.h_ceil)
         return self.floor + self.x0 * (torch.exp(h) - 1)  # not expm1: ONNX has no such operator
