@@ -326,6 +326,7 @@ class BIBAE(ShowerModel):
         lr: float = param(1e-3, gt=0.0)
         lr_critic: float = param(1e-3, gt=0.0)
         betas: tuple[float, float] = param((0.5, 0.9), ge=0.0, lt=1.0)
+        lambda_energy: float = param(10.0, ge=0.0)  # paired squared error of log layer and total energies
         beta_kl: float = param(0.05, ge=0.0)
         lambda_mmd: float = param(50.0, ge=0.0)  # latent MMD to N(0, 1)
         lambda_adv: float = param(0.5, ge=0.0)  # shower critic
@@ -336,7 +337,7 @@ class BIBAE(ShowerModel):
         # latent sampler
         kde_size: int = param(20000, ge=1, le=10**7)  # stored centres (encoded training showers)
         kde_neighbours: int = param(100, ge=1)  # nearest in condition space = kernel centres of one query
-        kde_bandwidth: float = param(1.0, ge=0.0)  # x Scott's width
+        kde_bandwidth: float = param(0.1, ge=0.0)  # x Scott's width (16-d Scott oversmooths: decoded energies 6x too wide)
         flow_transforms: int = param(4, ge=1, le=64)
         flow_hidden: int = param(64, ge=2, le=MAX_WIDTH)
         lr_flow: float = param(3e-3, gt=0.0)
@@ -469,15 +470,16 @@ class BIBAE(ShowerModel):
         z, mu, log_var = self._encode(h, cond, gen)
         raw = self.decoder(z, cond)
         rec = _rec_loss(raw, h).sum(1).mean()
+        h_on = torch.where(raw < self.h_snap, 0.5 * (raw - raw.detach()), raw)  # straight-through leak
+        energy = ((self._log_layer_energies(h_on) - self._log_layer_energies(h)) ** 2).sum(1).mean()
         kl = 0.5 * (mu**2 + log_var.exp() - 1 - log_var).sum(1).mean()
         m = mmd(z, standard_normal(B, d, gen, h.device))
-        loss = rec + cfg.beta_kl * kl + cfg.lambda_mmd * m
+        loss = rec + cfg.lambda_energy * energy + cfg.beta_kl * kl + cfg.lambda_mmd * m
         if adversarial:
-            h_out = torch.where(raw < self.h_snap, 0.5 * (raw - raw.detach()), raw)  # straight-through leak
-            loss = loss - cfg.lambda_adv * self.critic(h_out, cond).mean() \
+            loss = loss - cfg.lambda_adv * self.critic(h_on, cond).mean() \
                 - cfg.lambda_latent_adv * self.latent_critic(z).mean()
         ctx.backward_step(loss, "ae")
-        return {**out, "reconstruction": rec.item(), "kl": kl.item(), "mmd_latent": m.item()}
+        return {**out, "reconstruction": rec.item(), "energy": energy.item(), "kl": kl.item(), "mmd_latent": m.item()}
 
     def _latent_step(self, h: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
         with torch.no_grad():
@@ -501,7 +503,8 @@ class BIBAE(ShowerModel):
         h_pp = torch.where(off, 0.5 * (raw - raw.detach()), raw)  # off cells: straight-through, can switch on
         m = sorted_energy_mmd(h_pp, h, cfg.pp_top_k)
         m_layers = mmd(self._log_layer_energies(h_pp), self._log_layer_energies(h))
-        rec = _rec_loss(raw, h).sum(1).mean()
+        rec = _rec_loss(raw, h).sum(1).mean() \
+            + cfg.lambda_energy * ((self._log_layer_energies(h_pp) - self._log_layer_energies(h)) ** 2).sum(1).mean()
         ctx.backward_step(cfg.pp_lambda_mmd * m + cfg.pp_lambda_layers * m_layers + cfg.pp_lambda_rec * rec, "post")
         return {"pp_mmd_sorted": m.item(), "pp_mmd_layers": m_layers.item(), "pp_reconstruction": rec.item()}
 
