@@ -311,7 +311,7 @@ class BIBAE(ShowerModel):
         # CPU recipe: ild-ecal-10 photons, 5000 showers, <= 30 min on one shared core (docs/bib-ae.md)
         transform: str = "scale"  # x = E_cell / E_inc: non-negative, empty cells exactly 0
         batch_size: int = param(32, ge=2)
-        steps: int | None = param(2000, ge=1)  # all stages; the post-processor gets what is left
+        steps: int | None = param(2000, ge=1)  # all stages; the post-processor gets what is left (see lr_schedules)
         ae_steps: int = param(1500, ge=1)
         latent_steps: int = param(200, ge=1)
         latent: Literal["auto", "kde", "flow"] = "auto"  # auto: the flow when the angles vary, else the KDE
@@ -350,12 +350,6 @@ class BIBAE(ShowerModel):
         pp_top_k: int | None = param(None, ge=1)  # sorted values compared per shower (None: all cells)
         snap: float = param(1.0, ge=0.0)  # outputs below snap x (1% quantile of real hits) become empty cells
 
-        def check(self) -> None:
-            super().check()
-            if self.steps is not None and self.steps <= self.ae_steps + self.latent_steps:
-                raise ValueError(f"config: 'steps' ({self.steps}) must exceed ae_steps + latent_steps "
-                                 f"({self.ae_steps} + {self.latent_steps}): the post-processor needs steps")
-
     config: Config
 
     def __init__(self, geometry: "Geometry", cond_dim: int, config: Any = None, *, data_dim: int | None = None) -> None:
@@ -375,6 +369,7 @@ class BIBAE(ShowerModel):
         self.kde = LatentKDE(d, cond_dim, cfg.kde_size, cfg.kde_neighbours, cfg.kde_bandwidth) \
             if cfg.latent != "flow" else None
         self.flow = LatentFlow(d, cond_dim, cfg.flow_transforms, cfg.flow_hidden) if cfg.latent != "kde" else None
+        self._bounds = (cfg.ae_steps, cfg.ae_steps + cfg.latent_steps)  # stage ends, see lr_schedules
         self.latent_dim = 1 + d  # export noise: a column choosing the KDE centre + the latent noise
         n = geometry.n_cells
         # network units h = log1p((x - floor) / x0), set in fit_statistics (defaults: MeV-like data)
@@ -407,14 +402,20 @@ class BIBAE(ShowerModel):
         return opts
 
     def lr_schedules(self, total_steps: int) -> dict[str, LRSchedule]:
+        """Cosine schedules per stage. The framework calls this with the run's total steps (also
+        with ``epochs``), which fixes the stage boundaries: a run too short for ``ae_steps +
+        latent_steps`` + 1 post-processor steps gets stages of 75 / 10 / 15 % of its steps."""
         cfg = self.config
-        post_steps = total_steps - cfg.ae_steps - cfg.latent_steps
-        if post_steps < 1:  # with 'epochs' the total is only known here (Config.check covers 'steps')
-            warnings.warn(f"bib-ae: the run has {total_steps} steps, not more than ae_steps + latent_steps "
-                          f"({cfg.ae_steps} + {cfg.latent_steps}): the post-processor will not train", stacklevel=2)
-        out = {"ae": LRSchedule("cosine", cfg.ae_steps), "post": LRSchedule("cosine", max(post_steps, 1))}
+        ae, lat = cfg.ae_steps, cfg.latent_steps
+        if total_steps <= ae + lat:
+            ae, lat = max(1, int(0.75 * total_steps)), max(1, int(0.1 * total_steps))
+            warnings.warn(f"bib-ae: {total_steps} steps do not exceed ae_steps + latent_steps ({cfg.ae_steps} + "
+                          f"{cfg.latent_steps}); using {ae} autoencoder, {lat} latent and "
+                          f"{max(total_steps - ae - lat, 0)} post-processor steps", stacklevel=2)
+        self._bounds = (ae, ae + lat)
+        out = {"ae": LRSchedule("cosine", ae), "post": LRSchedule("cosine", max(total_steps - ae - lat, 1))}
         if self.flow is not None:
-            out["flow"] = LRSchedule("cosine", cfg.latent_steps)
+            out["flow"] = LRSchedule("cosine", lat)
         return out
 
     @torch.no_grad()
@@ -438,8 +439,8 @@ class BIBAE(ShowerModel):
 
     def stage(self, step: int) -> int:
         """1 autoencoder, 2 latent sampler, 3 post-processor."""
-        cfg = self.config
-        return 1 if step < cfg.ae_steps else 2 if step < cfg.ae_steps + cfg.latent_steps else 3
+        ae_end, latent_end = self._bounds
+        return 1 if step < ae_end else 2 if step < latent_end else 3
 
     def train_step(self, x: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
         """One step of the stage ``ctx.step`` falls in, on ``x`` (B, n_cells), ``cond`` (B, cond_dim)."""
