@@ -349,6 +349,7 @@ class BIBAE(ShowerModel):
         pp_lambda_rec: float = param(1.0, ge=0.0)
         pp_top_k: int | None = param(None, ge=1)  # sorted values compared per shower (None: all cells)
         snap: float = param(1.0, ge=0.0)  # outputs below snap x (1% quantile of real hits) become empty cells
+        snap_rate: float = param(0.05, ge=0.0, le=1.0)  # post-processor stage: snap -> the real hit count (EMA rate)
 
     config: Config
 
@@ -500,6 +501,10 @@ class BIBAE(ShowerModel):
         with torch.no_grad():
             h_dec = _snap(self.decoder(self.encoder(h, cond)[0], cond), self.h_snap)
         raw = self.post(h_dec, cond)
+        with torch.no_grad():  # calibrate the snap so the batch's hit count is the real one's
+            n_real, vals = int((h > 0).sum()), raw.detach().flatten()
+            if 0 < n_real < vals.numel():
+                self.h_snap.lerp_(vals.kthvalue(vals.numel() - n_real).values.clamp_min(0), cfg.snap_rate)
         off = raw < self.h_snap
         h_pp = torch.where(off, 0.5 * (raw - raw.detach()), raw)  # off cells: straight-through, can switch on
         m = sorted_energy_mmd(h_pp, h, cfg.pp_top_k)
