@@ -26,7 +26,8 @@ Stages, all in one ``calosim train`` (``ctx.step`` decides; the progress bar sho
    autoencoder update);
 2. ``latent_steps`` steps: encoder and decoder frozen; each batch's posterior means are stored
    as KDE centres (up to ``kde_size``) and train the latent flow by maximum likelihood;
-3. the remaining steps: the post-processor, on reconstructions of the real batch.
+3. the remaining steps: the post-processor, on reconstructions of the real batch; the output
+   snap threshold follows the value that gives each batch the real hit count.
 
 Network units: cells are ``h = log1p((x - floor) / x0)`` (``floor`` the per-cell empty value,
 0 for the non-negative ``scale``/``identity`` transforms; ``x0`` the median non-empty value),
@@ -308,7 +309,7 @@ class BIBAE(ShowerModel):
 
     @dataclass
     class Config(TrainConfig):
-        # CPU recipe: ild-ecal-10 photons, 5000 showers, <= 30 min on one shared core (docs/bib-ae.md)
+        # CPU recipe: ild-ecal-10 photons, 1000-5000 showers, ~8 min on one shared core (docs/bib-ae.md)
         transform: str = "scale"  # x = E_cell / E_inc: non-negative, empty cells exactly 0
         batch_size: int = param(32, ge=2)
         steps: int | None = param(2000, ge=1)  # all stages; the post-processor gets what is left (see lr_schedules)
