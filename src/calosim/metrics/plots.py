@@ -487,20 +487,7 @@ def plot_profiles(ctx: EvaluationContext, path: Path) -> Figure:
         ax.set_title("radial profile", loc="left")
 
         ax, axr = _ratio_axes(fig, gs[2])
-        se = ref.spectrum_edges
-        cr = ref.spectrum_counts / max(ref.n, 1)
-        cg = [g.spectrum_counts / max(g.n, 1) for g in gens]
-        nz = np.nonzero(cr + sum(cg))[0] if len(cr) else np.array([], int)
-        lo, hi = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, len(cr))
-        sl = slice(lo, hi)
-        ee = se[lo:hi + 1]
-        _profile_panel(ax, axr, np.sqrt(ee[1:] * ee[:-1]), cr[sl], [c[sl] for c in cg], labels, steps_edges=ee)
-        for a in (ax, axr):
-            a.set_xscale("log")
-            a.set_xlim(ee[0], ee[-1])
-        axr.set_xlabel("cell energy [MeV]")
-        ax.set_ylabel("cells per shower")
-        ax.set_title("cell-energy spectrum", loc="left")
+        _cell_spectrum_panel(ax, axr, ref, gens, labels)
         return _save(fig, path, _CAPTIONS["profiles"])
 
 
@@ -695,6 +682,24 @@ def _sp_of(s: SampleResult, name: str, where: str = "observables") -> Any:
     return ((rec or {}).get(name) or {}).get("separation_power")
 
 
+
+def _cell_spectrum_panel(ax: Any, axr: Any, ref: Any, gens: Sequence[Any], labels: Sequence[str]) -> None:
+    """Cells per shower against cell energy (log axis, ratio below), cropped to the filled bins;
+    ``ref``/``gens`` are scan summaries (``spectrum_edges``, ``spectrum_counts``, ``n``)."""
+    se = ref.spectrum_edges
+    cr = ref.spectrum_counts / max(ref.n, 1)
+    cg = [g.spectrum_counts / max(g.n, 1) for g in gens]
+    nz = np.nonzero(cr + sum(cg))[0] if len(cr) else np.array([], int)
+    lo, hi = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, len(cr))
+    ee = se[lo:hi + 1]
+    _profile_panel(ax, axr, np.sqrt(ee[1:] * ee[:-1]), cr[lo:hi], [c[lo:hi] for c in cg], labels, steps_edges=ee)
+    for a in (ax, axr):
+        a.set_xscale("log")
+        a.set_xlim(ee[0], ee[-1])
+    axr.set_xlabel("cell energy [MeV]")
+    ax.set_ylabel("cells per shower")
+    ax.set_title("cell-energy spectrum", loc="left")
+
 def plot_seed_distributions(ctx: EvaluationContext, path: Path) -> Figure:
     """Seed 003's ILD plots: cell-energy spectrum, number of hits, visible energy sum (with ratios)."""
     ref = ctx.reference
@@ -703,19 +708,7 @@ def plot_seed_distributions(ctx: EvaluationContext, path: Path) -> Figure:
         fig = plt.figure(figsize=(15, 4.8))
         gs = fig.add_gridspec(1, 3, wspace=0.3, left=0.06, right=0.98, top=0.9, bottom=0.14)
         ax, axr = _ratio_axes(fig, gs[0])
-        se = ref.summary.spectrum_edges
-        cr = ref.summary.spectrum_counts / max(ref.summary.n, 1)
-        cg = [s.scan.summary.spectrum_counts / max(s.scan.summary.n, 1) for s in ctx.samples]
-        nz = np.nonzero(cr + sum(cg))[0] if len(cr) else np.array([], int)
-        lo, hi = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, len(cr))
-        ee = se[lo:hi + 1]
-        _profile_panel(ax, axr, np.sqrt(ee[1:] * ee[:-1]), cr[lo:hi], [c[lo:hi] for c in cg], labels, steps_edges=ee)
-        for a in (ax, axr):
-            a.set_xscale("log")
-            a.set_xlim(ee[0], ee[-1])
-        axr.set_xlabel("cell energy [MeV]")
-        ax.set_ylabel("cells per shower")
-        ax.set_title("cell-energy spectrum", loc="left")
+        _cell_spectrum_panel(ax, axr, ref.summary, [s.scan.summary for s in ctx.samples], labels)
         ax.legend(fontsize=8, loc="lower left")
         for k, (name, title) in enumerate((("n_hits", "number of hits"), ("E_vis", "visible energy sum"))):
             ax, axr = _ratio_axes(fig, gs[k + 1])

@@ -57,7 +57,7 @@ from ._random import gumbel, normal_cdf, standard_normal
 from .base import LRSchedule, ShowerModel, TrainContext
 from .config import MAX_STEPS, MAX_WIDTH, TrainConfig, param
 from .. import features
-from .energy import EnergyMDN, energy_fractions, energy_target, fit_energy_mdn
+from .energy import EnergyMDN, energy_fractions, energy_target, pretrain_energy_network
 from .layers import (AttentionTransfer, LocallyConnected2d, MinibatchDiscrimination, Mirror, bn_affine, from_flat,
                      gradient_penalty, to_flat)
 
@@ -594,12 +594,7 @@ class CaloGAN(ShowerModel):
             return {}
         cfg = self.config
 
-        def target(x: Tensor) -> Tensor:
-            u = torch.rand(len(x), self.geometry.n_layers, generator=ctx.generator,
-                           device=ctx.generator.device).to(x.device) if self.hits else 0.5
-            return (self.energy_target(x, u) - self.t_mean) / self.t_std
-
-        nll = fit_energy_mdn(self.energy, batches, target, ctx, cfg.mdn_steps, cfg.mdn_batches)
+        nll = pretrain_energy_network(self, batches, ctx, cfg.mdn_steps, cfg.mdn_batches, dequantise=self.hits)
         out = {"mdn_nll": nll, "mdn_steps": float(cfg.mdn_steps)}
         x, cond = next(batches)
         with torch.no_grad():

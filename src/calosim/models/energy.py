@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from ._random import normal_cdf
 
-__all__ = ["EnergyMDN", "energy_vector", "energy_fractions", "fit_energy_mdn", "energy_target"]
+__all__ = ["EnergyMDN", "energy_vector", "energy_fractions", "fit_energy_mdn", "pretrain_energy_network",
+           "energy_target"]
 
 # ------------------------------------------------------------------------------------------
 _ALPHA = 1e-6  # clip of the stick-breaking fractions (an empty layer maps to logit(alpha))
@@ -135,6 +136,23 @@ def fit_energy_mdn(mdn: EnergyMDN, batches: Iterator[tuple[Tensor, Tensor]], tar
         nll = loss.item() if i == 0 or not math.isfinite(nll) else 0.98 * nll + 0.02 * loss.item()
     mdn.eval().requires_grad_(False)
     return nll
+
+
+def pretrain_energy_network(model: Any, batches: Iterator[tuple[Tensor, Tensor]], ctx: Any, steps: int,
+                            batches_per_step: int, *, dequantise: bool = True) -> float:
+    """The energy-network stage of the models that draw layer energies first (spots, calogan,
+    flowmatch): :func:`fit_energy_mdn` of ``model.energy`` on the standardised energy target
+    ``(model.energy_target(x, u) - model.t_mean) / model.t_std``, with ``u`` uniform from the
+    run's generator (hit-count dequantisation) or 0.5 without it; returns the final NLL."""
+
+    def target(x: Tensor) -> Tensor:
+        u: Tensor | float = 0.5
+        if dequantise:
+            u = torch.rand(len(x), model.geometry.n_layers, generator=ctx.generator,
+                           device=ctx.generator.device).to(x.device)
+        return (model.energy_target(x, u) - model.t_mean) / model.t_std
+
+    return fit_energy_mdn(model.energy, batches, target, ctx, steps, batches_per_step)
 
 
 # ------------------------------------------------------------------------------------------

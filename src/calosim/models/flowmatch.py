@@ -56,7 +56,7 @@ from ._random import standard_normal
 from .base import LRSchedule, ShowerModel, TrainContext
 from .config import MAX_STEPS, MAX_WIDTH, TrainConfig, param
 from .. import features
-from .energy import EnergyMDN, energy_fractions, energy_target, fit_energy_mdn
+from .energy import EnergyMDN, energy_fractions, energy_target, pretrain_energy_network
 
 __all__ = ["FlowMatch", "VectorField", "cfm_loss", "odeint_solve", "fixed_step_solve", "SOLVERS"]
 
@@ -350,12 +350,7 @@ class FlowMatch(ShowerModel):
         """Fit the energy network by maximum likelihood, then freeze it; returns its final NLL."""
         cfg = self.config
 
-        def target(x: Tensor) -> Tensor:
-            u = torch.rand(len(x), self.geometry.n_layers, generator=ctx.generator,
-                           device=ctx.generator.device).to(x.device)
-            return (self.energy_target(x, u) - self.t_mean) / self.t_std
-
-        nll = fit_energy_mdn(self.energy, batches, target, ctx, cfg.mdn_steps, cfg.mdn_batches)
+        nll = pretrain_energy_network(self, batches, ctx, cfg.mdn_steps, cfg.mdn_batches)
         return {"mdn_nll": nll, "mdn_steps": cfg.mdn_steps}
 
     def _times(self, n: int, generator: torch.Generator, device: torch.device, grid: int | None = None) -> Tensor:

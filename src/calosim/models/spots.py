@@ -47,7 +47,7 @@ from ._random import gumbel, normal_cdf, standard_normal
 from .base import LRSchedule, ShowerModel, TrainContext
 from .config import MAX_STEPS, MAX_WIDTH, TrainConfig, param
 from .. import features
-from .energy import EnergyMDN, energy_fractions, energy_target, fit_energy_mdn
+from .energy import EnergyMDN, energy_fractions, energy_target, pretrain_energy_network
 
 __all__ = ["Spots", "spot_count"]
 
@@ -263,12 +263,7 @@ class Spots(ShowerModel):
         Returns its final NLL."""
         cfg = self.config
 
-        def target(x: Tensor) -> Tensor:
-            u = torch.rand(len(x), self.geometry.n_layers, generator=ctx.generator,
-                           device=ctx.generator.device).to(x.device)
-            return (self.energy_target(x, u) - self.t_mean) / self.t_std
-
-        nll = fit_energy_mdn(self.energy, batches, target, ctx, cfg.mdn_steps, cfg.mdn_batches)
+        nll = pretrain_energy_network(self, batches, ctx, cfg.mdn_steps, cfg.mdn_batches)
         return {"mdn_nll": nll, "mdn_steps": cfg.mdn_steps}
 
     def shape_nll(self, x: Tensor, cond: Tensor) -> Tensor:
