@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -786,25 +787,38 @@ class _NoProgress:
         pass
 
 
+@dataclass
+class _LineTask:
+    description: str
+    total: int | None
+    completed: int
+    info: str
+    t0: float
+    last_print: float = float("-inf")
+    printed: int | None = None  # the count last printed (no repeated lines)
+
+
 class _LineProgress(_NoProgress):
     """Progress for a log file (stderr not a terminal, where rich shows nothing until the end):
     one line per task at most every ``every`` seconds, and when it completes."""
 
     def __init__(self, every: float = 30.0) -> None:
-        self.every, self.tasks = every, []  # [description, total, completed, info, t0, last print, count printed]
+        self.every = every
+        self.tasks: list[_LineTask] = []
 
     def add_task(self, description: str, total: int | None = None, completed: int = 0, info: str = "") -> int:
-        self.tasks.append([description, total, completed, info, time.perf_counter(), float("-inf"), None])
+        self.tasks.append(_LineTask(description, total, completed, info, time.perf_counter()))
         return len(self.tasks) - 1
 
     def update(self, task: int, advance: int = 0, completed: int | None = None, info: str | None = None) -> None:
         t = self.tasks[task]
-        t[2] = (t[2] + advance) if completed is None else completed
-        t[3] = t[3] if info is None else info
+        t.completed = (t.completed + advance) if completed is None else completed
+        t.info = t.info if info is None else info
         now = time.perf_counter()
-        if t[6] != t[2] and (now - t[5] >= self.every or t[2] == t[1]):
-            t[5], t[6] = now, t[2]
-            print(f"{t[0]}: {t[2]}/{t[1] or '?'} steps, {now - t[4]:.0f} s {t[3]}".rstrip(), file=sys.stderr, flush=True)
+        if t.printed != t.completed and (now - t.last_print >= self.every or t.completed == t.total):
+            t.last_print, t.printed = now, t.completed
+            print(f"{t.description}: {t.completed}/{t.total or '?'} steps, {now - t.t0:.0f} s {t.info}".rstrip(),
+                  file=sys.stderr, flush=True)
 
 
 def _progress(enabled: bool) -> Any:
