@@ -50,18 +50,22 @@ def test_flow_log_prob_of_a_known_affine_map_is_the_analytic_gaussian(reverse: b
     np.testing.assert_allclose(stack.log_prob(x, c).detach().double().numpy(), want, rtol=1e-5, atol=1e-4)
 
 
+def _fit_by_likelihood(stack: AutoregressiveStack, data: torch.Tensor, c: torch.Tensor, steps: int, lr: float) -> None:
+    opt = torch.optim.Adam(stack.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = -stack.log_prob(data, c).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def test_trained_maf_reaches_the_entropy_of_a_correlated_gaussian() -> None:
     torch.manual_seed(1)
     cov = np.array([[1.0, 0.8], [0.8, 1.0]])
     data = torch.as_tensor(stats.multivariate_normal([1.0, -2.0], cov).rvs(1000, random_state=1), dtype=torch.float32)
     c = torch.zeros(len(data), 1)
     stack = AutoregressiveStack(2, 1, blocks=1, hidden=8, depth=1)  # one affine block can be exactly this Gaussian
-    opt = torch.optim.Adam(stack.parameters(), lr=3e-2)
-    for _ in range(200):
-        loss = -stack.log_prob(data, c).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit_by_likelihood(stack, data, c, steps=200, lr=3e-2)
     want = stats.multivariate_normal([1.0, -2.0], cov).logpdf(data.double().numpy())
     got = stack.log_prob(data, c).detach().double().numpy()
     assert abs(got.mean() - want.mean()) < 0.03  # nats; the fit is the Gaussian itself
@@ -79,12 +83,7 @@ def test_distilled_student_matches_the_teacher_in_distribution() -> None:
     data = _banana(1000, 0)
     c = torch.zeros(len(data), 1)
     teacher = AutoregressiveStack(3, 1, blocks=3, hidden=16, depth=1)
-    opt = torch.optim.Adam(teacher.parameters(), lr=1e-2)
-    for _ in range(150):
-        loss = -teacher.log_prob(data, c).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit_by_likelihood(teacher, data, c, steps=150, lr=1e-2)
     teacher.requires_grad_(False)
     # the student's blocks must represent the teacher's inverses as functions of z: a wider MADE
     student = AutoregressiveStack(3, 1, blocks=3, hidden=48, depth=2, reverse=True)
