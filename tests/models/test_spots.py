@@ -160,3 +160,29 @@ def test_centroids_option_extends_the_energy_vector() -> None:
     assert math.isfinite(model.train_step(*draw(), ctx)["loss_shape"])
     gen = model.sample(torch.rand(32, 1, generator=g), g)
     assert gen.shape == (32, geo.n_cells) and torch.isfinite(gen).all() and (gen >= 0).all()
+
+
+def test_small_batches_draw_all_layers_at_once_with_the_same_showers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The padded one-block path of small batches (unlike layer sizes: 35 and 9 cells) draws the
+    same showers from the same noise as the per-layer loop of large batches, including layers
+    whose draw is empty and layers whose hit count is at the cell count."""
+    import calosim.models.spots as spots
+
+    geo = two_layer_geometry()
+    model = Spots(geo, 1, {"hidden": 16, "mdn_steps": 0})
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        model.shape.out.bias.normal_(0.0, 2.0, generator=g)  # uneven shapes
+        model.t_std.fill_(2.0)  # spread hit counts: some 0, some at the layer's size
+    cond = torch.rand(48, 1, generator=g)
+    z = model.latent(48, g)
+    sampler = spots._Sampler(model)
+    with torch.no_grad():
+        monkeypatch.setattr(spots, "SMALL_BATCH", 64)
+        padded = sampler(z, cond)
+        monkeypatch.setattr(spots, "SMALL_BATCH", 0)
+        looped = sampler(z, cond)
+    torch.testing.assert_close(padded, looped, rtol=1e-5, atol=1e-7)
+    assert torch.equal(padded > 0, looped > 0)
+    hits = torch.stack([(looped[:, s] > 0).sum(1) for s in geo.layer_slices], 1)
+    assert (hits == 0).any() and (hits[:, 1] >= 8).any()  # the edge cases occur

@@ -51,6 +51,10 @@ from .energy import EnergyMDN, energy_fractions, energy_target, pretrain_energy_
 
 __all__ = ["Spots", "spot_count"]
 
+#: Batches up to this size draw all layers in one padded block (``_Sampler._layers_at_once``):
+#: per-operation overhead dominates there, while large batches would pay for the padding.
+SMALL_BATCH = 64
+
 
 def spot_count(p: Tensor, n: Tensor, iterations: int = 5) -> Tensor:
     """Number of spots ``N (B,)`` whose expected distinct hit cells ``sum_i 1 - exp(-N p_i)`` is ``n (B,)``.
@@ -60,12 +64,12 @@ def spot_count(p: Tensor, n: Tensor, iterations: int = 5) -> Tensor:
     root monotonically (never overshoots); 5 steps leave a relative residual below 2e-3
     (tested up to 90 % occupancy; 2e-4 measured on trained calogan-geometry shapes). ``n`` is clipped to ``[0, 0.98 P]``.
     """
-    n = n.clamp(0.0, 0.98 * p.shape[1])
+    n = n.clamp(0.0, 0.98 * p.shape[-1])
     big_n = n
     for _ in range(iterations):
-        e = torch.exp(-big_n[:, None] * p)
-        f = (1.0 - e).sum(1) - n
-        big_n = big_n - f / (p * e).sum(1).clamp_min(1e-12)
+        e = torch.exp(-big_n[..., None] * p)
+        f = (1.0 - e).sum(-1) - n
+        big_n = big_n - f / (p * e).sum(-1).clamp_min(1e-12)
     return big_n
 
 
@@ -84,9 +88,12 @@ def spot_layer(logp: Tensor, f: Tensor, n: Tensor, z: Tensor, spot_shape: float)
     of the right variance: spot weights are roughly uniform, and a dense cell's count varies
     little relative to its mean). A layer with ``f > 0`` whose draw leaves every cell empty gets
     all its energy in one cell drawn from ``p`` (Gumbel-max with the same noise).
+
+    Leading dimensions broadcast: ``logp, z (B, L, P)`` with ``f, n (B, L)`` draws L layers at
+    once (cells of probability 0, ``logp = -inf``, are padding and stay empty).
     """
     p = torch.exp(logp)
-    lam = spot_count(p, n)[:, None] * p  # mean spots per cell
+    lam = spot_count(p, n)[..., None] * p  # mean spots per cell
     q = 1.0 - torch.exp(-lam)  # P(count >= 1); where float32 rounds it to ~0 the hit is never drawn
     u = normal_cdf(z)
     hit = u < q
@@ -95,17 +102,18 @@ def spot_layer(logp: Tensor, f: Tensor, n: Tensor, z: Tensor, spot_shape: float)
     v = u / q.clamp_min(1e-30)  # uniform on (0, 1) where hit
     # where, not a product: off-hit cells can hold inf (v = u / q with q ~ 0)
     e = torch.where(hit, torch.maximum(m + sd * (math.sqrt(12.0) * (v - 0.5)), 0.05 * m), torch.zeros_like(m))
-    empty = (~hit.any(1)) & (f > 0)
+    empty = (~hit.any(-1)) & (f > 0)
 
     def one_cell(logp: Tensor, u: Tensor) -> Tensor:  # a cell drawn from p (Gumbel-max), one-hot
-        return F.one_hot(torch.argmax(logp + gumbel(u), 1), logp.shape[1]).to(logp.dtype)
+        return F.one_hot(torch.argmax(logp + gumbel(u), -1), logp.shape[-1]).to(logp.dtype)
 
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # one static graph: every row
-        e = torch.where(empty[:, None], one_cell(logp, u), e)
+        e = torch.where(empty[..., None], one_cell(logp, u), e)
     elif bool(empty.any()):  # eager: only the (few) empty rows
-        rows = empty.nonzero().squeeze(1)
+        rows = empty.nonzero(as_tuple=True)
         e[rows] = one_cell(logp[rows], u[rows])
-    return _normalised(e) * f[:, None]  # f = 0: an empty layer
+    total = e.sum(-1, keepdim=True)
+    return e / torch.where(total > 0, total, torch.ones_like(total)) * f[..., None]  # f = 0: an empty layer
 
 
 class _Shape(nn.Module):
@@ -129,9 +137,12 @@ class _Shape(nn.Module):
         self.sizes = list(sizes)
         self.log_bias = nn.Parameter(torch.zeros(sum(sizes)))
 
+    def logits(self, h: Tensor) -> Tensor:
+        """Unnormalised log-probabilities ``(B, sum(sizes))``, all layers side by side."""
+        return self.out(self.body(h)) + self.log_bias
+
     def forward(self, h: Tensor) -> list[Tensor]:
-        logits = self.out(self.body(h)) + self.log_bias
-        return [torch.log_softmax(x, 1) for x in torch.split(logits, self.sizes, 1)]
+        return [torch.log_softmax(x, 1) for x in torch.split(self.logits(h), self.sizes, 1)]
 
 
 class _Sampler(nn.Module):
@@ -163,13 +174,28 @@ class _Sampler(nn.Module):
         live = (n >= 1) & (f > 0)
         f, n = f * live, n * live
         t = torch.cat([t[:, :n_layers], torch.log(n + 0.5), t[:, 2 * n_layers:]], 1)
-        logps = self.shape(torch.cat([cond, (t - self.t_mean) / self.t_std], 1))
+        logits = self.shape.logits(torch.cat([cond, (t - self.t_mean) / self.t_std], 1))
+        n = torch.minimum(n, 0.98 * self.n_cells_per_layer)  # spot_count's bound per layer (padding hides P)
         z_cells = z[:, 1 + self.n_t:]
+        if z.shape[0] <= SMALL_BATCH and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            return self._layers_at_once(logits, f, n, z_cells)
         out, a = [], 0
-        for i, (logp, size) in enumerate(zip(logps, self.sizes)):
+        for i, size in enumerate(self.sizes):
+            logp = torch.log_softmax(logits[:, a:a + size], 1)
             out.append(spot_layer(logp, f[:, i], n[:, i], z_cells[:, a:a + size], self.spot_shape))
             a += size
         return torch.cat(out, 1)
+
+    def _layers_at_once(self, logits: Tensor, f: Tensor, n: Tensor, z_cells: Tensor) -> Tensor:
+        """The same draw with the layers padded to one ``(B, L, P_max)`` block: a few dozen
+        tensor operations instead of a few dozen per layer, which is what a small batch costs."""
+        width = max(self.sizes)
+        split = list(zip(torch.split(logits, self.sizes, 1), torch.split(z_cells, self.sizes, 1)))
+        logp = torch.log_softmax(torch.stack([F.pad(x, (0, width - x.shape[1]), value=-math.inf)
+                                              for x, _ in split], 1), -1)
+        z = torch.stack([F.pad(zz, (0, width - zz.shape[1])) for _, zz in split], 1)
+        e = spot_layer(logp, f, n, z, self.spot_shape)
+        return torch.cat([e[:, i, :size] for i, size in enumerate(self.sizes)], 1)
 
 
 @register_model
@@ -292,7 +318,16 @@ class Spots(ShowerModel):
     @torch.no_grad()
     def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Showers ``(B, n_cells)`` in the transform space for encoded conditions ``cond (B, cond_dim)``."""
-        return _Sampler(self)(self.latent(cond.shape[0], generator, cond.device), cond)
+        return self._sampler()(self.latent(cond.shape[0], generator, cond.device), cond)
+
+    def _sampler(self) -> _Sampler:
+        """The sampling path, built once (kept outside the module tree, so not in the state dict)
+        and rebuilt when what it shares changes (``.to(device)``, a new config)."""
+        smp = self.__dict__.get("_sampler_cache")
+        if (smp is None or smp.t_mean is not self.t_mean or smp.t_std is not self.t_std or smp.energy is not self.energy
+                or smp.shape is not self.shape or smp.spot_shape != self.config.spot_shape):
+            smp = self.__dict__["_sampler_cache"] = _Sampler(self)
+        return smp
 
     def export_module(self) -> nn.Module:
         """Eval-mode copy of the sampling path: ``f(z, cond) -> x``."""
