@@ -16,12 +16,14 @@ held-out files under ``--data``, listed in its ``manifest.json``) and every mode
 Rows go to ``<out>/results.json`` (one per particle × model × sampler) and a Markdown table to
 ``<out>/table.md``; a finished (particle, model) run directory is reused unless ``--retrain``.
 
-    python benchmarks/bench_all.py                                  # every model, e+ and gamma
+    python benchmarks/bench_all.py                                  # every model, e+, gamma and pi+
     python benchmarks/bench_all.py --models spots caloflow --particles gamma
     python benchmarks/bench_all.py --models flowmatch --steps 2000  # a short exploratory run
 
-Particles without a Geant4 set (π+: the stand-in Geant4 data covers e±/γ only) are skipped
-with a note unless ``--builtin-fallback`` simulates them with the built-in engine (labelled).
+Particles without a Geant4 set are skipped with a note unless ``--builtin-fallback`` simulates
+them with the built-in engine (labelled). The π+ sets are Geant4 FTFP_BERT with the stand-in
+hadronic cross sections (see ``geant4_sets.py``). When a larger set appears in the manifest
+(e.g. the 10k / 5k sets), the largest training and held-out files are used.
 """
 
 from __future__ import annotations
