@@ -106,13 +106,17 @@ class EnergyMDN(nn.Module):
 
     def sample(self, cond: Tensor, noise: Tensor) -> Tensor:
         """``t (B, d)`` from ``noise (B, 1 + d)`` standard normal."""
-        log_w, mu, tril, _ = self.params(cond)
+        b, d = cond.shape[0], self.d
+        o = self.net(cond).view(b, self.k, -1)
         u = normal_cdf(noise[:, :1])  # uniform
-        k = (u > torch.cumsum(torch.exp(log_w), -1)).sum(-1).clamp_max(self.k - 1)  # (B,)
-        onehot = (k[:, None] == torch.arange(self.k, device=cond.device)[None]).to(mu.dtype)  # (B, K)
-        m = (onehot[..., None] * mu).sum(1)
-        lt = (onehot[..., None, None] * tril).sum(1)
-        return m + (lt @ noise[:, 1:, None]).squeeze(-1)
+        k = (u > torch.cumsum(torch.exp(torch.log_softmax(o[..., 0], -1)), -1)).sum(-1).clamp_max(self.k - 1)  # (B,)
+        onehot = (k[:, None] == torch.arange(self.k, device=cond.device)[None]).to(o.dtype)  # (B, K)
+        # the picked component's outputs first, so only its (d, d) factor is built (as in params)
+        o = (onehot[..., None] * o).sum(1)
+        vals = torch.cat([torch.zeros_like(o[:, :1]), torch.exp(o[:, 1 + d:1 + 2 * d].clamp(-7.0, 3.0)),
+                          o[:, 1 + 2 * d:]], -1)
+        lt = torch.index_select(vals, -1, self.place).view(b, d, d)
+        return o[:, 1:1 + d] + (lt @ noise[:, 1:, None]).squeeze(-1)
 
 
 def fit_energy_mdn(mdn: EnergyMDN, batches: Iterator[tuple[Tensor, Tensor]], target: Callable[[Tensor], Tensor],
