@@ -79,7 +79,13 @@ def _normalised(cells: Tensor) -> Tensor:
     return cells / torch.where(total > 0, total, torch.ones_like(total))
 
 
-def spot_layer(logp: Tensor, f: Tensor, n: Tensor, z: Tensor, spot_shape: float) -> Tensor:
+def _static_graph() -> bool:
+    """True while tracing / exporting to ONNX: one graph for every row, no data-dependent branch."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def spot_layer(logp: Tensor, f: Tensor, n: Tensor, z: Tensor, spot_shape: float,
+               static: bool | None = None) -> Tensor:
     """Cells ``(B, P)`` of one layer: energy ``f (B,)`` shared among about ``n (B,)`` hit cells.
 
     ``logp (B, P)`` log-probabilities of a spot landing in each cell; ``z (B, P)`` standard
@@ -90,7 +96,9 @@ def spot_layer(logp: Tensor, f: Tensor, n: Tensor, z: Tensor, spot_shape: float)
     all its energy in one cell drawn from ``p`` (Gumbel-max with the same noise).
 
     Leading dimensions broadcast: ``logp, z (B, L, P)`` with ``f, n (B, L)`` draws L layers at
-    once (cells of probability 0, ``logp = -inf``, are padding and stay empty).
+    once (cells of probability 0, ``logp = -inf``, are padding and stay empty). ``static``:
+    whether a traced/exported graph is being built (default: asked of torch, which costs a
+    few microseconds a call).
     """
     p = torch.exp(logp)
     lam = spot_count(p, n)[..., None] * p  # mean spots per cell
@@ -107,7 +115,7 @@ def spot_layer(logp: Tensor, f: Tensor, n: Tensor, z: Tensor, spot_shape: float)
     def one_cell(logp: Tensor, u: Tensor) -> Tensor:  # a cell drawn from p (Gumbel-max), one-hot
         return F.one_hot(torch.argmax(logp + gumbel(u), -1), logp.shape[-1]).to(logp.dtype)
 
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # one static graph: every row
+    if _static_graph() if static is None else static:  # one static graph: every row
         e = torch.where(empty[..., None], one_cell(logp, u), e)
     elif bool(empty.any()):  # eager: only the (few) empty rows
         rows = empty.nonzero(as_tuple=True)
@@ -177,12 +185,13 @@ class _Sampler(nn.Module):
         logits = self.shape.logits(torch.cat([cond, (t - self.t_mean) / self.t_std], 1))
         n = torch.minimum(n, 0.98 * self.n_cells_per_layer)  # spot_count's bound per layer (padding hides P)
         z_cells = z[:, 1 + self.n_t:]
-        if z.shape[0] <= SMALL_BATCH and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+        static = _static_graph()
+        if z.shape[0] <= SMALL_BATCH and not static:
             return self._layers_at_once(logits, f, n, z_cells)
         out, a = [], 0
         for i, size in enumerate(self.sizes):
             logp = torch.log_softmax(logits[:, a:a + size], 1)
-            out.append(spot_layer(logp, f[:, i], n[:, i], z_cells[:, a:a + size], self.spot_shape))
+            out.append(spot_layer(logp, f[:, i], n[:, i], z_cells[:, a:a + size], self.spot_shape, static))
             a += size
         return torch.cat(out, 1)
 
@@ -194,7 +203,7 @@ class _Sampler(nn.Module):
         logp = torch.log_softmax(torch.stack([F.pad(x, (0, width - x.shape[1]), value=-math.inf)
                                               for x, _ in split], 1), -1)
         z = torch.stack([F.pad(zz, (0, width - zz.shape[1])) for _, zz in split], 1)
-        e = spot_layer(logp, f, n, z, self.spot_shape)
+        e = spot_layer(logp, f, n, z, self.spot_shape, False)
         return torch.cat([e[:, i, :size] for i, size in enumerate(self.sizes)], 1)
 
 
