@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .io import CONDITION_SHAPES, ShowerFile, ShowerWriter, open_showers
+from .progress import progress_bar
 from .scaleout import dask_client, ordered_map, parse_shard, shard_attrs, shard_blocks, shard_label
 from .runs import Run, load_run
 from .simulate import readout
@@ -224,7 +225,7 @@ def generate(run_dir: str | Path, out_path: str | Path, n: int, *, energy: str |
                 return run.sample(item[1], item[2], batch=mb)
 
         desc = f"generate {run.model_name}" + (f" ({label[:-2]})" if sh else "")
-        update = stack.enter_context(_progress(progress, n_rows, desc))[0]
+        update = stack.enter_context(progress_bar(n_rows, desc, enabled=progress))
         w = stack.enter_context(ShowerWriter(out_path, run.geometry, conditions=out_conds, attrs=attrs,
                                              overwrite=overwrite))
         conds_q: deque[dict[str, np.ndarray]] = deque()  # conditions of the blocks in flight, in order
@@ -255,25 +256,3 @@ def _spec_bounds_mev(energy: str | float) -> tuple[float, float]:
         text = "discrete:" + text
     r = parse_range(text, "--energy (GeV)", scale=1000.0, min_value=0.0, min_inclusive=False)
     return r.low * 1000.0, r.high * 1000.0
-
-
-class _progress:
-    """A rich progress bar (or nothing) yielding an ``update(k)`` callable."""
-
-    def __init__(self, enabled: bool, total: int, label: str) -> None:
-        self.enabled, self.total, self.label = enabled, total, label
-        self._p: Any = None
-
-    def __enter__(self) -> tuple[Any]:
-        if not self.enabled:
-            return (lambda k: None,)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        self._p.__enter__()
-        task = self._p.add_task(self.label, total=self.total)
-        return (lambda k: self._p.update(task, advance=k),)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._p is not None:
-            self._p.__exit__(*exc)

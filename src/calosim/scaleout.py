@@ -165,6 +165,7 @@ def merge(paths: Iterable[str | Path], out: str | Path, *, overwrite: bool = Fal
     """
     from .geometry import Geometry
     from .io import ShowerWriter, open_showers
+    from .progress import progress_bar
 
     files = [Path(p) for p in paths]
     if not files:
@@ -214,7 +215,7 @@ def merge(paths: Iterable[str | Path], out: str | Path, *, overwrite: bool = Fal
                                                        "geometry_name", "calosim_version")}
     attrs["merged_shards"] = count
     geo = Geometry.from_json(a0["geometry"])
-    bar = _bar(progress, total, f"merging {count} shards -> {out.name}")
+    bar = progress_bar(total, f"merging {count} shards -> {out.name}", enabled=progress)
     with bar as update, ShowerWriter(out, geo, conditions=c0, overflow=o0, attrs=attrs, overwrite=overwrite) as w:
         for p, _, _ in order:
             with open_showers(p) as f:
@@ -239,27 +240,3 @@ def _show(v: Any, width: int = 60) -> str:
     """A short printable form of an attribute value (long JSON, e.g. a geometry, is cut)."""
     text = "(absent)" if v is None else repr(_norm(v))
     return text if len(text) <= width else text[:width - 3] + "..."
-
-
-class _bar:
-    """A rich progress bar on stderr (or nothing) whose ``__enter__`` returns ``update(k)``."""
-
-    def __init__(self, enabled: bool, total: int, label: str) -> None:
-        self.enabled, self.total, self.label = enabled, total, label
-        self._p: Any = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda k: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                           TimeRemainingColumn(), console=Console(stderr=True))
-        self._p.__enter__()
-        task = self._p.add_task(self.label, total=self.total)
-        return lambda k: self._p.update(task, advance=k)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._p is not None:
-            self._p.__exit__(*exc)

@@ -185,18 +185,3 @@ def test_bad_final_weights_fails_before_training(tmp_path: Path, data: Path) -> 
     with pytest.raises(ValueError, match="final_weights"):
         train("_test_toy_gan", data, tmp_path / "r", steps=5, progress=False, config={"final_weights": "middle"})
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
-
-
-def test_line_progress_prints_at_most_every_interval_and_at_the_end(capsys) -> None:
-    """In a log file (no terminal) training progress is one line per interval and one at completion."""
-    from calosim.train.loop import _LineProgress
-
-    p = _LineProgress(every=3600.0)  # an interval no test reaches: only the first and the final lines
-    task = p.add_task("demo", total=5)
-    for _ in range(5):
-        p.update(task, advance=1, info="loss=0.1")
-    p.update(task, advance=0)  # no new count: no repeated line
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 2
-    assert lines[0].startswith("demo: 1/5 steps") and lines[0].endswith("loss=0.1")
-    assert lines[1].startswith("demo: 5/5 steps")

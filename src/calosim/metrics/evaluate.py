@@ -103,7 +103,8 @@ from .blocks import (
 )
 from .observables import highlevel_columns
 from .options import EvaluateOptions
-from .scan import Progress, SampleScan, Source, check_same_geometry, scan, scan_source
+from ..progress import Progress
+from .scan import SampleScan, Source, check_same_geometry, scan, scan_source
 
 __all__ = ["METRICS_SCHEMA_VERSION", "EvaluateOptions", "SampleScan", "evaluate", "scan"]
 
@@ -189,7 +190,7 @@ def _evaluate(reference: Any, generated: list[Any], labels: list[str], train: An
 
         timings: dict[str, Any] = {"samples": {}}
         results: list[SampleResult] = []
-        with Progress(opts.progress) as prog:
+        with Progress(opts.progress, unit="showers", transient=True) as prog:
             ref = scan_source(ref_src, rng, sub_cap, opts.chunk_mb, prog, threshold, cut)
             timings["reference_scan"] = ref.seconds
             prog.log(f"reference: {ref.n} showers scanned in {ref.seconds:.1f} s"

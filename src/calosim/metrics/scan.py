@@ -12,16 +12,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
 from ..geometry import Geometry
 from ..io import ShowerData, ShowerFile, ShowerFileError, open_showers
+from ..progress import Progress
 from .angle import angle_observables
 from .observables import ShowerSummary, compute_observables
 
-__all__ = ["Progress", "SampleScan", "Source", "check_same_geometry", "scan", "scan_source"]
+__all__ = ["SampleScan", "Source", "check_same_geometry", "scan", "scan_source"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -106,44 +107,6 @@ def check_same_geometry(ref: Source, other: Source, what: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# progress on stderr
-# ------------------------------------------------------------------------------------------
-class Progress:
-    """Minimal progress reporting on stderr (rich bars when enabled, silent otherwise)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._p: Any = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
-
-            self._p = RichProgress(TextColumn("{task.description}"), BarColumn(),
-                                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                                   console=Console(stderr=True), transient=True)
-
-    def __enter__(self) -> Self:
-        if self._p is not None:
-            self._p.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._p is not None:
-            self._p.__exit__(*exc)
-
-    def add(self, what: str, total: int) -> Any:
-        return self._p.add_task(what, total=total) if self._p is not None else None
-
-    def advance(self, task: Any, n: int) -> None:
-        if self._p is not None:
-            self._p.advance(task, n)
-
-    def log(self, msg: str) -> None:
-        if self._p is not None:
-            self._p.console.print(msg, highlight=False)
-
-
-# ------------------------------------------------------------------------------------------
 # one pass over a sample
 # ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -202,7 +165,7 @@ def scan_source(src: Source, rng: np.random.Generator, sub_cap: int, chunk_mb: f
     obs_parts: dict[str, list[np.ndarray]] = {}
     ang_parts: dict[str, list[np.ndarray]] = {}
     e_parts, sub_s, sub_e = [], [], []
-    task = progress.add(f"scan {src.name}", src.n)
+    task = progress.add_task(f"scan {src.name}", src.n)
     lo = 0
     for chunk in src.chunks(_chunk_rows(geo.n_cells, chunk_mb)):
         hi = lo + len(chunk)

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..geometry import Geometry, get_geometry
 from ..io import ShowerData, ShowerWriter
+from ..progress import progress_bar
 from ..scaleout import EngineError, dask_client, ordered_map, parse_shard, shard_attrs, shard_blocks, shard_label
 from .conditions import (
     CANONICAL_PARTICLES, PARTICLE_MASS_MEV, PARTICLES, ConditionSpec, PositionSpec, RangeSpec, parse_conditions,
@@ -303,25 +304,6 @@ def _chunk(geo: Geometry, pdg: int, parts: list[tuple[np.ndarray, ...]], attrs: 
     return ShowerData(showers, e.reshape(-1, 1), geo, conditions, overflow if geo.overflow else None, dict(attrs))
 
 
-def _progress(total: int, description: str):  # type: ignore[no-untyped-def]
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                    TextColumn("{task.fields[rate]}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False)
-    task = prog.add_task(description, total=total, rate="")
-    return prog, task
-
-
-def _advance(prog: Any, task: Any, k: int) -> None:
-    prog.advance(task, k)
-    t = next(t for t in prog.tasks if t.id == task)
-    if t.elapsed:
-        prog.update(task, rate=f"{t.completed / t.elapsed:,.0f} showers/s")
-
-
 def shard_size(n: int, shard: str | tuple[int, int] | None) -> int:
     """Number of showers shard ``K/N`` of a run of ``n`` showers holds (``n`` without a shard)."""
     blocks = shard_blocks(parse_shard(shard), _n_blocks(n))
@@ -349,9 +331,8 @@ def simulate(geometry: Geometry | str, particle: str | int, n: int, *, energy: s
               workers=workers, shard=shard, dask=dask)
     parts: list[ShowerData] = []
     if progress:
-        prog, task = _progress(shard_size(n, shard), f"simulating {particle} in {geo.name}")
-        with prog:
-            parts = list(iter_simulate(geo, particle, n, on_block=lambda k: _advance(prog, task, k), **kw))
+        with progress_bar(shard_size(n, shard), f"simulating {particle} in {geo.name}") as advance:
+            parts = list(iter_simulate(geo, particle, n, on_block=advance, **kw))
     else:
         parts = list(iter_simulate(geo, particle, n, **kw))
     if not parts:  # n == 0 or an empty shard: an empty but well-formed result
@@ -407,9 +388,9 @@ def simulate_to_file(path: str | Path, geometry: Geometry | str, particle: str |
 
         if progress:
             where = f" ({shard_label(sh)[:-2]})" if sh else ""
-            prog, task = _progress(shard_size(n, sh), f"simulating {particle_name(pdg)} in {geo.name}{where} -> {path.name}")
-            with prog:
-                for part in iter_simulate(geo, particle, n, on_block=lambda k: _advance(prog, task, k), **kw):
+            desc = f"simulating {particle_name(pdg)} in {geo.name}{where} -> {path.name}"
+            with progress_bar(shard_size(n, sh), desc) as advance:
+                for part in iter_simulate(geo, particle, n, on_block=advance, **kw):
                     write(part)
         else:
             for part in iter_simulate(geo, particle, n, **kw):

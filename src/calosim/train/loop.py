@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..progress import Progress
 from .. import features
 from ..geometry import Geometry, resolve_geometry
 from ..io import read_showers
@@ -638,7 +639,7 @@ class Trainer:
         self.model.train()
         self.ctx.step = 0
         total = self.model.pretrain_steps()
-        bar = _progress(self.progress)
+        bar = Progress(self.progress, unit="steps")
         with bar:  # every optimiser step of the stage advances the bar: progress is visible
             task = bar.add_task(f"{self.model_name} pretraining", total=total, completed=0, info="")
             self.ctx.on_step = lambda name: bar.update(task, advance=1, info=name)
@@ -668,7 +669,7 @@ class Trainer:
         self.model.train()
         t_interval, n_timed = time.perf_counter(), 0
         train_time = 0.0
-        bar = _progress(self.progress)
+        bar = Progress(self.progress, unit="steps")
         with bar:
             task = bar.add_task(f"{self.model_name}", total=self.total_steps, completed=self.step, info="")
             try:
@@ -773,65 +774,6 @@ class Trainer:
 
 
 # ------------------------------------------------------------------------------------------
-class _NoProgress:
-    def __enter__(self) -> "_NoProgress":
-        return self
-
-    def __exit__(self, *a: Any) -> None:
-        pass
-
-    def add_task(self, *a: Any, **k: Any) -> int:
-        return 0
-
-    def update(self, *a: Any, **k: Any) -> None:
-        pass
-
-
-@dataclass
-class _LineTask:
-    description: str
-    total: int | None
-    completed: int
-    info: str
-    t0: float
-    last_print: float = float("-inf")
-    printed: int | None = None  # the count last printed (no repeated lines)
-
-
-class _LineProgress(_NoProgress):
-    """Progress for a log file (stderr not a terminal, where rich shows nothing until the end):
-    one line per task at most every ``every`` seconds, and when it completes."""
-
-    def __init__(self, every: float = 30.0) -> None:
-        self.every = every
-        self.tasks: list[_LineTask] = []
-
-    def add_task(self, description: str, total: int | None = None, completed: int = 0, info: str = "") -> int:
-        self.tasks.append(_LineTask(description, total, completed, info, time.perf_counter()))
-        return len(self.tasks) - 1
-
-    def update(self, task: int, advance: int = 0, completed: int | None = None, info: str | None = None) -> None:
-        t = self.tasks[task]
-        t.completed = (t.completed + advance) if completed is None else completed
-        t.info = t.info if info is None else info
-        now = time.perf_counter()
-        if t.printed != t.completed and (now - t.last_print >= self.every or t.completed == t.total):
-            t.last_print, t.printed = now, t.completed
-            print(f"{t.description}: {t.completed}/{t.total or '?'} steps, {now - t.t0:.0f} s {t.info}".rstrip(),
-                  file=sys.stderr, flush=True)
-
-
-def _progress(enabled: bool) -> Any:
-    if not enabled:
-        return _NoProgress()
-    if not sys.stderr.isatty():
-        return _LineProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"), refresh_per_second=4)
-
-
 def provenance(seed: int, env: DistEnv, device: str) -> dict[str, Any]:
     """Versions and origin of a run (no hostname or user name)."""
     import h5py
