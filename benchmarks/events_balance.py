@@ -40,6 +40,9 @@ CONFIGS: dict[str, dict] = {
     "calosim d_lr_scale=0.25": {"recipe": "calosim", "d_lr_scale": 0.25},
     "calosim g_steps=2": {"recipe": "calosim", "g_steps": 2},
     "calosim batch=8": {"recipe": "calosim", "batch_size": 8},
+    "calosim energy_weight=0.2": {"recipe": "calosim", "energy_weight": 0.2},
+    "calosim energy_weight=1": {"recipe": "calosim", "energy_weight": 1.0},
+    "calosim lam=10": {"recipe": "calosim", "lam": 10.0},
 }
 
 
