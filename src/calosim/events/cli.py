@@ -98,7 +98,7 @@ def image_cmd(events: str, view: str, engine: str, start: int, stop: int | None,
 @click.option("--test-detailed", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run directory.")
 @click.option("--recipe", type=click.Choice(["calosim", "seed"]), default="calosim", show_default=True,
-              help="calosim: fast-peak normalisation, ReLU gate, zero-initialised residual, 0.2 GeV threshold; "
+              help="calosim: fast-peak normalisation, ReLU gate, zero-initialised residual, energy term, 0.2 GeV threshold; "
                    "seed: the paper's recipe. The options below override single settings.")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2), default=None, help="[recipe: 16]")
@@ -108,6 +108,8 @@ def image_cmd(events: str, view: str, engine: str, start: int, stop: int | None,
               help="Generator updates per discriminator update [recipe: 1].")
 @click.option("--d-lr-scale", type=float, default=None, help="D learning rate / G learning rate [recipe: 1].")
 @click.option("--hidden", type=click.IntRange(2), default=None, help="U-Net width [recipe: 16].")
+@click.option("--energy-weight", type=float, default=None,
+              help="Weight of the per-image total-energy term in G's loss [calosim 1, seed 0].")
 @click.option("--threshold", "threshold_gev", type=float, default=None,
               help="Zero generated towers below this, GeV [calosim 0.2, seed 0].")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -179,7 +179,7 @@ class CalpaganConfig:
     norm: str = "fast-peak"
     gate: str = "relu"
     residual_init: bool = True
-    energy_weight: float = 0.0
+    energy_weight: float = 1.0
     threshold_gev: float = 0.2
     seed: int = 0
 
