@@ -98,8 +98,8 @@ def image_cmd(events: str, view: str, engine: str, start: int, stop: int | None,
 @click.option("--test-detailed", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run directory.")
 @click.option("--recipe", type=click.Choice(["calosim", "seed"]), default="calosim", show_default=True,
-              help="calosim: fast-peak normalisation, ReLU gate, zero-initialised residual, energy term, 0.2 GeV threshold; "
-                   "seed: the paper's recipe. The options below override single settings.")
+              help="calosim: fast-peak normalisation, ReLU gate, zero-initialised residual, energy term, "
+                   "0.2 GeV threshold; seed: the paper's recipe. The options below override single settings.")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2), default=None, help="[recipe: 16]")
 @click.option("--lr", type=float, default=None, help="Generator learning rate [recipe: 2e-4].")

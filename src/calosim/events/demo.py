@@ -3,7 +3,8 @@
 For each process (W+jets, dijets): Pythia train and test events (different run seeds), fast and
 detailed images of both, CALPAGAN trained on the training pairs (Fréchet distances tracked on
 train and test), applied to the test fast images, jets and chi2 tables on the test set. Then
-the W+jets model on the dijet test set and the reverse. Writes ``summary.md``, ``summary.json``,
+the W+jets model on the dijet test set and the reverse. ``recipe`` picks CALPAGAN's recipe
+(calosim's default or the paper's ``"seed"``). Writes ``summary.md``, ``summary.json``,
 one HTML report per table, the Fig. 5-like plots and the timing per event of every step.
 """
 
@@ -87,8 +88,8 @@ def run_events_demo(out: Path, *, n: int = 300, epochs: int = 4, seed: int = 0, 
             tables[title] = {"table": res["table"], "closer": res["closer_by_model"], "n_jets_ge2": res["n_jets_ge2"],
                              "trained_on": m_proc, "tested_on": t_proc,
                              "zero_threshold_gev": models[m_proc].zero_threshold,
-                             "images": {name: image_stats(te["fast"], te["detailed"], img)
-                                        for name, img in (("fast", te["fast"]), ("calpagan", gen), ("calpagan_zs", gen_zs))}}
+                             "images": {name: image_stats(te["fast"], te["detailed"], img) for name, img in
+                                        (("fast", te["fast"]), ("calpagan", gen), ("calpagan_zs", gen_zs))}}
     timing["total_s"] = time.perf_counter() - t_start
     summary = {"n_per_split": n, "epochs": epochs, "seed": seed, "recipe": recipe, "timing": timing, "tables": tables}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1, default=float))

@@ -33,6 +33,12 @@ Architecture exactly as the seed's section 3.1:
 
 Fixes the seed's conclusion asks for (D learns faster than G): ``g_steps`` generator updates per
 discriminator update and ``d_lr_scale`` (the discriminator's learning rate relative to G's).
+
+Two recipes (:meth:`CalpaganConfig.recipe`): ``"seed"`` is the above exactly; ``"calosim"`` (the
+defaults) keeps the architecture and losses but normalises x and y by x's highest pixel, gates
+ReLU(G(x) + x), starts G's last layer at zero (the untrained model returns the fast image), adds a
+per-image total-energy term to G's loss and zeroes generated towers below 0.2 GeV (see
+:class:`CalpaganConfig` and docs/events.md for why and what each is measured to do).
 """
 
 from __future__ import annotations
@@ -400,8 +406,10 @@ def train_calpagan(fast: np.ndarray, detailed: np.ndarray, config: CalpaganConfi
                                 "fast-calpagan": (f_, gen_img)}.items():
                 hist.setdefault(f"fd_{key}_{name}", []).append(frechet_image_distance(u, v))
         if log:
-            fd = (f"  FD(det,fast) {hist['fd_detailed-fast_train'][-1]:.2f}  "
-                  f"FD(det,gen) {hist['fd_detailed-calpagan_train'][-1]:.2f}") if "fd_detailed-fast_train" in hist else ""
+            fd = ""
+            if "fd_detailed-fast_train" in hist:
+                fd = (f"  FD(det,fast) {hist['fd_detailed-fast_train'][-1]:.2f}  "
+                      f"FD(det,gen) {hist['fd_detailed-calpagan_train'][-1]:.2f}")
             log(f"epoch {epoch}: D {hist['loss_d'][-1]:.3f}  G {hist['loss_g'][-1]:.3f}{fd}  "
                 f"({hist['seconds'][-1]:.1f} s)")
     model.fit_zero_threshold(fast, detailed, seed=0)
@@ -422,7 +430,8 @@ def plot_history(hist: dict[str, list[float]], path: str | Path) -> Path:
         for split, ls in (("train", "-"), ("test", "--")):
             v = hist.get(f"fd_{key}_{split}")
             if v:
-                a1.plot(hist["epoch"][-len(v):], v, ls + ("o" if len(v) == 1 else ""), color=c, label=f"{key} ({split})")
+                a1.plot(hist["epoch"][-len(v):], v, ls + ("o" if len(v) == 1 else ""), color=c,
+                        label=f"{key} ({split})")
     a1.set_yscale("log"); a1.set_xlabel("epoch"); a1.set_ylabel("Fréchet distance (pooled log-energy features)")
     a1.legend(fontsize=7)
     a2.plot(hist["epoch"], hist["loss_d"], color="C3", label="discriminator")
