@@ -33,16 +33,14 @@ CONFIGS: dict[str, dict] = {
     "seed + threshold 0.2": {**SEED, "threshold_gev": 0.2},
     "seed + relu gate": {**SEED, "gate": "relu"},
     "seed + fast-peak norm": {**SEED, "norm": "fast-peak"},
-    "calosim": {"recipe": "calosim"},
+    "calosim (default)": {"recipe": "calosim"},
     "calosim no residual_init": {"recipe": "calosim", "residual_init": False},
-    "calosim lr=1e-3": {"recipe": "calosim", "lr": 1e-3},
-    "calosim lam=1000": {"recipe": "calosim", "lam": 1000.0},
-    "calosim d_lr_scale=0.25": {"recipe": "calosim", "d_lr_scale": 0.25},
     "calosim g_steps=2": {"recipe": "calosim", "g_steps": 2},
-    "calosim batch=8": {"recipe": "calosim", "batch_size": 8},
+    "calosim d_lr_scale=0.25": {"recipe": "calosim", "d_lr_scale": 0.25},
+    "calosim energy_weight=0": {"recipe": "calosim", "energy_weight": 0.0},
     "calosim energy_weight=0.2": {"recipe": "calosim", "energy_weight": 0.2},
-    "calosim energy_weight=1": {"recipe": "calosim", "energy_weight": 1.0},
-    "calosim lam=10": {"recipe": "calosim", "lam": 10.0},
+    "calosim energy_weight=0, lr=1e-3": {"recipe": "calosim", "energy_weight": 0.0, "lr": 1e-3},
+    "calosim energy_weight=0, lam=10": {"recipe": "calosim", "energy_weight": 0.0, "lam": 10.0},
 }
 
 
