@@ -35,6 +35,7 @@ CONFIGS: dict[str, dict] = {
     "seed + fast-peak norm": {**SEED, "norm": "fast-peak"},
     "calosim (default)": {"recipe": "calosim"},
     "calosim no residual_init": {"recipe": "calosim", "residual_init": False},
+    "calosim no bn_recalibrate": {"recipe": "calosim", "bn_recalibrate": False},
     "calosim g_steps=2": {"recipe": "calosim", "g_steps": 2},
     "calosim d_lr_scale=0.25": {"recipe": "calosim", "d_lr_scale": 0.25},
     "calosim energy_weight=0": {"recipe": "calosim", "energy_weight": 0.0},

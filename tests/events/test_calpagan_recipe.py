@@ -22,8 +22,9 @@ def _fast(n: int = 3, seed: int = 0) -> np.ndarray:
 
 def test_recipes_are_one_switch_apart_and_unknown_names_fail_in_one_line():
     seed, ours = CalpaganConfig.recipe("seed", epochs=3), CalpaganConfig.recipe("calosim")
-    assert (seed.norm, seed.gate, seed.residual_init, seed.threshold_gev, seed.epochs) == ("own-peak", "none", False, 0.0, 3)
-    assert (ours.norm, ours.gate, ours.residual_init, ours.energy_weight, ours.threshold_gev) == ("fast-peak", "relu", True, 1.0, 0.2)
+    keys = ("norm", "gate", "residual_init", "energy_weight", "bn_recalibrate", "threshold_gev")
+    assert [getattr(seed, k) for k in keys] == ["own-peak", "none", False, 0.0, False, 0.0] and seed.epochs == 3
+    assert [getattr(ours, k) for k in keys] == ["fast-peak", "relu", True, 1.0, True, 0.2]
     assert {k: getattr(seed, k) for k in SEED_RECIPE} == SEED_RECIPE and ours == CalpaganConfig()
     with pytest.raises(ValueError, match="recipe must be one of calosim, seed") as err:
         CalpaganConfig.recipe("pix2pix")

@@ -170,7 +170,9 @@ class CalpaganConfig:
     PyTorch's default initialisation). ``energy_weight``: adds ``energy_weight`` x the relative error of
     each image's total energy, |sum G(x) + x - sum y| / sum y, to G's loss (seed: 0): the per-pixel L1
     alone is a median fit that leaves out the sparse shower tails and so under-shoots the energy.
-    ``threshold_gev``: generated towers below it are zeroed (0 in the seed; 0.2 GeV
+    ``bn_recalibrate``: after each epoch G's batch-norm running statistics are re-estimated on the
+    whole training set with the weights fixed (seed: off, the running averages of the last steps,
+    which lag weights that move fast). ``threshold_gev``: generated towers below it are zeroed (0 in the seed; 0.2 GeV
     is the detailed view's smallest tower threshold, ECAL).
     """
 
@@ -186,6 +188,7 @@ class CalpaganConfig:
     gate: str = "relu"
     residual_init: bool = True
     energy_weight: float = 1.0
+    bn_recalibrate: bool = True
     threshold_gev: float = 0.2
     seed: int = 0
 
@@ -206,7 +209,7 @@ class CalpaganConfig:
 NORMS, GATES = ("own-peak", "fast-peak"), ("none", "relu")
 #: The seed's recipe (section 3.1) where calosim's defaults differ; old checkpoints without these keys are the seed's.
 SEED_RECIPE: dict[str, Any] = {"norm": "own-peak", "gate": "none", "residual_init": False, "energy_weight": 0.0,
-                               "threshold_gev": 0.0}
+                               "bn_recalibrate": False, "threshold_gev": 0.0}
 RECIPES: dict[str, dict[str, Any]] = {"calosim": {}, "seed": SEED_RECIPE}
 
 
@@ -265,6 +268,21 @@ class Calpagan:
         target = int((detailed > 0).sum())
         self.zero_threshold = 0.0 if (gen > 0).sum() <= target else float(np.partition(gen, -target - 1)[-target - 1])
         return self.zero_threshold
+
+    def recalibrate_batchnorm(self, xn: torch.Tensor, batch: int = 16) -> None:
+        """Re-estimate G's batch-norm running statistics as the plain average over batches of the
+        peak-normalised fast images ``xn`` (N, 2, 72, 72), G's weights fixed."""
+        norms = [m for m in self.gen.modules() if isinstance(m, nn.BatchNorm2d)]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        self.gen.train()
+        with torch.no_grad():
+            for a in range(0, len(xn), batch):
+                if len(xn[a:a + batch]) >= 2:  # the 1 x 1 bottleneck needs two images
+                    self.gen(xn[a:a + batch])
+        for m in norms:
+            m.momentum = 0.1
 
     def _fake(self, xn: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         z = torch.randn(xn.shape, generator=gen) * self.config.noise
@@ -399,6 +417,8 @@ def train_calpagan(fast: np.ndarray, detailed: np.ndarray, config: CalpaganConfi
         hist["loss_d"].append(ld / max(1, math.ceil(nb / config.g_steps)))
         hist["loss_g"].append(lg / max(nb, 1))
         hist["seconds"].append(time.perf_counter() - t0)
+        if config.bn_recalibrate:
+            model.recalibrate_batchnorm(xn, config.batch_size)
         splits = (("train", (fast, detailed)), *((("test", test),) if test is not None else ()))
         for name, (f_, d_) in splits if frechet_every_epoch or epoch == config.epochs else ():
             gen_img = model.generate(f_, seed=epoch)
