@@ -37,7 +37,7 @@ CONFIGS: dict[str, dict] = {
     "calosim no residual_init": {"recipe": "calosim", "residual_init": False},
     "calosim no bn_recalibrate": {"recipe": "calosim", "bn_recalibrate": False},
     "calosim g_steps=2": {"recipe": "calosim", "g_steps": 2},
-    "calosim d_lr_scale=0.25": {"recipe": "calosim", "d_lr_scale": 0.25},
+    "calosim d_lr_scale=1": {"recipe": "calosim", "d_lr_scale": 1.0},
     "calosim energy_weight=0": {"recipe": "calosim", "energy_weight": 0.0},
     "calosim energy_weight=0.2": {"recipe": "calosim", "energy_weight": 0.2},
     "calosim energy_weight=0, lr=1e-3": {"recipe": "calosim", "energy_weight": 0.0, "lr": 1e-3},

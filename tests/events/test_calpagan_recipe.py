@@ -22,9 +22,9 @@ def _fast(n: int = 3, seed: int = 0) -> np.ndarray:
 
 def test_recipes_are_one_switch_apart_and_unknown_names_fail_in_one_line():
     seed, ours = CalpaganConfig.recipe("seed", epochs=3), CalpaganConfig.recipe("calosim")
-    keys = ("norm", "gate", "residual_init", "energy_weight", "bn_recalibrate", "threshold_gev")
-    assert [getattr(seed, k) for k in keys] == ["own-peak", "none", False, 0.0, False, 0.0] and seed.epochs == 3
-    assert [getattr(ours, k) for k in keys] == ["fast-peak", "relu", True, 1.0, True, 0.2]
+    keys = ("norm", "gate", "residual_init", "energy_weight", "bn_recalibrate", "d_lr_scale", "threshold_gev")
+    assert [getattr(seed, k) for k in keys] == ["own-peak", "none", False, 0.0, False, 1.0, 0.0] and seed.epochs == 3
+    assert [getattr(ours, k) for k in keys] == ["fast-peak", "relu", True, 1.0, True, 0.25, 0.2]
     assert {k: getattr(seed, k) for k in SEED_RECIPE} == SEED_RECIPE and ours == CalpaganConfig()
     with pytest.raises(ValueError, match="recipe must be one of calosim, seed") as err:
         CalpaganConfig.recipe("pix2pix")
@@ -91,3 +91,15 @@ def test_image_stats_known_answer():
     assert st["towers_generated"] == 73 and st["towers_detailed"] == 1 and st["towers_fast"] == 1
     assert st["floor_gev"] == pytest.approx(36.0 / (72 * 72 - 1))
     assert st["energy_fraction_in_empty"] == pytest.approx(36 / 44)
+
+
+def test_batchnorm_recalibration_sets_the_running_mean_to_the_data_mean():
+    model = Calpagan(CalpaganConfig(hidden=4))
+    xn = torch.from_numpy(_fast(4, seed=2) / 30.0)
+    block = model.gen.contract[0]
+    seen = []
+    hook = block.conv1.register_forward_hook(lambda mod, inp, out: seen.append(out.detach()))
+    model.recalibrate_batchnorm(xn, batch=4)
+    hook.remove()
+    np.testing.assert_allclose(block.norm1.running_mean.numpy(), seen[0].mean((0, 2, 3)).numpy(), rtol=1e-4, atol=1e-6)
+    assert block.norm1.num_batches_tracked.item() == 1 and block.norm1.momentum == 0.1

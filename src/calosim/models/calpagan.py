@@ -182,7 +182,7 @@ class CalpaganConfig:
     lam: float = 100.0
     noise: float = 0.01
     g_steps: int = 1  # generator updates per discriminator update (seed: 1)
-    d_lr_scale: float = 1.0  # discriminator lr / generator lr (seed: 1)
+    d_lr_scale: float = 0.25  # discriminator lr / generator lr (seed: 1)
     hidden: int = 16  # generator width (seed: 16); larger = the "stronger G" fix
     norm: str = "fast-peak"
     gate: str = "relu"
@@ -209,7 +209,7 @@ class CalpaganConfig:
 NORMS, GATES = ("own-peak", "fast-peak"), ("none", "relu")
 #: The seed's recipe (section 3.1) where calosim's defaults differ; old checkpoints without these keys are the seed's.
 SEED_RECIPE: dict[str, Any] = {"norm": "own-peak", "gate": "none", "residual_init": False, "energy_weight": 0.0,
-                               "bn_recalibrate": False, "threshold_gev": 0.0}
+                               "bn_recalibrate": False, "d_lr_scale": 1.0, "threshold_gev": 0.0}
 RECIPES: dict[str, dict[str, Any]] = {"calosim": {}, "seed": SEED_RECIPE}
 
 
