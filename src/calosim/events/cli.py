@@ -106,7 +106,8 @@ def image_cmd(events: str, view: str, engine: str, start: int, stop: int | None,
 @click.option("--lam", type=float, default=None, help="Weight of the L1 term [recipe: 100].")
 @click.option("--g-steps", type=click.IntRange(1), default=None,
               help="Generator updates per discriminator update [recipe: 1].")
-@click.option("--d-lr-scale", type=float, default=None, help="D learning rate / G learning rate [recipe: 1].")
+@click.option("--d-lr-scale", type=float, default=None,
+              help="D learning rate / G learning rate [calosim 0.25, seed 1].")
 @click.option("--hidden", type=click.IntRange(2), default=None, help="U-Net width [recipe: 16].")
 @click.option("--energy-weight", type=float, default=None,
               help="Weight of the per-image total-energy term in G's loss [calosim 1, seed 0].")
