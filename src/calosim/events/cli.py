@@ -97,17 +97,26 @@ def image_cmd(events: str, view: str, engine: str, start: int, stop: int | None,
 @click.option("--test-fast", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--test-detailed", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run directory.")
+@click.option("--recipe", type=click.Choice(["calosim", "seed"]), default="calosim", show_default=True,
+              help="calosim: fast-peak normalisation, ReLU gate, zero-initialised residual, energy term, "
+                   "0.2 GeV threshold; seed: the paper's recipe. The options below override single settings.")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(2), default=16, show_default=True)
-@click.option("--lam", type=float, default=100.0, show_default=True, help="Weight of the L1 term.")
-@click.option("--g-steps", type=click.IntRange(1), default=1, show_default=True,
-              help="Generator updates per discriminator update (seed: 1).")
-@click.option("--d-lr-scale", type=float, default=1.0, show_default=True, help="D learning rate / G learning rate.")
-@click.option("--hidden", type=click.IntRange(2), default=16, show_default=True, help="U-Net width (seed: 16).")
+@click.option("--batch-size", type=click.IntRange(2), default=None, help="[recipe: 16]")
+@click.option("--lr", type=float, default=None, help="Generator learning rate [recipe: 2e-4].")
+@click.option("--lam", type=float, default=None, help="Weight of the L1 term [recipe: 100].")
+@click.option("--g-steps", type=click.IntRange(1), default=None,
+              help="Generator updates per discriminator update [recipe: 1].")
+@click.option("--d-lr-scale", type=float, default=None,
+              help="D learning rate / G learning rate [calosim 0.25, seed 1].")
+@click.option("--hidden", type=click.IntRange(2), default=None, help="U-Net width [recipe: 16].")
+@click.option("--energy-weight", type=float, default=None,
+              help="Weight of the per-image total-energy term in G's loss [calosim 1, seed 0].")
+@click.option("--threshold", "threshold_gev", type=float, default=None,
+              help="Zero generated towers below this, GeV [calosim 0.2, seed 0].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @_friendly
-def train_cmd(fast: str, detailed: str, test_fast: str | None, test_detailed: str | None, out: str, epochs: int,
-              batch_size: int, lam: float, g_steps: int, d_lr_scale: float, hidden: int, seed: int) -> None:
+def train_cmd(fast: str, detailed: str, test_fast: str | None, test_detailed: str | None, out: str, recipe: str,
+              epochs: int, seed: int, **overrides: Any) -> None:
     """Train CALPAGAN on paired fast/detailed images of the same events."""
     from ..models.calpagan import CalpaganConfig, plot_history, train_calpagan
     from .views import read_images
@@ -119,8 +128,8 @@ def train_cmd(fast: str, detailed: str, test_fast: str | None, test_detailed: st
         raise EventsError("give both --test-fast and --test-detailed, or neither")
     if test_fast:
         test = (read_images(test_fast)[0], read_images(test_detailed)[0])
-    cfg = CalpaganConfig(epochs=epochs, batch_size=batch_size, lam=lam, g_steps=g_steps, d_lr_scale=d_lr_scale,
-                         hidden=hidden, seed=seed)
+    cfg = CalpaganConfig.recipe(recipe, epochs=epochs, seed=seed,
+                                **{k: v for k, v in overrides.items() if v is not None})
     model, hist = train_calpagan(x, y, cfg, test=test, log=click.echo)
     run = Path(out)
     weights = model.save(run, hist)
@@ -191,11 +200,14 @@ def evaluate_cmd(fast: str, detailed: str, generated: str | None, generated_zs: 
               help="Events per process and split (train and test each).")
 @click.option("--epochs", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--recipe", type=click.Choice(["calosim", "seed"]), default="calosim", show_default=True,
+              help="CALPAGAN's recipe: calosim's or the paper's (see `events train --help`).")
 @WORKERS
 @_friendly
-def demo_cmd(out: str, n: int, epochs: int, seed: int, workers: int) -> None:
+def demo_cmd(out: str, n: int, epochs: int, seed: int, recipe: str, workers: int) -> None:
     """The whole chain at small N for W+jets and dijets, with the cross-process test (<= 15 min at the defaults)."""
     from .demo import run_events_demo
 
-    summary = run_events_demo(Path(out), n=n, epochs=epochs, seed=seed, workers=workers, log=click.echo)
+    summary = run_events_demo(Path(out), n=n, epochs=epochs, seed=seed, workers=workers, recipe=recipe,
+                              log=click.echo)
     click.echo(json.dumps(summary["timing"], indent=1))

@@ -15,7 +15,7 @@ import numpy as np
 
 from .jets import JET_OBSERVABLES, LABELS, PAIR_OBSERVABLES, chi2_table, common_edges, format_table, leading_pair
 
-__all__ = ["jet_validation", "closer_count", "markdown_table"]
+__all__ = ["jet_validation", "closer_count", "markdown_table", "image_stats"]
 
 #: The seed's three columns, then the same for calosim's zero-suppressed CALPAGAN images.
 PAIRS = (("fast", "detailed"), ("detailed", "calpagan"), ("fast", "calpagan"),
@@ -33,6 +33,29 @@ def closer_count(table: dict[str, dict[str, float]], gen: str = "calpagan") -> t
         n += 1
         k += int(a < b)
     return k, n
+
+
+def image_stats(fast: np.ndarray, detailed: np.ndarray, generated: np.ndarray) -> dict[str, float]:
+    """Where generated images ``(N, 1, 72, 72)`` go wrong against the detailed ones of the same events.
+
+    Means over events of: the total energy (GeV) of each set; the per-event response ratios
+    generated / detailed and fast / detailed (medians); the non-zero towers; the floor, i.e. the
+    generated energy per tower over the towers the detailed image leaves empty (GeV), and the
+    fraction of the generated energy in such towers.
+    """
+    f, d, g = (a.reshape(len(a), -1) if a.shape[1] == 1 else a.sum(1).reshape(len(a), -1)
+               for a in (fast, detailed, generated))
+    ef, ed, eg = f.sum(1), d.sum(1), g.sum(1)
+    ok = ed > 0
+    empty = d <= 0
+    g_empty = np.where(empty, g, 0.0).sum(1)
+    return {"energy_fast": float(ef.mean()), "energy_detailed": float(ed.mean()), "energy_generated": float(eg.mean()),
+            "response_generated": float(np.median(eg[ok] / ed[ok])) if ok.any() else float("nan"),
+            "response_fast": float(np.median(ef[ok] / ed[ok])) if ok.any() else float("nan"),
+            "towers_fast": float((f > 0).sum(1).mean()), "towers_detailed": float((d > 0).sum(1).mean()),
+            "towers_generated": float((g > 0).sum(1).mean()),
+            "floor_gev": float(g_empty.sum() / max(int(empty.sum()), 1)),
+            "energy_fraction_in_empty": float(g_empty.sum() / max(float(eg.sum()), 1e-12))}
 
 
 def _plots(obs: dict[str, dict[str, np.ndarray]]) -> str:

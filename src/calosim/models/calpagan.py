@@ -33,6 +33,12 @@ Architecture exactly as the seed's section 3.1:
 
 Fixes the seed's conclusion asks for (D learns faster than G): ``g_steps`` generator updates per
 discriminator update and ``d_lr_scale`` (the discriminator's learning rate relative to G's).
+
+Two recipes (:meth:`CalpaganConfig.recipe`): ``"seed"`` is the above exactly; ``"calosim"`` (the
+defaults) keeps the architecture and losses but normalises x and y by x's highest pixel, gates
+ReLU(G(x) + x), starts G's last layer at zero (the untrained model returns the fast image), adds a
+per-image total-energy term to G's loss and zeroes generated towers below 0.2 GeV (see
+:class:`CalpaganConfig` and docs/events.md for why and what each is measured to do).
 """
 
 from __future__ import annotations
@@ -49,8 +55,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["UNet", "Discriminator", "CalpaganConfig", "Calpagan", "train_calpagan", "frechet_image_distance",
-           "plot_history"]
+__all__ = ["UNet", "Discriminator", "CalpaganConfig", "SEED_RECIPE", "RECIPES", "Calpagan", "train_calpagan",
+           "frechet_image_distance", "plot_history"]
 
 
 class FeatureMapBlock(nn.Module):
@@ -153,7 +159,22 @@ class Discriminator(nn.Module):
 # ---- training ----------------------------------------------------------------------------------
 @dataclass
 class CalpaganConfig:
-    """Training settings (pix2pix defaults: Adam 2e-4, betas (0.5, 0.999), lambda = 100)."""
+    """Training settings; the defaults are calosim's recipe, :data:`SEED_RECIPE` lists the seed's values.
+
+    ``norm``: ``"own-peak"`` (seed: each image by its own highest pixel, the scale restored with
+    ``peak_ratio``) or ``"fast-peak"`` (the fast image and its detailed target both by the fast image's
+    highest pixel, so G learns the energy response and the scale is restored exactly).
+    ``gate``: ``"none"`` (seed) or ``"relu"`` (ReLU of G(x) + x in training too, so G can make a tower
+    exactly empty). ``residual_init``: G's last 1x1 convolution starts at zero, so the untrained model
+    returns the fast image (summed over ECAL and HCAL) and learns only the correction (seed: off,
+    PyTorch's default initialisation). ``energy_weight``: adds ``energy_weight`` x the relative error of
+    each image's total energy, |sum G(x) + x - sum y| / sum y, to G's loss (seed: 0): the per-pixel L1
+    alone is a median fit that leaves out the sparse shower tails and so under-shoots the energy.
+    ``bn_recalibrate``: after each epoch G's batch-norm running statistics are re-estimated on the
+    whole training set with the weights fixed (seed: off, the running averages of the last steps,
+    which lag weights that move fast). ``threshold_gev``: generated towers below it are zeroed (0 in the seed; 0.2 GeV
+    is the detailed view's smallest tower threshold, ECAL).
+    """
 
     epochs: int = 10
     batch_size: int = 16
@@ -161,9 +182,35 @@ class CalpaganConfig:
     lam: float = 100.0
     noise: float = 0.01
     g_steps: int = 1  # generator updates per discriminator update (seed: 1)
-    d_lr_scale: float = 1.0  # discriminator lr / generator lr (seed: 1)
+    d_lr_scale: float = 0.25  # discriminator lr / generator lr (seed: 1)
     hidden: int = 16  # generator width (seed: 16); larger = the "stronger G" fix
+    norm: str = "fast-peak"
+    gate: str = "relu"
+    residual_init: bool = True
+    energy_weight: float = 1.0
+    bn_recalibrate: bool = True
+    threshold_gev: float = 0.2
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"calpagan config: norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.gate not in GATES:
+            raise ValueError(f"calpagan config: gate must be one of {', '.join(GATES)}, got {self.gate!r}")
+
+    @classmethod
+    def recipe(cls, name: str, **overrides: Any) -> "CalpaganConfig":
+        """The named recipe (``"calosim"``: the defaults; ``"seed"``: the paper's), then ``overrides``."""
+        if name not in RECIPES:
+            raise ValueError(f"calpagan recipe must be one of {', '.join(RECIPES)}, got {name!r}")
+        return cls(**{**RECIPES[name], **overrides})
+
+
+NORMS, GATES = ("own-peak", "fast-peak"), ("none", "relu")
+#: The seed's recipe (section 3.1) where calosim's defaults differ; old checkpoints without these keys are the seed's.
+SEED_RECIPE: dict[str, Any] = {"norm": "own-peak", "gate": "none", "residual_init": False, "energy_weight": 0.0,
+                               "bn_recalibrate": False, "d_lr_scale": 1.0, "threshold_gev": 0.0}
+RECIPES: dict[str, dict[str, Any]] = {"calosim": {}, "seed": SEED_RECIPE}
 
 
 #: Files of a CALPAGAN run directory (``calosim events train --out``).
@@ -184,6 +231,9 @@ class Calpagan:
         self.config = config or CalpaganConfig()
         torch.manual_seed(self.config.seed)
         self.gen = UNet(hidden=self.config.hidden)
+        if self.config.residual_init:
+            nn.init.zeros_(self.gen.downfeature.conv.weight)
+            nn.init.zeros_(self.gen.downfeature.conv.bias)
         self.disc = Discriminator()
         self.peak_ratio = float(peak_ratio)
         self.zero_threshold = float(zero_threshold)
@@ -191,7 +241,8 @@ class Calpagan:
     def generate(self, fast: np.ndarray, batch: int = 64, seed: int = 0, zero_suppress: bool = False) -> np.ndarray:
         """Detailed-like images ``(N, 1, 72, 72)`` GeV from fast images ``(N, 2, 72, 72)`` GeV.
 
-        ``zero_suppress``: zero the towers below the fitted ``zero_threshold`` (see the module doc).
+        Towers below ``config.threshold_gev`` are always zeroed; ``zero_suppress`` also zeroes those
+        below the fitted ``zero_threshold`` (see the module doc).
         """
         gen = torch.Generator().manual_seed(seed)
         self.gen.eval()
@@ -202,7 +253,9 @@ class Calpagan:
                 p = _peaks(x)
                 xn = torch.from_numpy(x / p[:, None, None, None])
                 y = self._fake(xn, gen)
-                img = np.maximum(y.numpy(), 0.0) * (p * self.peak_ratio)[:, None, None, None]
+                scale = p * (self.peak_ratio if self.config.norm == "own-peak" else 1.0)
+                img = np.maximum(y.numpy(), 0.0) * scale[:, None, None, None]
+                img[img < self.config.threshold_gev] = 0.0
                 if zero_suppress:
                     img[img < self.zero_threshold] = 0.0
                 out.append(img)
@@ -216,9 +269,25 @@ class Calpagan:
         self.zero_threshold = 0.0 if (gen > 0).sum() <= target else float(np.partition(gen, -target - 1)[-target - 1])
         return self.zero_threshold
 
+    def recalibrate_batchnorm(self, xn: torch.Tensor, batch: int = 16) -> None:
+        """Re-estimate G's batch-norm running statistics as the plain average over batches of the
+        peak-normalised fast images ``xn`` (N, 2, 72, 72), G's weights fixed."""
+        norms = [m for m in self.gen.modules() if isinstance(m, nn.BatchNorm2d)]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        self.gen.train()
+        with torch.no_grad():
+            for a in range(0, len(xn), batch):
+                if len(xn[a:a + batch]) >= 2:  # the 1 x 1 bottleneck needs two images
+                    self.gen(xn[a:a + batch])
+        for m in norms:
+            m.momentum = 0.1
+
     def _fake(self, xn: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         z = torch.randn(xn.shape, generator=gen) * self.config.noise
-        return self.gen(xn + z) + xn.sum(1, keepdim=True)
+        y = self.gen(xn + z) + xn.sum(1, keepdim=True)
+        return F.relu(y) if self.config.gate == "relu" else y
 
     def save(self, run_dir: str | Path, history: dict[str, Any]) -> Path:
         """Write ``run_dir/calpagan.safetensors`` (G and D weights; config and peak ratio in the header)
@@ -254,10 +323,11 @@ class Calpagan:
             raise ValueError(f"{weights}: not a calpagan checkpoint (header model={meta.get('model')!r}; "
                              "make one with `calosim events train`)")
         try:
-            m = Calpagan(CalpaganConfig(**meta["config"]), meta["peak_ratio"], meta.get("zero_threshold", 0.0))
+            m = Calpagan(CalpaganConfig(**{**SEED_RECIPE, **meta["config"]}), meta["peak_ratio"],
+                         meta.get("zero_threshold", 0.0))
             for prefix, net in (("gen/", m.gen), ("disc/", m.disc)):
                 net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-        except (KeyError, TypeError, RuntimeError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(f"{weights}: calpagan checkpoint does not fit this model ({first})") from None
         side = weights.with_name(SIDE_FILE)
@@ -288,21 +358,25 @@ def frechet_image_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def train_calpagan(fast: np.ndarray, detailed: np.ndarray, config: CalpaganConfig, *,
-                   test: tuple[np.ndarray, np.ndarray] | None = None, log: Any = None) -> tuple[Calpagan, dict]:
+                   test: tuple[np.ndarray, np.ndarray] | None = None, log: Any = None,
+                   frechet_every_epoch: bool = True) -> tuple[Calpagan, dict]:
     """Train on paired images ``fast`` (N, 2, 72, 72) and ``detailed`` (N, 1, 72, 72) GeV.
 
     Returns the model and its history: per epoch the mean D and G losses and the Fréchet
-    distances detailed-fast, detailed-generated and fast-generated on the training (and test) set.
+    distances detailed-fast, detailed-generated and fast-generated on the training (and test) set
+    (``frechet_every_epoch=False``: after the last epoch only, which saves generating both sets
+    every epoch).
     """
     if fast.shape[0] != detailed.shape[0] or fast.shape[1:] != (2, 72, 72) or detailed.shape[1:] != (1, 72, 72):
         raise ValueError(f"calpagan trains on pairs (N, 2, 72, 72) fast and (N, 1, 72, 72) detailed images; "
                          f"got {fast.shape} and {detailed.shape}")
     pf, pd = _peaks(fast), _peaks(detailed)
-    model = Calpagan(config, peak_ratio=float(np.mean(pd / pf)))
+    own = config.norm == "own-peak"
+    model = Calpagan(config, peak_ratio=float(np.mean(pd / pf)) if own else 1.0)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     xn = torch.from_numpy(fast / pf[:, None, None, None])
-    yn = torch.from_numpy(detailed / pd[:, None, None, None])
+    yn = torch.from_numpy(detailed / (pd if own else pf)[:, None, None, None])
     g, d = model.gen, model.disc
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr * config.d_lr_scale, betas=(0.5, 0.999))
@@ -332,6 +406,9 @@ def train_calpagan(fast: np.ndarray, detailed: np.ndarray, config: CalpaganConfi
             fake = model._fake(x)
             fl = d(x, fake)
             loss_g = bce(fl, torch.ones_like(fl)) + config.lam * F.l1_loss(fake, y)
+            if config.energy_weight:
+                e_fake, e_true = fake.sum((1, 2, 3)), y.sum((1, 2, 3))
+                loss_g = loss_g + config.energy_weight * ((e_fake - e_true).abs() / e_true.clamp_min(1e-6)).mean()
             opt_g.zero_grad(); loss_g.backward(); opt_g.step()
             lg += loss_g.item()
             nb += 1
@@ -340,15 +417,21 @@ def train_calpagan(fast: np.ndarray, detailed: np.ndarray, config: CalpaganConfi
         hist["loss_d"].append(ld / max(1, math.ceil(nb / config.g_steps)))
         hist["loss_g"].append(lg / max(nb, 1))
         hist["seconds"].append(time.perf_counter() - t0)
-        for name, (f_, d_) in (("train", (fast, detailed)), *((("test", test),) if test is not None else ())):
+        if config.bn_recalibrate:
+            model.recalibrate_batchnorm(xn, config.batch_size)
+        splits = (("train", (fast, detailed)), *((("test", test),) if test is not None else ()))
+        for name, (f_, d_) in splits if frechet_every_epoch or epoch == config.epochs else ():
             gen_img = model.generate(f_, seed=epoch)
             for key, (u, v) in {"detailed-fast": (d_, f_), "detailed-calpagan": (d_, gen_img),
                                 "fast-calpagan": (f_, gen_img)}.items():
                 hist.setdefault(f"fd_{key}_{name}", []).append(frechet_image_distance(u, v))
         if log:
-            log(f"epoch {epoch}: D {hist['loss_d'][-1]:.3f}  G {hist['loss_g'][-1]:.3f}  "
-                f"FD(det,fast) {hist['fd_detailed-fast_train'][-1]:.2f}  "
-                f"FD(det,gen) {hist['fd_detailed-calpagan_train'][-1]:.2f}  ({hist['seconds'][-1]:.1f} s)")
+            fd = ""
+            if "fd_detailed-fast_train" in hist:
+                fd = (f"  FD(det,fast) {hist['fd_detailed-fast_train'][-1]:.2f}  "
+                      f"FD(det,gen) {hist['fd_detailed-calpagan_train'][-1]:.2f}")
+            log(f"epoch {epoch}: D {hist['loss_d'][-1]:.3f}  G {hist['loss_g'][-1]:.3f}{fd}  "
+                f"({hist['seconds'][-1]:.1f} s)")
     model.fit_zero_threshold(fast, detailed, seed=0)
     hist["zero_threshold_gev"] = model.zero_threshold
     return model, hist
@@ -367,7 +450,8 @@ def plot_history(hist: dict[str, list[float]], path: str | Path) -> Path:
         for split, ls in (("train", "-"), ("test", "--")):
             v = hist.get(f"fd_{key}_{split}")
             if v:
-                a1.plot(hist["epoch"], v, ls, color=c, label=f"{key} ({split})")
+                a1.plot(hist["epoch"][-len(v):], v, ls + ("o" if len(v) == 1 else ""), color=c,
+                        label=f"{key} ({split})")
     a1.set_yscale("log"); a1.set_xlabel("epoch"); a1.set_ylabel("Fréchet distance (pooled log-energy features)")
     a1.legend(fontsize=7)
     a2.plot(hist["epoch"], hist["loss_d"], color="C3", label="discriminator")
