@@ -196,22 +196,20 @@ def generate_events(process: str, n: int, *, seed: int = 0, pthat_min: float | N
 
 
 class _Progress:
-    """A rich progress bar on stderr (events or images per second)."""
+    """A one-task progress bar (:mod:`calosim.progress`: rich on a terminal, lines in a log) with
+    the ``advance`` / ``close`` calls the generators make."""
 
     def __init__(self, total: int, what: str) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+        from ..progress import Progress
 
-        self.p = Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          TimeRemainingColumn(), console=Console(stderr=True))
+        self.p = Progress().__enter__()
         self.t = self.p.add_task(what, total=total)
-        self.p.start()
 
     def advance(self, k: int) -> None:
         self.p.advance(self.t, k)
 
     def close(self) -> None:
-        self.p.stop()
+        self.p.__exit__(None, None, None)
 
 
 def write_events(path: str | Path, batches: Iterator[EventBatch], attrs: dict[str, Any], *,
