@@ -29,6 +29,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..progress import progress_bar
 from . import EventsError, require
 
 __all__ = ["PROCESSES", "EventBatch", "event_seed", "generate_events", "write_events", "read_events",
@@ -177,39 +178,18 @@ def generate_events(process: str, n: int, *, seed: int = 0, pthat_min: float | N
     settings = _settings(process, pthat_min)
     blocks = [list(range(a, min(a + chunk, first + n))) for a in range(first, first + n, chunk)]
     jobs = [(settings, int(seed), b, hepmc) for b in blocks]
-    prog = _Progress(n, f"pythia {process}") if progress else None
-    try:
+    with progress_bar(n, f"pythia {process}", enabled=progress, unit="events") as advance:
         if workers <= 1:
-            it: Iterator[EventBatch] = map(_run_star, jobs)
-            for batch in it:
-                prog and prog.advance(len(batch))
+            for batch in map(_run_star, jobs):
+                advance(len(batch))
                 yield batch
         else:
             import multiprocessing as mp
 
             with mp.get_context("spawn").Pool(workers) as pool:
                 for batch in pool.imap(_run_star, jobs):
-                    prog and prog.advance(len(batch))
+                    advance(len(batch))
                     yield batch
-    finally:
-        prog and prog.close()
-
-
-class _Progress:
-    """A one-task progress bar (:mod:`calosim.progress`: rich on a terminal, lines in a log) with
-    the ``advance`` / ``close`` calls the generators make."""
-
-    def __init__(self, total: int, what: str) -> None:
-        from ..progress import Progress
-
-        self.p = Progress().__enter__()
-        self.t = self.p.add_task(what, total=total)
-
-    def advance(self, k: int) -> None:
-        self.p.advance(self.t, k)
-
-    def close(self) -> None:
-        self.p.__exit__(None, None, None)
 
 
 def write_events(path: str | Path, batches: Iterator[EventBatch], attrs: dict[str, Any], *,

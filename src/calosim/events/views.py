@@ -41,7 +41,8 @@ import numpy as np
 from ..geometry import get_geometry
 from ..geometry.core import Geometry, Layer, Material
 from . import EventsError
-from .pythia import _Progress, n_events, read_events
+from ..progress import progress_bar
+from .pythia import n_events, read_events
 
 __all__ = ["N_ETA", "N_PHI", "ETA_MAX", "VIEWS", "tower_index", "tower_centers", "fast_image", "detailed_image",
            "make_images", "read_images", "write_images", "local_geometry", "geant4_geometries"]
@@ -300,9 +301,9 @@ def make_images(events: str | Path, view: str, *, start: int = 0, stop: int | No
     if engine == "geant4":
         chunk = min(chunk, 2)  # a Geant4 event image takes seconds: advance the bar often
     jobs = [(str(events), view, a, min(a + chunk, stop), engine) for a in range(start, stop, chunk)]
-    prog = _Progress(stop - start, f"{view} images" + (f" ({engine})" if engine != "mc" else "")) if progress else None
+    desc = f"{view} images" + (f" ({engine})" if engine != "mc" else "")
     parts, cpu = [], 0.0
-    try:
+    with progress_bar(stop - start, desc, enabled=progress, unit="images") as advance:
         if workers <= 1:
             results = map(_image_block, jobs)
         else:
@@ -313,11 +314,9 @@ def make_images(events: str | Path, view: str, *, start: int = 0, stop: int | No
         for out, sec in results:
             parts.append(out)
             cpu += sec
-            prog and prog.advance(len(out))
+            advance(len(out))
         if workers > 1:
             pool.close()
-    finally:
-        prog and prog.close()
     imgs = np.concatenate(parts) if parts else np.zeros((0, len(CHANNELS[view]), N_ETA, N_PHI), np.float32)
     return imgs, cpu / max(len(imgs), 1)
 
