@@ -82,14 +82,18 @@ class EnergyMDN(nn.Module):
 
     def params(self, cond: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``log_w (B, K)``, ``mu (B, K, d)``, ``tril (B, K, d, d)``, ``log_diag (B, K, d)``."""
-        b, k, d = cond.shape[0], self.k, self.d
-        o = self.net(cond).view(b, k, -1)
-        log_w = torch.log_softmax(o[..., 0], -1)
+        o = self.net(cond).view(cond.shape[0], self.k, -1)
+        return (torch.log_softmax(o[..., 0], -1), *self._gaussian(o))
+
+    def _gaussian(self, o: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``mu (..., d)``, ``tril (..., d, d)``, ``log_diag (..., d)`` from one component's
+        network outputs ``o (..., 1 + 2 d + d (d - 1) / 2)`` (column 0, the weight, is skipped)."""
+        d = self.d
         mu = o[..., 1:1 + d]
         log_diag = o[..., 1 + d:1 + 2 * d].clamp(-7.0, 3.0)
         vals = torch.cat([torch.zeros_like(o[..., :1]), torch.exp(log_diag), o[..., 1 + 2 * d:]], -1)
-        tril = torch.index_select(vals, -1, self.place).view(b, k, d, d)
-        return log_w, mu, tril, log_diag
+        tril = torch.index_select(vals, -1, self.place).view(*o.shape[:-1], d, d)
+        return mu, tril, log_diag
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         for name in ("p_off", "p_diag"):  # the placement matrices stored by runs written before the gather
@@ -106,17 +110,13 @@ class EnergyMDN(nn.Module):
 
     def sample(self, cond: Tensor, noise: Tensor) -> Tensor:
         """``t (B, d)`` from ``noise (B, 1 + d)`` standard normal."""
-        b, d = cond.shape[0], self.d
-        o = self.net(cond).view(b, self.k, -1)
+        o = self.net(cond).view(cond.shape[0], self.k, -1)
         u = normal_cdf(noise[:, :1])  # uniform
         k = (u > torch.cumsum(torch.exp(torch.log_softmax(o[..., 0], -1)), -1)).sum(-1).clamp_max(self.k - 1)  # (B,)
         onehot = (k[:, None] == torch.arange(self.k, device=cond.device)[None]).to(o.dtype)  # (B, K)
-        # the picked component's outputs first, so only its (d, d) factor is built (as in params)
-        o = (onehot[..., None] * o).sum(1)
-        vals = torch.cat([torch.zeros_like(o[:, :1]), torch.exp(o[:, 1 + d:1 + 2 * d].clamp(-7.0, 3.0)),
-                          o[:, 1 + 2 * d:]], -1)
-        lt = torch.index_select(vals, -1, self.place).view(b, d, d)
-        return o[:, 1:1 + d] + (lt @ noise[:, 1:, None]).squeeze(-1)
+        # the picked component's outputs first, so only its (d, d) factor is built
+        mu, tril, _ = self._gaussian((onehot[..., None] * o).sum(1))
+        return mu + (tril @ noise[:, 1:, None]).squeeze(-1)
 
 
 def fit_energy_mdn(mdn: EnergyMDN, batches: Iterator[tuple[Tensor, Tensor]], target: Callable[[Tensor], Tensor],

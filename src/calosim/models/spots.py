@@ -74,8 +74,8 @@ def spot_count(p: Tensor, n: Tensor, iterations: int = 5) -> Tensor:
 
 
 def _normalised(cells: Tensor) -> Tensor:
-    """``(B, P)`` cells divided by their row sum (all-zero rows stay 0)."""
-    total = cells.sum(1, keepdim=True)
+    """``(..., P)`` cells divided by their sum over the last dimension (all-zero rows stay 0)."""
+    total = cells.sum(-1, keepdim=True)
     return cells / torch.where(total > 0, total, torch.ones_like(total))
 
 
@@ -120,8 +120,7 @@ def spot_layer(logp: Tensor, f: Tensor, n: Tensor, z: Tensor, spot_shape: float,
     elif bool(empty.any()):  # eager: only the (few) empty rows
         rows = empty.nonzero(as_tuple=True)
         e[rows] = one_cell(logp[rows], u[rows])
-    total = e.sum(-1, keepdim=True)
-    return e / torch.where(total > 0, total, torch.ones_like(total)) * f[..., None]  # f = 0: an empty layer
+    return _normalised(e) * f[..., None]  # f = 0: an empty layer
 
 
 class _Shape(nn.Module):
