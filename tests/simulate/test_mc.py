@@ -268,3 +268,36 @@ def test_tuning_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
     mine.meta["mc_tuning"] = "calogan"                                     # a derived geometry may borrow one
     assert mc.tuning_for(mine).source == "test"
     assert json.loads(mc.MCEngine().geometry_provenance(geo)["mc_tuning"])["c_electron"] == -1.0
+
+
+def test_clumps_move_the_layer_centroid_by_the_known_amount() -> None:
+    """Each (cascade, slice) cloud moves by sigma * sqrt(1 GeV / V_slice), so a layer's energy-weighted
+    centroid moves by sigma * sqrt(1 GeV / V_layer) (read out in fine cells: coarse cells amplify a
+    shift near a cell edge). ``tail_clumps`` moves only the tail spots: the centroid wanders, but
+    the energy within a millimetre of the axis (the core) does not move."""
+    from calosim.metrics.observables import compute_observables
+    from calosim.simulate.mc import MCEngine, MCTuning
+    from calosim.simulate.validate import probe_geometry
+
+    geo = probe_geometry("calogan", periods_per_layer=20, cell_mm=2.0, half_width_mm=50.0)
+    n, e = 500, np.full(500, 20000.0)
+    z = np.zeros(n)
+
+    def run(t: MCTuning) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """x-centroid spread and mean energy of layers 0, 1; mean energy in the 4 central cells of layer 0."""
+        cells, _ = MCEngine(t).simulate_block(geo, 11, e, z, z, np.zeros((n, 2)), np.random.default_rng(4))
+        obs = compute_observables(cells, e[:, None], geo)
+        side = geo.layers[0].shape[0]
+        img0 = cells[:, geo.layer_slices[0]].reshape(n, side, side)
+        mid = side // 2
+        return (np.array([obs[f"x_center_{i}"].std() for i in range(2)]),
+                np.array([obs[f"E_layer_{i}"].mean() for i in range(2)]),
+                img0[:, mid - 1:mid + 1, mid - 1:mid + 1].sum(axis=(1, 2)).mean())
+
+    base, layer_e, core_e = run(MCTuning())
+    clumpy, _, clumpy_core = run(MCTuning(cluster_mm=6.0))
+    assert np.sqrt(clumpy ** 2 - base ** 2) == pytest.approx(6.0 * np.sqrt(1000.0 / layer_e), rel=0.15)
+    assert clumpy_core < 0.9 * core_e                 # a whole-cloud shift moves the core off the axis
+    tail, _, tail_core = run(MCTuning(tail_clumps=0.3))
+    assert tail[1] > 1.5 * base[1]                     # the centroid of layer 1 wanders (the first has little tail) ...
+    assert tail_core == pytest.approx(core_e, rel=0.03)  # ... while the core stays where it was

@@ -161,6 +161,11 @@ class MCTuning:
     cloud sideways by a Gaussian of sigma ``cluster_mm * sqrt(1 GeV / V)`` for a slice of
     energy V: a shower is a few energetic clumps, not a smooth cloud, so its per-layer centroid
     wanders by ~``cluster_mm / sqrt(E_layer / GeV)`` (Geant4: several mm at a few GeV).
+    ``tail_clumps`` moves only the *tail* spots of each (cascade, slice) cloud, by a Gaussian of
+    sigma ``tail_clumps * r_tail * sqrt(1 GeV / V)``: the clumps are the sub-showers of wide-angle
+    photons, which sit in the tail, while the core stays on the axis (Geant4's presampler centroid
+    wanders by millimetres at high energy, yet the energy stays evenly shared between the two
+    central 5 mm strips, which a shifted core would make lopsided).
     ``halo_fraction`` of each EM slice's energy goes into spots of ``halo_spot_mev`` spread with
     the radial profile of radius ``halo_mm``: the soft photons that carry a little energy far
     from the core and make Geant4's many low-energy hit cells. ``quantised_tail``: a (cascade,
@@ -181,6 +186,7 @@ class MCTuning:
     response_slope: float = 0.0
     spot_mev: float | None = None
     cluster_mm: float = 0.0
+    tail_clumps: float = 0.0
     halo_fraction: float = 0.0
     halo_mm: float = 50.0
     halo_spot_mev: float = 0.5
@@ -545,10 +551,14 @@ class MCEngine:
         zmid = 0.5 * (zl + zh)
         xp = c.x0[c_idx] + zmid * c.sx[c_idx]
         yp = c.y0[c_idx] + zmid * c.sy[c_idx]
+        tx = ty = np.zeros(0)  # per-pair offsets of the tail spots only (``tail_clumps``)
         if tab.tuning.cluster_mm > 0:  # clumpy showers: each EM (cascade, slice) cloud off the axis
             sig = np.where(kind == EM, tab.tuning.cluster_mm * np.sqrt(1000.0 / np.maximum(v, 1.0)), 0.0)
             dxy = rng.standard_normal((2, len(v))) * sig
             xp, yp = xp + dxy[0], yp + dxy[1]
+        if tab.tuning.tail_clumps > 0:  # the tail's sub-showers wander; the core stays on the axis
+            sig = np.where(kind == EM, tab.tuning.tail_clumps * r_t * np.sqrt(1000.0 / np.maximum(v, 1.0)), 0.0)
+            tx, ty = rng.standard_normal((2, len(v))) * sig
         jit = bool(np.any(c.sx != 0) or np.any(c.sy != 0))
         jx, jy = (zh - zl) * c.sx[c_idx], (zh - zl) * c.sy[c_idx]
         W = tab.n_cells + tab.n_layers
@@ -565,9 +575,14 @@ class MCEngine:
                      "p_core": full * (1 - 1e-3), "r_c": full * tu.halo_mm, "r_t": full * tu.halo_mm}
             arrays = {"v": v, "n_sp": n_sp, "p_core": p_core, "r_c": r_c, "r_t": r_t, "xp": xp, "yp": yp, "jx": jx,
                       "jy": jy, "base": base, "layer": layer}
+            if len(tx):
+                arrays.update(tx=tx, ty=ty)
             merged = {k: np.concatenate([a, extra[k] if k in extra else a[em]]) for k, a in arrays.items()}
             order = np.argsort(merged["layer"], kind="stable")  # spots of a layer must stay contiguous
-            v, n_sp, p_core, r_c, r_t, xp, yp, jx, jy, base, layer = (merged[k][order] for k in arrays)
+            merged = {k: a[order] for k, a in merged.items()}
+            v, n_sp, p_core, r_c, r_t, xp, yp, jx, jy, base, layer = (merged[k] for k in list(arrays)[:11])
+            if len(tx):
+                tx, ty = merged["tx"], merged["ty"]
 
         out: np.ndarray | None = None
         # Process in groups of whole pairs with a bounded number of spots (memory); the groups
@@ -578,7 +593,8 @@ class MCEngine:
         for g0, g1 in zip(np.r_[0, cuts], np.r_[cuts, len(n_sp)]):
             sl = slice(int(g0), int(g1))
             part = _spots(tab, rng, n * W, n_sp[sl], v[sl], p_core[sl], r_c[sl], r_t[sl], xp[sl], yp[sl],
-                          jx[sl] if jit else None, jy[sl] if jit else None, base[sl], layer[sl])
+                          jx[sl] if jit else None, jy[sl] if jit else None, base[sl], layer[sl],
+                          (tx[sl], ty[sl]) if len(tx) else None)
             if out is None:
                 out = part
             else:
@@ -615,8 +631,12 @@ def _radial(kind: np.ndarray, tau: np.ndarray, energy: np.ndarray, z: np.ndarray
 
 def _spots(tab: _Tables, rng: np.random.Generator, size: int, n_sp: np.ndarray, v: np.ndarray, p: np.ndarray,
            r_c: np.ndarray, r_t: np.ndarray, xp: np.ndarray, yp: np.ndarray, jx: np.ndarray | None,
-           jy: np.ndarray | None, base: np.ndarray, layer: np.ndarray) -> np.ndarray:
-    """Generate the spots of a group of (component, slice) pairs and bin them: ``(size,)`` energies."""
+           jy: np.ndarray | None, base: np.ndarray, layer: np.ndarray,
+           tail_shift: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Generate the spots of a group of (component, slice) pairs and bin them: ``(size,)`` energies.
+
+    ``tail_shift`` (dx, dy) per pair moves that pair's tail spots (not its core).
+    """
     f32 = np.float32
     M = int(n_sp.sum())
     u = rng.random(M, dtype=f32)
@@ -631,10 +651,10 @@ def _spots(tab: _Tables, rng: np.random.Generator, size: int, n_sp: np.ndarray, 
     R = np.where(core, np.repeat(r_c.astype(f32), n_sp), np.repeat(r_t.astype(f32), n_sp))
     np.minimum(q, f32(1 - 1e-7), out=q)
     r = R * np.sqrt(q / (1 - q))  # inverse CDF of 2 r R^2 / (r^2 + R^2)^2
-    del R, q, core
+    del R, q
     ph *= f32(2 * np.pi)
     # Spots around an axis through the grid centre need no Cartesian detour for polar layers.
-    on_axis = jx is None and not np.any(xp) and not np.any(yp)
+    on_axis = jx is None and tail_shift is None and not np.any(xp) and not np.any(yp)
     all_polar = all(tab.bins[li].kind == "polar" for li in np.unique(layer))
     if on_axis and all_polar:
         x = y = None
@@ -645,6 +665,10 @@ def _spots(tab: _Tables, rng: np.random.Generator, size: int, n_sp: np.ndarray, 
             j = rng.random(M, dtype=f32) - f32(0.5)
             x += j * np.repeat(jx.astype(f32), n_sp)
             y += j * np.repeat(jy.astype(f32), n_sp)
+        if tail_shift is not None:
+            x += np.where(core, f32(0), np.repeat(tail_shift[0].astype(f32), n_sp))
+            y += np.where(core, f32(0), np.repeat(tail_shift[1].astype(f32), n_sp))
+    del core
     # Weights (0.5 + U) normalised to the pair's energy: continuous cell energies, exact sum.
     w += f32(0.5)
     starts = np.r_[0, np.cumsum(n_sp)[:-1]]
