@@ -13,13 +13,21 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ._random import normal_cdf
 
 __all__ = ["EnergyMDN", "energy_vector", "energy_fractions", "fit_energy_mdn", "pretrain_energy_network",
-           "energy_target"]
+           "energy_target", "energy_fractions_numpy", "normal_cdf_numpy"]
+
+
+def normal_cdf_numpy(z: np.ndarray) -> np.ndarray:
+    """:func:`~calosim.models._random.normal_cdf` of a NumPy array, through torch's ``erf`` (NumPy
+    has none; scipy's costs 0.4 s to import), so the small-batch NumPy paths map noise to the
+    very same uniforms as the torch paths."""
+    return 0.5 * (1.0 + torch.erf(torch.from_numpy(z / math.sqrt(2.0))).numpy())
 
 # ------------------------------------------------------------------------------------------
 _ALPHA = 1e-6  # clip of the stick-breaking fractions (an empty layer maps to logit(alpha))
@@ -49,6 +57,17 @@ def energy_fractions(t: Tensor) -> Tensor:
         out.append(f)
         rest = rest - f
     return torch.cat([*out, rest], 1)
+
+
+def energy_fractions_numpy(t: np.ndarray) -> np.ndarray:
+    """:func:`energy_fractions` of a NumPy array (the same steps, for the small-batch NumPy paths)."""
+    rest = np.exp(t[:, :1])
+    out = []
+    for j in range(1, t.shape[1]):
+        f = rest / (1.0 + np.exp(-t[:, j:j + 1]))  # sigmoid
+        out.append(f)
+        rest = rest - f
+    return np.concatenate([*out, rest], 1)
 
 
 class EnergyMDN(nn.Module):
@@ -117,6 +136,26 @@ class EnergyMDN(nn.Module):
         # the picked component's outputs first, so only its (d, d) factor is built
         mu, tril, _ = self._gaussian((onehot[..., None] * o).sum(1))
         return mu + (tril @ noise[:, 1:, None]).squeeze(-1)
+
+    def sample_numpy(self, cond: Tensor, noise: np.ndarray) -> np.ndarray:
+        """:meth:`sample` for small eager batches on the CPU: ``t (B, d)`` from ``noise (B, 1 + d)``.
+
+        The network runs in torch (the same outputs, on torch's threads); the few dozen
+        element-wise steps after it run in NumPy, ~1 µs each on a few hundred values where a
+        torch operation costs several. Same formulas as :meth:`sample`, so the same draw to
+        float rounding (the component by fancy indexing instead of a one-hot sum).
+        """
+        d = self.d
+        o = self.net(cond).numpy().reshape(cond.shape[0], self.k, -1)
+        u = normal_cdf_numpy(noise[:, :1])
+        w = o[..., 0] - o[..., 0].max(-1, keepdims=True)
+        w = np.exp(w - np.log(np.exp(w).sum(-1, keepdims=True)))  # softmax as exp(log_softmax), as in sample
+        k = np.minimum((u > np.cumsum(w, -1)).sum(-1), self.k - 1)
+        o = o[np.arange(len(k)), k]  # (B, C): the picked component
+        vals = np.concatenate([np.zeros_like(o[:, :1]), np.exp(np.clip(o[:, 1 + d:1 + 2 * d], -7.0, 3.0)),
+                               o[:, 1 + 2 * d:]], -1)
+        tril = vals[:, self.place.numpy()].reshape(-1, d, d)
+        return o[:, 1:1 + d] + (tril @ noise[:, 1:, None])[..., 0]
 
 
 def fit_energy_mdn(mdn: EnergyMDN, batches: Iterator[tuple[Tensor, Tensor]], target: Callable[[Tensor], Tensor],
