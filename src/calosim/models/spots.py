@@ -49,7 +49,7 @@ from .base import LRSchedule, ShowerModel, TrainContext
 from .config import MAX_STEPS, MAX_WIDTH, TrainConfig, param
 from .. import features
 from .energy import (EnergyMDN, energy_fractions, energy_fractions_numpy, energy_target, normal_cdf_numpy,
-                     pretrain_energy_network)
+                     pretrain_energy_network, sequential_forward)
 
 __all__ = ["Spots", "spot_count"]
 
@@ -129,22 +129,21 @@ def spot_layer(logp: Tensor, f: Tensor, n: Tensor, z: Tensor, spot_shape: float,
 def _spot_count_numpy(p: np.ndarray, n: np.ndarray, iterations: int = 5) -> np.ndarray:
     """:func:`spot_count` in NumPy (the same Newton steps)."""
     n = np.clip(n, 0.0, 0.98 * p.shape[-1])
-    big_n = n
+    big_n, minus_p = n, -p
     for _ in range(iterations):
-        e = np.exp(-big_n[..., None] * p)
+        e = np.exp(big_n[..., None] * minus_p)
         f = (1.0 - e).sum(-1) - n
-        big_n = big_n - f / np.maximum((p * e).sum(-1), 1e-12)
+        big_n = big_n - f / np.maximum(np.vecdot(p, e), 1e-12)  # vecdot: (p * e).sum(-1) in one pass
     return big_n
 
 
-def _spot_layer_numpy(logp: np.ndarray, f: np.ndarray, n: np.ndarray, z: np.ndarray, spot_shape: float) -> np.ndarray:
-    """:func:`spot_layer` in NumPy, eager (the small-batch path): the same formulas step by
-    step, so the same cells from the same noise up to float rounding. Shapes as there,
-    ``logp, z (B, L, P)`` with ``f, n (B, L)`` for padded layers."""
+def _spot_layer_numpy(logp: np.ndarray, f: np.ndarray, n: np.ndarray, u: np.ndarray, spot_shape: float) -> np.ndarray:
+    """:func:`spot_layer` in NumPy, eager (the small-batch path), from the uniforms
+    ``u = normal_cdf(z)``: the same formulas step by step, so the same cells from the same noise
+    up to float rounding. Shapes as there, ``logp, u (B, L, P)`` with ``f, n (B, L)`` for padded layers."""
     p = np.exp(logp)
     lam = _spot_count_numpy(p, n)[..., None] * p
     q = 1.0 - np.exp(-lam)
-    u = normal_cdf_numpy(z)
     hit = u < q
     q_safe = np.maximum(q, 1e-30)
     with np.errstate(over="ignore"):  # off-hit cells of q ~ 0 overflow to inf, as in torch; where drops them
@@ -184,7 +183,7 @@ class _Shape(nn.Module):
 
     def logits(self, h: Tensor) -> Tensor:
         """Unnormalised log-probabilities ``(B, sum(sizes))``, all layers side by side."""
-        return self.out(self.body(h)) + self.log_bias
+        return F.linear(sequential_forward(self.body, h), self.out.weight, self.out.bias) + self.log_bias
 
     def forward(self, h: Tensor) -> list[Tensor]:
         return [torch.log_softmax(x, 1) for x in torch.split(self.logits(h), self.sizes, 1)]
@@ -207,7 +206,11 @@ class _Sampler(nn.Module):
         self.spot_shape = model.config.spot_shape
         self.n_t = len(model.t_mean)
         self.latent_dim = model.latent_dim
-        # where each cell sits in the padded (L, P_max) block of the NumPy path, flattened
+        # the NumPy path: views of the buffers (the same memory: in-place updates show through; a
+        # .to() replaces the buffers, and Spots._sampler then builds a new sampler), and where each
+        # cell sits in the padded (L, P_max) block, flattened
+        self._numpy_buffers = (self.t_mean.numpy(), self.t_std.numpy(), self.n_cells_per_layer.numpy()) \
+            if self.t_mean.device.type == "cpu" else None
         width = max(self.sizes)
         self._block_cells = np.concatenate([i * width + np.arange(size) for i, size in enumerate(self.sizes)])
 
@@ -241,9 +244,10 @@ class _Sampler(nn.Module):
         the layers padded to one ``(B, L, P_max)`` block, a few dozen ~1 µs operations instead of
         a few dozen ~5 µs ones per layer. The same formulas as the torch path, step by step."""
         n_layers, b = len(self.sizes), z.shape[0]
-        zn, t_mean, t_std = z.numpy(), self.t_mean.numpy(), self.t_std.numpy()
-        n_cells = self.n_cells_per_layer.numpy()
-        t = self.energy.sample_numpy(cond, zn[:, :1 + self.n_t]) * t_std + t_mean
+        zn = z.numpy()
+        u = normal_cdf_numpy(zn)  # one call for the component pick and the cells
+        t_mean, t_std, n_cells = self._numpy_buffers
+        t = self.energy.sample_numpy(cond, zn[:, :1 + self.n_t], u[:, :1]) * t_std + t_mean
         f = energy_fractions_numpy(t[:, :n_layers])
         n = np.minimum(np.floor(np.exp(t[:, n_layers:2 * n_layers])), n_cells)
         live = (n >= 1) & (f > 0)
@@ -258,9 +262,9 @@ class _Sampler(nn.Module):
         block = block.reshape(b, n_layers, width)
         block = block - block.max(-1, keepdims=True)
         logp = block - np.log(np.exp(block).sum(-1, keepdims=True))  # log_softmax; padding stays -inf
-        z_block = np.zeros_like(block).reshape(b, -1)
-        z_block[:, cells] = zn[:, 1 + self.n_t:]
-        e = _spot_layer_numpy(logp, f, n, z_block.reshape(block.shape), self.spot_shape)
+        u_block = np.full((b, n_layers * width), 0.5, dtype=u.dtype)  # padding: Phi(0), never a hit (q = 0)
+        u_block[:, cells] = u[:, 1 + self.n_t:]
+        e = _spot_layer_numpy(logp, f, n, u_block.reshape(block.shape), self.spot_shape)
         return torch.from_numpy(e.reshape(b, -1)[:, cells])
 
 
