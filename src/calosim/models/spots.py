@@ -206,19 +206,15 @@ class _Sampler(nn.Module):
         self.spot_shape = model.config.spot_shape
         self.n_t = len(model.t_mean)
         self.latent_dim = model.latent_dim
-        # the NumPy path: views of the buffers (the same memory: in-place updates show through; a
-        # .to() replaces the buffers, and Spots._sampler then builds a new sampler), and where each
-        # cell sits in the padded (L, P_max) block, flattened
-        self._numpy_buffers = (self.t_mean.numpy(), self.t_std.numpy(), self.n_cells_per_layer.numpy()) \
-            if self.t_mean.device.type == "cpu" else None
+        # the NumPy path: where each cell sits in the padded (L, P_max) block, flattened
         width = max(self.sizes)
         self._block_cells = np.concatenate([i * width + np.arange(size) for i, size in enumerate(self.sizes)])
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
-        static = _static_graph()
         # NumPy is neither traced nor differentiated, and sees CPU memory only
-        if z.shape[0] <= SMALL_BATCH and not static and not torch.is_grad_enabled() and z.device.type == "cpu":
+        if z.shape[0] <= SMALL_BATCH and z.device.type == "cpu" and not torch.is_grad_enabled() and not _static_graph():
             return self._forward_numpy(z, cond)
+        static = _static_graph()
         n_layers = len(self.sizes)
         t = self.energy.sample(cond, z[:, :1 + self.n_t]) * self.t_std + self.t_mean
         f = energy_fractions(t[:, :n_layers])
@@ -244,9 +240,10 @@ class _Sampler(nn.Module):
         the layers padded to one ``(B, L, P_max)`` block, a few dozen ~1 µs operations instead of
         a few dozen ~5 µs ones per layer. The same formulas as the torch path, step by step."""
         n_layers, b = len(self.sizes), z.shape[0]
-        zn = z.numpy()
+        zn = z.detach().numpy()
         u = normal_cdf_numpy(zn)  # one call for the component pick and the cells
-        t_mean, t_std, n_cells = self._numpy_buffers
+        # views of the buffers (the same memory), taken per call: a cached view would outlive a .to()
+        t_mean, t_std, n_cells = self.t_mean.numpy(), self.t_std.numpy(), self.n_cells_per_layer.numpy()
         t = self.energy.sample_numpy(cond, zn[:, :1 + self.n_t], u[:, :1]) * t_std + t_mean
         f = energy_fractions_numpy(t[:, :n_layers])
         n = np.minimum(np.floor(np.exp(t[:, n_layers:2 * n_layers])), n_cells)
