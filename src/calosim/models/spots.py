@@ -54,8 +54,9 @@ from .energy import (EnergyMDN, energy_fractions, energy_fractions_numpy, energy
 __all__ = ["Spots", "spot_count"]
 
 #: Eager CPU batches up to this size are drawn in NumPy, all layers in one padded block
-#: (``_Sampler._forward_numpy``): per-operation overhead dominates there (a torch operation
-#: costs several µs, a NumPy one ~1 µs), while large batches would pay for the padding.
+#: (``_Sampler._forward_numpy``): per-operation overhead dominates there (~1 µs a NumPy
+#: operation on a few hundred values, 2-3 times that in torch), while large batches pay for
+#: the padding and NumPy's single-threaded loops (measured: NumPy ahead up to ~128).
 SMALL_BATCH = 64
 
 
@@ -236,9 +237,11 @@ class _Sampler(nn.Module):
         return torch.cat(out, 1)
 
     def _forward_numpy(self, z: Tensor, cond: Tensor) -> Tensor:
-        """:meth:`forward` of a small batch: the networks in torch, every other step in NumPy with
-        the layers padded to one ``(B, L, P_max)`` block, a few dozen ~1 µs operations instead of
-        a few dozen ~5 µs ones per layer. The same formulas as the torch path, step by step."""
+        """:meth:`forward` of a small batch: the networks in torch (its matmuls, its threads), every
+        other step in NumPy with the layers padded to one ``(B, L, P_max)`` block (the calogan
+        geometry at batch 1: ~25 torch calls and ~150 NumPy operations, where the per-layer torch
+        path makes ~400 torch calls). The same formulas as the torch path, step by step, so the
+        same showers from the same ``z`` to float rounding."""
         n_layers, b = len(self.sizes), z.shape[0]
         zn = z.detach().numpy()
         u = normal_cdf_numpy(zn)  # one call for the component pick and the cells
