@@ -129,7 +129,7 @@ def spot_layer(logp: Tensor, f: Tensor, n: Tensor, z: Tensor, spot_shape: float,
 
 def _spot_count_numpy(p: np.ndarray, n: np.ndarray, iterations: int = 5) -> np.ndarray:
     """:func:`spot_count` in NumPy (the same Newton steps)."""
-    n = np.clip(n, 0.0, 0.98 * p.shape[-1])
+    n = np.minimum(np.maximum(n, 0.0), 0.98 * p.shape[-1])
     big_n, minus_p = n, -p
     for _ in range(iterations):
         e = np.exp(big_n[..., None] * minus_p)
@@ -208,8 +208,8 @@ class _Sampler(nn.Module):
         self.n_t = len(model.t_mean)
         self.latent_dim = model.latent_dim
         # the NumPy path: where each cell sits in the padded (L, P_max) block, flattened
-        width = max(self.sizes)
-        self._block_cells = np.concatenate([i * width + np.arange(size) for i, size in enumerate(self.sizes)])
+        self._width = max(self.sizes)
+        self._block_cells = np.concatenate([i * self._width + np.arange(size) for i, size in enumerate(self.sizes)])
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
         # NumPy is neither traced nor differentiated, and sees CPU memory only
@@ -256,7 +256,7 @@ class _Sampler(nn.Module):
         h = torch.cat([cond, torch.from_numpy((t - t_mean) / t_std)], 1)
         logits = self.shape.logits(h).numpy()
         n = np.minimum(n, 0.98 * n_cells)
-        width, cells = max(self.sizes), self._block_cells
+        width, cells = self._width, self._block_cells
         block = np.full((b, n_layers * width), -np.inf, dtype=logits.dtype)
         block[:, cells] = logits
         block = block.reshape(b, n_layers, width)
