@@ -212,8 +212,9 @@ class _Sampler(nn.Module):
         self._block_cells = np.concatenate([i * self._width + np.arange(size) for i, size in enumerate(self.sizes)])
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
-        # NumPy is neither traced nor differentiated, and sees CPU memory only
-        if z.shape[0] <= SMALL_BATCH and z.device.type == "cpu" and not torch.is_grad_enabled() and not _static_graph():
+        # NumPy is neither differentiated nor traced (asked before the batch size, which a trace records)
+        # and sees CPU memory only
+        if not torch.is_grad_enabled() and z.device.type == "cpu" and not _static_graph() and z.shape[0] <= SMALL_BATCH:
             return self._forward_numpy(z, cond)
         static = _static_graph()
         n_layers = len(self.sizes)
