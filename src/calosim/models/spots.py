@@ -56,7 +56,7 @@ __all__ = ["Spots", "spot_count"]
 #: Eager CPU batches up to this size are drawn in NumPy, all layers in one padded block
 #: (``_Sampler._forward_numpy``): per-operation overhead dominates there (~1 µs a NumPy
 #: operation on a few hundred values, 2-3 times that in torch), while large batches pay for
-#: the padding and NumPy's single-threaded loops (measured: NumPy ahead up to ~128).
+#: the padding (calogan geometry, one thread: NumPy ahead up to batch ~128, behind from 256).
 SMALL_BATCH = 64
 
 
