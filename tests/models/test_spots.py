@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from calosim.features import layer_energies as layer_sums
+from calosim.models._random import normal_cdf
 from calosim.models.spots import Spots, spot_count, spot_layer
 from toys import FakeCtx, two_layer_geometry, prepare
 
@@ -162,10 +163,11 @@ def test_centroids_option_extends_the_energy_vector() -> None:
     assert gen.shape == (32, geo.n_cells) and torch.isfinite(gen).all() and (gen >= 0).all()
 
 
-def test_small_batches_draw_all_layers_at_once_with_the_same_showers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The padded one-block path of small batches (unlike layer sizes: 35 and 9 cells) draws the
-    same showers from the same noise as the per-layer loop of large batches, including layers
-    whose draw is empty and layers whose hit count is at the cell count."""
+def test_small_batches_are_drawn_in_numpy_with_the_same_showers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NumPy path of small eager batches (all layers in one padded block; unlike layer sizes:
+    35 and 9 cells) draws the same showers from the same noise as the torch per-layer loop of
+    large batches, at batch 1 and above, including empty layers and layers whose hit count is
+    at the cell count; batches above SMALL_BATCH and batches with gradients take the torch path."""
     import calosim.models.spots as spots
 
     geo = two_layer_geometry()
@@ -178,11 +180,40 @@ def test_small_batches_draw_all_layers_at_once_with_the_same_showers(monkeypatch
     z = model.latent(48, g)
     sampler = spots._Sampler(model)
     with torch.no_grad():
-        monkeypatch.setattr(spots, "SMALL_BATCH", 64)
-        padded = sampler(z, cond)
         monkeypatch.setattr(spots, "SMALL_BATCH", 0)
         looped = sampler(z, cond)
-    torch.testing.assert_close(padded, looped, rtol=1e-5, atol=1e-7)
-    assert torch.equal(padded > 0, looped > 0)
+        monkeypatch.setattr(spots, "SMALL_BATCH", 64)
+        fast = sampler(z, cond)
+        one = sampler(z[:1], cond[:1])
+    with torch.enable_grad():  # differentiable: the torch path even for a small batch
+        torch.testing.assert_close(sampler(z[:4], cond[:4]), looped[:4], rtol=0, atol=0)
+    torch.testing.assert_close(fast, looped, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(one, looped[:1], rtol=1e-5, atol=1e-7)
+    assert torch.equal(fast > 0, looped > 0)
     hits = torch.stack([(looped[:, s] > 0).sum(1) for s in geo.layer_slices], 1)
     assert (hits == 0).any() and (hits[:, 1] >= 8).any()  # the edge cases occur
+
+
+def test_numpy_spot_layer_matches_torch_on_padded_layers_and_empty_draws() -> None:
+    """``_spot_layer_numpy`` on a padded ``(B, L, P)`` block: the cells of :func:`spot_layer`,
+    here with n = 1 (about a third of the draws leave the layer empty and take the one-cell
+    Gumbel draw), n = 0 with f = 0 (an empty layer) and padding cells (-inf) that stay empty."""
+    from calosim.models.spots import _spot_layer_numpy
+
+    g = torch.Generator().manual_seed(3)
+    b, size = 400, 12
+    logp = torch.log_softmax(torch.randn(b, 2, size, generator=g), -1)
+    logp[:, 1, 9:] = -math.inf  # layer 1 has 9 cells
+    logp[:, 1] = torch.log_softmax(logp[:, 1], -1)
+    f = torch.rand(b, 2, generator=g) + 0.1
+    n = torch.ones(b, 2)
+    n[:50, 0], f[:50, 0] = 0.0, 0.0
+    z = torch.randn(b, 2, size, generator=g)
+    want = spot_layer(logp, f, n, z, 8.0, static=False)
+    u = normal_cdf(z)
+    got = torch.from_numpy(_spot_layer_numpy(logp.numpy(), f.numpy(), n.numpy(), u.numpy(), 8.0))
+    p = logp.exp()
+    empty_draws = (u < 1 - torch.exp(-spot_count(p, n)[..., None] * p)).sum(-1) == 0
+    assert int((empty_draws & (f > 0)).sum()) > 50  # the Gumbel fallback is exercised
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)  # float rounding: NumPy's exp is not torch's
+    assert torch.equal(got > 0, want > 0) and (got[:, 1, 9:] == 0).all() and (got[:50, 0] == 0).all()

@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -47,12 +48,15 @@ from ._random import gumbel, normal_cdf, standard_normal
 from .base import LRSchedule, ShowerModel, TrainContext
 from .config import MAX_STEPS, MAX_WIDTH, TrainConfig, param
 from .. import features
-from .energy import EnergyMDN, energy_fractions, energy_target, pretrain_energy_network
+from .energy import (EnergyMDN, energy_fractions, energy_fractions_numpy, energy_target, normal_cdf_numpy,
+                     pretrain_energy_network, sequential_forward)
 
 __all__ = ["Spots", "spot_count"]
 
-#: Batches up to this size draw all layers in one padded block (``_Sampler._layers_at_once``):
-#: per-operation overhead dominates there, while large batches would pay for the padding.
+#: Eager CPU batches up to this size are drawn in NumPy, all layers in one padded block
+#: (``_Sampler._forward_numpy``): per-operation overhead dominates there (~1 µs a NumPy
+#: operation on a few hundred values, 2-3 times that in torch), while large batches pay for
+#: the padding (calogan geometry, one thread: NumPy ahead up to batch ~128, behind from 256).
 SMALL_BATCH = 64
 
 
@@ -123,6 +127,40 @@ def spot_layer(logp: Tensor, f: Tensor, n: Tensor, z: Tensor, spot_shape: float,
     return _normalised(e) * f[..., None]  # f = 0: an empty layer
 
 
+def _spot_count_numpy(p: np.ndarray, n: np.ndarray, iterations: int = 5) -> np.ndarray:
+    """:func:`spot_count` in NumPy (the same Newton steps)."""
+    n = np.minimum(np.maximum(n, 0.0), 0.98 * p.shape[-1])
+    big_n, minus_p = n, -p
+    for _ in range(iterations):
+        e = np.exp(big_n[..., None] * minus_p)
+        f = (1.0 - e).sum(-1) - n
+        big_n = big_n - f / np.maximum(np.vecdot(p, e), 1e-12)  # vecdot: (p * e).sum(-1) in one pass
+    return big_n
+
+
+def _spot_layer_numpy(logp: np.ndarray, f: np.ndarray, n: np.ndarray, u: np.ndarray, spot_shape: float) -> np.ndarray:
+    """:func:`spot_layer` in NumPy, eager (the small-batch path), from the uniforms
+    ``u = normal_cdf(z)``: the same formulas step by step, so the same cells from the same noise
+    up to float rounding. Shapes as there, ``logp, u (B, L, P)`` with ``f, n (B, L)`` for padded layers."""
+    p = np.exp(logp)
+    lam = _spot_count_numpy(p, n)[..., None] * p
+    q = 1.0 - np.exp(-lam)
+    hit = u < q
+    q_safe = np.maximum(q, 1e-30)
+    with np.errstate(over="ignore"):  # off-hit cells of q ~ 0 overflow to inf, as in torch; where drops them
+        m = np.maximum(lam / q_safe, 1.0)
+        sd = np.sqrt(np.maximum(m * (1.0 + lam - m), 0.0) + m / spot_shape)
+        e = np.where(hit, np.maximum(m + sd * (math.sqrt(12.0) * (u / q_safe - 0.5)), 0.05 * m), 0.0)
+    empty = ~hit.any(-1) & (f > 0)
+    if empty.any():  # one cell drawn from p (Gumbel-max with the same noise)
+        rows = np.nonzero(empty)
+        e[rows] = 0.0
+        u_rows = np.clip(u[rows], 1e-7, 1.0 - 1e-7)
+        e[(*rows, np.argmax(logp[rows] - np.log(-np.log(u_rows)), -1))] = 1.0
+    total = e.sum(-1, keepdims=True)
+    return e / np.where(total > 0, total, 1.0) * f[..., None]
+
+
 class _Shape(nn.Module):
     """``h (B, in_dim) -> [logp_l (B, P_l) for each layer]``: an MLP with one softmax per layer.
 
@@ -146,7 +184,7 @@ class _Shape(nn.Module):
 
     def logits(self, h: Tensor) -> Tensor:
         """Unnormalised log-probabilities ``(B, sum(sizes))``, all layers side by side."""
-        return self.out(self.body(h)) + self.log_bias
+        return F.linear(sequential_forward(self.body, h), self.out.weight, self.out.bias) + self.log_bias
 
     def forward(self, h: Tensor) -> list[Tensor]:
         return [torch.log_softmax(x, 1) for x in torch.split(self.logits(h), self.sizes, 1)]
@@ -169,8 +207,16 @@ class _Sampler(nn.Module):
         self.spot_shape = model.config.spot_shape
         self.n_t = len(model.t_mean)
         self.latent_dim = model.latent_dim
+        # the NumPy path: where each cell sits in the padded (L, P_max) block, flattened
+        self._width = max(self.sizes)
+        self._block_cells = np.concatenate([i * self._width + np.arange(size) for i, size in enumerate(self.sizes)])
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
+        # NumPy is neither differentiated nor traced (asked before the batch size, which a trace records)
+        # and sees CPU memory only
+        if not torch.is_grad_enabled() and z.device.type == "cpu" and not _static_graph() and z.shape[0] <= SMALL_BATCH:
+            return self._forward_numpy(z, cond)
+        static = _static_graph()
         n_layers = len(self.sizes)
         t = self.energy.sample(cond, z[:, :1 + self.n_t]) * self.t_std + self.t_mean
         f = energy_fractions(t[:, :n_layers])
@@ -182,11 +228,8 @@ class _Sampler(nn.Module):
         f, n = f * live, n * live
         t = torch.cat([t[:, :n_layers], torch.log(n + 0.5), t[:, 2 * n_layers:]], 1)
         logits = self.shape.logits(torch.cat([cond, (t - self.t_mean) / self.t_std], 1))
-        n = torch.minimum(n, 0.98 * self.n_cells_per_layer)  # spot_count's bound per layer (padding hides P)
+        n = torch.minimum(n, 0.98 * self.n_cells_per_layer)  # spot_count's bound per layer
         z_cells = z[:, 1 + self.n_t:]
-        static = _static_graph()
-        if z.shape[0] <= SMALL_BATCH and not static:
-            return self._layers_at_once(logits, f, n, z_cells)
         out, a = [], 0
         for i, size in enumerate(self.sizes):
             logp = torch.log_softmax(logits[:, a:a + size], 1)
@@ -194,16 +237,36 @@ class _Sampler(nn.Module):
             a += size
         return torch.cat(out, 1)
 
-    def _layers_at_once(self, logits: Tensor, f: Tensor, n: Tensor, z_cells: Tensor) -> Tensor:
-        """The same draw with the layers padded to one ``(B, L, P_max)`` block: a few dozen
-        tensor operations instead of a few dozen per layer, which is what a small batch costs."""
-        width = max(self.sizes)
-        split = list(zip(torch.split(logits, self.sizes, 1), torch.split(z_cells, self.sizes, 1)))
-        logp = torch.log_softmax(torch.stack([F.pad(x, (0, width - x.shape[1]), value=-math.inf)
-                                              for x, _ in split], 1), -1)
-        z = torch.stack([F.pad(zz, (0, width - zz.shape[1])) for _, zz in split], 1)
-        e = spot_layer(logp, f, n, z, self.spot_shape, False)
-        return torch.cat([e[:, i, :size] for i, size in enumerate(self.sizes)], 1)
+    def _forward_numpy(self, z: Tensor, cond: Tensor) -> Tensor:
+        """:meth:`forward` of a small batch: the networks in torch (its matmuls, its threads), every
+        other step in NumPy with the layers padded to one ``(B, L, P_max)`` block (the calogan
+        geometry at batch 1: ~25 torch calls and ~150 NumPy operations, where the per-layer torch
+        path makes ~400 torch calls). The same formulas as the torch path, step by step, so the
+        same showers from the same ``z`` to float rounding."""
+        n_layers, b = len(self.sizes), z.shape[0]
+        zn = z.detach().numpy()
+        u = normal_cdf_numpy(zn)  # one call for the component pick and the cells
+        # views of the buffers (the same memory), taken per call: a cached view would outlive a .to()
+        t_mean, t_std, n_cells = self.t_mean.numpy(), self.t_std.numpy(), self.n_cells_per_layer.numpy()
+        t = self.energy.sample_numpy(cond, zn[:, :1 + self.n_t], u[:, :1]) * t_std + t_mean
+        f = energy_fractions_numpy(t[:, :n_layers])
+        n = np.minimum(np.floor(np.exp(t[:, n_layers:2 * n_layers])), n_cells)
+        live = (n >= 1) & (f > 0)
+        f, n = f * live, n * live
+        t = np.concatenate([t[:, :n_layers], np.log(n + 0.5), t[:, 2 * n_layers:]], 1)
+        h = torch.cat([cond, torch.from_numpy((t - t_mean) / t_std)], 1)
+        logits = self.shape.logits(h).numpy()
+        n = np.minimum(n, 0.98 * n_cells)
+        width, cells = self._width, self._block_cells
+        block = np.full((b, n_layers * width), -np.inf, dtype=logits.dtype)
+        block[:, cells] = logits
+        block = block.reshape(b, n_layers, width)
+        block = block - block.max(-1, keepdims=True)
+        logp = block - np.log(np.exp(block).sum(-1, keepdims=True))  # log_softmax; padding stays -inf
+        u_block = np.full((b, n_layers * width), 0.5, dtype=u.dtype)  # padding: Phi(0), never a hit (q = 0)
+        u_block[:, cells] = u[:, 1 + self.n_t:]
+        e = _spot_layer_numpy(logp, f, n, u_block.reshape(block.shape), self.spot_shape)
+        return torch.from_numpy(e.reshape(b, -1)[:, cells])
 
 
 @register_model
