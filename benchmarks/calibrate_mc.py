@@ -41,7 +41,7 @@ PARAMS = [
     ("sigma_scale", "log", 0.3), ("radial_scale", "log", 0.1), ("tail_scale", "log", 0.15),
     ("core_scale", "log", 0.1), ("stochastic", "log", 0.15), ("response", "lin", 0.01),
     ("response_slope", "lin", 0.003), ("spot_mev", "log", 0.5), ("cluster_mm", "lin", 2.0),
-    ("halo_fraction", "lin", 0.01), ("halo_mm", "log", 0.5), ("tail_clumps", "lin", 0.1),
+    ("halo_fraction", "lin", 0.01), ("halo_mm", "log", 0.5), ("cluster_core", "lin", 0.1), ("tail_clumps", "lin", 0.03),
 ]
 
 
@@ -161,7 +161,7 @@ def main() -> None:
 
     def f(x: np.ndarray) -> float:
         t = decode(x, start)
-        if not (0.01 < (t.stochastic or 0) < 0.5) or t.response <= 0.5 or t.cluster_mm < 0 or t.tail_clumps < 0 or (t.spot_mev or 1) < 0.2 or not 0 <= t.halo_fraction < 0.5:
+        if not (0.01 < (t.stochastic or 0) < 0.5) or t.response <= 0.5 or t.cluster_mm < 0 or t.tail_clumps < 0 or t.cluster_core < 0 or (t.spot_mev or 1) < 0.2 or not 0 <= t.halo_fraction < 0.5:
             return 1.0
         v = objective(t)[0]
         n_eval[0] += 1

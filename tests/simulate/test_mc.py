@@ -273,7 +273,7 @@ def test_tuning_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_clumps_move_the_layer_centroid_by_the_known_amount() -> None:
     """Each (cascade, slice) cloud moves by sigma * sqrt(1 GeV / V_slice), so a layer's energy-weighted
     centroid moves by sigma * sqrt(1 GeV / V_layer) (read out in fine cells: coarse cells amplify a
-    shift near a cell edge). ``tail_clumps`` moves only the tail spots: the centroid wanders, but
+    shift near a cell edge); ``cluster_core`` grows the shift with the core radius; ``tail_clumps`` moves only the tail spots: the centroid wanders, but
     the energy within a millimetre of the axis (the core) does not move."""
     from calosim.metrics.observables import compute_observables
     from calosim.simulate.mc import MCEngine, MCTuning
@@ -298,6 +298,11 @@ def test_clumps_move_the_layer_centroid_by_the_known_amount() -> None:
     clumpy, _, clumpy_core = run(MCTuning(cluster_mm=6.0))
     assert np.sqrt(clumpy ** 2 - base ** 2) == pytest.approx(6.0 * np.sqrt(1000.0 / layer_e), rel=0.15)
     assert clumpy_core < 0.9 * core_e                 # a whole-cloud shift moves the core off the axis
+    # cluster_core scales the shift with the core radius, which grows with depth: in units of
+    # sqrt(1 GeV / V_layer) the first layer (the first 20 periods) wanders less than the next
+    core, _, _ = run(MCTuning(cluster_core=1.0))
+    scaled = np.sqrt(np.clip(core ** 2 - base ** 2, 0, None) * layer_e / 1000.0)
+    assert scaled[0] < 0.7 * scaled[1]
     tail, _, tail_core = run(MCTuning(tail_clumps=0.3))
     assert tail[1] > 1.5 * base[1]                     # the centroid of layer 1 wanders (the first has little tail) ...
     assert tail_core == pytest.approx(core_e, rel=0.03)  # ... while the core stays where it was

@@ -161,6 +161,9 @@ class MCTuning:
     cloud sideways by a Gaussian of sigma ``cluster_mm * sqrt(1 GeV / V)`` for a slice of
     energy V: a shower is a few energetic clumps, not a smooth cloud, so its per-layer centroid
     wanders by ~``cluster_mm / sqrt(E_layer / GeV)`` (Geant4: several mm at a few GeV).
+    ``cluster_core`` adds ``cluster_core * r_core`` (the slice's GFlash core radius) to
+    ``cluster_mm``: the core wanders in proportion to its own width, so in the first X0, where the
+    primary still runs along the axis, it hardly moves, and deeper it does.
     ``tail_clumps`` moves only the *tail* spots of each (cascade, slice) cloud, by a Gaussian of
     sigma ``tail_clumps * r_tail * sqrt(1 GeV / V)``: the clumps are the sub-showers of wide-angle
     photons, which sit in the tail, while the core stays on the axis (Geant4's presampler centroid
@@ -186,6 +189,7 @@ class MCTuning:
     response_slope: float = 0.0
     spot_mev: float | None = None
     cluster_mm: float = 0.0
+    cluster_core: float = 0.0
     tail_clumps: float = 0.0
     halo_fraction: float = 0.0
     halo_mm: float = 50.0
@@ -552,8 +556,9 @@ class MCEngine:
         xp = c.x0[c_idx] + zmid * c.sx[c_idx]
         yp = c.y0[c_idx] + zmid * c.sy[c_idx]
         tx = ty = np.zeros(0)  # per-pair offsets of the tail spots only (``tail_clumps``)
-        if tab.tuning.cluster_mm > 0:  # clumpy showers: each EM (cascade, slice) cloud off the axis
-            sig = np.where(kind == EM, tab.tuning.cluster_mm * np.sqrt(1000.0 / np.maximum(v, 1.0)), 0.0)
+        if tab.tuning.cluster_mm > 0 or tab.tuning.cluster_core > 0:  # clumpy showers: each EM cloud off the axis
+            size = tab.tuning.cluster_mm + tab.tuning.cluster_core * r_c
+            sig = np.where(kind == EM, size * np.sqrt(1000.0 / np.maximum(v, 1.0)), 0.0)
             dxy = rng.standard_normal((2, len(v))) * sig
             xp, yp = xp + dxy[0], yp + dxy[1]
         if tab.tuning.tail_clumps > 0:  # the tail's sub-showers wander; the core stays on the axis
