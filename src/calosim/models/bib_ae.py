@@ -397,6 +397,15 @@ class BIBAE(ShowerModel):
         self.register_buffer("use_flow", torch.tensor(cfg.latent == "flow"))
         self.register_buffer("latent_trained", torch.zeros((), dtype=torch.long))  # latent-stage steps done
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # runs saved before the cell noise: no noise (zero variance), the output snap = h_snap
+        if prefix + "h_snap" in state_dict and prefix + "snap_w" not in state_dict:
+            state_dict[prefix + "snap_w"] = torch.zeros_like(self.snap_w)
+            state_dict[prefix + "snap_w"][0] = state_dict[prefix + "h_snap"]
+            for k in ("noise_w", "noise_xtx", "noise_xtr"):
+                state_dict[prefix + k] = torch.zeros_like(getattr(self, k))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     # -- units ------------------------------------------------------------------------------
     def _to_h(self, x: Tensor) -> Tensor:
         """Preprocessed showers (B, n_cells) -> network units (B, n_cells), 0 = empty."""
