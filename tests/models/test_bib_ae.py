@@ -177,17 +177,26 @@ def test_zero_cell_noise_is_the_deterministic_decoder_path() -> None:
     assert (x_old == 0).any() and (x_old > 0).any()
 
 
-def test_cell_noise_keeps_the_mean_energy_of_hit_cells() -> None:
-    """h + std eps - std^2/2 on a hit cell: exp(h) keeps its mean (log-normal), known answer."""
-    from calosim.models.bib_ae import _add_cell_noise
+def test_cell_noise_tail_and_layer_energies() -> None:
+    """Tukey's h noise is a monotone map of eps (known quantiles; Gaussian at tail 0), and the
+    rescaled noisy layers carry the noise-free layer energies exactly."""
+    from calosim.models.bib_ae import _add_cell_noise, _keep_layer_energies
 
-    raw = torch.full((200000, 1), 2.0)
-    eps = torch.randn(200000, 1, generator=torch.Generator().manual_seed(0))
-    out = _add_cell_noise(raw, torch.full_like(raw, 0.5), eps)
-    assert abs(float(torch.exp(out).mean()) / math.exp(2.0) - 1) < 0.01
-    assert abs(float(out.std()) - 0.5) < 0.01
-    empty = _add_cell_noise(torch.full((5, 1), -1.0), torch.zeros(5, 1), torch.ones(5, 1))
-    torch.testing.assert_close(empty, torch.zeros(5, 1))  # no noise: relu(raw)
+    eps = torch.tensor([[-1.0, 0.0, 0.5, 2.0]])
+    std = torch.full_like(eps, 0.3)
+    torch.testing.assert_close(_add_cell_noise(torch.ones_like(eps), std, eps), 1 + 0.3 * eps)
+    torch.testing.assert_close(_add_cell_noise(torch.zeros_like(eps), std, eps, 0.5),
+                               0.3 * eps * torch.exp(0.25 * eps**2))
+    torch.testing.assert_close(_add_cell_noise(torch.full_like(eps, -1.0), torch.zeros_like(eps), eps),
+                               torch.zeros_like(eps))  # no noise: relu(raw)
+    geo = stack_geometry(n_layers=2, shape=(2, 2))
+    cell_layer = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    raw = torch.tensor([[1.0, 0.5, -1.0, 0.0, 2.0, 2.0, 2.0, 2.0]])
+    noisy = torch.tensor([[1.5, 0.0, 0.3, 0.0, 0.0, 3.0, 0.0, 0.0]])  # noisy, some cells snapped off
+    out = _keep_layer_energies(noisy, raw, geo, cell_layer)
+    e = lambda v: (torch.exp(v) - 1).reshape(2, 4).sum(1)  # noqa: E731
+    torch.testing.assert_close(e(out), e(torch.relu(raw)))
+    assert ((out > 0) == (noisy > 0)).all()  # the hit pattern is the noisy one
 
 
 def test_latent_stage_fits_the_residual_variance_linear_in_the_conditions() -> None:

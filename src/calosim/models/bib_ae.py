@@ -352,9 +352,11 @@ class BIBAE(ShowerModel):
         snap: float = param(1.0, ge=0.0)  # outputs below snap x (1% quantile of real hits) become empty cells
         snap_rate: float = param(0.05, ge=0.0, le=1.0)  # post-processor stage: snap -> the real hit count (EMA rate)
         # Per-cell fluctuations the latent does not carry (docs/bib-ae.md, "Cell noise"): the
-        # output gets Gaussian noise of the decoder's residual variance (linear in the
-        # conditions, fitted in the latent stage) x cell_noise; 0 = the deterministic decoder.
+        # output gets noise of the decoder's residual width (linear in the conditions, fitted in
+        # the latent stage) x cell_noise, heavy-tailed by noise_tail (Tukey's h: eps exp(h eps^2 / 2),
+        # 0 = Gaussian), then each layer is rescaled to its noise-free energy; 0 = the deterministic decoder.
         cell_noise: float = param(1.0, ge=0.0)
+        noise_tail: float = param(0.3, ge=0.0, le=1.0)
         # the output snap is linear in the conditions, fitted per shower to the real hit count
         # (the hit count grows with E_inc); false = one threshold for all showers
         snap_by_conditions: bool = True
@@ -369,6 +371,8 @@ class BIBAE(ShowerModel):
                              f"{sorted({lay.kind for lay in geometry.layers})}")
         d = cfg.latent_dim
         self.cells = _Groups(geometry, cfg.conv3d_min_layers)
+        sizes = torch.diff(torch.as_tensor(geometry.layer_offsets))
+        self.register_buffer("cell_layer", torch.repeat_interleave(torch.arange(len(sizes)), sizes), persistent=False)
         self.encoder = Encoder(self.cells, cond_dim, d, cfg.hidden, cfg.enc_channels, cfg.encoder_convs, cfg.max_resample)
         self.decoder = Decoder(self.cells, cond_dim, d, cfg.hidden, cfg.channels, cfg.decoder_convs, cfg.max_resample)
         self.post = PostProcessor(self.cells, cond_dim, cfg.pp_channels)
@@ -532,12 +536,14 @@ class BIBAE(ShowerModel):
         with torch.no_grad():
             h_dec = _snap(self.decoder(self.encoder(h, cond)[0], cond), self.h_snap)
         raw = self.post(h_dec, cond)
-        noisy = raw if cfg.cell_noise == 0 else \
-            _add_cell_noise(raw, self._noise_std(cond), standard_normal(*raw.shape, ctx.generator, raw.device))
+        noisy = raw if cfg.cell_noise == 0 else _add_cell_noise(
+            raw, self._noise_std(cond), standard_normal(*raw.shape, ctx.generator, raw.device), cfg.noise_tail)
         with torch.no_grad():  # calibrate the snap so the hit counts are the real ones
             self._calibrate_snap(noisy.detach(), (h > 0).sum(1), cond)
         off = noisy < _with_ones(cond) @ self.snap_w[:, None]
         h_pp = torch.where(off, 0.5 * (noisy - noisy.detach()), noisy)  # off cells: straight-through, can switch on
+        if cfg.cell_noise > 0:
+            h_pp = _keep_layer_energies(h_pp.clamp_max(self.h_ceil), raw, self.geometry, self.cell_layer)
         m = sorted_energy_mmd(h_pp, h, cfg.pp_top_k)
         m_layers = mmd(self._log_layer_energies(h_pp), self._log_layer_energies(h))
         rec = _rec_loss(raw, h).sum(1).mean() \
@@ -618,12 +624,22 @@ def _ridge_solve(xtx: Tensor, xty: Tensor) -> Tensor:
     return torch.linalg.solve(xtx + eps * torch.eye(len(xtx), dtype=xtx.dtype, device=xtx.device), xty)
 
 
-def _add_cell_noise(raw: Tensor, std: Tensor, eps: Tensor) -> Tensor:
-    """Raw output (B, n_cells) + cell noise ``std * eps`` (both (B, n_cells)). On cells already
-    on (raw > 0) the noise is shifted by -std^2/2, so the mean of ``exp(h)`` (the energy) is kept;
-    empty cells get unshifted noise and switch on where it passes the snap. std = 0: ``relu(raw)``."""
+def _add_cell_noise(raw: Tensor, std: Tensor, eps: Tensor, tail: float = 0.0) -> Tensor:
+    """Raw output (B, n_cells) -> ``relu(raw) + std * eps * exp(tail * eps^2 / 2)`` (Tukey's
+    h-transform of standard normal ``eps``: Gaussian at ``tail`` 0, tails ~ |x|^(-1/tail));
+    ``std``, ``eps`` (B, n_cells). Empty cells switch on where the noise passes the snap."""
     on = raw + (torch.relu(raw) - raw).detach()  # relu(raw), with the gradient of raw (off cells can switch on)
-    return on + std * eps - torch.where(raw > 0, 0.5 * std * std, torch.zeros_like(std))
+    return on + std * (eps * torch.exp(0.5 * tail * eps * eps) if tail > 0 else eps)
+
+
+def _keep_layer_energies(h: Tensor, raw: Tensor, geometry: "Geometry", cell_layer: Tensor) -> Tensor:
+    """Noisy snapped cells ``h`` (B, n_cells) rescaled per layer to the energies of the noise-free
+    ``relu(raw)`` (B, n_cells), in network units; the noise moves energy within a layer only (the
+    longitudinal profile and the response stay the decoder's). ``cell_layer`` (n_cells,): layer per cell."""
+    e_ref = features.layer_energies(torch.exp(torch.relu(raw)) - 1, geometry)
+    e_now = features.layer_energies(torch.exp(h) - 1, geometry)
+    ratio = (e_ref / e_now.clamp_min(1e-12))[:, cell_layer]
+    return torch.log(1 + (torch.exp(h) - 1) * ratio)  # not log1p / expm1: ONNX has no such operators
 
 
 def _snap(raw: Tensor, h_snap: Tensor) -> Tensor:
@@ -646,7 +662,8 @@ class _Exported(nn.Module):
         self.n_latent = 1 + model.config.latent_dim  # noise columns of the latent sampler
         self.sampler = model.latent_sampler()
         self.decoder, self.post = model.decoder, model.post
-        self.cell_noise = model.config.cell_noise > 0
+        self.cell_noise, self.tail, self.geometry = model.config.cell_noise > 0, model.config.noise_tail, model.geometry
+        self.register_buffer("cell_layer", model.cell_layer.clone(), persistent=False)
         self.register_buffer("noise_w", model.config.cell_noise ** 2 * model.noise_w.clone())  # variance coefficients
         self.register_buffer("floor", model.floor.clone())
         self.register_buffer("x0", model.x0.clone())
@@ -658,7 +675,10 @@ class _Exported(nn.Module):
         zl = z[:, 1:self.n_latent] if self.sampler is None else self.sampler(z[:, :self.n_latent], cond)
         raw = self.post(_snap(self.decoder(zl, cond), self.h_snap), cond)
         c1 = _with_ones(cond)
-        if self.cell_noise:
-            raw = _add_cell_noise(raw, (c1 @ self.noise_w).clamp_min(0).sqrt(), z[:, self.n_latent:])
-        h = _snap(raw, c1 @ self.snap_w[:, None]).clamp_max(self.h_ceil)
+        if not self.cell_noise:
+            h = _snap(raw, c1 @ self.snap_w[:, None]).clamp_max(self.h_ceil)
+        else:
+            noisy = _add_cell_noise(raw, (c1 @ self.noise_w).clamp_min(0).sqrt(), z[:, self.n_latent:], self.tail)
+            h = _snap(noisy, c1 @ self.snap_w[:, None]).clamp_max(self.h_ceil)
+            h = _keep_layer_energies(h, raw, self.geometry, self.cell_layer).clamp_max(self.h_ceil)
         return self.floor + self.x0 * (torch.exp(h) - 1)  # not expm1: ONNX has no such operator
