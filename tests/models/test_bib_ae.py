@@ -193,7 +193,7 @@ def test_cell_noise_tail_and_layer_energies() -> None:
     cell_layer = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     raw = torch.tensor([[1.0, 0.5, -1.0, 0.0, 2.0, 2.0, 2.0, 2.0]])
     noisy = torch.tensor([[1.5, 0.0, 0.3, 0.0, 0.0, 3.0, 0.0, 0.0]])  # noisy, some cells snapped off
-    out = _keep_layer_energies(noisy, raw, geo, cell_layer)
+    out = _keep_layer_energies(noisy, torch.relu(raw), geo, cell_layer)
     e = lambda v: (torch.exp(v) - 1).reshape(2, 4).sum(1)  # noqa: E731
     torch.testing.assert_close(e(out), e(torch.relu(raw)))
     assert ((out > 0) == (noisy > 0)).all()  # the hit pattern is the noisy one

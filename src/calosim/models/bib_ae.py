@@ -536,14 +536,15 @@ class BIBAE(ShowerModel):
         with torch.no_grad():
             h_dec = _snap(self.decoder(self.encoder(h, cond)[0], cond), self.h_snap)
         raw = self.post(h_dec, cond)
-        noisy = raw if cfg.cell_noise == 0 else _add_cell_noise(
-            raw, self._noise_std(cond), standard_normal(*raw.shape, ctx.generator, raw.device), cfg.noise_tail)
-        with torch.no_grad():  # calibrate the snap so the hit counts are the real ones
-            self._calibrate_snap(noisy.detach(), (h > 0).sum(1), cond)
-        off = noisy < _with_ones(cond) @ self.snap_w[:, None]
-        h_pp = torch.where(off, 0.5 * (noisy - noisy.detach()), noisy)  # off cells: straight-through, can switch on
-        if cfg.cell_noise > 0:
-            h_pp = _keep_layer_energies(h_pp.clamp_max(self.h_ceil), raw, self.geometry, self.cell_layer)
+        with torch.no_grad():  # calibrate the output snap so the hit counts are the real ones
+            noisy = raw if cfg.cell_noise == 0 else _add_cell_noise(
+                raw, self._noise_std(cond), standard_normal(*raw.shape, ctx.generator, raw.device), cfg.noise_tail)
+            self._calibrate_snap(noisy, (h > 0).sum(1), cond)
+        # The losses see the noise-free output (heavy-tailed noise in them makes the post-processor
+        # chase the noise: energies drift, measured in docs/bib-ae.md); the noise only moves energy
+        # within a layer, so the noise-free layer energies are the output's.
+        thr = self.h_snap if cfg.cell_noise > 0 else _with_ones(cond) @ self.snap_w[:, None]
+        h_pp = torch.where(raw < thr, 0.5 * (raw - raw.detach()), raw)  # off cells: straight-through, can switch on
         m = sorted_energy_mmd(h_pp, h, cfg.pp_top_k)
         m_layers = mmd(self._log_layer_energies(h_pp), self._log_layer_energies(h))
         rec = _rec_loss(raw, h).sum(1).mean() \
@@ -632,11 +633,11 @@ def _add_cell_noise(raw: Tensor, std: Tensor, eps: Tensor, tail: float = 0.0) ->
     return on + std * (eps * torch.exp(0.5 * tail * eps * eps) if tail > 0 else eps)
 
 
-def _keep_layer_energies(h: Tensor, raw: Tensor, geometry: "Geometry", cell_layer: Tensor) -> Tensor:
+def _keep_layer_energies(h: Tensor, ref: Tensor, geometry: "Geometry", cell_layer: Tensor) -> Tensor:
     """Noisy snapped cells ``h`` (B, n_cells) rescaled per layer to the energies of the noise-free
-    ``relu(raw)`` (B, n_cells), in network units; the noise moves energy within a layer only (the
-    longitudinal profile and the response stay the decoder's). ``cell_layer`` (n_cells,): layer per cell."""
-    e_ref = features.layer_energies(torch.exp(torch.relu(raw)) - 1, geometry)
+    output ``ref`` (B, n_cells), both in network units: the noise moves energy within a layer only
+    (the longitudinal profile and the response stay the post-processor's). ``cell_layer`` (n_cells,): layer per cell."""
+    e_ref = features.layer_energies(torch.exp(ref) - 1, geometry)
     e_now = features.layer_energies(torch.exp(h) - 1, geometry)
     ratio = (e_ref / e_now.clamp_min(1e-12))[:, cell_layer]
     return torch.log(1 + (torch.exp(h) - 1) * ratio)  # not log1p / expm1: ONNX has no such operators
@@ -680,5 +681,6 @@ class _Exported(nn.Module):
         else:
             noisy = _add_cell_noise(raw, (c1 @ self.noise_w).clamp_min(0).sqrt(), z[:, self.n_latent:], self.tail)
             h = _snap(noisy, c1 @ self.snap_w[:, None]).clamp_max(self.h_ceil)
-            h = _keep_layer_energies(h, raw, self.geometry, self.cell_layer).clamp_max(self.h_ceil)
+            ref = _snap(raw, self.h_snap).clamp_max(self.h_ceil)  # what the post-processor was trained on
+            h = _keep_layer_energies(h, ref, self.geometry, self.cell_layer).clamp_max(self.h_ceil)
         return self.floor + self.x0 * (torch.exp(h) - 1)  # not expm1: ONNX has no such operator
