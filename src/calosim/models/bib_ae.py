@@ -356,7 +356,7 @@ class BIBAE(ShowerModel):
         # the latent stage) x cell_noise, heavy-tailed by noise_tail (Tukey's h: eps exp(h eps^2 / 2),
         # 0 = Gaussian), then each layer is rescaled to its noise-free energy; 0 = the deterministic decoder.
         cell_noise: float = param(1.0, ge=0.0)
-        noise_tail: float = param(0.3, ge=0.0, le=1.0)
+        noise_tail: float = param(0.25, ge=0.0, le=1.0)
         # the output snap is linear in the conditions, fitted per shower to the real hit count
         # (the hit count grows with E_inc); false = one threshold for all showers
         snap_by_conditions: bool = True
