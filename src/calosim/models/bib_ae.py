@@ -15,6 +15,12 @@ Networks (all small enough for CPU training and sampling):
 * **post-processor** ``P(x, c)``: a residual convolutional network on the decoded shower,
   initialised to the identity, trained after the autoencoder with an MMD on the per-shower
   sorted cell values (the cell-energy spectrum and the hit count) plus the reconstruction.
+* **cell noise** (``cell_noise``, ``noise_tail``): the per-cell fluctuations the latent does not
+  carry (per-layer centroids and widths of real showers fluctuate almost independently layer to
+  layer). After the post-processor every cell gets ``sigma(c) * eps * exp(noise_tail eps^2 / 2)``
+  (the decoder's residual width, linear in the conditions; Tukey's heavy tail), the output snap
+  is a line in the conditions (the hit count grows with E_inc), and each layer is rescaled to
+  its noise-free energy. ``cell_noise = 0, snap_by_conditions = False`` is the old recipe.
 * **latent sampler** (``models/latent.py``): a conditional KDE over encoded training showers or
   a conditional latent flow (zuko); ``latent = "auto"`` takes the flow when the training
   data's angles vary, else the KDE.
@@ -26,8 +32,9 @@ Stages, all in one ``calosim train`` (``ctx.step`` decides; the progress bar sho
    autoencoder update);
 2. ``latent_steps`` steps: encoder and decoder frozen; each batch's posterior means are stored
    as KDE centres (up to ``kde_size``) and train the latent flow by maximum likelihood;
-3. the remaining steps: the post-processor, on reconstructions of the real batch; the output
-   snap threshold follows the value that gives each batch the real hit count.
+   With cell noise, the squared residuals of the decoded means fit the noise variance;
+3. the remaining steps: the post-processor, on (noise-free) reconstructions of the real batch;
+   the output snap follows the value that gives each (noisy) shower its real hit count.
 
 Network units: cells are ``h = log1p((x - floor) / x0)`` (``floor`` the per-cell empty value,
 0 for the non-negative ``scale``/``identity`` transforms; ``x0`` the median non-empty value),
