@@ -154,3 +154,85 @@ def test_cli_train_generate_export(tmp_path: Path, latent: str) -> None:
     exp = CliRunner().invoke(main, ["export", "--run", str(tmp_path / "run"), "-o", str(tmp_path / "g.onnx")])
     assert exp.exit_code == 0, exp.output
     assert (tmp_path / "g.onnx").stat().st_size > 0
+
+
+def test_zero_cell_noise_is_the_deterministic_decoder_path() -> None:
+    """With zero noise variance the new sampling path equals the old one (cell_noise = 0,
+    snap_by_conditions = false) for the same latent noise columns, and the snap is h_snap."""
+    geo = stack_geometry()
+    torch.manual_seed(0)
+    old = BIBAE(geo, 1, {**TINY, "cell_noise": 0.0, "snap_by_conditions": False})
+    new = BIBAE(geo, 1, TINY)
+    assert old.latent_dim == 1 + TINY["latent_dim"] and new.latent_dim == old.latent_dim + geo.n_cells
+    cond = torch.linspace(-1, 1, 7)[:, None]
+    z = torch.randn(7, new.latent_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        snap = old.decoder(z[:, 1:old.latent_dim], cond).median().clamp_min(0)  # half the cells on
+        state = old.state_dict()
+        state["h_snap"], state["snap_w"] = snap, torch.stack([snap, torch.zeros(())])
+        old.load_state_dict(state)
+        new.load_state_dict(state)  # noise_w is zero: no noise
+        x_old, x_new = old.export_module()(z[:, :old.latent_dim], cond), new.export_module()(z, cond)
+    torch.testing.assert_close(x_new, x_old)
+    assert (x_old == 0).any() and (x_old > 0).any()
+
+
+def test_cell_noise_tail_and_layer_energies() -> None:
+    """Tukey's h noise is a monotone map of eps (known quantiles; Gaussian at tail 0), and the
+    rescaled noisy layers carry the noise-free layer energies exactly."""
+    from calosim.models.bib_ae import _add_cell_noise, _keep_layer_energies
+
+    eps = torch.tensor([[-1.0, 0.0, 0.5, 2.0]])
+    std = torch.full_like(eps, 0.3)
+    torch.testing.assert_close(_add_cell_noise(torch.ones_like(eps), std, eps), 1 + 0.3 * eps)
+    torch.testing.assert_close(_add_cell_noise(torch.zeros_like(eps), std, eps, 0.5),
+                               0.3 * eps * torch.exp(0.25 * eps**2))
+    torch.testing.assert_close(_add_cell_noise(torch.full_like(eps, -1.0), torch.zeros_like(eps), eps),
+                               torch.zeros_like(eps))  # no noise: relu(raw)
+    geo = stack_geometry(n_layers=2, shape=(2, 2))
+    cell_layer = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    raw = torch.tensor([[1.0, 0.5, -1.0, 0.0, 2.0, 2.0, 2.0, 2.0]])
+    noisy = torch.tensor([[1.5, 0.0, 0.3, 0.0, 0.0, 3.0, 0.0, 0.0]])  # noisy, some cells snapped off
+    out = _keep_layer_energies(noisy, torch.relu(raw), geo, cell_layer)
+    e = lambda v: (torch.exp(v) - 1).reshape(2, 4).sum(1)  # noqa: E731
+    torch.testing.assert_close(e(out), e(torch.relu(raw)))
+    assert ((out > 0) == (noisy > 0)).all()  # the hit pattern is the noisy one
+
+
+def test_latent_stage_fits_the_residual_variance_linear_in_the_conditions() -> None:
+    """A decoder that outputs nothing leaves residual h: the fitted variance is the least
+    squares line of h^2 on [1, cond] per cell (known answer from torch.linalg.lstsq)."""
+    geo = stack_geometry()
+    torch.manual_seed(0)
+    model = BIBAE(geo, 1, TINY)
+    ctx = FakeCtx(model, total_steps=30)
+    x, cond = toy_batch(geo, 32, seed=4)
+    model.fit_statistics(x, cond, ctx)
+
+    class _Nothing(torch.nn.Module):
+        def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            return torch.full((len(z), geo.n_cells), -1.0)
+
+    model.decoder = _Nothing()
+    ctx.step = 20
+    model.train_step(x[:16], cond[:16], ctx)
+    model.train_step(x[16:], cond[16:], ctx)
+    h = model._to_h(x)
+    X = torch.cat([torch.ones(32, 1), cond], 1)
+    want = torch.linalg.lstsq(X.double(), (h**2).double()).solution.float()
+    torch.testing.assert_close(model.noise_w, want, atol=1e-4, rtol=1e-3)
+
+
+def test_snap_by_conditions_gives_each_shower_its_real_hit_count() -> None:
+    """Outputs whose per-shower hit-count threshold is linear in the condition: one calibration
+    at rate 1 recovers that line, and the snapped outputs have the real hit counts."""
+    geo = stack_geometry()
+    model = BIBAE(geo, 1, {**TINY, "snap_rate": 1.0})
+    B, C = 8, geo.n_cells
+    cond = torch.linspace(-1, 1, B)[:, None]
+    vals = torch.linspace(1.0, 0.0, C).expand(B, C)  # every shower: the same descending values
+    n_real = (C * (0.5 + 0.25 * cond[:, 0])).long()  # more hits at higher "energy"
+    model._calibrate_snap(vals, n_real, cond)
+    on = (vals >= model.snap_w[0] + cond * model.snap_w[1]).sum(1)
+    assert (on - n_real).abs().max() <= 1
+    assert float(model.snap_w[1]) < 0  # a lower threshold where there are more hits

@@ -15,6 +15,12 @@ Networks (all small enough for CPU training and sampling):
 * **post-processor** ``P(x, c)``: a residual convolutional network on the decoded shower,
   initialised to the identity, trained after the autoencoder with an MMD on the per-shower
   sorted cell values (the cell-energy spectrum and the hit count) plus the reconstruction.
+* **cell noise** (``cell_noise``, ``noise_tail``): the per-cell fluctuations the latent does not
+  carry (per-layer centroids and widths of real showers fluctuate almost independently layer to
+  layer). After the post-processor every cell gets ``sigma(c) * eps * exp(noise_tail eps^2 / 2)``
+  (the decoder's residual width, linear in the conditions; Tukey's heavy tail), the output snap
+  is a line in the conditions (the hit count grows with E_inc), and each layer is rescaled to
+  its noise-free energy. ``cell_noise = 0, snap_by_conditions = False`` is the old recipe.
 * **latent sampler** (``models/latent.py``): a conditional KDE over encoded training showers or
   a conditional latent flow (zuko); ``latent = "auto"`` takes the flow when the training
   data's angles vary, else the KDE.
@@ -26,8 +32,9 @@ Stages, all in one ``calosim train`` (``ctx.step`` decides; the progress bar sho
    autoencoder update);
 2. ``latent_steps`` steps: encoder and decoder frozen; each batch's posterior means are stored
    as KDE centres (up to ``kde_size``) and train the latent flow by maximum likelihood;
-3. the remaining steps: the post-processor, on reconstructions of the real batch; the output
-   snap threshold follows the value that gives each batch the real hit count.
+   With cell noise, the squared residuals of the decoded means fit the noise variance;
+3. the remaining steps: the post-processor, on (noise-free) reconstructions of the real batch;
+   the output snap follows the value that gives each (noisy) shower its real hit count.
 
 Network units: cells are ``h = log1p((x - floor) / x0)`` (``floor`` the per-cell empty value,
 0 for the non-negative ``scale``/``identity`` transforms; ``x0`` the median non-empty value),
@@ -351,6 +358,15 @@ class BIBAE(ShowerModel):
         pp_top_k: int | None = param(None, ge=1)  # sorted values compared per shower (None: all cells)
         snap: float = param(1.0, ge=0.0)  # outputs below snap x (1% quantile of real hits) become empty cells
         snap_rate: float = param(0.05, ge=0.0, le=1.0)  # post-processor stage: snap -> the real hit count (EMA rate)
+        # Per-cell fluctuations the latent does not carry (docs/bib-ae.md, "Cell noise"): the
+        # output gets noise of the decoder's residual width (linear in the conditions, fitted in
+        # the latent stage) x cell_noise, heavy-tailed by noise_tail (Tukey's h: eps exp(h eps^2 / 2),
+        # 0 = Gaussian), then each layer is rescaled to its noise-free energy; 0 = the deterministic decoder.
+        cell_noise: float = param(1.0, ge=0.0)
+        noise_tail: float = param(0.25, ge=0.0, le=1.0)
+        # the output snap is linear in the conditions, fitted per shower to the real hit count
+        # (the hit count grows with E_inc); false = one threshold for all showers
+        snap_by_conditions: bool = True
 
     config: Config
 
@@ -362,6 +378,8 @@ class BIBAE(ShowerModel):
                              f"{sorted({lay.kind for lay in geometry.layers})}")
         d = cfg.latent_dim
         self.cells = _Groups(geometry, cfg.conv3d_min_layers)
+        sizes = torch.diff(torch.as_tensor(geometry.layer_offsets))
+        self.register_buffer("cell_layer", torch.repeat_interleave(torch.arange(len(sizes)), sizes), persistent=False)
         self.encoder = Encoder(self.cells, cond_dim, d, cfg.hidden, cfg.enc_channels, cfg.encoder_convs, cfg.max_resample)
         self.decoder = Decoder(self.cells, cond_dim, d, cfg.hidden, cfg.channels, cfg.decoder_convs, cfg.max_resample)
         self.post = PostProcessor(self.cells, cond_dim, cfg.pp_channels)
@@ -372,15 +390,32 @@ class BIBAE(ShowerModel):
             if cfg.latent != "flow" else None
         self.flow = LatentFlow(d, cond_dim, cfg.flow_transforms, cfg.flow_hidden) if cfg.latent != "kde" else None
         self._bounds = (cfg.ae_steps, cfg.ae_steps + cfg.latent_steps)  # stage ends, see lr_schedules
-        self.latent_dim = 1 + d  # export noise: a column choosing the KDE centre + the latent noise
         n = geometry.n_cells
+        # export noise: a column choosing the KDE centre, the latent noise, the cell noise
+        self.latent_dim = 1 + d + (n if cfg.cell_noise > 0 else 0)
         # network units h = log1p((x - floor) / x0), set in fit_statistics (defaults: MeV-like data)
         self.register_buffer("floor", torch.zeros(n))
         self.register_buffer("x0", torch.ones(()))
         self.register_buffer("h_ceil", torch.full((), 30.0))
-        self.register_buffer("h_snap", torch.zeros(()))  # outputs below it are empty cells
+        self.register_buffer("h_snap", torch.zeros(()))  # decoder outputs below it are empty cells
+        # output snap = snap_w[0] + cond @ snap_w[1:] (with snap_by_conditions false: [h_snap, 0, ...])
+        self.register_buffer("snap_w", torch.zeros(1 + cond_dim))
+        # cell-noise variance (B, n_cells) = [1, cond] @ noise_w, from the normal equations of the
+        # squared residuals accumulated in the latent stage (noise_xtx, noise_xtr)
+        self.register_buffer("noise_w", torch.zeros(1 + cond_dim, n))
+        self.register_buffer("noise_xtx", torch.zeros(1 + cond_dim, 1 + cond_dim))
+        self.register_buffer("noise_xtr", torch.zeros(1 + cond_dim, n))
         self.register_buffer("use_flow", torch.tensor(cfg.latent == "flow"))
         self.register_buffer("latent_trained", torch.zeros((), dtype=torch.long))  # latent-stage steps done
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # runs saved before the cell noise: no noise (zero variance), the output snap = h_snap
+        if prefix + "h_snap" in state_dict and prefix + "snap_w" not in state_dict:
+            state_dict[prefix + "snap_w"] = torch.zeros_like(self.snap_w)
+            state_dict[prefix + "snap_w"][0] = state_dict[prefix + "h_snap"]
+            for k in ("noise_w", "noise_xtx", "noise_xtr"):
+                state_dict[prefix + k] = torch.zeros_like(getattr(self, k))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     # -- units ------------------------------------------------------------------------------
     def _to_h(self, x: Tensor) -> Tensor:
@@ -434,6 +469,7 @@ class BIBAE(ShowerModel):
         # or the smallest deposit); a decoder's many tiny outputs there would be spurious hits.
         h_hit = h[h > 0]
         self.h_snap.fill_(self.config.snap * float(torch.quantile(h_hit[:1 << 24], 0.01)) if h_hit.numel() else 0.0)
+        self.snap_w.zero_()[0] = self.h_snap
         if self.config.latent == "auto":
             slices = getattr(ctx.conditions, "slices", {})
             vary = any(float(cond[:, slices[a]].std()) > 1e-6 for a in _ANGLES if a in slices and len(cond) > 1)
@@ -487,6 +523,11 @@ class BIBAE(ShowerModel):
     def _latent_step(self, h: Tensor, cond: Tensor, ctx: TrainContext) -> dict[str, float]:
         with torch.no_grad():
             mu = self.encoder(h, cond)[0]
+            if self.config.cell_noise > 0:  # squared residuals of the decoded posterior means
+                X = _with_ones(cond)
+                self.noise_xtx += X.T @ X
+                self.noise_xtr += X.T @ (h - torch.relu(self.decoder(mu, cond))) ** 2
+                self.noise_w.copy_(_ridge_solve(self.noise_xtx, self.noise_xtr))
         out: dict[str, float] = {}
         if self.kde is not None:
             out["kde_centres"] = float(self.kde.add(mu, cond))
@@ -502,18 +543,44 @@ class BIBAE(ShowerModel):
         with torch.no_grad():
             h_dec = _snap(self.decoder(self.encoder(h, cond)[0], cond), self.h_snap)
         raw = self.post(h_dec, cond)
-        with torch.no_grad():  # calibrate the snap so the batch's hit count is the real one's
-            n_real, vals = int((h > 0).sum()), raw.detach().flatten()
-            if 0 < n_real < vals.numel():
-                self.h_snap.lerp_(vals.kthvalue(vals.numel() - n_real).values.clamp_min(0), cfg.snap_rate)
-        off = raw < self.h_snap
-        h_pp = torch.where(off, 0.5 * (raw - raw.detach()), raw)  # off cells: straight-through, can switch on
+        with torch.no_grad():  # calibrate the output snap so the hit counts are the real ones
+            noisy = raw if cfg.cell_noise == 0 else _add_cell_noise(
+                raw, self._noise_std(cond), standard_normal(*raw.shape, ctx.generator, raw.device), cfg.noise_tail)
+            self._calibrate_snap(noisy, (h > 0).sum(1), cond)
+        # The losses see the noise-free output (heavy-tailed noise in them makes the post-processor
+        # chase the noise: energies drift, measured in docs/bib-ae.md); the noise only moves energy
+        # within a layer, so the noise-free layer energies are the output's.
+        thr = self.h_snap if cfg.cell_noise > 0 else _with_ones(cond) @ self.snap_w[:, None]
+        h_pp = torch.where(raw < thr, 0.5 * (raw - raw.detach()), raw)  # off cells: straight-through, can switch on
         m = sorted_energy_mmd(h_pp, h, cfg.pp_top_k)
         m_layers = mmd(self._log_layer_energies(h_pp), self._log_layer_energies(h))
         rec = _rec_loss(raw, h).sum(1).mean() \
             + cfg.lambda_energy * ((self._log_layer_energies(h_pp) - self._log_layer_energies(h)) ** 2).sum(1).mean()
         ctx.backward_step(cfg.pp_lambda_mmd * m + cfg.pp_lambda_layers * m_layers + cfg.pp_lambda_rec * rec, "post")
         return {"pp_mmd_sorted": m.item(), "pp_mmd_layers": m_layers.item(), "pp_reconstruction": rec.item()}
+
+    def _noise_std(self, cond: Tensor) -> Tensor:
+        """Cell-noise standard deviation (B, n_cells) for conditions (B, cond_dim); zeros without cell noise."""
+        return self.config.cell_noise * (_with_ones(cond) @ self.noise_w).clamp_min(0).sqrt()
+
+    def _calibrate_snap(self, noisy: Tensor, n_real: Tensor, cond: Tensor) -> None:
+        """Move the output snap towards the hit counts ``n_real`` (B,) of the real showers paired
+        with the outputs ``noisy`` (B, n_cells): per shower, the threshold that leaves its real hit
+        count on, then (``snap_by_conditions``) a least-squares line in the conditions (B, cond_dim)."""
+        rate = self.config.snap_rate
+        if not self.config.snap_by_conditions:  # one threshold for the batch's total hit count
+            n, vals = int(n_real.sum()), noisy.flatten()
+            if 0 < n < vals.numel():
+                self.h_snap.lerp_(vals.kthvalue(vals.numel() - n).values.clamp_min(0), rate)
+            self.snap_w.zero_()[0] = self.h_snap
+            return
+        desc = noisy.sort(1, descending=True).values
+        k = n_real.clamp(1, noisy.shape[1] - 1)[:, None]
+        # halfway between the smallest value kept on and the largest switched off
+        thr = (0.5 * (desc.gather(1, k - 1) + desc.gather(1, k))).clamp_min(0)
+        X = _with_ones(cond)
+        w = _ridge_solve(X.T @ X, X.T @ thr).squeeze(1)
+        self.snap_w.lerp_(w, rate)
 
     def _log_layer_energies(self, h: Tensor) -> Tensor:
         """Network units (B, n_cells) -> log energy per layer and in total, (B, n_layers + 1),
@@ -553,6 +620,36 @@ class BIBAE(ShowerModel):
         return self.flow
 
 
+def _with_ones(cond: Tensor) -> Tensor:
+    """Conditions (B, cond_dim) -> (B, 1 + cond_dim) with a leading column of ones (an intercept)."""
+    return torch.cat([torch.ones_like(cond[:, :1]), cond], 1)
+
+
+def _ridge_solve(xtx: Tensor, xty: Tensor) -> Tensor:
+    """Least squares from normal equations: ``(X^T X + eps I) w = X^T y``, (k, k) and (k, m) -> (k, m);
+    the small ridge keeps a condition column that never varied (a fixed angle) solvable."""
+    eps = 1e-6 * float(xtx.diagonal().mean().clamp_min(1e-12))
+    return torch.linalg.solve(xtx + eps * torch.eye(len(xtx), dtype=xtx.dtype, device=xtx.device), xty)
+
+
+def _add_cell_noise(raw: Tensor, std: Tensor, eps: Tensor, tail: float = 0.0) -> Tensor:
+    """Raw output (B, n_cells) -> ``relu(raw) + std * eps * exp(tail * eps^2 / 2)`` (Tukey's
+    h-transform of standard normal ``eps``: Gaussian at ``tail`` 0, tails ~ |x|^(-1/tail));
+    ``std``, ``eps`` (B, n_cells). Empty cells switch on where the noise passes the snap."""
+    on = raw + (torch.relu(raw) - raw).detach()  # relu(raw), with the gradient of raw (off cells can switch on)
+    return on + std * (eps * torch.exp(0.5 * tail * eps * eps) if tail > 0 else eps)
+
+
+def _keep_layer_energies(h: Tensor, ref: Tensor, geometry: "Geometry", cell_layer: Tensor) -> Tensor:
+    """Noisy snapped cells ``h`` (B, n_cells) rescaled per layer to the energies of the noise-free
+    output ``ref`` (B, n_cells), both in network units: the noise moves energy within a layer only
+    (the longitudinal profile and the response stay the post-processor's). ``cell_layer`` (n_cells,): layer per cell."""
+    e_ref = features.layer_energies(torch.exp(ref) - 1, geometry)
+    e_now = features.layer_energies(torch.exp(h) - 1, geometry)
+    ratio = (e_ref / e_now.clamp_min(1e-12))[:, cell_layer]
+    return torch.log(1 + (torch.exp(h) - 1) * ratio)  # not log1p / expm1: ONNX has no such operators
+
+
 def _snap(raw: Tensor, h_snap: Tensor) -> Tensor:
     """Raw network output (B, n_cells) -> network units: 0 below ``h_snap`` (empty cells)."""
     return torch.where(raw < h_snap, torch.zeros_like(raw), raw)
@@ -570,14 +667,27 @@ class _Exported(nn.Module):
     def __init__(self, model: BIBAE) -> None:
         super().__init__()
         self.latent_dim = model.latent_dim
+        self.n_latent = 1 + model.config.latent_dim  # noise columns of the latent sampler
         self.sampler = model.latent_sampler()
         self.decoder, self.post = model.decoder, model.post
+        self.cell_noise, self.tail, self.geometry = model.config.cell_noise > 0, model.config.noise_tail, model.geometry
+        self.register_buffer("cell_layer", model.cell_layer.clone(), persistent=False)
+        self.register_buffer("noise_w", model.config.cell_noise ** 2 * model.noise_w.clone())  # variance coefficients
         self.register_buffer("floor", model.floor.clone())
         self.register_buffer("x0", model.x0.clone())
         self.register_buffer("h_ceil", model.h_ceil.clone())
         self.register_buffer("h_snap", model.h_snap.clone())
+        self.register_buffer("snap_w", model.snap_w.clone())
 
     def forward(self, z: Tensor, cond: Tensor) -> Tensor:
-        zl = z[:, 1:] if self.sampler is None else self.sampler(z, cond)
-        h = _snap(self.post(_snap(self.decoder(zl, cond), self.h_snap), cond), self.h_snap).clamp_max(self.h_ceil)
+        zl = z[:, 1:self.n_latent] if self.sampler is None else self.sampler(z[:, :self.n_latent], cond)
+        raw = self.post(_snap(self.decoder(zl, cond), self.h_snap), cond)
+        c1 = _with_ones(cond)
+        if not self.cell_noise:
+            h = _snap(raw, c1 @ self.snap_w[:, None]).clamp_max(self.h_ceil)
+        else:
+            noisy = _add_cell_noise(raw, (c1 @ self.noise_w).clamp_min(0).sqrt(), z[:, self.n_latent:], self.tail)
+            h = _snap(noisy, c1 @ self.snap_w[:, None]).clamp_max(self.h_ceil)
+            ref = _snap(raw, self.h_snap).clamp_max(self.h_ceil)  # what the post-processor was trained on
+            h = _keep_layer_energies(h, ref, self.geometry, self.cell_layer).clamp_max(self.h_ceil)
         return self.floor + self.x0 * (torch.exp(h) - 1)  # not expm1: ONNX has no such operator
