@@ -31,6 +31,10 @@ def test_recipes_are_one_switch_apart_and_unknown_names_fail_in_one_line():
     v1 = CalpaganConfig.recipe("calosim-v1")  # last session's calosim recipe: everything but the spread kernel
     assert {k: getattr(v1, k) for k in CALOSIM_V1} == CALOSIM_V1 and [getattr(v1, k) for k in keys] == \
         [getattr(ours, k) for k in keys]
+    from calosim.events.cli import RECIPE_NAMES
+    from calosim.models.calpagan import RECIPES
+
+    assert RECIPE_NAMES == list(RECIPES)
     with pytest.raises(ValueError, match="recipe must be one of calosim, calosim-v1, seed") as err:
         CalpaganConfig.recipe("pix2pix")
     assert "\n" not in str(err.value)
