@@ -34,11 +34,14 @@ Architecture exactly as the seed's section 3.1:
 Fixes the seed's conclusion asks for (D learns faster than G): ``g_steps`` generator updates per
 discriminator update and ``d_lr_scale`` (the discriminator's learning rate relative to G's).
 
-Two recipes (:meth:`CalpaganConfig.recipe`): ``"seed"`` is the above exactly; ``"calosim"`` (the
-defaults) keeps the architecture and losses but normalises x and y by x's highest pixel, gates
-ReLU(G(x) + x), starts G's last layer at zero (the untrained model returns the fast image), adds a
-per-image total-energy term to G's loss and zeroes generated towers below 0.2 GeV (see
-:class:`CalpaganConfig` and docs/events.md for why and what each is measured to do).
+Three recipes (:meth:`CalpaganConfig.recipe`): ``"seed"`` is the above exactly; ``"calosim"`` (the
+defaults) keeps the architecture and losses but normalises x and y by x's highest pixel, replaces x
+in G(x) + x by a non-negative spread kernel applied to x (:class:`SpreadKernel`, fitted by least
+squares before training: the mean shower footprint), gates ReLU(G(x) + base), starts G's last
+layer at zero (the untrained model returns the spread fast image), adds a per-image total-energy
+term to G's loss and zeroes generated towers below 0.2 GeV; ``"calosim-v1"`` is the same without
+the spread kernel (see :class:`CalpaganConfig` and docs/events.md for why and what each is
+measured to do).
 """
 
 from __future__ import annotations
