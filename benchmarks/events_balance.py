@@ -40,6 +40,7 @@ CONFIGS: dict[str, dict] = {
     "calosim spread_train": {"recipe": "calosim", "spread_train": True},
     "calosim blur 1": {"recipe": "calosim", "blur_weight": 1.0},
     "calosim spread_radius=2": {"recipe": "calosim", "spread_radius": 2},
+    "calosim lr=5e-5": {"recipe": "calosim", "lr": 5e-5},
     "calosim no residual_init": {"recipe": "calosim", "residual_init": False},
     "calosim no bn_recalibrate": {"recipe": "calosim", "bn_recalibrate": False},
     "calosim g_steps=2": {"recipe": "calosim", "g_steps": 2},
