@@ -27,7 +27,7 @@ def test_recipes_are_one_switch_apart_and_unknown_names_fail_in_one_line():
     assert [getattr(seed, k) for k in keys] == ["own-peak", "none", False, 0.0, False, 1.0, 0.0] and seed.epochs == 3
     assert [getattr(ours, k) for k in keys] == ["fast-peak", "relu", True, 1.0, True, 0.25, 0.2]
     assert {k: getattr(seed, k) for k in SEED_RECIPE} == SEED_RECIPE and ours == CalpaganConfig()
-    assert (ours.spread_radius, seed.spread_radius) == (3, 0)
+    assert (ours.spread_radius, seed.spread_radius) == (3, 0) and (ours.lr, seed.lr) == (5e-5, 2e-4)
     v1 = CalpaganConfig.recipe("calosim-v1")  # last session's calosim recipe: everything but the spread kernel
     assert {k: getattr(v1, k) for k in CALOSIM_V1} == CALOSIM_V1 and [getattr(v1, k) for k in keys] == \
         [getattr(ours, k) for k in keys]

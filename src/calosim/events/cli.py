@@ -105,7 +105,7 @@ def image_cmd(events: str, view: str, engine: str, start: int, stop: int | None,
                    "seed: the paper's recipe. The options below override single settings.")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2), default=None, help="[recipe: 16]")
-@click.option("--lr", type=float, default=None, help="Generator learning rate [recipe: 2e-4].")
+@click.option("--lr", type=float, default=None, help="Generator learning rate [calosim 5e-5, calosim-v1 and seed 2e-4].")
 @click.option("--lam", type=float, default=None, help="Weight of the L1 term [recipe: 100].")
 @click.option("--g-steps", type=click.IntRange(1), default=None,
               help="Generator updates per discriminator update [recipe: 1].")

@@ -293,7 +293,7 @@ class CalpaganConfig:
 
     epochs: int = 10
     batch_size: int = 16
-    lr: float = 2e-4
+    lr: float = 5e-5  # G's learning rate (seed: 2e-4): slower, G's residual keeps more of the fitted spread
     lam: float = 100.0
     noise: float = 0.01
     g_steps: int = 1  # generator updates per discriminator update (seed: 1)
@@ -330,9 +330,9 @@ NORMS, GATES = ("own-peak", "fast-peak"), ("none", "relu")
 #: The seed's recipe (section 3.1) where calosim's defaults differ; old checkpoints without these keys are the seed's.
 SEED_RECIPE: dict[str, Any] = {"norm": "own-peak", "gate": "none", "residual_init": False, "energy_weight": 0.0,
                                "bn_recalibrate": False, "d_lr_scale": 1.0, "threshold_gev": 0.0,
-                               "spread_radius": 0, "spread_train": False, "blur_weight": 0.0}
+                               "spread_radius": 0, "spread_train": False, "blur_weight": 0.0, "lr": 2e-4}
 #: calosim's first recipe (x as G's base, no spread kernel): older calosim checkpoints are this.
-CALOSIM_V1: dict[str, Any] = {"spread_radius": 0, "spread_train": False, "blur_weight": 0.0}
+CALOSIM_V1: dict[str, Any] = {"spread_radius": 0, "spread_train": False, "blur_weight": 0.0, "lr": 2e-4}
 RECIPES: dict[str, dict[str, Any]] = {"calosim": {}, "calosim-v1": CALOSIM_V1, "seed": SEED_RECIPE}
 
 
