@@ -33,7 +33,14 @@ CONFIGS: dict[str, dict] = {
     "seed + threshold 0.2": {**SEED, "threshold_gev": 0.2},
     "seed + relu gate": {**SEED, "gate": "relu"},
     "seed + fast-peak norm": {**SEED, "norm": "fast-peak"},
+    "calosim-v1 (no spread kernel)": {"recipe": "calosim-v1"},
+    "calosim-v1 + blur 1": {"recipe": "calosim-v1", "blur_weight": 1.0},
+    "spread kernel fit only (0 epochs)": {"recipe": "calosim", "epochs": 0},
     "calosim (default)": {"recipe": "calosim"},
+    "calosim spread_train": {"recipe": "calosim", "spread_train": True},
+    "calosim blur 1": {"recipe": "calosim", "blur_weight": 1.0},
+    "calosim spread_radius=2": {"recipe": "calosim", "spread_radius": 2},
+    "calosim lr=5e-5": {"recipe": "calosim", "lr": 5e-5},
     "calosim no residual_init": {"recipe": "calosim", "residual_init": False},
     "calosim no bn_recalibrate": {"recipe": "calosim", "bn_recalibrate": False},
     "calosim g_steps=2": {"recipe": "calosim", "g_steps": 2},
@@ -59,7 +66,7 @@ def main() -> None:
 
     from calosim.events.report import image_stats, jet_validation
     from calosim.events.views import read_images
-    from calosim.models.calpagan import CalpaganConfig, plot_history, train_calpagan
+    from calosim.models.calpagan import CalpaganConfig, frechet_image_distance, plot_history, train_calpagan
 
     torch.set_num_threads(args.threads)
     unknown = set(args.only or ()) - set(CONFIGS)
@@ -78,22 +85,23 @@ def main() -> None:
         if args.only is not None and name not in args.only:
             continue
         kw = dict(kw)
-        cfg = CalpaganConfig.recipe(kw.pop("recipe"), epochs=args.epochs, seed=args.seed, **kw)
+        cfg = CalpaganConfig.recipe(kw.pop("recipe"), **{"epochs": args.epochs, "seed": args.seed, **kw})
         t0 = time.perf_counter()
         model, hist = train_calpagan(img["train", "fast"], img["train", "detailed"], cfg, test=(fast, det),
                                      log=lambda s, n=name: print(f"{n}: {s}", flush=True), frechet_every_epoch=False)
         sec = time.perf_counter() - t0
         tag = "".join(c if c.isalnum() else "_" for c in name)
-        plot_history(hist, out / f"frechet_{tag}.png")
+        if hist["epoch"]:
+            plot_history(hist, out / f"frechet_{tag}.png")
         gen = model.generate(fast, seed=args.seed)
         res = jet_validation({"fast": fast, "detailed": det, "calpagan": gen}, out, title=f"{args.process}_{tag}")
         tab = res["table"]
         fin = [r for r in tab.values() if np.isfinite(r["fast-detailed"]) and np.isfinite(r["detailed-calpagan"])]
         results[name] = {"config": CONFIGS[name], "train_s": sec,
-                         "fd_detailed_fast_test": hist["fd_detailed-fast_test"][-1],
-                         "fd_detailed_calpagan_test": hist["fd_detailed-calpagan_test"][-1],
-                         "fd_detailed_calpagan_test_best": min(hist["fd_detailed-calpagan_test"]),
-                         "loss_d_last": hist["loss_d"][-1], "loss_g_last": hist["loss_g"][-1],
+                         "fd_detailed_fast_test": frechet_image_distance(det, fast),
+                         "fd_detailed_calpagan_test": frechet_image_distance(det, gen),
+                         "fd_detailed_calpagan_test_best": min(hist.get("fd_detailed-calpagan_test", [np.inf])),
+                         "loss_d_last": (hist["loss_d"] or [np.nan])[-1], "loss_g_last": (hist["loss_g"] or [np.nan])[-1],
                          "chi2_sum_fast_detailed": float(sum(r["fast-detailed"] for r in fin)),
                          "chi2_sum_detailed_calpagan": float(sum(r["detailed-calpagan"] for r in fin)),
                          "closer": list(res["closer"]), "stats": image_stats(fast, det, gen),

@@ -34,11 +34,14 @@ Architecture exactly as the seed's section 3.1:
 Fixes the seed's conclusion asks for (D learns faster than G): ``g_steps`` generator updates per
 discriminator update and ``d_lr_scale`` (the discriminator's learning rate relative to G's).
 
-Two recipes (:meth:`CalpaganConfig.recipe`): ``"seed"`` is the above exactly; ``"calosim"`` (the
-defaults) keeps the architecture and losses but normalises x and y by x's highest pixel, gates
-ReLU(G(x) + x), starts G's last layer at zero (the untrained model returns the fast image), adds a
-per-image total-energy term to G's loss and zeroes generated towers below 0.2 GeV (see
-:class:`CalpaganConfig` and docs/events.md for why and what each is measured to do).
+Three recipes (:meth:`CalpaganConfig.recipe`): ``"seed"`` is the above exactly; ``"calosim"`` (the
+defaults) keeps the architecture and losses but normalises x and y by x's highest pixel, replaces x
+in G(x) + x by a non-negative spread kernel applied to x (:class:`SpreadKernel`, fitted by least
+squares before training: the mean shower footprint), gates ReLU(G(x) + base), starts G's last
+layer at zero (the untrained model returns the spread fast image), adds a per-image total-energy
+term to G's loss and zeroes generated towers below 0.2 GeV; ``"calosim-v1"`` is the same without
+the spread kernel (see :class:`CalpaganConfig` and docs/events.md for why and what each is
+measured to do).
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["UNet", "Discriminator", "CalpaganConfig", "SEED_RECIPE", "RECIPES", "Calpagan", "train_calpagan",
+__all__ = ["UNet", "Discriminator", "SpreadKernel", "fit_spread", "blur_l1", "CalpaganConfig", "SEED_RECIPE",
+           "CALOSIM_V1", "RECIPES", "Calpagan", "train_calpagan",
            "frechet_image_distance", "plot_history"]
 
 
@@ -156,6 +160,112 @@ class Discriminator(nn.Module):
         return self.final(self.blocks(self.upfeature(torch.cat([x, y], dim=1))))
 
 
+class SpreadKernel(nn.Module):
+    """Energy-conserving lateral spread (calosim's addition): ``(N, C, 72, 72)`` -> ``(N, 1, 72, 72)``.
+
+    Each tower of channel c hands its energy to its ``(2 radius + 1)^2`` neighbourhood with the
+    non-negative weights ``kernel()[c]`` (a softmax, so they sum to 1) times ``gain()[c]``; phi (the
+    last axis) wraps around and energy spread beyond an eta edge stays in the edge row, so with
+    gain 1 the image sum is exactly conserved. It turns the fast view's one-tower deposits into the
+    mean shower footprint, which the per-pixel L1 (a median fit) does not learn (docs/events.md §5).
+    """
+
+    def __init__(self, channels: int = 2, radius: int = 3) -> None:
+        super().__init__()
+        if radius < 1:
+            raise ValueError(f"spread kernel radius must be >= 1, got {radius}")
+        self.radius = radius
+        k = 2 * radius + 1
+        logits = torch.full((channels, k * k), -20.0)
+        logits[:, k * k // 2] = 0.0  # starts as (almost) the identity
+        self.logits = nn.Parameter(logits)
+        self.log_gain = nn.Parameter(torch.zeros(channels))
+
+    def kernel(self) -> torch.Tensor:
+        """``(C, k, k)`` weights, each channel's summing to 1: ``[c, R + di, R + dj]`` is the fraction
+        a tower sends ``di`` towers along eta and ``dj`` along phi."""
+        k = 2 * self.radius + 1
+        return torch.softmax(self.logits, dim=-1).view(-1, k, k)
+
+    def gain(self) -> torch.Tensor:
+        """``(C,)`` energy scale of each channel."""
+        return self.log_gain.exp()
+
+    def set_weights(self, weights: np.ndarray) -> None:
+        """Set kernel and gain from non-negative weights ``(C, k, k)`` (gain = their sum per channel)."""
+        w = torch.as_tensor(np.asarray(weights, np.float64)).reshape(len(self.logits), -1)
+        total = w.sum(1).clamp_min(1e-12)
+        with torch.no_grad():
+            self.logits.copy_(torch.log(w / total[:, None] + 1e-9).float())
+            self.log_gain.copy_(torch.log(total).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.radius
+        w = (self.kernel() * self.gain()[:, None, None]).unsqueeze(1)  # (C, 1, k, k): C inputs -> 1 output
+        out = F.conv_transpose2d(x, w)  # (N, 1, H + 2R, W + 2R): tower (i, j) -> (i + di + R, j + dj + R)
+        mid = out[..., r:-r]  # phi wrap-around: what spread past either phi edge comes in at the other
+        mid = mid + F.pad(out[..., -r:], (0, mid.shape[-1] - r)) + F.pad(out[..., :r], (mid.shape[-1] - r, 0))
+        core = mid[..., r:-r, :]  # eta: energy spread past an edge stays in the edge row
+        h = core.shape[-2]
+        low = F.pad(mid[..., :r, :].sum(-2, keepdim=True), (0, 0, 0, h - 1))
+        high = F.pad(mid[..., -r:, :].sum(-2, keepdim=True), (0, 0, h - 1, 0))
+        return core + low + high
+
+
+def _shift_columns(x: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares design of :class:`SpreadKernel`: for images ``x`` (N, C, H, W), the rows
+    (pixels within ``radius`` of a non-zero tower) -> ``(A, rows)`` with ``A[p, (c, a, b)]`` the
+    energy tower (i - a + R, j - b + R) of channel c would send to pixel p = (n, i, j) with weight
+    ``kernel[c, a, b]`` (phi periodic, eta zero-padded: the fit ignores the edge fold-back)."""
+    r, k = radius, 2 * radius + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (r, r), (0, 0)))
+    xp = np.concatenate([xp[..., -r:], xp, xp[..., :r]], axis=-1)  # (N, C, H + 2R, W + 2R)
+    occupied = xp.sum(1) > 0
+    near = np.zeros(x[:, 0].shape, bool)
+    for a in range(k):
+        for b in range(k):
+            near |= occupied[:, a:a + x.shape[2], b:b + x.shape[3]]
+    n, i, j = np.nonzero(near)
+    cols = [xp[n, c, i + 2 * r - a, j + 2 * r - b] for c in range(x.shape[1]) for a in range(k) for b in range(k)]
+    return np.stack(cols, axis=1), np.stack([n, i, j])
+
+
+def fit_spread(fast: np.ndarray, detailed: np.ndarray, radius: int, batch: int = 50) -> np.ndarray:
+    """Non-negative least-squares :class:`SpreadKernel` weights ``(C, k, k)`` (their sums are the
+    gains) that best map ``fast`` (N, C, H, W) to ``detailed`` (N, 1, H, W): the mean footprint."""
+    from scipy.optimize import nnls
+
+    m = fast.shape[1] * (2 * radius + 1) ** 2
+    ata, aty = np.zeros((m, m)), np.zeros(m)
+    for s in range(0, len(fast), batch):
+        a, (n, i, j) = _shift_columns(fast[s:s + batch].astype(np.float64), radius)
+        y = detailed[s:s + batch, 0].astype(np.float64)[n, i, j]
+        ata += a.T @ a
+        aty += a.T @ y
+    # ||A w - y||^2 = ||L^T w - L^-1 A^T y||^2 + const with A^T A = L L^T: NNLS on the m x m system
+    chol = np.linalg.cholesky(ata + 1e-9 * np.trace(ata) / m * np.eye(m) + 1e-12 * np.eye(m))
+    w, _ = nnls(chol.T, np.linalg.solve(chol, aty))
+    return w.reshape(fast.shape[1], 2 * radius + 1, 2 * radius + 1)
+
+
+def _gauss_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``(N, 1, H, W)`` blurred by a Gaussian of ``sigma`` towers (phi periodic, eta zero-padded), sum kept away from the eta edges."""
+    r = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=img.dtype)
+    g = torch.exp(-0.5 * (t / sigma) ** 2)
+    g = g / g.sum()
+    x = F.pad(img, (r, r, 0, 0), mode="circular")
+    x = F.conv2d(x, g.view(1, 1, 1, -1))
+    return F.conv2d(x, g.view(1, 1, -1, 1), padding=(r, 0))
+
+
+def blur_l1(a: torch.Tensor, b: torch.Tensor, sigmas: tuple[float, ...] = (1.0, 2.0, 4.0)) -> torch.Tensor:
+    """Mean over ``sigmas`` of the per-pixel L1 distance of ``a`` and ``b`` (N, 1, H, W) after a Gaussian
+    blur of that many towers (a multi-scale L1). Unlike the per-pixel L1, energy put one tower off
+    costs less than energy put far away, so G is rewarded for the right footprint, not only the exact towers."""
+    return torch.stack([F.l1_loss(_gauss_blur(a, s), _gauss_blur(b, s)) for s in sigmas]).mean()
+
+
 # ---- training ----------------------------------------------------------------------------------
 @dataclass
 class CalpaganConfig:
@@ -174,11 +284,16 @@ class CalpaganConfig:
     whole training set with the weights fixed (seed: off, the running averages of the last steps,
     which lag weights that move fast). ``threshold_gev``: generated towers below it are zeroed (0 in the seed; 0.2 GeV
     is the detailed view's smallest tower threshold, ECAL).
+    ``spread_radius``: G's base image is :class:`SpreadKernel` (x) instead of x summed over ECAL and
+    HCAL, a non-negative (2 R + 1)^2 kernel per channel fitted by least squares on the training pairs
+    before training (0: off, the seed's and calosim-v1's x). ``spread_train``: the kernel then trains
+    with G (off: it stays at its fit). ``blur_weight``: adds ``lam x blur_weight x`` :func:`blur_l1`
+    (the L1 after Gaussian blurs of 1, 2 and 4 towers) to G's loss (0: off).
     """
 
     epochs: int = 10
     batch_size: int = 16
-    lr: float = 2e-4
+    lr: float = 5e-5  # G's learning rate (seed: 2e-4): slower, G's residual keeps more of the fitted spread
     lam: float = 100.0
     noise: float = 0.01
     g_steps: int = 1  # generator updates per discriminator update (seed: 1)
@@ -190,6 +305,9 @@ class CalpaganConfig:
     energy_weight: float = 1.0
     bn_recalibrate: bool = True
     threshold_gev: float = 0.2
+    spread_radius: int = 3
+    spread_train: bool = False
+    blur_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -197,6 +315,8 @@ class CalpaganConfig:
             raise ValueError(f"calpagan config: norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.gate not in GATES:
             raise ValueError(f"calpagan config: gate must be one of {', '.join(GATES)}, got {self.gate!r}")
+        if self.spread_radius < 0 or self.spread_radius > 8:
+            raise ValueError(f"calpagan config: spread_radius must be 0 (off) to 8 towers, got {self.spread_radius}")
 
     @classmethod
     def recipe(cls, name: str, **overrides: Any) -> "CalpaganConfig":
@@ -209,8 +329,11 @@ class CalpaganConfig:
 NORMS, GATES = ("own-peak", "fast-peak"), ("none", "relu")
 #: The seed's recipe (section 3.1) where calosim's defaults differ; old checkpoints without these keys are the seed's.
 SEED_RECIPE: dict[str, Any] = {"norm": "own-peak", "gate": "none", "residual_init": False, "energy_weight": 0.0,
-                               "bn_recalibrate": False, "d_lr_scale": 1.0, "threshold_gev": 0.0}
-RECIPES: dict[str, dict[str, Any]] = {"calosim": {}, "seed": SEED_RECIPE}
+                               "bn_recalibrate": False, "d_lr_scale": 1.0, "threshold_gev": 0.0,
+                               "spread_radius": 0, "spread_train": False, "blur_weight": 0.0, "lr": 2e-4}
+#: calosim's first recipe (x as G's base, no spread kernel): older calosim checkpoints are this.
+CALOSIM_V1: dict[str, Any] = {"spread_radius": 0, "spread_train": False, "blur_weight": 0.0, "lr": 2e-4}
+RECIPES: dict[str, dict[str, Any]] = {"calosim": {}, "calosim-v1": CALOSIM_V1, "seed": SEED_RECIPE}
 
 
 #: Files of a CALPAGAN run directory (``calosim events train --out``).
@@ -234,6 +357,7 @@ class Calpagan:
         if self.config.residual_init:
             nn.init.zeros_(self.gen.downfeature.conv.weight)
             nn.init.zeros_(self.gen.downfeature.conv.bias)
+        self.spread = SpreadKernel(2, self.config.spread_radius) if self.config.spread_radius else None
         self.disc = Discriminator()
         self.peak_ratio = float(peak_ratio)
         self.zero_threshold = float(zero_threshold)
@@ -286,7 +410,8 @@ class Calpagan:
 
     def _fake(self, xn: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         z = torch.randn(xn.shape, generator=gen) * self.config.noise
-        y = self.gen(xn + z) + xn.sum(1, keepdim=True)
+        base = self.spread(xn) if self.spread is not None else xn.sum(1, keepdim=True)
+        y = self.gen(xn + z) + base
         return F.relu(y) if self.config.gate == "relu" else y
 
     def save(self, run_dir: str | Path, history: dict[str, Any]) -> Path:
@@ -302,6 +427,8 @@ class Calpagan:
         run.mkdir(parents=True, exist_ok=True)
         tensors = {f"gen/{k}": v for k, v in self.gen.state_dict().items()}
         tensors.update({f"disc/{k}": v for k, v in self.disc.state_dict().items()})
+        if self.spread is not None:
+            tensors.update({f"spread/{k}": v.detach() for k, v in self.spread.state_dict().items()})
         meta = {"model": "calpagan", "config": asdict(self.config), "peak_ratio": self.peak_ratio,
                 "zero_threshold": self.zero_threshold}
         save_tensors(run / WEIGHTS_FILE, tensors, meta)
@@ -325,7 +452,8 @@ class Calpagan:
         try:
             m = Calpagan(CalpaganConfig(**{**SEED_RECIPE, **meta["config"]}), meta["peak_ratio"],
                          meta.get("zero_threshold", 0.0))
-            for prefix, net in (("gen/", m.gen), ("disc/", m.disc)):
+            nets = (("gen/", m.gen), ("disc/", m.disc), *((("spread/", m.spread),) if m.spread is not None else ()))
+            for prefix, net in nets:
                 net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -378,10 +506,19 @@ def train_calpagan(fast: np.ndarray, detailed: np.ndarray, config: CalpaganConfi
     xn = torch.from_numpy(fast / pf[:, None, None, None])
     yn = torch.from_numpy(detailed / (pd if own else pf)[:, None, None, None])
     g, d = model.gen, model.disc
-    opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=(0.5, 0.999))
+    hist: dict[str, list[float]] = {"epoch": [], "loss_d": [], "loss_g": [], "seconds": []}
+    g_params = list(g.parameters())
+    if model.spread is not None:
+        t0 = time.perf_counter()
+        model.spread.set_weights(fit_spread(xn.numpy(), yn.numpy(), config.spread_radius))
+        hist["spread_fit_s"] = time.perf_counter() - t0
+        if config.spread_train:
+            g_params += list(model.spread.parameters())
+        else:
+            model.spread.requires_grad_(False)
+    opt_g = torch.optim.Adam(g_params, lr=config.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr * config.d_lr_scale, betas=(0.5, 0.999))
     bce = nn.BCEWithLogitsLoss()
-    hist: dict[str, list[float]] = {"epoch": [], "loss_d": [], "loss_g": [], "seconds": []}
     n = len(xn)
     step = 0
     for epoch in range(1, config.epochs + 1):
@@ -409,6 +546,8 @@ def train_calpagan(fast: np.ndarray, detailed: np.ndarray, config: CalpaganConfi
             if config.energy_weight:
                 e_fake, e_true = fake.sum((1, 2, 3)), y.sum((1, 2, 3))
                 loss_g = loss_g + config.energy_weight * ((e_fake - e_true).abs() / e_true.clamp_min(1e-6)).mean()
+            if config.blur_weight:
+                loss_g = loss_g + config.lam * config.blur_weight * blur_l1(fake, y)
             opt_g.zero_grad(); loss_g.backward(); opt_g.step()
             lg += loss_g.item()
             nb += 1
@@ -432,6 +571,8 @@ def train_calpagan(fast: np.ndarray, detailed: np.ndarray, config: CalpaganConfi
                       f"FD(det,gen) {hist['fd_detailed-calpagan_train'][-1]:.2f}")
             log(f"epoch {epoch}: D {hist['loss_d'][-1]:.3f}  G {hist['loss_g'][-1]:.3f}{fd}  "
                 f"({hist['seconds'][-1]:.1f} s)")
+    if model.spread is not None:
+        hist["spread_gain"] = model.spread.gain().tolist()
     model.fit_zero_threshold(fast, detailed, seed=0)
     hist["zero_threshold_gev"] = model.zero_threshold
     return model, hist
