@@ -92,6 +92,23 @@ def mean_ks(ref_f: dict[str, np.ndarray], gen_f: dict[str, np.ndarray], e: np.nd
     return float(np.mean(np.array(list(per.values())) ** power) ** (1.0 / power)), per
 
 
+def classifier_auc(ref_f: dict[str, np.ndarray], gen_f: dict[str, np.ndarray], columns: list[str], seed: int) -> float:
+    """Cross-validated AUC of a boosted-tree classifier, reference vs twin, on ``columns``.
+
+    What ``calosim evaluate``'s high-level classifier measures, cheaply: 3 folds, fixed seed, so
+    the objective is a deterministic function of the tuning (the twin's random numbers are fixed).
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    x = np.r_[np.stack([ref_f[c] for c in columns], 1), np.stack([gen_f[c] for c in columns], 1)]
+    y = np.r_[np.zeros(len(x) // 2), np.ones(len(x) // 2)]
+    clf = HistGradientBoostingClassifier(max_iter=100, random_state=seed)
+    p = cross_val_predict(clf, x, y, cv=StratifiedKFold(3, shuffle=True, random_state=seed), method="predict_proba")
+    return float(roc_auc_score(y, p[:, 1]))
+
+
 def encode(t: MCTuning, base_stochastic: float) -> np.ndarray:
     out = []
     for name, kind, _ in PARAMS:
@@ -110,6 +127,7 @@ def decode(x: np.ndarray, base: MCTuning) -> MCTuning:
 
 
 def main() -> None:
+    global PARAMS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("reference", nargs="+", help="Geant4 files, one particle each (same geometry)")
     ap.add_argument("--n", type=int, default=None, help="showers used per file (default: all)")
@@ -120,9 +138,19 @@ def main() -> None:
                     help="objective: power mean of the per-observable KS (1: plain mean; 2-4 weight the worst more)")
     ap.add_argument("--start", nargs="*", default=[], metavar="NAME=VALUE",
                     help="starting values, e.g. c_electron=-1.3 (default: the stored tuning or the defaults)")
+    ap.add_argument("--objective", choices=["ks", "classifier"], default="ks",
+                    help="ks: power mean of per-observable KS in energy bins; classifier: cross-validated "
+                         "boosted-tree AUC on the high-level observables (slower, closer to evaluate's AUC)")
+    ap.add_argument("--params", nargs="*", default=None, metavar="NAME",
+                    help=f"fit only these parameters (default: all of {', '.join(p for p, _, _ in PARAMS)})")
     ap.add_argument("--write", action="store_true", help=f"store the result in {TUNINGS.name}")
     ap.add_argument("--out", default="out/calibrate_mc.json", help="fit log (JSON)")
     args = ap.parse_args()
+    if args.params:
+        unknown = sorted(set(args.params) - {p for p, _, _ in PARAMS})
+        if unknown:
+            raise SystemExit(f"--params: unknown {', '.join(unknown)} (known: {', '.join(p for p, _, _ in PARAMS)})")
+        PARAMS = [row for row in PARAMS if row[0] in args.params]
 
     refs = [read_showers(p, n=args.n) for p in args.reference]
     geo = refs[0].geometry
@@ -145,17 +173,23 @@ def main() -> None:
                 and all(c in f for f in ref_f)]
     columns.append("response_full")
 
+    hl_columns = [c for c in highlevel_columns(*ref_f)]
+
     def objective(t: MCTuning) -> tuple[float, list[dict[str, float]]]:
         vals, pers = [], []
         for k, r in enumerate(refs):
-            v, per = mean_ks(ref_f[k], features(twin(r, t, args.seed + k)), e[k], edges[k], columns, args.power)
+            gen_f = features(twin(r, t, args.seed + k))
+            v, per = mean_ks(ref_f[k], gen_f, e[k], edges[k], columns, args.power)
+            if args.objective == "classifier":
+                v = classifier_auc(ref_f[k], gen_f, hl_columns, args.seed)
             vals.append(v)
             pers.append(per)
         return float(np.mean(vals)), pers
 
     t0 = time.time()
     before, before_per = objective(start)
-    print(f"start ({start.source}): mean KS {before:.4f}", flush=True)
+    label = "classifier AUC" if args.objective == "classifier" else "mean KS"
+    print(f"start ({start.source}): {label} {before:.4f}", flush=True)
     n_eval = [0]
     best = [before, start]
 
@@ -167,7 +201,7 @@ def main() -> None:
         n_eval[0] += 1
         if v < best[0]:
             best[0], best[1] = v, t
-            print(f"  eval {n_eval[0]:4d}: mean KS {v:.4f}  " + " ".join(
+            print(f"  eval {n_eval[0]:4d}: {label} {v:.4f}  " + " ".join(
                 f"{p}={getattr(t, p):.4g}" for p, _, _ in PARAMS), flush=True)
         return v
 
@@ -180,9 +214,10 @@ def main() -> None:
     names = [str(r.attrs.get("particle", "?")) for r in refs]
     source = (f"fitted to Geant4 ({refs[0].attrs.get('engine_label', 'geant4')}) {', '.join(names)} "
               f"showers, {', '.join(str(len(r)) for r in refs)} each, by benchmarks/calibrate_mc.py: "
-              f"{'mean' if args.power == 1 else f'power-{args.power:g} mean'} KS {before:.3f} -> {after:.3f}")
+              + (f"classifier AUC {before:.3f} -> {after:.3f}" if args.objective == "classifier" else
+               f"{'mean' if args.power == 1 else f'power-{args.power:g} mean'} KS {before:.3f} -> {after:.3f}"))
     fitted = replace(fitted, source=source)
-    print(f"done in {time.time() - t0:.0f} s, {n_eval[0]} evaluations: mean KS {before:.4f} -> {after:.4f}")
+    print(f"done in {time.time() - t0:.0f} s, {n_eval[0]} evaluations: {label} {before:.4f} -> {after:.4f}")
     worst = sorted(((v, c, names[k]) for k, per in enumerate(after_per) for c, v in per.items()), reverse=True)[:8]
     print("worst observables after the fit:", ", ".join(f"{c} ({p}) {v:.3f}" for v, c, p in worst))
     log = {"geometry": geo.name, "references": args.reference, "before": before, "after": after,
