@@ -48,6 +48,16 @@ def toy_batch(geo: Geometry, n: int, seed: int = 0, angles: bool = False) -> tup
     return x, cond
 
 
+def fitted_model(geo: Geometry, n: int, seed: int, config: dict | None = None) -> tuple[BIBAE, FakeCtx, torch.Tensor, torch.Tensor]:
+    """A tiny BIB-AE whose statistics are fitted on a toy batch of ``n`` showers."""
+    torch.manual_seed(0)
+    model = BIBAE(geo, 1, config or TINY)
+    ctx = FakeCtx(model, total_steps=30)
+    x, cond = toy_batch(geo, n, seed=seed)
+    model.fit_statistics(x, cond, ctx)
+    return model, ctx, x, cond
+
+
 class _AngleConditions(FakeConditions):
     names = ["energy", "theta"]
     slices = {"energy": slice(0, 1), "theta": slice(1, 2)}
@@ -69,12 +79,8 @@ def test_mmd_is_zero_for_identical_samples_and_grows_with_a_shift() -> None:
 
 def test_autoencoder_steps_reduce_the_reconstruction_loss() -> None:
     geo = stack_geometry()
-    torch.manual_seed(0)
-    model = BIBAE(geo, 1, {**TINY, "lr": 3e-3})
+    model, ctx, x, cond = fitted_model(geo, 32, seed=0, config={**TINY, "lr": 3e-3})
     assert model.cells.groups[0].use_3d
-    ctx = FakeCtx(model, total_steps=30)
-    x, cond = toy_batch(geo, 32)
-    model.fit_statistics(x, cond, ctx)
     losses = [model.train_step(x, cond, ctx)["reconstruction"] for _ in range(10)]
     assert losses[-1] < 0.7 * losses[0]
 
@@ -83,11 +89,7 @@ def test_latent_and_post_processor_stages() -> None:
     """Stage 2 fills the KDE and trains the flow with the autoencoder frozen; stage 3 trains
     only the post-processor; sampling then goes through the KDE (no angles in the data)."""
     geo = stack_geometry()
-    torch.manual_seed(0)
-    model = BIBAE(geo, 1, TINY)
-    ctx = FakeCtx(model, total_steps=30)
-    x, cond = toy_batch(geo, 32, seed=1)
-    model.fit_statistics(x, cond, ctx)
+    model, ctx, x, cond = fitted_model(geo, 32, seed=1)
     assert not bool(model.use_flow) and model.latent_sampler() is None
     ctx.step = 20
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
@@ -203,11 +205,7 @@ def test_latent_stage_fits_the_residual_variance_linear_in_the_conditions() -> N
     """A decoder that outputs nothing leaves residual h: the fitted variance is the least
     squares line of h^2 on [1, cond] per cell (known answer from torch.linalg.lstsq)."""
     geo = stack_geometry()
-    torch.manual_seed(0)
-    model = BIBAE(geo, 1, TINY)
-    ctx = FakeCtx(model, total_steps=30)
-    x, cond = toy_batch(geo, 32, seed=4)
-    model.fit_statistics(x, cond, ctx)
+    model, ctx, x, cond = fitted_model(geo, 32, seed=4)
 
     class _Nothing(torch.nn.Module):
         def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
