@@ -9,10 +9,13 @@ the script can be re-run across sessions (it resumes with the missing sets).
     python benchmarks/geant4_sets.py --train 2000 --test 1000 --particles e+ --workers 2
     python benchmarks/geant4_sets.py --shards 10 --particles gamma e+ pi+   # resumable in shards
 
-With ``--shards N`` each set is made as N shard files under ``--dir/parts/`` (each written
+With ``--shards N`` each set is made as N shard files under ``--parts`` (each written
 atomically, so an interrupted run loses at most the shard in flight and a re-run resumes with
 the missing shards), then joined by ``calosim merge`` into the set's file. The merged file holds
-the same showers as an unsharded run with the same seed.
+the same showers as an unsharded run with the same seed. The default ``--parts`` folder,
+``benchmarks/geant4-parts/``, is tracked by git: a set costs 2-4 core-hours of Geant4 here,
+more than one session, and machines are not kept between sessions, so finished shards are
+committed and every later checkout merges them instead of simulating them again.
 
 Training sets use seed ``--seed``, held-out sets ``--seed + 1000``. Hadrons (pi+) run FTFP_BERT;
 without the official Geant4 data (``GEANT4_DATA_DIR``) their hadronic cross sections are the
@@ -86,7 +89,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--shards", type=int, default=1,
-                    help="make each set as this many shard files under DIR/parts (resumable), then merge them")
+                    help="make each set as this many shard files under --parts (resumable), then merge them")
+    ap.add_argument("--parts", default="benchmarks/geant4-parts",
+                    help="folder of the shard files (tracked by git, so finished shards are kept)")
     args = ap.parse_args()
 
     out = Path(args.dir)
@@ -108,7 +113,7 @@ def main() -> None:
             else:
                 t0 = time.time()
                 if args.shards > 1:
-                    wall = _sharded(path, out / "parts", args, particle, n, seed, kw)
+                    wall = _sharded(path, Path(args.parts), args, particle, n, seed, kw)
                 else:
                     simulate_to_file(path, args.geometry, particle, n, energy=args.energy, seed=seed,
                                      engine="geant4", overwrite=True, progress=True, **kw)
