@@ -32,6 +32,18 @@ RECIPE_NAMES = ["calosim", "calosim-v1", "seed"]
 OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 WORKERS = click.option("--workers", "-j", type=click.IntRange(1), default=1, show_default=True,
                        help="Processes (results do not depend on it).")
+THREADS = click.option("--threads", type=click.IntRange(1), default=None,
+                       help="torch intra-op threads for CALPAGAN (default: the cores not already busy, "
+                            "from the load average; oversubscribed threads are many times slower).")
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    from ..metrics._common import free_cores
+
+    torch.set_num_threads(threads or free_cores(torch.get_num_threads()))
+
 
 
 @click.group("events")
@@ -123,10 +135,12 @@ def image_cmd(events: str, view: str, engine: str, start: int, stop: int | None,
 @click.option("--blur-weight", type=float, default=None,
               help="Weight (relative to --lam) of the L1 after 1, 2, 4-tower Gaussian blurs [recipe: 0].")
 @click.option("--seed", type=int, default=0, show_default=True)
+@THREADS
 @_friendly
 def train_cmd(fast: str, detailed: str, test_fast: str | None, test_detailed: str | None, out: str, recipe: str,
-              epochs: int, seed: int, **overrides: Any) -> None:
+              epochs: int, seed: int, threads: int | None, **overrides: Any) -> None:
     """Train CALPAGAN on paired fast/detailed images of the same events."""
+    _set_threads(threads)
     from ..models.calpagan import CalpaganConfig, plot_history, train_calpagan
     from .views import read_images
 
@@ -213,10 +227,13 @@ def evaluate_cmd(fast: str, detailed: str, generated: str | None, generated_zs: 
               help="CALPAGAN's recipe: calosim's, calosim's first (no spread kernel) or the paper's "
                    "(see `events train --help`).")
 @WORKERS
+@THREADS
 @_friendly
-def demo_cmd(out: str, n: int, epochs: int, seed: int, recipe: str, workers: int) -> None:
+def demo_cmd(out: str, n: int, epochs: int, seed: int, recipe: str, workers: int, threads: int | None) -> None:
     """The whole chain at small N for W+jets and dijets, with the cross-process test (<= 15 min at the defaults)."""
     from .demo import run_events_demo
+
+    _set_threads(threads)
 
     summary = run_events_demo(Path(out), n=n, epochs=epochs, seed=seed, workers=workers, recipe=recipe,
                               log=click.echo)
