@@ -33,16 +33,15 @@ OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace an existing 
 WORKERS = click.option("--workers", "-j", type=click.IntRange(1), default=1, show_default=True,
                        help="Processes (results do not depend on it).")
 THREADS = click.option("--threads", type=click.IntRange(1), default=None,
-                       help="torch intra-op threads for CALPAGAN (default: the cores not already busy, "
-                            "from the load average; oversubscribed threads are many times slower).")
+                       help="torch intra-op threads for CALPAGAN (default: torch's choice). 1 is faster on a "
+                            "busy machine; the thread count changes the last digits of the results.")
 
 
 def _set_threads(threads: int | None) -> None:
-    import torch
+    if threads is not None:
+        import torch
 
-    from ..metrics._common import free_cores
-
-    torch.set_num_threads(threads or free_cores(torch.get_num_threads()))
+        torch.set_num_threads(threads)
 
 
 
