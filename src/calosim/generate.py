@@ -36,7 +36,7 @@ from .scaleout import dask_client, ordered_map, parse_shard, shard_attrs, shard_
 from .runs import Run, load_run
 from .simulate import readout
 from .simulate.conditions import particle_label, particle_pdg
-from .train.conditions import raw_conditions, sample_conditions
+from .train.conditions import raw_conditions, raw_keys, sample_conditions
 
 __all__ = ["generate", "block_conditions", "block_seeds", "check_particle", "check_energy_range", "GEN_BLOCK"]
 
@@ -169,7 +169,7 @@ def generate(run_dir: str | Path, out_path: str | Path, n: int, *, energy: str |
         check_energy_range(run, e_lo, e_hi, f"--energy {energy}")
     threads = threads if threads is not None else run.config.get("threads")
 
-    out_conds = [c for c in run.conditions.names if c in CONDITION_SHAPES]
+    out_conds = [c for c in raw_keys(run.conditions.names) if c in CONDITION_SHAPES]
     if conditions_from is not None:
         with open_showers(conditions_from) as ref:
             if len(ref) == 0:

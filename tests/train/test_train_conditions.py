@@ -107,3 +107,26 @@ def test_sample_conditions() -> None:
     assert particle_pdg("e-") == 11 and particle_pdg("pi+") == 211 and particle_pdg(-11) == -11
     with pytest.raises(ValueError, match="unknown particle"):
         particle_pdg("graviton")
+
+
+def test_direction_is_the_transverse_unit_vector_without_a_phi_seam() -> None:
+    """Known answers: theta = 0 encodes the same whatever phi is; phi = 0 and 2 pi encode alike;
+    before standardising the columns are (sin t cos p, sin t sin p)."""
+    raw = _raw()
+    enc = ConditionEncoder(["energy", "direction"]).fit(raw)
+    assert enc.columns == ["log_energy", "direction_x", "direction_y"] and enc.cond_dim == 3
+    c = enc.encode(raw)[:, enc.slices["direction"]].double().numpy()
+    want = np.stack([np.sin(raw["theta"]) * np.cos(raw["phi"]), np.sin(raw["theta"]) * np.sin(raw["phi"])], 1)
+    np.testing.assert_allclose(c * enc.std["direction"] + enc.mean["direction"], want, atol=1e-6)
+    probe = {"incident_energies": np.full((4, 1), 1e4), "theta": np.array([0.0, 0.0, 0.2, 0.2]),
+             "phi": np.array([0.0, 2.0, 0.0, 2 * np.pi])}
+    d = enc.encode(probe)
+    torch.testing.assert_close(d[0], d[1])  # normal incidence: phi does not matter
+    torch.testing.assert_close(d[2], d[3], atol=1e-5, rtol=0)  # no seam at phi = 0 / 2 pi
+    with pytest.raises(ValueError, match="direction needs"):
+        ConditionEncoder(["energy", "direction"]).fit({"incident_energies": raw["incident_energies"],
+                                                        "theta": raw["theta"]})
+    pool = make_pool(raw, 100, seed=0)
+    out = sample_conditions(16, "10", None, 0, encoder=enc, pool=pool)
+    assert {"theta", "phi"} <= set(out) and "direction" not in out  # raw keys, drawn jointly
+    assert enc.encode(out).shape == (16, 3)

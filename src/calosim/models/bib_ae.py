@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BIBAE", "mmd", "sorted_energy_mmd"]
 
-_ANGLES = ("theta", "phi")
+_ANGLES = ("theta", "phi", "direction")
 
 
 # ------------------------------------------------------------------------------------------

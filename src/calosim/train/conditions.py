@@ -9,6 +9,11 @@ Encoding (fitted on the training split):
   column 0; :meth:`ConditionEncoder.incident_energy` is its exact inverse.
 * ``pdg`` -> one-hot over the particle codes present in the training file.
 * ``momentum``, ``position``, ``theta``, ``phi`` -> standardised per column.
+* ``direction`` -> 2 columns, the transverse components of the unit incidence direction,
+  ``(sin theta cos phi, sin theta sin phi)`` from the file's ``theta`` and ``phi``, standardised.
+  For angle conditioning this is the better input than ``theta`` and ``phi``: it has no seam at
+  ``phi = 0 / 2 pi`` and is what sets the shower axis' lateral shift per layer
+  (``z tan theta (cos phi, sin phi)``), where ``phi`` alone is meaningless at ``theta = 0``.
 
 For generation without a reference file, :func:`sample_conditions` builds raw conditions:
 energies from a GeV spec (``"50"``, ``"1:100"``, ``"log:1:100"``, ``"10,20,50"``), the particle
@@ -34,12 +39,33 @@ from ..io import CONDITION_SHAPES, ShowerData
 from ..simulate.conditions import particle_pdg  # the one name <-> PDG table
 
 __all__ = [
-    "ConditionEncoder", "CONDITIONS", "sample_conditions", "parse_energy_spec", "particle_pdg",
+    "ConditionEncoder", "CONDITIONS", "DERIVED", "raw_keys", "sample_conditions", "parse_energy_spec", "particle_pdg",
     "raw_conditions", "save_pool", "load_pool", "make_pool",
 ]
 
 #: Known condition names, in column order.
-CONDITIONS = ("energy", "pdg", "momentum", "position", "theta", "phi")
+CONDITIONS = ("energy", "pdg", "momentum", "position", "theta", "phi", "direction")
+#: Conditions computed from other stored ones (the raw file keys they need).
+DERIVED = {"direction": ("theta", "phi")}
+
+
+def raw_keys(names: list[str] | tuple[str, ...]) -> list[str]:
+    """The raw file keys (``calosim.io`` conditions) that encoding ``names`` reads, in order."""
+    out: list[str] = []
+    for n in names:
+        for k in DERIVED.get(n, (n,)):
+            if k != "energy" and k not in out:
+                out.append(k)
+    return out
+
+
+def _raw_column(raw: Mapping[str, Any], name: str, n: int) -> np.ndarray:
+    """The ``(n, width)`` float64 values of a non-pdg condition before standardising."""
+    if name == "direction":
+        t = np.asarray(raw["theta"], dtype=np.float64).reshape(n)
+        p = np.asarray(raw["phi"], dtype=np.float64).reshape(n)
+        return np.stack([np.sin(t) * np.cos(p), np.sin(t) * np.sin(p)], axis=1)
+    return np.asarray(raw[name], dtype=np.float64).reshape(n, -1)
 
 
 def raw_conditions(data: ShowerData | Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -83,6 +109,8 @@ class ConditionEncoder:
             return 1
         if name == "pdg":
             return len(self.pdgs)
+        if name == "direction":
+            return 2
         return int(np.prod(CONDITION_SHAPES[name])) if CONDITION_SHAPES[name] else 1
 
     @property
@@ -128,7 +156,7 @@ class ConditionEncoder:
             if n == "pdg":
                 self.pdgs = sorted(int(p) for p in np.unique(raw["pdg"]))
             else:
-                a = raw[n].astype(np.float64).reshape(len(loge), -1)
+                a = _raw_column(raw, n, len(loge))
                 sd = a.std(0)
                 self.mean[n] = a.mean(0).tolist()
                 self.std[n] = np.where(sd > 0, sd, 1.0).tolist()
@@ -136,9 +164,11 @@ class ConditionEncoder:
         return self
 
     def _check_present(self, raw: Mapping[str, Any]) -> None:
-        missing = [n for n in self.names[1:] if n not in raw]
+        missing = [n for n in self.names[1:] if any(k not in raw for k in DERIVED.get(n, (n,)))]
         if missing:
-            raise ValueError(f"conditions {missing} requested but not present in the data (have: {sorted(raw)})")
+            need = {n: list(DERIVED[n]) for n in missing if n in DERIVED}
+            hint = f" ({', '.join(f'{n} needs {k}' for n, k in need.items())})" if need else ""
+            raise ValueError(f"conditions {missing} requested but not present in the data{hint} (have: {sorted(raw)})")
 
     def encode(self, data: ShowerData | Mapping[str, Any]) -> Tensor:
         """Encoded conditions ``(N, cond_dim)`` float32 of a :class:`ShowerData` or a dict of arrays."""
@@ -160,7 +190,7 @@ class ConditionEncoder:
                 onehot[np.arange(n), idx] = 1.0
                 cols.append(onehot)
             else:
-                a = np.asarray(raw[name], dtype=np.float64).reshape(n, -1)
+                a = _raw_column(raw, name, n)
                 cols.append((a - np.asarray(self.mean[name])) / np.asarray(self.std[name]))
         return torch.from_numpy(np.concatenate(cols, axis=1).astype(np.float32))
 
@@ -248,7 +278,7 @@ def sample_conditions(n: int, energy_spec: str | float | None = None, particle: 
     out["incident_energies"] = e.reshape(-1, 1).astype(np.float32)
     if particle is not None:
         out["pdg"] = np.full(n, particle_pdg(particle), dtype=np.int32)
-    for name in names[1:]:
+    for name in raw_keys(names):
         if name in out:
             continue
         if idx is None or name not in pool:
