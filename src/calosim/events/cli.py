@@ -44,7 +44,6 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-
 @click.group("events")
 def events_group() -> None:
     """Whole events (CALPAGAN, seed 004): Pythia 8, fast/detailed tower images, CALPAGAN, jets.
